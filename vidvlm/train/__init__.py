@@ -1,0 +1,25 @@
+"""Training on accelerate: multi-stage recipes, parameter groups, atomic pickle-free checkpoints, exact resume.
+
+``Trainer`` (``vidvlm.train.trainer``) runs a :class:`~vidvlm.train.config.TrainConfig`; ``tools/train.py`` is its
+command line. Imports are lazy so that ``import vidvlm.train`` does not import accelerate.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "Trainer": "vidvlm.train.trainer",
+    "NonFiniteLossError": "vidvlm.train.trainer",
+    "TrainConfig": "vidvlm.train.config",
+    "StageConfig": "vidvlm.train.config",
+    "load_train_config": "vidvlm.train.config",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vidvlm.train' has no attribute {name!r}")

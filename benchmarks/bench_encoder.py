@@ -1,0 +1,159 @@
+"""Forward+backward time and peak memory of a ViT-S/16 video encoder: vidvlm layouts vs VideoMAE and TimeSformer.
+
+Every model has D=384, 12 layers, 6 heads, MLP 1536, 16x16 patches at 224x224, batch 1 (``--batch``), T frames
+(tubelet 1, so all models see T*196 patch tokens). Peers come from ``transformers`` (VideoMAE with its SDPA
+attention; TimeSformer with its own). Cases are interleaved round by round and the median per case is reported.
+
+CPU: each (case, round) runs in a fresh subprocess; peak memory is the max-RSS growth over the state before the
+step (``resource.getrusage``). CUDA: one process, ``torch.cuda.max_memory_allocated`` over the step, bf16 autocast
+with ``--dtype bf16``.
+
+    python benchmarks/bench_encoder.py --frames 1 8 --rounds 3            # CPU
+    python benchmarks/bench_encoder.py --device cuda --dtype bf16 --rounds 5 --iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+D, DEPTH, HEADS, MLP, SIZE, PATCH = 384, 12, 6, 1536, 224, 16
+MODELS = ["vidvlm-frame", "vidvlm-divided", "vidvlm-joint", "vidvlm-factorised", "videomae", "timesformer"]
+PEER_OF = {"vidvlm-joint": "videomae", "vidvlm-divided": "timesformer"}  # same attention pattern and size
+
+
+def build(name: str, frames: int) -> torch.nn.Module:
+    if name.startswith("vidvlm-"):
+        from vidvlm.models.vision import VideoViT, VisionConfig
+
+        cfg = VisionConfig(
+            image_size=SIZE, patch_size=PATCH, width=D, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP,
+            layout=name.split("-")[1], num_frames=max(frames, 1), temporal_depth=4,
+        )  # fmt: skip
+        return VideoViT(cfg)
+    import transformers
+
+    common = dict(
+        image_size=SIZE, patch_size=PATCH, num_frames=frames, hidden_size=D, num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS, intermediate_size=MLP,
+    )  # fmt: skip
+    if name == "videomae":
+        cfg = transformers.VideoMAEConfig(tubelet_size=1, attn_implementation="sdpa", **common)
+        model = transformers.VideoMAEModel(cfg)
+        assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
+        return model
+    if name == "timesformer":
+        return transformers.TimesformerModel(
+            transformers.TimesformerConfig(attention_type="divided_space_time", **common)
+        )
+    raise ValueError(name)
+
+
+def step(model: torch.nn.Module, video: torch.Tensor, device: str, dtype: str) -> None:
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        out = model(video) if hasattr(model, "patch_embed") else model(pixel_values=video)
+        loss = out.last_hidden_state.float().square().mean()
+    loss.backward()
+
+
+def run_case(name: str, frames: int, args: argparse.Namespace) -> dict:
+    """Time ``iters`` steps after one warm-up; report seconds per step and peak memory of the step in MiB."""
+    import resource
+
+    torch.manual_seed(0)
+    model = build(name, frames).to(args.device).train()
+    video = torch.randn(args.batch, frames, 3, SIZE, SIZE, device=args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    if args.device == "cuda":
+        step(model, video, args.device, args.dtype)  # warm-up (kernel selection, allocator)
+        model.zero_grad(set_to_none=True)
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; measured on the first step
+    times = []
+    for i in range(args.iters + (0 if args.device == "cuda" else 1)):
+        model.zero_grad(set_to_none=True)
+        sync()
+        start = time.perf_counter()
+        step(model, video, args.device, args.dtype)
+        sync()
+        if args.device == "cuda" or i > 0:  # CPU: the first step is the warm-up whose RSS growth is the peak
+            times.append(time.perf_counter() - start)
+        if i == 0 and args.device != "cuda":
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    if args.device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return {"name": name, "frames": frames, "times": times, "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--frames", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
+    parser.add_argument("--iters", type=int, default=1, help="timed steps per case per round")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    parser.add_argument("--markdown", help="append the table to this file")
+    args = parser.parse_args()
+    if args.case:
+        name, frames = args.case.split(":")
+        print(json.dumps(run_case(name, int(frames), args)))
+        return
+    cases = [(m, t) for t in args.frames for m in args.models]
+    results: dict[tuple[str, int], dict] = {c: {"times": [], "peaks": []} for c in cases}
+    for r in range(args.rounds):
+        for name, frames in cases:
+            if args.device == "cpu":
+                cmd = [sys.executable, __file__, "--case", f"{name}:{frames}", "--device", "cpu", "--dtype", args.dtype,
+                       "--batch", str(args.batch), "--iters", str(args.iters)]  # fmt: skip
+                res = json.loads(
+                    subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                )
+            else:
+                res = run_case(name, frames, args)
+                torch.cuda.empty_cache()
+            results[(name, frames)]["times"] += res["times"]
+            results[(name, frames)]["peaks"].append(res["peak_mib"])
+            print(
+                f"round {r} {name:18s} T={frames:2d} {statistics.median(res['times']) * 1e3:9.1f} ms", file=sys.stderr
+            )
+    table = render(results, args)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(table + "\n")
+
+
+def render(results: dict, args: argparse.Namespace) -> str:
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    lines = [
+        f"Device: {dev}; dtype {args.dtype}; batch {args.batch}; median of {args.rounds} rounds x {args.iters} steps.",
+        "",
+        "| model | T | tokens | fwd+bwd ms (median) | peak MiB | speed-up vs peer | memory vs peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, frames), res in results.items():
+        ms = statistics.median(res["times"]) * 1e3
+        mib = statistics.median(res["peaks"])
+        peer, speed, mem = PEER_OF.get(name), "", ""
+        if peer and (peer, frames) in results:
+            p = results[(peer, frames)]
+            speed = f"{statistics.median(p['times']) * 1e3 / ms:.2f}x vs {peer}"
+            mem = f"{mib / max(statistics.median(p['peaks']), 1e-9):.2f}x"
+        lines.append(f"| {name} | {frames} | {frames * 197} | {ms:.1f} | {mib:.0f} | {speed} | {mem} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

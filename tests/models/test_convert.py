@@ -1,0 +1,178 @@
+"""Parity of converted HF CLIP / SigLIP vision towers and timm ViTs against the reference implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vidvlm.errors import CheckpointError
+from vidvlm.models.towers import load_vision_tower
+
+transformers = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+
+ATOL = 1e-5
+CLIP_CONFIGS = [
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
+    dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2, image_size=24, patch_size=6,
+         hidden_act="gelu", layer_norm_eps=1e-6),
+]  # fmt: skip
+SIGLIP_CONFIGS = [
+    dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=24, patch_size=4),
+    dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8,
+         vision_use_head=False, hidden_act="gelu", layer_norm_eps=1e-5),
+]  # fmt: skip
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+
+
+def save_hf(model: torch.nn.Module, path: Path) -> Path:
+    model.eval().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kw", CLIP_CONFIGS)
+def test_clip_parity_t1_and_framewise(tmp_path: Path, kw: dict) -> None:
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**kw)).eval()
+    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout="frame", num_frames=4)
+    s = kw["image_size"]
+    video = torch.randn(2, 3, 3, s, s)
+    with torch.no_grad():
+        out = tower(video, output_hidden_states=True)
+        for t in range(3):
+            ref = hf(pixel_values=video[:, t], output_hidden_states=True)
+            close(out.last_hidden_state[:, t], ref.last_hidden_state)
+            close(out.pooler_output[:, t], ref.pooler_output)
+            assert len(out.hidden_states) == len(ref.hidden_states)
+            for mine, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
+                close(mine[:, t], theirs)
+        # a non-square input with interpolated position embeddings
+        img = torch.randn(2, 1, 3, 2 * s, s - kw["patch_size"])
+        ref = hf(pixel_values=img[:, 0], interpolate_pos_encoding=True)
+        out = tower(img)
+    close(out.last_hidden_state[:, 0], ref.last_hidden_state)
+    close(out.pooler_output[:, 0], ref.pooler_output)
+
+
+@pytest.mark.parametrize("layout", ["divided", "joint", "factorised"])
+def test_clip_full_model_dir_every_layout_at_t1(tmp_path: Path, layout: str) -> None:
+    """A full CLIPModel directory: only its vision tensors are read; every layout equals HF at T = 1."""
+    torch.manual_seed(0)
+    vision = CLIP_CONFIGS[0]
+    text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    hf = transformers.CLIPModel(cfg).eval()
+    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout=layout, num_frames=4, tubelet_size=1)
+    img = torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf.vision_model(pixel_values=img[:, 0])
+        out = tower(img)
+    close(out.last_hidden_state[:, 0], ref.last_hidden_state)
+    close(out.pooler_output[:, 0], ref.pooler_output)
+
+
+@pytest.mark.parametrize("kw", SIGLIP_CONFIGS)
+def test_siglip_parity(tmp_path: Path, kw: dict) -> None:
+    torch.manual_seed(0)
+    hf = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**kw)).eval()
+    tower = load_vision_tower(save_hf(hf, tmp_path / "siglip"), layout="divided", num_frames=2)
+    assert tower.num_prefix_tokens == 0
+    s = kw["image_size"]
+    img = torch.randn(2, 1, 3, s, s)
+    wide = torch.randn(1, 1, 3, s, 2 * s)
+    with torch.no_grad():
+        ref, out = hf(pixel_values=img[:, 0]), tower(img)
+        ref_wide = hf(pixel_values=wide[:, 0], interpolate_pos_encoding=True)
+        out_wide = tower(wide)
+    close(out.last_hidden_state[:, 0], ref.last_hidden_state)
+    close(out_wide.last_hidden_state[:, 0], ref_wide.last_hidden_state)
+    if kw.get("vision_use_head", True):
+        close(out.pooler_output[:, 0], ref.pooler_output)
+        close(out_wide.pooler_output[:, 0], ref_wide.pooler_output)
+    else:  # HF has no pooled output then; the tower averages the tokens
+        close(out.pooler_output[:, 0], ref.last_hidden_state.mean(1))
+
+
+TIMM_CASES = [
+    dict(),
+    dict(global_pool="avg"),
+    dict(global_pool="map", class_token=False, depth=1),
+    dict(reg_tokens=2, no_embed_class=True, init_values=0.1),
+    dict(pre_norm=True, global_pool="avg", fc_norm=False, act_layer="quick_gelu"),
+    dict(img_size=(32, 48), qkv_bias=False),
+]
+
+
+@pytest.mark.parametrize("kw", TIMM_CASES)
+def test_timm_parity(tmp_path: Path, kw: dict) -> None:
+    torch.manual_seed(0)
+    args = {**dict(img_size=32, patch_size=8, depth=2, num_classes=5), **kw}
+    ref_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+    path = tmp_path / "vit.safetensors"
+    save_file(ref_model.state_dict(), path)
+    # what cannot be read from the tensors (pooling kind, activation, non-square size) is passed through
+    hints = {k: v for k, v in kw.items() if k in ("global_pool", "fc_norm", "act_layer", "img_size")}
+    tower = load_vision_tower("timm:vit_tiny_patch16_224", weights=path, layout="joint", timm_kwargs=hints)
+    h, w = ref_model.patch_embed.img_size
+    video = torch.randn(2, 2, 3, h, w)
+    tower_frame = load_vision_tower("timm:vit_tiny_patch16_224", weights=path, layout="frame", timm_kwargs=hints)
+    with torch.no_grad():
+        out, out_frames = tower(video[:, :1]), tower_frame(video)
+        for t in range(2):
+            feats = ref_model.forward_features(video[:, t])
+            pooled = ref_model.forward_head(feats, pre_logits=True)
+            close(out_frames.last_hidden_state[:, t], feats)
+            close(out_frames.pooler_output[:, t], pooled)
+            if t == 0:
+                close(out.last_hidden_state[:, 0], feats)
+                close(out.pooler_output[:, 0], pooled)
+
+
+def test_timm_pth_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=0)
+    torch.save({"state_dict": ref_model.state_dict()}, tmp_path / "vit.pth")
+    tower = load_vision_tower("timm:vit_tiny_patch16_224", weights=tmp_path / "vit.pth", img_size=32)  # a timm kwarg
+    img = torch.randn(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        close(tower(img).last_hidden_state[:, 0], ref_model.eval().forward_features(img[:, 0]))
+
+
+def test_strict_mismatches_raise(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**CLIP_CONFIGS[0]))
+    path = save_hf(hf, tmp_path / "clip")
+    tensors = load_file(path / "model.safetensors")
+    save_file({**tensors, "encoder.layers.0.extra.weight": torch.zeros(2)}, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="unused source keys.*extra"):
+        load_vision_tower(path)
+    del tensors["post_layernorm.bias"]
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing source keys.*post_layernorm.bias"):
+        load_vision_tower(path)
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_vision_tower(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="weights="):
+        load_vision_tower("timm:vit_tiny_patch16_224")
+
+
+def test_tubelet_inflation_from_pretrained(tmp_path: Path) -> None:
+    """A static clip through an inflated tubelet tower gives the image result (both inflation modes)."""
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**CLIP_CONFIGS[0])).eval()
+    path = save_hf(hf, tmp_path / "clip")
+    img = torch.randn(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(pixel_values=img[:, 0])
+        for mode in ("center", "average"):
+            tower = load_vision_tower(path, layout="divided", num_frames=4, tubelet_size=2, tubelet_init=mode)
+            out = tower(img.repeat(1, 4, 1, 1, 1))
+            assert out.last_hidden_state.shape[1] == 2
+            close(out.last_hidden_state[:, 1], ref.last_hidden_state)
+            close(out.pooler_output[:, 0], ref.pooler_output)

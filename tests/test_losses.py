@@ -1,0 +1,173 @@
+"""Contrastive losses against naive per-pair references, and the distributed gather-with-grad path on 2 gloo ranks."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidvlm.errors import ConfigError
+from vidvlm.losses import clip_loss, get_loss, siglip_loss
+
+
+def _emb(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+
+
+def naive_clip(v: torch.Tensor, t: torch.Tensor, scale: float, t2v: list[int]) -> float:
+    """Loop-by-loop multi-positive InfoNCE: mean over each video's captions of -log p(caption | video), and
+    -log p(video | caption), each direction averaged over its queries, then the two averaged."""
+    vv, tt = v.tolist(), t.tolist()
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    v2t = []
+    for i, vi in enumerate(vv):
+        logits = [scale * dot(vi, tj) for tj in tt]
+        lse = math.log(sum(math.exp(z) for z in logits))
+        pos = [j for j, g in enumerate(t2v) if g == i]
+        v2t.append(sum(lse - logits[j] for j in pos) / len(pos))
+    t2v_l = []
+    for j, tj in enumerate(tt):
+        logits = [scale * dot(vi, tj) for vi in vv]
+        lse = math.log(sum(math.exp(z) for z in logits))
+        t2v_l.append(lse - logits[t2v[j]])
+    return (sum(v2t) / len(v2t) + sum(t2v_l) / len(t2v_l)) / 2
+
+
+def naive_siglip(v: torch.Tensor, t: torch.Tensor, scale: float, bias: float, t2v: list[int]) -> float:
+    total = 0.0
+    for i, vi in enumerate(v.tolist()):
+        for j, tj in enumerate(t.tolist()):
+            z = 1.0 if t2v[j] == i else -1.0
+            logit = scale * sum(a * b for a, b in zip(vi, tj, strict=True)) + bias
+            total += math.log1p(math.exp(-z * logit))  # -log sigmoid(z * logit)
+    return total / v.shape[0]
+
+
+@pytest.mark.parametrize("t2v", [[0, 1, 2, 3], [0, 0, 1, 2, 2, 2, 3], [3, 2, 1, 0, 0]])
+def test_clip_matches_naive(t2v):
+    v, t = _emb(4, 8, 0), _emb(len(t2v), 8, 1)
+    got = clip_loss(v, t, torch.tensor(7.5, dtype=torch.float64), torch.tensor(t2v))
+    assert got.item() == pytest.approx(naive_clip(v, t, 7.5, t2v), rel=1e-10)
+
+
+def test_clip_one_caption_is_symmetric_cross_entropy():
+    v, t = _emb(5, 8, 2), _emb(5, 8, 3)
+    logits = 3.0 * v @ t.T
+    ref = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
+    assert clip_loss(v, t, torch.tensor(3.0, dtype=torch.float64)).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("t2v", [[0, 1, 2], [0, 0, 1, 2, 2]])
+def test_siglip_matches_naive(t2v):
+    v, t = _emb(3, 8, 4), _emb(len(t2v), 8, 5)
+    scale, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-10.0, dtype=torch.float64)
+    got = siglip_loss(v, t, scale, bias, torch.tensor(t2v))
+    assert got.item() == pytest.approx(naive_siglip(v, t, 10.0, -10.0, t2v), rel=1e-10)
+
+
+def test_loss_input_errors():
+    v = _emb(3, 8, 0)
+    with pytest.raises(ValueError, match="text_to_video"):
+        clip_loss(v, _emb(4, 8, 1), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="at least one caption"):
+        clip_loss(v, _emb(3, 8, 1), torch.tensor(1.0), torch.tensor([0, 0, 1]))
+    with pytest.raises(ConfigError, match="unknown loss"):
+        get_loss("triplet")
+    assert get_loss("siglip") is siglip_loss
+
+
+# ---------------------------------------------------------------------------------------------- distributed (gloo)
+WORLD = 2
+NV, K, D = 4, 2, 8  # 4 videos in all, 2 captions per video
+
+
+def _full_batch():
+    v = _emb(NV, D, 10).float()
+    t = _emb(NV * K, D, 11).float()
+    t2v = torch.arange(NV).repeat_interleave(K)
+    return v, t, t2v
+
+
+def _loss(name, v, t, scale, t2v, local):
+    if name == "clip":
+        return clip_loss(v, t, scale, t2v, local_loss=local)
+    return siglip_loss(v, t, scale, torch.tensor(-1.0), t2v, local_loss=local)
+
+
+SPLITS = {"even": [2, 2], "ragged": [3, 1]}  # videos per rank
+
+
+def _slices(split: str, rank: int) -> tuple[slice, slice]:
+    counts = SPLITS[split]
+    start = sum(counts[:rank])
+    return slice(start, start + counts[rank]), slice(start * K, (start + counts[rank]) * K)
+
+
+def _worker(rank: int, store: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        v, t, t2v = _full_batch()
+        result = {}
+        for split in SPLITS:
+            vs, ts = _slices(split, rank)
+            for name in ("clip", "siglip"):
+                for local in (False, True):
+                    lv = v[vs].clone().requires_grad_(True)
+                    lt = t[ts].clone().requires_grad_(True)
+                    scale = torch.tensor(5.0, requires_grad=True)
+                    loss = _loss(name, lv, lt, scale, t2v[ts] - vs.start, local)
+                    loss.backward()
+                    key = f"{split}_{name}_{int(local)}"
+                    result.update({f"{key}_loss": loss.detach().reshape(1), f"{key}_gv": lv.grad, f"{key}_gt": lt.grad})
+                    result[f"{key}_gs"] = scale.grad.reshape(1)
+        save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_gather_with_grad_equals_single_process(tmp_path):
+    """Two gloo ranks holding parts of the batch (even, and ragged 3 + 1 videos) reproduce the single-process loss on
+    the whole batch; the gradient a rank gets for its features is WORLD x the full-batch gradient (DDP's average over
+    ranks divides that out), and the DDP-averaged logit-scale gradient equals the full-batch one. The local-loss
+    variant is checked on even splits, where the mean of the ranks' losses is the global loss."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
+    v, t, t2v = _full_batch()
+    for name in ("clip", "siglip"):
+        fv, ft = v.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        scale = torch.tensor(5.0, requires_grad=True)
+        full = _loss(name, fv, ft, scale, t2v, False)
+        full.backward()
+        for split in SPLITS:
+            for local in (False, True):
+                key = f"{split}_{name}_{int(local)}"
+                losses = torch.cat([r[f"{key}_loss"] for r in ranks])
+                gv = torch.cat([r[f"{key}_gv"] for r in ranks])
+                gt = torch.cat([r[f"{key}_gt"] for r in ranks])
+                gs = torch.cat([r[f"{key}_gs"] for r in ranks]).mean()
+                if local and split == "ragged":
+                    assert torch.isfinite(losses).all() and gv.shape == fv.shape
+                    continue
+                if local:  # each rank scores its own rows: their mean is the global loss
+                    torch.testing.assert_close(losses.mean(), full.detach(), rtol=1e-5, atol=1e-6)
+                else:  # every rank computes the whole global loss
+                    torch.testing.assert_close(losses, full.detach().expand(WORLD), rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(gv, WORLD * fv.grad, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(gt, WORLD * ft.grad, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(gs, scale.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,128 @@
+"""tools/caption_video.py end to end on generated videos: formats, segments, contact sheet, bad files, the default."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidvlm.captioning import DEFAULT_MODEL_DIR, caption
+from vidvlm.data.synthetic import make_synthetic
+from vidvlm.models.generative import CoCaCaptioner, GenerativeConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("caption_video", ROOT / "tools" / "caption_video.py")
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    make_synthetic(d, 3, seed=7, frames=16, size=32, split="test", fps=8)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    CoCaCaptioner(GenerativeConfig.tiny()).save_pretrained(d)
+    return d
+
+
+def test_text_and_json_many_files(clips, model_dir, capsys):
+    rc = cli.main([str(clips), "--model", str(model_dir), "--format", "json", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0
+    rows = [json.loads(line) for line in out.out.strip().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["test_00000.mp4", "test_00001.mp4", "test_00002.mp4"]
+    assert all(len(r["segments"]) == 1 and isinstance(r["segments"][0]["text"], str) for r in rows)
+    assert "synthetic" not in out.err  # the note is only for the embedded default
+
+
+def test_segments_srt_vtt_and_contact_sheet(clips, model_dir, tmp_path, capsys):
+    clip = clips / "test_00000.mp4"  # 16 frames at 8 fps = 2 s
+    sheet = tmp_path / "sheet.png"
+    rc = cli.main(
+        [
+            str(clip),
+            "--model",
+            str(model_dir),
+            "--segment",
+            "1",
+            "--format",
+            "srt",
+            "--contact-sheet",
+            str(sheet),
+            "--beam",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "1\n00:00:00,000 --> 00:00:01,000\n" in out and "2\n00:00:01,000 --> 00:00:02,000\n" in out
+    from PIL import Image
+
+    with Image.open(sheet) as im:
+        assert im.width == 4 * 128 and im.height > 2 * 128  # 4 frames per segment, two rows
+    rc = cli.main([str(clip), "--model", str(model_dir), "--segment", "1", "--format", "vtt", "--num-frames", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n")
+
+
+def test_bad_file_among_good_ones(clips, model_dir, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
+    missing = tmp_path / "missing.mp4"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "caption_video.py"),
+        str(clips / "test_00000.mp4"),
+        str(bad),
+        str(missing),
+        str(clips / "test_00001.mp4"),
+        "--model",
+        str(model_dir),
+        "--no-progress",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert [Path(line.split("\t")[0]).name for line in lines] == ["test_00000.mp4", "test_00001.mp4"]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and str(bad) in errors[0] and str(missing) in errors[1]
+    assert "2 of 4 file(s) failed" in res.stderr
+
+
+def test_bad_model_dir_is_one_line(tmp_path, capsys):
+    rc = cli.main([str(tmp_path), "--model", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "nope" in err
+
+
+def test_python_api_matches_cli(clips, model_dir, capsys):
+    segs = caption(model_dir, clips / "test_00002.mp4", question="what color is it")
+    assert len(segs) == 1 and segs[0].end == pytest.approx(2.0)
+    cli.main([str(clips / "test_00002.mp4"), "--model", str(model_dir), "--question", "what color is it"])
+    assert capsys.readouterr().out.rstrip("\n").split("\t")[1:] == [segs[0].text]
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no embedded default model")
+def test_default_model_captions_held_out_clips(tmp_path, capsys):
+    manifest = make_synthetic(tmp_path, 6, seed=987654, frames=8, size=32, split="test")
+    truth = {json.loads(line)["path"]: json.loads(line)["caption"] for line in manifest.read_text().splitlines()}
+    image = make_synthetic(tmp_path / "img", 1, seed=5, size=32, images=True)
+    rc = cli.main([str(tmp_path / p) for p in truth] + [str(image.parent / "train_00000.png"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0 and "synthetic moving shapes only" in out.err
+    got = dict(line.split("\t") for line in out.out.strip().splitlines())
+    correct = sum(got[str(tmp_path / p)] == c for p, c in truth.items())
+    assert correct >= 5, got
+    assert "moves" not in got[str(image.parent / "train_00000.png")]  # a still gets a motion-free caption

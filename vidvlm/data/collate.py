@@ -1,0 +1,53 @@
+"""Batching samples of different lengths (images with T = 1 beside videos) with a frame mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples from :class:`~vidvlm.data.datasets.VideoTextDataset`, zero-padding time to the longest clip.
+
+    Args:
+        samples: dicts with ``video`` ``[T_i,3,H,W]`` (one ``H, W`` for the batch), ``text``, ``captions``,
+            ``label``, ``index``, ``path``, ``timestamps`` ``[T_i]`` and optionally ``replaced_from``.
+
+    Returns:
+        ``video`` ``[B,Tmax,3,H,W]`` (zeros past each clip's end), ``frame_mask`` bool ``[B,Tmax]`` (True = real
+        frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
+        ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
+        (-1 where the sample was not a replacement).
+    """
+    if not samples:
+        raise ValueError("collate_video_text: empty batch")
+    videos = [s["video"] for s in samples]
+    frame_shape = videos[0].shape[1:]
+    for s, v in zip(samples, videos, strict=True):
+        if v.ndim != 4 or v.shape[1:] != frame_shape:
+            raise ValueError(
+                f"collate_video_text: {s.get('path')} has frames {tuple(v.shape[1:])}, expected {tuple(frame_shape)}"
+                " (resize or crop to one size before batching)"
+            )
+    lengths = torch.tensor([v.shape[0] for v in videos])
+    t_max = int(lengths.max())
+    batch = len(samples)
+    video = videos[0].new_zeros((batch, t_max, *frame_shape))
+    timestamps = torch.zeros(batch, t_max, dtype=torch.float32)
+    for b, (s, v) in enumerate(zip(samples, videos, strict=True)):
+        video[b, : v.shape[0]] = v
+        timestamps[b, : v.shape[0]] = torch.as_tensor(s["timestamps"], dtype=torch.float32)
+    frame_mask = torch.arange(t_max)[None, :] < lengths[:, None]
+    return {
+        "video": video,
+        "frame_mask": frame_mask,
+        "text": [s["text"] for s in samples],
+        "captions": [list(s["captions"]) for s in samples],
+        "label": torch.tensor([int(s["label"]) for s in samples], dtype=torch.long),
+        "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
+        "path": [s["path"] for s in samples],
+        "timestamps": timestamps,
+        "replaced_from": torch.tensor([int(s.get("replaced_from", -1)) for s in samples], dtype=torch.long),
+    }

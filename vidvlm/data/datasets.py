@@ -1,0 +1,278 @@
+"""Video-text data sets read from a manifest; an image row is a one-frame video through the same path.
+
+A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
+
+- ``path``: the video or image, relative to the manifest's folder (absolute paths are kept);
+- ``caption`` (a string) or ``captions`` (a non-empty list of strings; in CSV a JSON list);
+- optional ``start`` / ``end`` (seconds): sample only inside this window of the video;
+- optional ``label`` (int, -1 when absent) and ``attributes`` (a mapping, kept for evaluation).
+
+Other keys are kept in :attr:`ManifestRow.extra`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vidvlm.data.sampling import Sampler, window_metadata
+from vidvlm.data.transforms import ClipTransform
+from vidvlm.data.video import open_video
+from vidvlm.errors import ConfigError, VideoDecodeError
+
+logger = logging.getLogger(__name__)
+
+_KNOWN_KEYS = {"path", "caption", "captions", "start", "end", "label", "attributes"}
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One parsed manifest row; ``line`` is its 1-based line in the manifest (for error messages)."""
+
+    path: str
+    captions: tuple[str, ...]
+    start: float | None = None
+    end: float | None = None
+    label: int = -1
+    attributes: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+
+def _number(value: Any, key: str, where: str, kind: type) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        ) from None
+
+
+def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> ManifestRow:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    path = data.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}: missing the 'path' key (the video or image, relative to the manifest)")
+    captions = data.get("captions")
+    if csv_row and isinstance(captions, str) and captions:
+        try:
+            captions = json.loads(captions)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: 'captions' must be a JSON list of strings: {e}") from e
+    elif csv_row and captions == "":
+        captions = None
+    if captions is None:
+        caption = data.get("caption")
+        if not isinstance(caption, str) or not caption:
+            raise ConfigError(f"{where}: missing a caption (a 'caption' string or a 'captions' list)")
+        captions = [caption]
+    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+        raise ConfigError(f"{where}: 'captions' must be a non-empty list of strings, got {captions!r}")
+    start = _number(data.get("start"), "start", where, float)
+    end = _number(data.get("end"), "end", where, float)
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"{where}: 'end' ({end}) must be after 'start' ({start})")
+    label = _number(data.get("label"), "label", where, int)
+    attributes = data.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ConfigError(f"{where}: 'attributes' must be a mapping, got {attributes!r}")
+    full = Path(path) if Path(path).is_absolute() else root / path
+    extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
+    return ManifestRow(str(full), tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
+
+
+def read_manifest(manifest: str | Path) -> list[ManifestRow]:
+    """Parse a JSONL or CSV manifest.
+
+    Raises:
+        ConfigError: the file is missing or empty, has an unknown extension, or a row is malformed; the message
+            names the file and the line.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ConfigError(f"{manifest}: manifest file not found")
+    root = manifest.parent
+    rows: list[ManifestRow] = []
+    suffix = manifest.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        with manifest.open(encoding="utf-8") as f:
+            for lineno, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                where = f"{manifest}:{lineno}"
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: not valid JSON: {e.msg}") from e
+                rows.append(_parse_row(data, root, where, lineno, csv_row=False))
+    elif suffix in (".csv", ".tsv"):
+        with manifest.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise ConfigError(f"{manifest}:1: the header must name a 'path' column, got {reader.fieldnames}")
+            end_of_previous = reader.line_num
+            for record in reader:
+                lineno = end_of_previous + 1  # a quoted field may span lines: report where the row starts
+                end_of_previous = reader.line_num
+                where = f"{manifest}:{lineno}"
+                if None in record:
+                    raise ConfigError(f"{where}: more fields than the header has")
+                rows.append(_parse_row(record, root, where, lineno, csv_row=True))
+    else:
+        raise ConfigError(f"{manifest}: unknown manifest format {suffix!r} (use .jsonl or .csv)")
+    if not rows:
+        raise ConfigError(f"{manifest}: the manifest has no rows")
+    return rows
+
+
+class VideoTextDataset(Dataset):
+    """Samples of (frames, caption) from a manifest; decoders are opened inside ``__getitem__`` and closed there.
+
+    Randomness (frame sampling, caption choice, transform) comes from ``numpy.random.default_rng([seed, epoch,
+    index])``, so a sample is the same whenever it is drawn again with the same epoch: training can resume exactly.
+    Call :meth:`set_epoch` at the start of each epoch (with DataLoader workers, before the iterator is created;
+    ``persistent_workers=True`` would keep the workers' copies at their old epoch).
+
+    A sample whose file fails to decode (:class:`~vidvlm.errors.VideoDecodeError`) is logged once per file, counted,
+    and replaced by another row chosen from ``(seed, epoch, index, attempt)``; after ``max_retries`` failed
+    replacements a ``VideoDecodeError`` is raised. Counts in :meth:`stats` are per process: in DataLoader workers
+    they stay in the workers, so each sample also carries ``replaced_from`` (the requested index, or -1) for the
+    main process to count.
+
+    Sample keys: ``video`` float ``[T,3,H,W]`` (uint8 when there is no transform), ``text`` (one caption: random
+    in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
+    loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int).
+
+    Args:
+        manifest: a JSONL or CSV manifest.
+        sampler: ``sampler(metadata, rng) -> indices`` (see :mod:`vidvlm.data.sampling`).
+        transform: uint8 ``[T,3,H,W]`` -> float ``[T,3,H,W]``; a :class:`ClipTransform` receives a seeded
+            ``torch.Generator``, another callable is called with the video only.
+        train: random frames, captions and transforms; otherwise deterministic (sampler ``rng=None``).
+        seed: base seed.
+        decode_size: ``size`` passed to ``Video.get_frames`` (short side int or ``(H, W)``), or None.
+        backend: ``open_video`` backend.
+        num_threads: decoder threads per sample (keep 1 with many workers).
+        max_retries: replacements tried after a failure before giving up.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        sampler: Sampler,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        train: bool = False,
+        seed: int = 0,
+        decode_size: int | tuple[int, int] | None = None,
+        backend: str = "auto",
+        num_threads: int = 1,
+        max_retries: int = 10,
+    ) -> None:
+        self.manifest = Path(manifest)
+        self.rows = read_manifest(self.manifest)
+        self.sampler = sampler
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.decode_size = decode_size
+        self.backend = backend
+        self.num_threads = num_threads
+        self.max_retries = max_retries
+        self.epoch = 0
+        self._failures = 0
+        self._replacements = 0
+        self._failed_paths: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch`` (samples of one epoch are reproducible)."""
+        self.epoch = int(epoch)
+
+    def stats(self) -> dict[str, Any]:
+        """Decode failures seen by this process: ``failures``, ``replacements``, ``failed_paths``."""
+        return {
+            "failures": self._failures,
+            "replacements": self._replacements,
+            "failed_paths": sorted(self._failed_paths),
+        }
+
+    def rng(self, index: int, attempt: int = 0) -> np.random.Generator:
+        """The generator of sample ``index`` in the current epoch (``attempt`` > 0 for replacements)."""
+        key = [self.seed, self.epoch, index] + ([attempt] if attempt else [])
+        return np.random.default_rng(key)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.rows):
+            raise IndexError(f"index {index} out of range for {len(self.rows)} rows of {self.manifest}")
+        candidate, errors = index, []
+        for attempt in range(self.max_retries + 1):
+            rng = self.rng(index, attempt)
+            if attempt:
+                offset = int(rng.integers(len(self.rows) - 1)) + 1 if len(self.rows) > 1 else 0
+                candidate = (index + offset) % len(self.rows)
+                self._replacements += 1
+            try:
+                sample = self.load(candidate, rng)
+            except VideoDecodeError as e:
+                self._record_failure(self.rows[candidate], e)
+                errors.append(f"{self.rows[candidate].path}: {e}")
+                continue
+            sample["replaced_from"] = index if attempt else -1
+            return sample
+        raise VideoDecodeError(
+            f"{self.manifest}: sample {index} and {self.max_retries} replacements all failed to decode; "
+            f"the manifest may point at missing or corrupt files. Last errors: {errors[-3:]}"
+        )
+
+    def _record_failure(self, row: ManifestRow, error: Exception) -> None:
+        self._failures += 1
+        if row.path not in self._failed_paths:
+            self._failed_paths.add(row.path)
+            logger.warning(
+                "%s:%d: cannot decode %s, replacing the sample: %s", self.manifest, row.line, row.path, error
+            )
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Decode row ``index`` with the given generator, without replacement on failure."""
+        row = self.rows[index]
+        with open_video(row.path, backend=self.backend, num_threads=self.num_threads) as video:
+            meta, offset = window_metadata(video.metadata, row.start, row.end)
+            indices = np.asarray(self.sampler(meta, rng if self.train else None), dtype=np.int64) + offset
+            frames = video.get_frames(indices, size=self.decode_size)
+            all_ts = video.metadata.timestamps
+        timestamps = torch.tensor([all_ts[i] for i in indices], dtype=torch.float32)
+        if self.transform is not None:
+            if isinstance(self.transform, ClipTransform):
+                generator = None
+                if self.train:
+                    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                frames = self.transform(frames, generator=generator)
+            else:
+                frames = self.transform(frames)
+        text = row.captions[int(rng.integers(len(row.captions)))] if self.train else row.captions[0]
+        return {
+            "video": frames,
+            "text": text,
+            "captions": list(row.captions),
+            "label": row.label,
+            "index": index,
+            "path": row.path,
+            "timestamps": timestamps,
+        }

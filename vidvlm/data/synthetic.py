@@ -1,0 +1,215 @@
+"""Moving shapes: a deterministic video-text data set written as real H.264 MP4 files and a JSONL manifest.
+
+Each clip shows one shape of one colour and size moving in a straight line over a dark background, captioned
+"a big red square moves left". Factors: colour, shape, size and motion direction (:data:`SHAPES_ATTRIBUTES`).
+The direction cannot be read from one frame: the shape's position at the middle frame (``F // 2``, the frame a
+one-frame uniform sampler picks) is uniform over the same square whatever the direction (so neither the direction
+nor its axis shows), and over a random frame the positions of opposite directions differ by at most one frame's
+step. Only comparing frames tells the motion.
+
+The image variant writes PNG stills captioned without motion ("a big red square").
+
+Colours are fully saturated on a near-black background so that they survive yuv420p chroma subsampling.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vidvlm.errors import ConfigError
+
+SHAPES_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "color": ("red", "green", "blue", "yellow", "magenta", "cyan"),
+    "shape": ("square", "circle", "triangle", "cross"),
+    "size": ("big", "small"),
+    "direction": ("left", "right", "up", "down"),
+}
+
+COLORS_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (40, 40, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+}
+BACKGROUND_RGB = (16, 16, 16)
+# Unit displacement (dx, dy) in image coordinates (y grows downward).
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# Shape side as a fraction of the frame side, and the total travel over the clip.
+_SIZE_FRACTION = {"big": 0.34, "small": 0.2}
+_TRAVEL_FRACTION = 0.4
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class ShapeClip:
+    """The attributes and trajectory of one clip (or still, when ``direction`` is None)."""
+
+    color: str
+    shape: str
+    size: str
+    direction: str | None
+    x: np.ndarray  # [F] top-left column of the shape at each frame
+    y: np.ndarray  # [F] top-left row
+
+    @property
+    def caption(self) -> str:
+        text = f"a {self.size} {self.color} {self.shape}"
+        return text if self.direction is None else f"{text} moves {self.direction}"
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        out = {"color": self.color, "shape": self.shape, "size": self.size}
+        if self.direction is not None:
+            out["direction"] = self.direction
+        return out
+
+
+def shape_mask(shape: str, side: int) -> np.ndarray:
+    """A boolean ``[side, side]`` mask of ``shape``."""
+    yy, xx = np.mgrid[0:side, 0:side] + 0.5
+    c = side / 2
+    if shape == "square":
+        return np.ones((side, side), dtype=bool)
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= c**2
+    if shape == "triangle":  # apex up, base at the bottom row
+        return np.abs(xx - c) <= yy / 2
+    if shape == "cross":
+        arm = side / 6
+        return (np.abs(xx - c) <= arm) | (np.abs(yy - c) <= arm)
+    raise ConfigError(f"shape: {shape!r} is not one of {list(SHAPES_ATTRIBUTES['shape'])}")
+
+
+def sample_clip(rng: np.random.Generator, frames: int, size: int, still: bool = False) -> ShapeClip:
+    """Draw the attributes and trajectory of one clip of ``frames`` frames of ``size x size`` pixels.
+
+    The position at frame ``F // 2`` is uniform on ``[reach, size - side - reach]`` on both axes, where ``reach``
+    is the largest distance travelled on either side of that frame: every direction shares the same middle-frame
+    distribution (also across the motion, so the axis does not show) and the whole trajectory stays in frame.
+    """
+    pick = {k: str(v[rng.integers(len(v))]) for k, v in SHAPES_ATTRIBUTES.items()}
+    side = max(4, round(_SIZE_FRACTION[pick["size"]] * size))
+    if still:
+        xy = rng.integers(0, size - side + 1, size=2)
+        return ShapeClip(pick["color"], pick["shape"], pick["size"], None, xy[:1].copy(), xy[1:].copy())
+    step = _TRAVEL_FRACTION * size / max(frames - 1, 1)
+    mid = frames // 2
+    reach = step * max(mid, frames - 1 - mid)
+    centre = rng.uniform(reach, size - side - reach)
+    across = round(rng.uniform(reach, size - side - reach))
+    t = np.arange(frames) - mid
+    dx, dy = DIRECTIONS[pick["direction"]]
+    along = np.rint(centre + t * step * (dx + dy)).astype(np.int64)
+    x, y = (along, np.full(frames, across)) if dx else (np.full(frames, across), along)
+    return ShapeClip(pick["color"], pick["shape"], pick["size"], pick["direction"], x, y)
+
+
+def render(clip: ShapeClip, size: int) -> np.ndarray:
+    """Frames of ``clip``: uint8 ``[F, size, size, 3]`` (RGB)."""
+    side = max(4, round(_SIZE_FRACTION[clip.size] * size))
+    mask = shape_mask(clip.shape, side)
+    frames = np.empty((len(clip.x), size, size, 3), dtype=np.uint8)
+    frames[:] = BACKGROUND_RGB
+    color = np.array(COLORS_RGB[clip.color], dtype=np.uint8)
+    for f, (x, y) in enumerate(zip(clip.x, clip.y, strict=True)):
+        frames[f, y : y + side, x : x + side][mask] = color
+    return frames
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
+    """Encode RGB ``[F, H, W, 3]`` uint8 frames as H.264 yuv420p, one thread (deterministic bytes)."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.codec_context.thread_count = 1
+        stream.options = {"preset": "ultrafast", "crf": "18", "threads": "1"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_png(path: Path, frame: np.ndarray) -> None:
+    """Write one RGB ``[H, W, 3]`` uint8 frame as PNG."""
+    from PIL import Image
+
+    Image.fromarray(frame).save(path)
+
+
+def make_synthetic(
+    out_dir: str | Path,
+    num: int,
+    seed: int,
+    *,
+    frames: int = 16,
+    size: int = 64,
+    images: bool = False,
+    split: str = "train",
+    fps: int = 8,
+    manifest_name: str = "manifest.jsonl",
+) -> Path:
+    """Write ``num`` moving-shape clips (or stills with ``images=True``) and their manifest into ``out_dir``.
+
+    The same ``(num, seed, frames, size, images, split)`` gives the same files. Splits draw from separate random
+    streams of the same seed (``split`` is one of ``"train"``, ``"val"``, ``"test"``), so a train and a
+    validation set made with one seed do not share clips.
+
+    Each manifest line is ``{"path": "<split>_00000.mp4", "caption": "...", "attributes": {...}, "label": k}``
+    with ``path`` relative to ``out_dir`` and ``label`` the index of the direction in
+    ``SHAPES_ATTRIBUTES["direction"]`` (-1 for stills).
+
+    Args:
+        out_dir: the folder to write into (created when missing).
+        num: number of clips.
+        seed: the random seed.
+        frames: frames per clip.
+        size: frame side in pixels (at least 32).
+        images: write PNG stills with motion-free captions instead of videos.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        fps: the clips' frame rate.
+        manifest_name: the manifest's file name inside ``out_dir``.
+
+    Returns:
+        The manifest's path.
+    """
+    if split not in _SPLIT_STREAM:
+        raise ConfigError(f"split: {split!r} is not one of {list(_SPLIT_STREAM)}")
+    if num < 1 or frames < 2 or size < 32 or size % 2:
+        raise ConfigError(
+            f"make_synthetic: need num >= 1, frames >= 2, an even size >= 32; got {num}, {frames}, {size}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split], int(images)])
+    rows = []
+    for i in range(num):
+        clip = sample_clip(rng, 1 if images else frames, size, still=images)
+        pixels = render(clip, size)
+        name = f"{split}_{i:05d}.{'png' if images else 'mp4'}"
+        if images:
+            write_png(out / name, pixels[0])
+        else:
+            write_mp4(out / name, pixels, fps=fps)
+        label = -1 if clip.direction is None else SHAPES_ATTRIBUTES["direction"].index(clip.direction)
+        rows.append({"path": name, "caption": clip.caption, "attributes": clip.attributes, "label": label})
+    manifest = out / manifest_name
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def all_captions(images: bool = False) -> list[str]:
+    """Every caption the generator can write, in a fixed order (for zero-shot classification)."""
+    a = SHAPES_ATTRIBUTES
+    base = [f"a {s} {c} {sh}" for s in a["size"] for c in a["color"] for sh in a["shape"]]
+    return base if images else [f"{b} moves {d}" for b in base for d in a["direction"]]

@@ -1,0 +1,272 @@
+"""Opening videos, GIFs and images as frame sequences: ``open_video(path) -> Video``.
+
+Every file gets an exact frame index at open (PyAV demux, no decoding, plus a decode of the last GOP), so
+``metadata.num_frames`` counts frames that really decode and ``metadata.timestamps`` are the true presentation times.
+Frames are then decoded by PyAV (planned seeks) or decord (clamped to the PyAV index, rotation applied here).
+An image is a one-frame video decoded by Pillow.
+
+Decoders are opened lazily and dropped when a :class:`Video` is pickled, so a ``Video`` built in the main process can
+be sent to DataLoader workers: each worker reopens the file on its first ``get_frames``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from einops import rearrange
+
+from vidvlm.data import _image, _pyav
+from vidvlm.errors import VideoDecodeError
+
+BACKENDS = ("auto", "pyav", "decord")
+# FFmpeg demuxers that read a single still image; such files are decoded by Pillow like any other image.
+_STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "jpegls_pipe"}
+# Inputs decord gets wrong, served by PyAV even when decord is asked for: it cannot read GIFs; on AVI (no pts, only
+# dts) with B-frames its random access returns frames shifted by several positions (seen on this corpus); VP8 WebM
+# returns frames from the start whatever the index (dmlc/decord#91); on HEVC (x265 default open GOPs) its random
+# access returned wrong frames in 2 of 5 random index sets on this corpus.
+_DECORD_UNSAFE_FORMATS = {"gif", "avi"}
+_DECORD_UNSAFE_CODECS = {"gif", "vp8", "hevc"}
+
+Size = int | tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    """What a video holds, measured on the file rather than read from its header.
+
+    Attributes:
+        path: the file.
+        backend: the decoder that serves frames: ``"pyav"``, ``"decord"`` or ``"pillow"`` (images).
+        num_frames: frames that really decode.
+        fps: average frame rate, ``num_frames / duration`` (0.0 for an image).
+        duration: seconds from the start of the first frame to the end of the last (0.0 for an image).
+        width: display width (after rotation).
+        height: display height (after rotation).
+        rotation: counter-clockwise display rotation in degrees (0, 90, 180 or 270), already applied to frames.
+        timestamps: presentation time in seconds of each frame, in presentation order; ``len == num_frames``.
+    """
+
+    path: str
+    backend: str
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+    rotation: int
+    timestamps: tuple[float, ...]
+
+
+class Video:
+    """An opened video (or image): exact metadata now, frames on demand.
+
+    Use :func:`open_video` to build one. A ``Video`` is a context manager; ``close()`` releases the decoder, and the
+    next call to a frame method reopens it.
+    """
+
+    def __init__(self, metadata: VideoMetadata, num_threads: int, index: _pyav.FrameIndex | None) -> None:
+        self.metadata = metadata
+        self.num_threads = num_threads
+        self._index = index
+        self._container: av.container.InputContainer | None = None
+        self._decord: Any = None
+        self._pid = os.getpid()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Closes any open decoder; the Video stays usable and reopens the file when frames are asked for."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        self._decord = None
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Live decoders hold file handles and native threads; a worker reopens the file instead of sharing them.
+        state = self.__dict__.copy()
+        state["_container"] = None
+        state["_decord"] = None
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down av already
+            self.close()
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return f"Video({m.path!r}, backend={m.backend}, frames={m.num_frames}, {m.width}x{m.height}, fps={m.fps:.3f})"
+
+    # -- frames ------------------------------------------------------------------------------------------------
+    def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor, size: Size = None) -> torch.Tensor:
+        """Decodes the frames at ``indices`` (any order, duplicates allowed) in display orientation.
+
+        Args:
+            indices: frame positions in presentation order, each in ``[0, num_frames)``.
+            size: None (native), an int short side (aspect kept), or ``(H, W)``; applied while decoding.
+
+        Returns:
+            uint8 [T, 3, H, W] with ``T = len(indices)``, frame ``t`` being ``indices[t]``.
+        """
+        idx = self._check_indices(indices)
+        out_h, out_w = _resolve_size(size, self.metadata.height, self.metadata.width, self.metadata.path)
+        if idx.size == 0:
+            return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
+        wanted, inverse = np.unique(idx, return_inverse=True)
+        stored_wh = (out_h, out_w) if self.metadata.rotation in (90, 270) else (out_w, out_h)
+        native = size is None or (out_h, out_w) == (self.metadata.height, self.metadata.width)
+        frames = self._decode(wanted, None if native else stored_wh, (out_h, out_w))
+        video = torch.from_numpy(frames)  # [U, h, w, 3] in stored orientation
+        if self.metadata.rotation and self.metadata.backend != "pillow":  # Pillow already applied EXIF orientation
+            video = torch.rot90(video, k=self.metadata.rotation // 90, dims=(1, 2))
+        video = rearrange(video[torch.from_numpy(inverse.reshape(-1))], "t h w c -> t c h w")
+        return video.contiguous()
+
+    def get_frames_at(self, seconds: Sequence[float] | np.ndarray | torch.Tensor, size: Size = None) -> torch.Tensor:
+        """Decodes the frame shown at each time: the last frame whose presentation time is <= t (VFR-correct).
+
+        Args:
+            seconds: times in seconds on the stream's clock (as in ``metadata.timestamps``); times before the first
+                frame give the first frame; times past ``duration`` after the first frame are an error.
+            size: as in :meth:`get_frames`.
+
+        Returns:
+            uint8 [T, 3, H, W], ``T = len(seconds)``.
+        """
+        times = np.asarray(torch.as_tensor(seconds, dtype=torch.float64).reshape(-1).numpy())
+        stamps = np.asarray(self.metadata.timestamps, dtype=np.float64)
+        end = stamps[0] + self.metadata.duration
+        bad = ~np.isfinite(times) | (times < 0) | (times > end + 1e-6)
+        if bad.any():
+            t = float(times[np.flatnonzero(bad)[0]])
+            raise VideoDecodeError(f"{self.metadata.path}: time {t} s is outside the video (0 to {end:.6f} s)")
+        # A small tolerance absorbs float rounding of pts * time_base when t is exactly a frame's timestamp.
+        idx = np.searchsorted(stamps, times + 1e-9, side="right") - 1
+        return self.get_frames(np.clip(idx, 0, self.metadata.num_frames - 1), size=size)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _check_indices(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        arr = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        integral = np.issubdtype(arr.dtype, np.integer) or (
+            np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.mod(arr, 1) == 0))
+        )
+        if arr.ndim != 1 or not integral:
+            raise VideoDecodeError(f"{self.metadata.path}: indices must be a 1-D sequence of integers, got {arr!r}")
+        arr = arr.astype(np.int64)
+        n = self.metadata.num_frames
+        bad = np.flatnonzero((arr < 0) | (arr >= n))
+        if bad.size:
+            raise VideoDecodeError(
+                f"{self.metadata.path}: frame index {int(arr[bad[0]])} is out of range; the video has {n} frames "
+                f"(valid indices 0..{n - 1})"
+            )
+        return arr
+
+    def _decode(self, wanted: np.ndarray, stored_wh: tuple[int, int] | None, out_hw: tuple[int, int]) -> np.ndarray:
+        """Decodes sorted unique positions; returns uint8 [U, h, w, 3] in stored orientation."""
+        m = self.metadata
+        if self._pid != os.getpid():
+            # Forked (not pickled) into a DataLoader worker: the parent's decoder shares its file offset with this
+            # process, so using it here would read garbage. Drop it without closing and open a private one.
+            self._container, self._decord, self._pid = None, None, os.getpid()
+        if m.backend == "pillow":
+            return _image.load_image(m.path, None if stored_wh is None else out_hw)[None]
+        if m.backend == "decord":
+            if self._decord is None:
+                from vidvlm.data._decord import DecordReader  # lazy: decord is optional and must come after torch
+
+                self._decord = DecordReader(m.path, self._index, self.num_threads, self._reference_frame)
+            return self._decord.get(wanted, stored_wh)
+        if self._container is None:
+            self._container = _pyav.open_container(m.path, self.num_threads)
+        return np.stack(_pyav.decode_frames(m.path, self._container, self._index, wanted, stored_wh))
+
+    def _reference_frame(self) -> np.ndarray:
+        """Frame 0 at native size in display orientation, decoded by PyAV: uint8 [H, W, 3]."""
+        with open_video(self.metadata.path, backend="pyav", num_threads=self.num_threads) as ref:
+            return rearrange(ref.get_frames([0]), "1 c h w -> h w c").numpy()
+
+
+def _resolve_size(size: Size, height: int, width: int, path: str) -> tuple[int, int]:
+    """Turns ``size`` (None, short side, or (H, W)) into the output (H, W) in display orientation."""
+    if size is None:
+        return height, width
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if size <= 0:
+            raise VideoDecodeError(f"{path}: size must be positive, got {size}")
+        scale = int(size) / min(height, width)
+        if height <= width:
+            return int(size), max(1, int(math.floor(width * scale + 0.5)))
+        return max(1, int(math.floor(height * scale + 0.5))), int(size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
+        if min(size) <= 0:
+            raise VideoDecodeError(f"{path}: size must be positive, got {tuple(size)}")
+        return int(size[0]), int(size[1])
+    raise VideoDecodeError(f"{path}: size must be None, an int short side or an (H, W) pair, got {size!r}")
+
+
+def open_video(path: str | os.PathLike[str], backend: str = "auto", num_threads: int = 1) -> Video:
+    """Opens a video, GIF or image and measures it (exact frame index; the last GOP is decoded to verify it).
+
+    Args:
+        path: the file.
+        backend: ``"auto"`` (PyAV), ``"pyav"`` or ``"decord"``; images always use Pillow, and GIF, AVI, VP8 and
+            HEVC files use PyAV even when decord is asked for (decord returns wrong frames on them).
+            ``metadata.backend`` says which decoder serves the frames.
+        num_threads: decoder threads per opened file (keep 1 with many DataLoader workers).
+
+    Raises:
+        VideoDecodeError: missing, empty, unreadable or corrupt file, no video stream, or no decodable frame.
+    """
+    path = os.fspath(path)
+    if backend not in BACKENDS:
+        raise VideoDecodeError(f"{path}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"{path}: file does not exist")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"{path}: not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(f"{path}: file is empty")
+    if path.lower().endswith(_image.IMAGE_SUFFIXES):
+        return _open_image(path, num_threads)
+    container = _pyav.open_container(path, num_threads)
+    try:
+        if container.format.name in _STILL_FORMATS:
+            return _open_image(path, num_threads)
+        index = _pyav.build_index(path, container)
+        # decord trusts the header's frame count and can hang past the real end (decord#373): never on such files.
+        decord_safe = (
+            index.complete
+            and container.format.name not in _DECORD_UNSAFE_FORMATS
+            and (container.streams.video[0].codec_context.name not in _DECORD_UNSAFE_CODECS)
+        )
+    finally:
+        container.close()
+    chosen = "decord" if backend == "decord" and decord_safe else "pyav"
+    stamps = tuple(float(t) for t in (index.pts * index.time_base))
+    num = len(index.pts)
+    width, height = (index.height, index.width) if index.rotation in (90, 270) else (index.width, index.height)
+    fps = num / index.duration if index.duration > 0 else 0.0
+    meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps)
+    return Video(meta, num_threads, index)
+
+
+def _open_image(path: str, num_threads: int) -> Video:
+    width, height, rotation = _image.probe_image(path)
+    meta = VideoMetadata(path, "pillow", 1, 0.0, 0.0, width, height, rotation, (0.0,))
+    return Video(meta, num_threads, None)

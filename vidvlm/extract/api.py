@@ -1,0 +1,300 @@
+"""Feature extraction over many videos and images: ``extract_features``, ``iter_features``, ``extract_to_dir``.
+
+Decoding runs in DataLoader workers (``open_video`` -> sampler -> ``get_frames`` -> the model's eval transform);
+the main process batches the decoded clips and runs the encoder. Clips are batched only with clips of the same
+shape ``[T, 3, H, W]``, so no clip is ever padded: a feature depends on its source alone, never on the batch size,
+the worker count or which other sources happen to share its batch (an image, ``T = 1``, is batched with images).
+
+A source that cannot be read does not stop the run: its result carries ``error`` (the exception's type and message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vidvlm.data.sampling import SamplerConfig, UniformSampler, build_sampler
+from vidvlm.data.video import open_video
+from vidvlm.errors import ConfigError
+from vidvlm.extract.encoders import Encoder, resolve_model
+from vidvlm.extract.result import LEVELS, FeatureResult
+from vidvlm.extract.shards import ShardWriter
+from vidvlm.extract.sources import list_sources
+
+Sources = str | os.PathLike | Iterable[str | os.PathLike]
+
+
+def _build_sampler(sampler: Any) -> Callable:
+    # Extraction keeps short videos short ("fewer"): an image stays one frame instead of being repeated.
+    if sampler is None:
+        return UniformSampler(8, short_policy="fewer")
+    if isinstance(sampler, int):
+        return UniformSampler(sampler, short_policy="fewer")
+    if isinstance(sampler, SamplerConfig):
+        return build_sampler(sampler)
+    if callable(sampler):
+        return sampler
+    raise ConfigError(f"sampler: expected None, a frame count, a SamplerConfig or a callable, got {sampler!r}")
+
+
+def clip_windows(num_frames: int, num_clips: int) -> list[tuple[int, int]]:
+    """``num_clips`` consecutive, equal frame windows ``[first, last)`` tiling the video (empty ones dropped)."""
+    bounds = [k * num_frames // num_clips for k in range(num_clips + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+class _DecodeSet(Dataset):
+    """Decodes one source per item: a list of clips (float ``[T, 3, H, W]``) and their timestamps, or an error."""
+
+    def __init__(self, sources: list[str], sampler: Callable, transform: Callable, size: Any, num_clips: int):
+        self.sources = sources
+        self.sampler = sampler
+        self.transform = transform
+        self.size = size
+        self.num_clips = num_clips
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        src = self.sources[i]
+        try:
+            with open_video(src, num_threads=1) as video:
+                meta = video.metadata
+                stamps = np.asarray(meta.timestamps, dtype=np.float64)
+                clips, times = [], []
+                for first, last in clip_windows(meta.num_frames, self.num_clips):
+                    # Any sampler works on a window: give it the window's metadata and shift its indices back.
+                    # The window lasts until the next window's first frame (or the end of the video).
+                    end = float(stamps[last]) if last < meta.num_frames else max(float(meta.duration), stamps[-1])
+                    sub = dataclasses.replace(
+                        meta,
+                        num_frames=last - first,
+                        timestamps=tuple(float(t) for t in stamps[first:last] - stamps[first]),
+                        duration=max(end - float(stamps[first]), 0.0),
+                    )
+                    idx = np.asarray(self.sampler(sub, None), dtype=np.int64) + first
+                    clips.append(self.transform(video.get_frames(idx, size=self.size)))
+                    times.append(torch.from_numpy(stamps[idx]))
+            return {"index": i, "source": src, "clips": clips, "timestamps": times, "error": None}
+        except Exception as e:  # noqa: BLE001 - a collection run records every unreadable file and goes on
+            return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}"}
+
+
+def _worker_init(_: int) -> None:
+    # Workers decode; one intra-op thread each keeps N workers from oversubscribing the cores the encoder uses.
+    torch.set_num_threads(1)
+
+
+def _encode_batch(encoder: Encoder, items: list[dict[str, Any]], batch_size: int) -> dict[int, list[torch.Tensor]]:
+    """Run every clip of ``items`` through the encoder, batching only clips of equal shape; per item, per clip."""
+    by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for pos, item in enumerate(items):
+        for k, clip in enumerate(item["clips"] or []):
+            by_shape.setdefault(tuple(clip.shape), []).append((pos, k))
+    out: dict[int, list[torch.Tensor]] = {pos: [None] * len(it["clips"] or []) for pos, it in enumerate(items)}
+    for units in by_shape.values():
+        for s in range(0, len(units), batch_size):
+            chunk = units[s : s + batch_size]
+            video = torch.stack([items[p]["clips"][k] for p, k in chunk])
+            for (p, k), feats in zip(chunk, encoder(video), strict=True):
+                out[p][k] = feats
+    return out
+
+
+def _combine(clips: list[torch.Tensor], level: str) -> torch.Tensor:
+    """Per-clip features -> one result: pooled averages the clips, other levels concatenate them in time."""
+    if len(clips) == 1:
+        return clips[0]
+    if level == "pooled":
+        return torch.stack(clips).mean(0)
+    return torch.cat(clips, dim=1 if level == "layers" else 0)
+
+
+def _check(level: str, layers: Sequence[int] | None, num_clips: int, batch_size: int, num_workers: int) -> None:
+    if level not in LEVELS:
+        raise ConfigError(f"level: {level!r} is not one of {list(LEVELS)}")
+    if level == "layers" and not layers:
+        raise ConfigError("layers: level 'layers' needs the list of layer indices to keep, e.g. layers=[-1, -4]")
+    if num_clips < 1 or batch_size < 1 or num_workers < 0:
+        raise ConfigError(f"num_clips, batch_size >= 1 and num_workers >= 0 required, got {num_clips}, "
+                          f"{batch_size}, {num_workers}")  # fmt: skip
+
+
+def _run(
+    encoder: Encoder,
+    todo: list[str],
+    sampler: Any,
+    size: Any,
+    batch_size: int,
+    num_workers: int,
+    num_clips: int,
+) -> Iterator[FeatureResult]:
+    """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order."""
+    data = _DecodeSet(todo, _build_sampler(sampler), encoder.transform, size, num_clips)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,
+        worker_init_fn=_worker_init if num_workers else None,
+        pin_memory=encoder.device.type == "cuda",
+    )
+    with torch.inference_mode():
+        for items in loader:
+            feats = _encode_batch(encoder, items, batch_size)
+            for pos, item in enumerate(items):
+                if item["error"] is not None:
+                    yield FeatureResult(item["source"], None, None, item["error"])
+                    continue
+                yield FeatureResult(item["source"], _combine(feats[pos], encoder.level), torch.cat(item["timestamps"]))
+
+
+def iter_features(
+    model: Any,
+    sources: Sources,
+    *,
+    level: str = "pooled",
+    sampler: Any = None,
+    size: int | tuple[int, int] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    num_clips: int = 1,
+    layers: Sequence[int] | None = None,
+    transform: Callable | None = None,
+    weights: str | None = None,
+) -> Iterator[FeatureResult]:
+    """Stream features of a collection, one :class:`FeatureResult` per source, in source order.
+
+    Takes the same arguments as :func:`extract_features`; use it when the results do not fit in memory.
+    """
+    _check(level, layers, num_clips, batch_size, num_workers)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = resolve_model(model, level, layers, device, weights, transform)
+    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips)
+
+
+def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[FeatureResult]:
+    """Extract features of videos and images (an image is a one-frame video).
+
+    Args:
+        model: a vidvlm checkpoint directory or model (a family with ``encode_video``), or a bare vision tower:
+            an HF CLIP/SigLIP vision directory or ``"timm:<name>"`` (with ``weights=`` a local file).
+        sources: paths, folders (recursive), ``.txt`` file lists, ``.jsonl``/``.csv`` manifests, mixed.
+        level: ``"pooled"`` one ``[D]`` per source (the family's ``encode_video``; for a bare tower the mean over
+            frames of the per-frame ``pooler_output``); ``"frames"`` ``[T, D]`` (the tower's per-frame
+            ``pooler_output``); ``"tokens"`` ``[M, D]`` (the family's pooled spatiotemporal tokens; for a bare
+            tower every last-layer token, ``M = T * N``); ``"layers"`` ``[L, T, N, D]`` (hidden states ``layers``).
+        sampler: a frame count (uniform sampling), a :class:`~vidvlm.data.sampling.SamplerConfig`, any sampler
+            callable, or None (8 uniform frames). Short videos keep fewer frames; an image is one frame.
+        size: decode-time resize (short side, or ``(H, W)``) before the transform; None decodes at full size.
+        batch_size: clips per encoder call.
+        num_workers: DataLoader decoding workers (0 decodes in this process).
+        device: where the encoder runs (default CUDA when available).
+        num_clips: test-time clips: the video is cut into ``num_clips`` equal windows and each is sampled;
+            ``pooled`` averages the clips' embeddings, other levels concatenate them in time.
+        layers: hidden-state indices for ``level="layers"`` (0 = embeddings, -1 = last block; negatives allowed).
+        transform: override the model's eval transform (uint8 ``[T,3,H,W]`` -> float ``[T,3,H,W]``).
+        weights: weights file for a ``timm:<name>`` tower.
+
+    Returns:
+        One :class:`FeatureResult` per source, in order; unreadable sources have ``error`` set and no features.
+        ``torch.stack([r.features for r in results if r.ok])`` gives the ``[V, D]`` matrix at level ``pooled``.
+    """
+    return list(iter_features(model, sources, **kwargs))
+
+
+@torch.inference_mode()
+def extract_text_features(model: Any, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Text embeddings ``[len(texts), D]`` from a family's ``encode_text`` (for text-to-video retrieval)."""
+    model = model.model if isinstance(model, Encoder) else model
+    if isinstance(model, (str, os.PathLike)):
+        import vidvlm.models.registry as registry
+
+        model = registry.load(model)
+    if not hasattr(model, "encode_text"):
+        raise ConfigError(f"model: {type(model).__name__} has no encode_text; text features need a vidvlm family")
+    model.eval()
+    texts = list(texts)
+    return torch.cat([model.encode_text(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts),
+                                                                                             batch_size)])  # fmt: skip
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    """What :func:`extract_to_dir` did: sources ``done`` now, ``skipped`` (done before), ``failed``, seconds."""
+
+    done: int
+    skipped: int
+    failed: int
+    seconds: float
+
+    @property
+    def videos_per_second(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+def extract_to_dir(
+    model: Any,
+    sources: Sources,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 1000,
+    retry_failed: bool = False,
+    progress: bool = False,
+    on_shard: Callable[[int], None] | None = None,
+    settings: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ExtractSummary:
+    """Extract features into resumable safetensors shards under ``out_dir`` (see :mod:`vidvlm.extract.shards`).
+
+    Args:
+        model, sources, kwargs: as for :func:`extract_features`.
+        out_dir: output directory; a rerun skips every source already in its index.
+        shard_size: sources per shard (an interruption loses at most one shard's work).
+        retry_failed: recompute sources whose earlier attempt failed.
+        progress: show a progress bar (tqdm, videos/s).
+        on_shard: called with the number of shards committed so far, after each commit.
+        settings: extra identifying settings stored in ``extract.json`` (e.g. the model path as typed).
+    """
+    opts = {"level": "pooled", "sampler": None, "size": None, "batch_size": 8, "num_workers": 0, "device": None,
+            "num_clips": 1, "layers": None, "transform": None, "weights": None}  # fmt: skip
+    unknown = set(kwargs) - set(opts)
+    if unknown:
+        raise TypeError(f"extract_to_dir() got unexpected keyword arguments {sorted(unknown)}")
+    opts.update(kwargs)
+    _check(opts["level"], opts["layers"], opts["num_clips"], opts["batch_size"], opts["num_workers"])
+    device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = resolve_model(model, opts["level"], opts["layers"], device, opts["weights"], opts["transform"])
+    ident = {k: opts[k] for k in ("level", "size", "num_clips", "layers")}
+    ident["sampler"] = repr(_build_sampler(opts["sampler"]))
+    ident["model"] = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    ident.update(settings or {})
+    writer = ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed)
+    all_sources = list_sources(sources)
+    skipped = sum(s in writer.done for s in all_sources)
+    todo = [s for s in all_sources if s not in writer.done]
+    start = time.perf_counter()
+    results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
+                   opts["num_clips"])  # fmt: skip
+    from tqdm import tqdm
+
+    shards = failed = 0
+    with writer, tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
+        for result in results:
+            if writer.add(result):
+                shards += 1
+                if on_shard is not None:
+                    on_shard(shards)
+            failed += not result.ok
+            bar.update(1)
+            bar.set_postfix(failed=failed, refresh=False)
+    return ExtractSummary(writer.written, skipped, writer.failed, time.perf_counter() - start)

@@ -1,0 +1,214 @@
+"""An on-disk feature store that survives interruption: safetensors shards beside a JSONL index.
+
+Layout of an output directory::
+
+    extract.json              the run's settings (model, level, frames, ...); a rerun must match them
+    shard-00000.safetensors   rows of several sources: ``features`` [R, ...] (or ``layer.<k>`` per chosen layer)
+    index.jsonl               one object per source: {"source", "shard", "rows": [start, end], "timestamps"}
+                              or {"source", "error"} for a source that could not be read
+
+Crash safety: a shard is written to ``*.tmp``, fsynced and renamed; only then are its index lines appended and
+fsynced. A source is done exactly when its index line is complete, so an interrupted run loses at most the shard in
+progress, and a rerun skips every indexed source (failed ones too, unless asked to retry them). A shard file
+that never reached the index is simply overwritten by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vidvlm.errors import ConfigError
+from vidvlm.extract.result import FeatureResult, from_rows, to_rows
+
+INDEX = "index.jsonl"
+SETTINGS = "extract.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through ``write(tmp_path)``, fsync, then rename over ``path`` so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_index(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The entries of ``out_dir/index.jsonl`` (empty when absent).
+
+    A torn last line (the process died while appending) is ignored: that source simply is not done yet.
+
+    Raises:
+        ConfigError: a line other than the last is not valid JSON (the index was edited or damaged).
+    """
+    path = Path(out_dir) / INDEX
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    entries = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # torn final write, no newline after it
+                break
+            raise ConfigError(f"{path}:{i + 1}: damaged index line: {e}") from e
+    return entries
+
+
+def _drop_torn_tail(index: Path) -> None:
+    """Cut a final line left without its newline by a crash, so that new lines do not append to it."""
+    if not index.exists():
+        return
+    data = index.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(index, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class ShardWriter:
+    """Buffers :class:`FeatureResult` objects and commits them shard by shard.
+
+    Args:
+        out_dir: the output directory (created).
+        settings: what produced the features (model, level, sampler, ...). Stored in ``extract.json``; a rerun into
+            the same directory with different settings raises rather than mixing incompatible features.
+        shard_size: sources per shard (failed sources count too, so that errors reach the index promptly).
+        retry_failed: treat sources that failed before as not done.
+
+    Raises:
+        ConfigError: ``settings`` differ from the ones stored in ``out_dir``.
+    """
+
+    def __init__(
+        self, out_dir: str | os.PathLike, settings: dict[str, Any], shard_size: int = 1000, retry_failed: bool = False
+    ):
+        if shard_size < 1:
+            raise ConfigError(f"shard_size: must be at least 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.level = settings["level"]
+        self.shard_size = shard_size
+        settings_path = self.out_dir / SETTINGS
+        settings = json.loads(json.dumps(settings))  # normalise tuples to lists for the comparison
+        if settings_path.exists():
+            old = json.loads(settings_path.read_text())
+            if old != settings:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise ConfigError(
+                    f"{settings_path}: this directory holds features made with other settings ({', '.join(diff)}: "
+                    f"{[old.get(k) for k in diff]} vs {[settings.get(k) for k in diff]}); use a new --out directory"
+                )
+        else:
+            _write_atomic(settings_path, lambda p: p.write_text(json.dumps(settings, indent=2)))
+        for stale in self.out_dir.glob("*.tmp"):  # half-written shard of an interrupted run
+            stale.unlink()
+        _drop_torn_tail(self.out_dir / INDEX)
+        entries = read_index(self.out_dir)
+        self.done: set[str] = {e["source"] for e in entries if retry_failed is False or "error" not in e}
+        shard_ids = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries if "shard" in e]
+        self._next_shard = max(shard_ids, default=-1) + 1
+        self._pending: list[FeatureResult] = []
+        self.written = 0
+        self.failed = 0
+
+    def add(self, result: FeatureResult) -> bool:
+        """Queue one result; returns True when this call committed a shard."""
+        self._pending.append(result)
+        if len(self._pending) >= self.shard_size:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Commit the pending results: the shard file first (atomically), then their index lines (fsynced)."""
+        if not self._pending:
+            return
+        ok = [r for r in self._pending if r.ok]
+        name = f"shard-{self._next_shard:05d}.safetensors"
+        parts: dict[str, list[torch.Tensor]] = {}
+        lines = []  # in source order, so that the index reads like the input list
+        start = 0
+        for r in self._pending:
+            if not r.ok:
+                lines.append({"source": r.source, "error": r.error})
+                continue
+            rows = to_rows(r.features.detach().to("cpu", torch.float32), self.level)
+            n = next(iter(rows.values())).shape[0]
+            for key, t in rows.items():
+                parts.setdefault(key, []).append(t)
+            lines.append({"source": r.source, "shard": name, "rows": [start, start + n],
+                          "timestamps": [float(t) for t in r.timestamps]})  # fmt: skip
+            start += n
+        if ok:
+            tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+            meta = {"level": self.level, "format": "vidvlm-features-1"}
+            _write_atomic(self.out_dir / name, lambda p: save_file(tensors, str(p), metadata=meta))
+            self._next_shard += 1
+        with open(self.out_dir / INDEX, "a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        self.written += len(ok)
+        self.failed += len(self._pending) - len(ok)
+        self.done.update(r.source for r in self._pending)
+        self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an exception the pending (uncommitted) results are dropped on purpose: the index must only ever
+        # describe shards that are fully on disk, and a rerun recomputes them.
+        if exc_type is None:
+            self.close()
+
+
+def iter_stored(out_dir: str | os.PathLike) -> Iterator[FeatureResult]:
+    """Read back every indexed source of an output directory, in index order (failed sources have ``error``)."""
+    out_dir = Path(out_dir)
+    settings_path = out_dir / SETTINGS
+    if not settings_path.exists():
+        raise ConfigError(f"{out_dir}: not a feature directory (no {SETTINGS})")
+    level = json.loads(settings_path.read_text())["level"]
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+    for e in read_index(out_dir):
+        if "error" in e:
+            yield FeatureResult(e["source"], None, None, e["error"])
+            continue
+        if e["shard"] not in cache:
+            cache.clear()  # index order follows shard order: keep one shard in memory
+            with safe_open(str(out_dir / e["shard"]), framework="pt") as f:
+                cache[e["shard"]] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+        start, end = e["rows"]
+        tensors = {k: v[start:end] for k, v in cache[e["shard"]].items()}
+        yield FeatureResult(e["source"], from_rows(tensors, level), torch.tensor(e["timestamps"], dtype=torch.float64))
+
+
+def load_features(out_dir: str | os.PathLike) -> list[FeatureResult]:
+    """Every indexed source of an output directory, as :class:`FeatureResult` objects (see :func:`iter_stored`)."""
+    return list(iter_stored(out_dir))

@@ -1,0 +1,191 @@
+"""Named losses. Each returns a scalar tensor; a family returns them as ``{"<name>_loss": value}``.
+
+Contrastive losses (:func:`clip_loss`, :func:`siglip_loss`) take L2-normalised embeddings and work the same in one
+process and across processes:
+
+* Across processes, features are gathered **with gradient** (``torch.distributed.nn.functional.all_gather``), so
+  every rank's similarity matrix covers the global batch. The backward of that gather sums the gradients that all
+  ranks send to a rank's local features; with ``local_loss=False`` every rank computes the same global loss, so the
+  local gradient is ``world_size`` times the gradient of the global loss. DDP then averages parameter gradients over
+  ranks, which divides that factor out: the update equals the single-process update on the global batch.
+* ``local_loss=True`` (open_clip's ``--local-loss``): a rank only scores its own rows (its videos against all texts,
+  its texts against all videos), which saves a ``world_size`` factor of logits. The mean of the ranks' losses is the
+  global loss, and the gradients reach the same DDP-averaged result.
+
+Several captions per video (multi-positive): ``text_to_video [Bt]`` maps every text to the index of its video in the
+local batch (default ``arange(B)``, one caption each). Every caption of a video is its positive:
+
+* text -> video is an ordinary softmax cross-entropy (each text has exactly one video);
+* video -> text uses a target distribution spread evenly over the video's captions, i.e. the mean over its positives
+  of ``-log softmax``; with one caption per video both directions reduce to CLIP's symmetric InfoNCE;
+* SigLIP labels every (video, caption-of-that-video) pair +1 and every other pair -1.
+
+Processes may hold different numbers of videos and texts (a ragged last batch): the gather pads to the largest
+and cuts the padding off. With ``local_loss`` and ragged batches the mean of the ranks' losses weights every rank
+equally, so it differs slightly from the global loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from vidvlm.errors import ConfigError
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sizes(n: int, device: torch.device) -> list[int]:
+    """The dim-0 size of every rank's tensor (ranks may hold ragged last batches)."""
+    rank, world = _world()
+    if world == 1:
+        return [n]
+    mine = torch.tensor([n], device=device, dtype=torch.long)
+    out = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(out, mine)
+    return [int(x) for x in out]
+
+
+def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Concatenate ``x [N, ...]`` from every process along dim 0 (rank order), keeping the autograd graph.
+
+    Ranks may hold different N (``sizes``, found with one extra collective when not given): tensors are padded to
+    the largest for ``all_gather`` and the padding is cut off again. Returns ``x`` itself when not distributed.
+    """
+    rank, world = _world()
+    if world == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = sizes if sizes is not None else _sizes(x.shape[0], x.device)
+    top = max(sizes)
+    if top != x.shape[0]:
+        x = torch.cat([x, x.new_zeros(top - x.shape[0], *x.shape[1:])])
+    parts = all_gather(x.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0)
+
+
+def _gather_no_grad(x: Tensor, sizes: list[int]) -> Tensor:
+    with torch.no_grad():
+        return gather_with_grad(x, sizes)
+
+
+def _pairs(
+    video: Tensor, text: Tensor, text_to_video: Tensor | None, local_loss: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Rows and columns of the similarity matrices, and the positives.
+
+    Returns:
+        ``rows_v [Rv, D]``, ``cols_t [Ct, D]``, ``pos_vt`` bool ``[Rv, Ct]``, ``rows_t [Rt, D]``, ``cols_v [Cv, D]``
+        and ``target_tv`` long ``[Rt]`` (the column of each text row's video).
+    """
+    if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
+        raise ValueError(f"contrastive loss: expected video [B, D] and text [Bt, D], got {video.shape}, {text.shape}")
+    bv = video.shape[0]
+    if text_to_video is None:
+        if text.shape[0] != bv:
+            raise ValueError(f"contrastive loss: {text.shape[0]} texts for {bv} videos needs text_to_video")
+        text_to_video = torch.arange(bv, device=video.device)
+    text_to_video = text_to_video.to(device=video.device, dtype=torch.long)
+    if text_to_video.shape != (text.shape[0],):
+        raise ValueError(f"text_to_video: expected shape [{text.shape[0]}], got {tuple(text_to_video.shape)}")
+    if text_to_video.min() < 0 or text_to_video.max() >= bv:
+        raise ValueError(f"text_to_video: indices must lie in [0, {bv})")
+    counts = torch.bincount(text_to_video, minlength=bv)
+    if bool((counts == 0).any()):
+        raise ValueError("text_to_video: every video needs at least one caption in the batch")
+    rank, world = _world()
+    v_sizes, t_sizes = _sizes(bv, video.device), _sizes(text.shape[0], video.device)
+    offset = sum(v_sizes[:rank])  # global index of this rank's first video
+    all_v, all_t = gather_with_grad(video, v_sizes), gather_with_grad(text, t_sizes)
+    all_t2v = _gather_no_grad(text_to_video + offset, t_sizes) if world > 1 else text_to_video
+    if local_loss:
+        rows_v, rows_vid = video, torch.arange(bv, device=video.device) + offset
+        rows_t, target_tv = text, text_to_video + offset
+    else:
+        rows_v, rows_vid = all_v, torch.arange(all_v.shape[0], device=video.device)
+        rows_t, target_tv = all_t, all_t2v
+    pos_vt = rows_vid[:, None] == all_t2v[None, :]
+    return rows_v, all_t, pos_vt, rows_t, all_v, target_tv
+
+
+def clip_loss(
+    video: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    text_to_video: Tensor | None = None,
+    *,
+    local_loss: bool = False,
+) -> Tensor:
+    """Symmetric InfoNCE (CLIP), multi-positive and distributed-aware (see the module docstring).
+
+    Args:
+        video: normalised video embeddings ``[B, D]`` (this process's).
+        text: normalised text embeddings ``[Bt, D]``.
+        logit_scale: the temperature's inverse, already exponentiated (a scalar tensor, e.g. ``1 / 0.07``).
+        text_to_video: long ``[Bt]``, the local video index of each text (None: ``Bt == B``, pairs on the diagonal).
+        local_loss: score only this process's rows against the gathered columns.
+
+    Returns:
+        scalar loss: ``(video->text + text->video) / 2``.
+    """
+    rows_v, cols_t, pos_vt, rows_t, cols_v, target_tv = _pairs(video, text, text_to_video, local_loss)
+    logits_vt = logit_scale * rows_v @ cols_t.T
+    logp_vt = F.log_softmax(logits_vt, dim=1)
+    pos = pos_vt.to(logp_vt.dtype)
+    loss_v2t = -((logp_vt * pos).sum(1) / pos.sum(1)).mean()
+    logits_tv = logit_scale * rows_t @ cols_v.T
+    loss_t2v = F.cross_entropy(logits_tv, target_tv)
+    return (loss_v2t + loss_t2v) / 2
+
+
+def siglip_loss(
+    video: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    text_to_video: Tensor | None = None,
+    *,
+    local_loss: bool = False,
+) -> Tensor:
+    """Pairwise sigmoid loss (SigLIP), multi-positive and distributed-aware.
+
+    ``loss = -1/Bv_global * sum_ij log sigmoid(z_ij * (scale * v_i . t_j + bias))`` with ``z_ij = +1`` when text j
+    describes video i, else -1 (the SigLIP paper normalises by the number of images).
+
+    Args:
+        video: normalised video embeddings ``[B, D]``.
+        text: normalised text embeddings ``[Bt, D]``.
+        logit_scale: exponentiated scale (scalar tensor, SigLIP starts at 10).
+        logit_bias: scalar bias (SigLIP starts at -10).
+        text_to_video: long ``[Bt]`` local video index of each text (None: pairs on the diagonal).
+        local_loss: score only this process's videos against all gathered texts.
+
+    Returns:
+        scalar loss.
+    """
+    rows_v, cols_t, pos_vt, _, _, _ = _pairs(video, text, text_to_video, local_loss)
+    logits = logit_scale * rows_v @ cols_t.T + logit_bias
+    labels = pos_vt.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(labels * logits).sum() / rows_v.shape[0]
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"clip": clip_loss, "siglip": siglip_loss}
+
+
+def get_loss(name: str) -> Callable[..., Tensor]:
+    """The loss function registered as ``name`` (``"clip"`` or ``"siglip"``)."""
+    if name not in LOSSES:
+        raise ConfigError(f"loss: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+__all__ = ["clip_loss", "siglip_loss", "gather_with_grad", "get_loss", "LOSSES"]

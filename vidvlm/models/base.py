@@ -1,0 +1,179 @@
+"""The base class of every model family: checkpoint I/O and tower locking.
+
+A checkpoint directory holds ``config.yaml`` (the family's config dataclass, with its ``family`` key),
+``model.safetensors`` (every tensor of the state dict; tensors shared between modules are stored once) and the
+tokenizer files. Nothing is pickled. Loading is strict: a missing or unexpected tensor, or a shape mismatch, is a
+:class:`~vidvlm.errors.CheckpointError` that lists the keys.
+
+A family subclasses :class:`VLMModel`, sets ``config_class``, and may override two hooks: ``_save_extra(dir)``
+(write tokenizer or tower files) and the classmethod ``_build_for_restore(config, dir)`` (build the architecture
+from a checkpoint without reading pretrained sources named in the config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from vidvlm.config import from_dict, read_mapping, save_config
+from vidvlm.errors import CheckpointError, ConfigError
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class VLMModel(nn.Module):
+    """Base of the model families (see the module docstring).
+
+    Subclasses implement ``encode_video(video [B, T, 3, H, W], frame_mask=None) -> [B, D]`` where they have an
+    embedding, ``encode_text(list[str]) -> [B, D]``, ``forward(batch) -> dict`` with losses named ``*_loss``, and the
+    ``transform`` property (the evaluation transform producing their input).
+
+    Attributes:
+        config_class: the family's config dataclass (it has a ``family`` field).
+        family_name: set by :func:`vidvlm.models.registry.register_family` (the first name registered).
+        family_names: every family name registered for this class (one class may serve several).
+        config: the instance's config.
+    """
+
+    config_class: ClassVar[type]
+    family_name: ClassVar[str] = ""
+    family_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- interface ---------------------------------------------------------------------------------------------
+    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``video [B, T, 3, H, W]`` (float, after :attr:`transform`) -> ``[B, D]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no video embedding")
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B strings -> ``[B, D]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no text embedding")
+
+    @property
+    def transform(self):
+        """The evaluation transform: uint8 ``[T, 3, H, W]`` -> float ``[T, 3, H, W]`` as ``encode_video`` expects."""
+        raise NotImplementedError
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.yaml``, ``model.safetensors`` and the family's extra files into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_config(self.config_for_save(), path / CONFIG_FILE)
+        save_model(self, str(path / WEIGHTS_FILE))
+        self._save_extra(path)
+
+    def config_for_save(self) -> Any:
+        """The config written to ``config.yaml`` (families may replace pretrained sources by resolved configs)."""
+        return self.config
+
+    def _save_extra(self, directory: Path) -> None:
+        """Write tokenizer / tower files (none by default)."""
+
+    @classmethod
+    def _build_for_restore(cls, config: Any, directory: Path) -> VLMModel:
+        """Build the architecture for a checkpoint's weights (default: ``cls(config)``)."""
+        return cls(config)
+
+    @classmethod
+    def read_config(cls, directory: str | Path) -> Any:
+        """Parse ``directory/config.yaml`` into ``cls.config_class`` (strict keys).
+
+        Raises:
+            CheckpointError: no config file, or it belongs to another family.
+        """
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{Path(directory)}: no {CONFIG_FILE} (not a vidvlm checkpoint directory)")
+        data = read_mapping(path)
+        family = data.get("family")
+        if cls.family_names and family not in cls.family_names:
+            raise CheckpointError(f"{path}: family is {family!r}, but {cls.__name__} loads {list(cls.family_names)}")
+        try:
+            return from_dict(cls.config_class, data, where=str(path))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from e
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> VLMModel:
+        """Restore a model saved with :meth:`save_pretrained` onto ``map_location``.
+
+        The model is returned in training mode, like any new module: call ``.eval()`` for inference.
+
+        Raises:
+            CheckpointError: missing files, wrong family, missing/unexpected tensors or mismatched shapes.
+        """
+        path = Path(directory)
+        config = cls.read_config(path)
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(f"{path}: no {WEIGHTS_FILE}")
+        model = cls._build_for_restore(config, path)
+        load_weights(model, weights)
+        return model.to(map_location)
+
+    # -- locking -----------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every parameter with ``requires_grad``."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+
+def load_weights(model: nn.Module, file: str | Path, map_location: str | torch.device = "cpu") -> None:
+    """Strictly load ``file`` (safetensors) into ``model``.
+
+    Raises:
+        CheckpointError: the file is unreadable, or keys are missing / unexpected, or shapes differ.
+    """
+    file = Path(file)
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False, device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: cannot read safetensors: {e}") from e
+    except RuntimeError as e:  # size mismatches from load_state_dict
+        raise CheckpointError(f"{file}: tensors do not fit the model: {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file}: checkpoint does not match the model; missing keys: {sorted(missing)}; "
+            f"unexpected keys: {sorted(unexpected)}"
+        )
+
+
+def freeze(module: nn.Module) -> None:
+    """Set ``requires_grad = False`` on every parameter of ``module``."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def lock_tower(
+    tower: nn.Module, layers: nn.ModuleList, unlocked_layers: int = 0, unlocked: Iterable[nn.Module] = ()
+) -> None:
+    """LiT-style locking: freeze ``tower`` except its last ``unlocked_layers`` blocks (and ``unlocked`` modules,
+    e.g. the final norm, which are only unlocked when ``unlocked_layers > 0``).
+
+    Args:
+        tower: the whole tower.
+        layers: its block list.
+        unlocked_layers: how many of the last blocks stay trainable (0 = lock everything).
+        unlocked: modules after the blocks that train along with the unlocked blocks.
+    """
+    if unlocked_layers < 0 or unlocked_layers > len(layers):
+        raise ConfigError(f"unlocked layers: {unlocked_layers} is not in [0, {len(layers)}]")
+    freeze(tower)
+    if unlocked_layers == 0:
+        return
+    for mod in [*list(layers)[len(layers) - unlocked_layers :], *unlocked]:
+        for p in mod.parameters():
+            p.requires_grad_(True)
+
+
+__all__ = ["VLMModel", "load_weights", "freeze", "lock_tower", "CONFIG_FILE", "WEIGHTS_FILE"]

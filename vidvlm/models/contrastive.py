@@ -1,0 +1,342 @@
+"""Contrastive family (CLIP / SigLIP over video): a video tower + pooler and a text tower, projected to one space.
+
+    video [B,T,3,H,W] ──VideoViT──▶ per-frame embeddings [B,T',D] (or all tokens [B,T',N',D])
+                      ──pooler──▶ [B,M,D] ──mean over M──▶ [B,D] ──video_proj──▶ [B,E] ──L2──▶ video embedding
+    captions ──tokenizer──▶ ids [B,L] ──text tower──▶ pooled [B,Dt] ──text_proj──▶ [B,E] ──L2──▶ text embedding
+
+Losses (``vidvlm.losses``): ``clip`` (symmetric InfoNCE with a learnable temperature, ``logit_scale`` initialised to
+``log(1/0.07)`` and capped at 100 after ``exp``) or ``siglip`` (sigmoid loss with ``logit_scale`` = ``log 10`` and
+``logit_bias`` = -10). Both gather features with gradient across processes; ``local_loss`` scores only local rows.
+
+Several captions per video: with ``captions_per_video = K > 1`` the forward pass takes K captions of every video
+from the batch's ``captions`` lists (a random K in training, cycling when a video has fewer; the first K in eval)
+and treats all captions of a video as its positives (see ``vidvlm.losses``). With K = 1 it uses ``text``.
+
+Locking (LiT): ``lock_vision`` freezes the vision tower except its last ``lock_vision_unlocked_layers`` blocks (and
+its final norm when some are unlocked); the pooler and projections stay trainable. ``lock_text`` likewise.
+Module-name prefixes for training stages: ``vision.``, ``pooler.``, ``video_proj.``, ``text.``, ``text_proj.``,
+``logit_scale``, ``logit_bias``.
+
+Tokenizer: ``tokenizer`` names a local directory, else an ``hf`` text tower's ``source`` is used, else one is trained
+on the training captions by :meth:`ContrastiveModel.prepare_for_training` (the trainer calls it). It is saved with
+the model, and loading a checkpoint always uses the saved one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+from torch import nn
+
+from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
+from vidvlm.errors import ConfigError
+from vidvlm.layers.pooling import PoolerConfig, build_pooler
+from vidvlm.losses import clip_loss, siglip_loss
+from vidvlm.models.base import VLMModel, lock_tower
+from vidvlm.models.registry import register_family
+from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config
+from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
+from vidvlm.models.vision import VideoViT, VisionConfig
+
+
+@dataclass
+class ContrastiveConfig:
+    """A contrastive video-text model.
+
+    Attributes:
+        family: always ``"contrastive"``.
+        vision: the video ViT (with ``vision_source`` only its video fields are used: layout, num_frames,
+            tubelet_size, tubelet_init, temporal_depth, grad_checkpointing, attn_backend).
+        vision_source: a pretrained image tower for ``load_vision_tower`` (a local HF directory or ``timm:<name>``);
+            None builds ``vision`` from scratch. A saved checkpoint stores the resolved ``vision`` instead.
+        vision_weights: weights file for a ``timm:`` source.
+        pooler: the pooler over the tower's output (``meanP`` = CLIP4Clip mean over frames).
+        pool_input: ``"frame"`` pools the tower's per-frame embeddings (``pooler_output`` as ``[B, T', 1, D]``);
+            ``"tokens"`` pools all tokens ``[B, T', N', D]``.
+        text: the text tower.
+        embed_dim: width E of the joint embedding space.
+        loss: ``"clip"`` or ``"siglip"``.
+        local_loss: score only local rows against gathered columns (saves memory across processes).
+        logit_scale_init: initial ``log`` of the logit scale (None: ``log(1/0.07)`` for clip, ``log 10`` for siglip).
+        logit_bias_init: initial SigLIP bias.
+        lock_vision: freeze the vision tower (LiT).
+        lock_vision_unlocked_layers: with ``lock_vision``, keep the last N blocks trainable.
+        lock_text: freeze the text tower.
+        lock_text_unlocked_layers: with ``lock_text``, keep the last N blocks trainable.
+        tokenizer: a local tokenizer directory, or None (use ``text.source`` for hf towers, else train one).
+        tokenizer_kind: kind of tokenizer trained on captions: ``bpe`` (needs a vocabulary above 260), ``wordpiece``,
+            ``word``.
+        captions_per_video: K captions per video in each training batch (multi-positive when K > 1).
+        image_size: side of the eval transform (None: the vision tower's ``image_size``).
+        normalize: normalisation preset of the transform (``clip``, ``siglip``, ``imagenet``, ``none``).
+    """
+
+    family: str = "contrastive"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision_source: str | None = None
+    vision_weights: str | None = None
+    pooler: PoolerConfig = field(default_factory=PoolerConfig)
+    pool_input: Literal["frame", "tokens"] = "frame"
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512
+    loss: Literal["clip", "siglip"] = "clip"
+    local_loss: bool = False
+    logit_scale_init: float | None = None
+    logit_bias_init: float = -10.0
+    lock_vision: bool = False
+    lock_vision_unlocked_layers: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    tokenizer: str | None = None
+    tokenizer_kind: TokenizerKind = "bpe"
+    captions_per_video: int = 1
+    image_size: int | None = None
+    normalize: str = "clip"
+
+    def __post_init__(self) -> None:
+        if self.family != "contrastive":
+            raise ConfigError(f"family: ContrastiveConfig is for 'contrastive', got {self.family!r}")
+        if self.loss not in ("clip", "siglip"):
+            raise ConfigError(f"loss: expected clip or siglip, got {self.loss!r}")
+        if self.captions_per_video < 1:
+            raise ConfigError(f"captions_per_video: must be >= 1, got {self.captions_per_video}")
+        if self.normalize not in NORMALIZE_PRESETS:
+            raise ConfigError(f"normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ContrastiveConfig:
+        """A minute model for tests: 32x32 frames, width 32, one block per tower, a word-level tokenizer."""
+        base: dict[str, Any] = dict(
+            vision=VisionConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=2, num_frames=4),
+            text=TextConfig(vocab_size=128, context_length=16, width=32, depth=2, num_heads=2),
+            embed_dim=16,
+            tokenizer_kind="word",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+# the VisionConfig fields that a pretrained (image) source leaves to the video config
+_VIDEO_FIELDS = (
+    "layout", "num_frames", "tubelet_size", "tubelet_init", "temporal_depth", "grad_checkpointing", "attn_backend",
+)  # fmt: skip
+
+
+@register_family("contrastive")
+class ContrastiveModel(VLMModel):
+    """CLIP / SigLIP over video (see the module docstring).
+
+    Args:
+        config: the :class:`ContrastiveConfig`.
+        tokenizer: an already loaded tokenizer (else resolved from the config, or trained later).
+    """
+
+    config_class = ContrastiveConfig
+
+    def __init__(self, config: ContrastiveConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
+        super().__init__(config)
+        cfg = config
+        if _restore is None and cfg.vision_source is not None:
+            from vidvlm.models.towers import load_vision_tower
+
+            extra = {k: getattr(cfg.vision, k) for k in _VIDEO_FIELDS}
+            self.vision = load_vision_tower(cfg.vision_source, weights=cfg.vision_weights, **extra)
+        else:
+            self.vision = VideoViT(cfg.vision)
+        self.pooler = build_pooler(cfg.pooler, self.vision.width)
+        self.video_proj = nn.Linear(self.vision.width, cfg.embed_dim, bias=False)
+        self.text = build_text_tower(cfg.text, checkpoint_dir=_restore)
+        self.text_proj = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.video_proj.weight, std=self.vision.width**-0.5)
+        nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
+        scale_init = cfg.logit_scale_init
+        if scale_init is None:
+            scale_init = math.log(10.0) if cfg.loss == "siglip" else math.log(1 / 0.07)
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
+        # only SigLIP has a bias: an unused parameter would break DDP without find_unused_parameters
+        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init))) if cfg.loss == "siglip" else None
+        self.tokenizer: TextTokenizer | None = None
+        if tokenizer is None and _restore is None:
+            source = cfg.tokenizer or (cfg.text.source if cfg.text.kind == "hf" else None)
+            tokenizer = TextTokenizer.load(source) if source is not None else None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+        self.apply_locks()
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Use ``tokenizer``; its ids must fit the text tower's embedding table."""
+        rows = self._text_vocab_rows()
+        if rows is not None and tokenizer.vocab_size > rows:
+            raise ConfigError(
+                f"text.vocab_size: the tokenizer has {tokenizer.vocab_size} ids but the text tower embeds {rows}"
+            )
+        self.tokenizer = tokenizer
+
+    def _text_vocab_rows(self) -> int | None:
+        """Rows of the text tower's token embedding (native ``token_embed`` or the HF model's input embeddings)."""
+        emb = getattr(self.text, "token_embed", None)
+        if emb is None and hasattr(self.text, "model"):
+            emb = self.text.model.get_input_embeddings()
+        return None if emb is None else int(emb.num_embeddings)
+
+    def prepare_for_training(self, captions: list[str]) -> None:
+        """Train a tokenizer on ``captions`` when the model has none (the trainer calls this before training)."""
+        if self.tokenizer is not None:
+            return
+        rows = self._text_vocab_rows()
+        assert rows is not None
+        self.set_tokenizer(TextTokenizer.train(captions, vocab_size=rows, kind=self.config.tokenizer_kind))
+
+    def apply_locks(self) -> None:
+        """Freeze the towers as the config's ``lock_*`` fields say (LiT)."""
+        cfg = self.config
+        if cfg.lock_vision:
+            lock_tower(self.vision, self.vision.blocks, cfg.lock_vision_unlocked_layers, [self.vision.norm])
+        if cfg.lock_text:
+            final = [self.text.norm] if hasattr(self.text, "norm") else []
+            lock_tower(self.text, self.text.layers, cfg.lock_text_unlocked_layers, final)
+
+    def train(self, mode: bool = True) -> ContrastiveModel:
+        """Set training mode, but keep fully locked towers in eval mode (LiT: a locked tower is deterministic, so an
+        HF tower's dropout stays off)."""
+        super().train(mode)
+        cfg = self.config
+        if cfg.lock_vision and cfg.lock_vision_unlocked_layers == 0:
+            self.vision.eval()
+        if cfg.lock_text and cfg.lock_text_unlocked_layers == 0:
+            self.text.eval()
+        return self
+
+    @property
+    def transform(self):
+        """Eval transform: uint8 ``[T, 3, H, W]`` -> resized, centre-cropped, normalised float ``[T, 3, S, S]``."""
+        size = self.config.image_size or self.vision.cfg.image_size
+        return build_transform(size, preset=self.config.normalize, train=False)
+
+    def train_transform(self, **kwargs: Any):
+        """Training transform (random resized crop) at the model's input size; ``kwargs`` go to ``build_transform``."""
+        size = self.config.image_size or self.vision.cfg.image_size
+        return build_transform(size, preset=self.config.normalize, train=True, **kwargs)
+
+    # -- encoders ----------------------------------------------------------------------------------------------
+    def video_features(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised video embeddings: ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]`` -> ``[B, E]``."""
+        out = self.vision(video, frame_mask)
+        ts = self.vision.cfg.tubelet_size
+        tmask = None
+        if frame_mask is not None:
+            # the tower marks a tubelet real when its first frame is real; pad T to whole tubelets first
+            fm = frame_mask.bool()
+            pad = (-fm.shape[1]) % ts
+            if pad:
+                fm = F.pad(fm, (0, pad), value=False)
+            tmask = rearrange(fm, "b (t s) -> b t s", s=ts)[:, :, 0]
+        if self.config.pool_input == "frame":
+            tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
+        else:
+            tokens = out.last_hidden_state
+        pooled = self.pooler(tokens, tmask)  # [B, M, D]
+        if tmask is None or pooled.shape[1] == 1:
+            return self.video_proj(reduce(pooled, "b m d -> b d", "mean"))
+        # poolers with one group of tokens per frame leave zeros for padded frames: average real slots only
+        keep = self.pooler.output_mask(tmask, tokens.shape[2]).to(pooled.dtype)
+        pooled = (pooled * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        return self.video_proj(pooled)
+
+    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised video embeddings ``[B, E]`` of ``video [B, T, 3, H, W]`` (after :attr:`transform`)."""
+        return F.normalize(self.video_features(video, frame_mask), dim=-1)
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` long ``[B, L]`` and ``attention_mask`` bool ``[B, L]`` on the model's device."""
+        if self.tokenizer is None:
+            raise ConfigError(
+                "tokenizer: the model has none; set `tokenizer:` to a directory or call prepare_for_training(captions)"
+            )
+        ids, mask = self.tokenizer.encode(texts, self.config.text.context_length)
+        device = self.text_proj.weight.device
+        return ids.to(device), mask.to(device)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised text embeddings ``[B, E]``."""
+        _, pooled = self.text(*self.tokenize(texts))
+        return self.text_proj(pooled)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, E]`` of B strings."""
+        return F.normalize(self.text_features(texts), dim=-1)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def select_captions(self, batch: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+        """The texts of a batch and the video index of each (``[B*K]``, K = ``captions_per_video``)."""
+        k = self.config.captions_per_video
+        b = batch["video"].shape[0]
+        if k == 1 or not batch.get("captions"):
+            texts = list(batch["text"])
+            if len(texts) != b:
+                raise ValueError(f"batch: {len(texts)} texts for {b} videos")
+            return texts, torch.arange(b)
+        texts = []
+        for i, caps in enumerate(batch["captions"]):
+            caps = list(caps) or [batch["text"][i]]
+            # training draws from python's RNG, which the trainer seeds per step and rank
+            order = random.sample(caps, len(caps)) if self.training else caps
+            texts.extend(order[j % len(order)] for j in range(k))
+        return texts, torch.arange(b).repeat_interleave(k)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Contrastive loss of a collated batch.
+
+        Args:
+            batch: ``video [B, T, 3, H, W]``, optional ``frame_mask`` bool ``[B, T]``, ``text`` (B strings) and,
+                with ``captions_per_video > 1``, ``captions`` (B lists of strings).
+
+        Returns:
+            ``contrastive_loss`` plus detached scalars for logging: ``logit_scale`` (after exp) and, for SigLIP,
+            ``logit_bias``.
+        """
+        texts, t2v = self.select_captions(batch)
+        video = self.encode_video(batch["video"], batch.get("frame_mask"))
+        text = self.encode_text(texts)
+        t2v = t2v.to(video.device)
+        if self.config.loss == "clip":
+            scale = self.logit_scale.exp().clamp(max=100.0)
+            loss = clip_loss(video, text, scale, t2v, local_loss=self.config.local_loss)
+            out = {"contrastive_loss": loss, "logit_scale": scale.detach()}
+        else:
+            scale = self.logit_scale.exp()
+            loss = siglip_loss(video, text, scale, self.logit_bias, t2v, local_loss=self.config.local_loss)
+            out = {"contrastive_loss": loss, "logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def config_for_save(self) -> ContrastiveConfig:
+        """The config with the resolved vision tower (no pretrained source, which the weights replace)."""
+        vision = dataclasses.replace(self.vision.cfg)
+        return dataclasses.replace(self.config, vision=vision, vision_source=None, vision_weights=None, tokenizer=None)
+
+    def _save_extra(self, directory: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
+        save_text_tower_config(self.text, directory)
+
+    @classmethod
+    def _build_for_restore(cls, config: ContrastiveConfig, directory: Path) -> ContrastiveModel:
+        has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json"))
+        tokenizer = TextTokenizer.load(directory) if has_tokenizer else None
+        model = cls(config, _restore=directory)
+        if tokenizer is not None:
+            model.set_tokenizer(tokenizer)
+        return model
+
+
+__all__ = ["ContrastiveConfig", "ContrastiveModel"]

@@ -1,0 +1,203 @@
+"""Autoregressive decoding, generic over a step function: greedy, beam search and nucleus sampling.
+
+A model exposes ``step_fn(tokens [B', L], rows [B']) -> logits [B', V]``: the next-token logits after each
+sequence. ``rows`` maps every sequence to its batch row, so a model can pick that row's cached video tokens when beam
+search widens the batch to ``B * K``. Every strategy here is batched; a row that has emitted EOS is padded and
+ignored while the others go on. The step function is called on the whole sequence each step (no KV cache): captions
+are short and correctness comes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from vidvlm.errors import ConfigError
+
+StepFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode.
+
+    Attributes:
+        strategy: ``greedy``, ``beam`` or ``sample`` (nucleus sampling).
+        max_new_tokens: most tokens generated after the prompt (EOS included).
+        num_beams: beam width K for ``beam`` (K = 1 is greedy).
+        length_penalty: beam hypotheses are ranked by ``sum log p / length ** length_penalty``.
+        temperature: softmax temperature for ``sample``.
+        top_p: nucleus mass for ``sample`` (1.0 = plain sampling).
+        seed: seed of the sampling generator (None = torch's global RNG).
+    """
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = 32
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 0.9
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"decode.max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ConfigError(f"decode.num_beams: must be >= 1, got {self.num_beams}")
+        if self.temperature <= 0:
+            raise ConfigError(f"decode.temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"decode.top_p: must be in (0, 1], got {self.top_p}")
+
+
+def _strip(seq: list[int], eos_id: int) -> list[int]:
+    return seq[: seq.index(eos_id)] if eos_id in seq else seq
+
+
+@torch.no_grad()
+def greedy_or_sample(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig) -> list[list[int]]:
+    """Greedy decoding (``cfg.strategy == "greedy"``) or nucleus sampling (``"sample"``).
+
+    Args:
+        step_fn: see the module docstring.
+        prompt: long ``[B, L0]``, the tokens every row starts from (BOS, or BOS + question).
+        eos_id: end-of-sequence id; generation of a row stops after it.
+        pad_id: id appended to finished rows.
+        cfg: decoding options.
+
+    Returns:
+        B lists of generated ids, without the prompt and without EOS.
+    """
+    gen = None
+    if cfg.strategy == "sample" and cfg.seed is not None:
+        gen = torch.Generator(device=prompt.device).manual_seed(cfg.seed)
+    tokens = prompt
+    rows = torch.arange(prompt.shape[0], device=prompt.device)
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    for _ in range(cfg.max_new_tokens):
+        logits = step_fn(tokens, rows).float()
+        nxt = _nucleus(logits / cfg.temperature, cfg.top_p, gen) if cfg.strategy == "sample" else logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+    out = tokens[:, prompt.shape[1] :].tolist()
+    return [_strip(s, eos_id) for s in out]
+
+
+def _nucleus(logits: Tensor, top_p: float, gen: torch.Generator | None) -> Tensor:
+    """Sample one id per row from the smallest set of tokens whose probability reaches ``top_p``; ``[B, V] -> [B]``."""
+    probs = logits.softmax(-1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    # keep a token if the mass before it is below top_p (the most likely token is always kept)
+    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
+    sorted_p = sorted_p * keep
+    pick = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=gen)
+    return order.gather(-1, pick).squeeze(-1)
+
+
+@torch.no_grad()
+def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig) -> list[list[int]]:
+    """Batched beam search with a length penalty.
+
+    Each row keeps ``K = cfg.num_beams`` live beams. At each step the 2K best extensions are ranked; those ending in
+    EOS become finished hypotheses (scored ``log p / length ** length_penalty``, the length counting EOS), the best K
+    others stay live. A row stops once it holds K finished hypotheses; at ``max_new_tokens`` its live beams are
+    finished as they are. With K = 1 this is exactly greedy decoding.
+
+    Args:
+        step_fn: see the module docstring.
+        prompt: long ``[B, L0]``.
+        eos_id: end-of-sequence id.
+        pad_id: unused (kept for the same signature as :func:`greedy_or_sample`).
+        cfg: decoding options.
+
+    Returns:
+        B lists of generated ids of the best hypothesis per row, without prompt and EOS.
+    """
+    del pad_id
+    b, k = prompt.shape[0], cfg.num_beams
+    dev = prompt.device
+    tokens = prompt.repeat_interleave(k, dim=0)  # [B*K, L]
+    rows = torch.arange(b, device=dev).repeat_interleave(k)
+    scores = torch.full((b, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # one live beam at the start, so the K beams do not duplicate each other
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    active = [True] * b
+    l0 = prompt.shape[1]
+    for step in range(cfg.max_new_tokens):
+        logp = step_fn(tokens, rows).float().log_softmax(-1)  # [B*K, V]
+        vocab = logp.shape[-1]
+        cand = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
+        top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=-1)  # [B, 2K]
+        new_tokens, new_scores = [], []
+        length = step + 1
+        for r in range(b):
+            kept: list[tuple[float, Tensor]] = []
+            for s, i in zip(top_s[r].tolist(), top_i[r].tolist(), strict=True):
+                beam, tok = divmod(i, vocab)
+                seq = torch.cat([tokens[r * k + beam], torch.tensor([tok], device=dev)])
+                if not active[r] or s == float("-inf"):
+                    break
+                if tok == eos_id:
+                    if len(kept) < k:  # an EOS ranked below K live extensions cannot beat them (HF convention)
+                        finished[r].append((s / length**cfg.length_penalty, seq[l0:-1].tolist()))
+                else:
+                    kept.append((s, seq))
+                if len(kept) == k:
+                    break
+            if active[r] and len(finished[r]) >= k:
+                active[r] = False
+            while len(kept) < k:  # rows that are done (or ran short) carry dead beams
+                kept.append((float("-inf"), torch.cat([tokens[r * k], torch.tensor([eos_id], device=dev)])))
+            new_tokens.extend(seq for _, seq in kept)
+            new_scores.append([s for s, _ in kept])
+        tokens = torch.stack(new_tokens)
+        scores = torch.tensor(new_scores, device=dev)
+        if not any(active):
+            break
+    for r in range(b):
+        if active[r]:  # out of length: the live beams count as finished
+            for j in range(k):
+                s = scores[r, j].item()
+                if s > float("-inf"):
+                    finished[r].append((s / cfg.max_new_tokens**cfg.length_penalty, tokens[r * k + j, l0:].tolist()))
+    return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
+
+
+def generate(
+    step_fn: StepFn, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, cfg: DecodeConfig, device=None
+) -> list[list[int]]:
+    """Decode every prompt; prompts of different lengths are decoded in groups of equal length (no padding needed).
+
+    Args:
+        step_fn: ``(tokens [B', L], rows [B']) -> logits [B', V]``; ``rows`` index ``prompts``.
+        prompts: one list of ids per batch row.
+        eos_id: end-of-sequence id.
+        pad_id: padding id for finished rows.
+        cfg: decoding options.
+        device: where the token tensors live.
+
+    Returns:
+        One list of generated ids per prompt (no prompt, no EOS).
+    """
+    out: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    decode = beam_search if cfg.strategy == "beam" else greedy_or_sample
+    for idx in groups.values():
+        index = torch.tensor(idx, device=device)
+        prompt = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long, device=device)
+        res = decode(lambda t, r, index=index: step_fn(t, index[r]), prompt, eos_id, pad_id, cfg)
+        for i, seq in zip(idx, res, strict=True):
+            out[i] = seq
+    return out
+
+
+__all__ = ["DecodeConfig", "generate", "beam_search", "greedy_or_sample", "StepFn"]

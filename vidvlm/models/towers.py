@@ -1,0 +1,297 @@
+"""Pretrained vision towers for video: converted HF / timm ViTs, a frame-wise adapter, and a two-tower ensemble.
+
+``load_vision_tower`` turns a local HF CLIP / SigLIP vision directory or a timm ViT weights file into a native
+:class:`VideoViT` (strict conversion, any space-time layout). Towers that cannot be converted run unchanged per frame
+through :class:`FrameWiseTower`. :class:`TowerEnsemble` concatenates two towers' features along D.
+All three take ``[B, T, 3, H, W]`` (+ optional ``frame_mask [B, T]``) and return a
+:class:`~vidvlm.models.vision.VisionOutput`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vidvlm.errors import CheckpointError
+from vidvlm.models.convert import (
+    convert_hf_vision,
+    convert_timm_vit,
+    hf_vision_config,
+    load_converted,
+    timm_vision_config,
+)
+from vidvlm.models.vision import VideoViT, VisionConfig, VisionOutput
+
+
+def load_vision_tower(
+    source: str | Path,
+    layout: str = "frame",
+    num_frames: int = 8,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> VideoViT:
+    """Load a pretrained image ViT as a video tower.
+
+    Args:
+        source: an HF directory (``config.json`` + ``model.safetensors``) of a CLIP / SigLIP vision model or of the
+            full CLIP / SigLIP model (then only its ``vision_model.*`` tensors are read), or ``timm:<model_name>``.
+        layout: ``frame``, ``divided``, ``joint`` or ``factorised``.
+        num_frames: temporal position table length (in tubelets).
+        weights: for ``timm:`` sources, a local ``.safetensors`` (preferred) or ``.pth`` file.
+        **kwargs: other :class:`VisionConfig` video fields (``tubelet_size``, ``tubelet_init``, ``temporal_depth``,
+            ``grad_checkpointing``, ``attn_backend``) and, for timm, ``timm_kwargs`` (a dict passed to
+            ``timm.create_model``; other unknown keyword arguments join it). What it lacks is inferred from the
+            weights: image size (square), patch size, depth, width, MLP ratio, class/register tokens, qkv bias,
+            pre-norm, layer scale, ``map`` pooling and ``fc_norm`` (taken to mean ``avg`` pooling). The pooling
+            kind of a ``token`` vs ``avg`` model without ``fc_norm`` and the activation cannot be read from
+            tensors: they come from the model name's defaults unless given.
+
+    Returns:
+        A :class:`VideoViT` whose ``last_hidden_state`` at ``T = 1`` is the source's token output (HF
+        ``last_hidden_state``; timm ``forward_features``) and ``pooler_output`` its pooled output (HF
+        ``pooler_output``; timm ``forward_head(pre_logits=True)``).
+    """
+    video = dict(layout=layout, num_frames=num_frames, **kwargs)
+    src = str(source)
+    if src.startswith("timm:"):
+        timm_kwargs = dict(video.pop("timm_kwargs", None) or {})
+        fields = {f.name for f in dataclasses.fields(VisionConfig)}
+        timm_kwargs.update({k: video.pop(k) for k in list(video) if k not in fields})  # e.g. img_size=...
+        model, tensors = _timm_model(src[5:], weights, timm_kwargs)
+        cfg = timm_vision_config(model, **video)
+        converted = convert_timm_vit(tensors, cfg, f"{weights}")
+    else:
+        if weights is not None:
+            raise CheckpointError(f"{src}: weights= is only for timm sources; HF directories hold their weights")
+        hf_cfg = _hf_vision_config(Path(src))
+        cfg = hf_vision_config(hf_cfg, **video)
+        converted = convert_hf_vision(_read_hf_tensors(Path(src)), hf_cfg, src)
+    return load_converted(VideoViT(cfg), converted, src).eval()
+
+
+def _hf_vision_config(path: Path) -> Any:
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json (expected an HF model directory or 'timm:<name>')")
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    return getattr(cfg, "vision_config", cfg)
+
+
+def _read_hf_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read the vision tensors from ``model.safetensors`` or its sharded index, without the ``vision_model.`` prefix.
+
+    A vision-only save holds only vision tensors (every one must then be used); a full dual-encoder save holds them
+    under ``vision_model.``, and its other tensors (text tower, projections, logit scale) are not read.
+    """
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors (pickled .bin checkpoints are not read for safety)")
+    out = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                out[key] = f.get_tensor(key)
+    prefix = "vision_model."
+    if any(k.startswith(prefix) for k in out):
+        out = {k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)}
+    return out
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a user-named weights file: safetensors, or a ``.pth`` through ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused or corrupt file
+        raise CheckpointError(f"{path}: cannot read as a tensors-only checkpoint ({err})") from err
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
+    return data
+
+
+def _timm_kwargs_from_weights(t: dict[str, torch.Tensor], img_size: Any = None) -> dict[str, Any]:
+    """Infer ``timm.create_model`` arguments of a VisionTransformer from its tensors."""
+    kw: dict[str, Any] = {}
+    if "patch_embed.proj.weight" not in t or "pos_embed" not in t:
+        return kw
+    patch = t["patch_embed.proj.weight"].shape[-1]
+    kw["patch_size"] = patch
+    kw["embed_dim"] = t["patch_embed.proj.weight"].shape[0]
+    kw["depth"] = len({k.split(".")[1] for k in t if k.startswith("blocks.")})
+    if "blocks.0.mlp.fc1.weight" in t:
+        kw["mlp_ratio"] = t["blocks.0.mlp.fc1.weight"].shape[0] / kw["embed_dim"]
+    kw["qkv_bias"] = "blocks.0.attn.qkv.bias" in t
+    kw["class_token"] = "cls_token" in t
+    kw["reg_tokens"] = t["reg_token"].shape[1] if "reg_token" in t else 0
+    n_prefix = int(kw["class_token"]) + kw["reg_tokens"]
+    n_pos = t["pos_embed"].shape[1]
+    if img_size is not None:  # a given (possibly non-square) size fixes the patch count
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        kw["no_embed_class"] = n_pos == (h // patch) * (w // patch)
+    else:  # otherwise the grid is square: the class token has a row if the rest is a square number
+        for no_embed_class, n in ((False, n_pos - n_prefix), (True, n_pos)):
+            side = math.isqrt(n)
+            if side * side == n:
+                kw["no_embed_class"], kw["img_size"] = no_embed_class, side * patch
+                break
+    kw["num_classes"] = t["head.weight"].shape[0] if "head.weight" in t else 0
+    kw["pre_norm"] = "norm_pre.weight" in t
+    if "blocks.0.ls1.gamma" in t:
+        kw["init_values"] = 1.0  # any value: the gammas are loaded
+    if "attn_pool.latent" in t:
+        kw["global_pool"] = "map"
+    elif "fc_norm.weight" in t:
+        kw["global_pool"], kw["fc_norm"] = "avg", True
+    return kw
+
+
+def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -> tuple[nn.Module, dict]:
+    import timm
+
+    if weights is None:
+        raise CheckpointError(f"timm:{name}: pass weights=<local .safetensors or .pth file>; nothing is downloaded")
+    tensors = read_weights_file(weights)
+    kw = {**_timm_kwargs_from_weights(tensors, kwargs.get("img_size")), **kwargs}
+    try:
+        model = timm.create_model(name, pretrained=False, **kw)
+    except Exception as err:
+        raise CheckpointError(f"timm:{name}: cannot build the model with {kw} ({err})") from err
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights}: does not match timm:{name} ({err})") from err
+    return model.eval(), tensors
+
+
+class FrameWiseTower(nn.Module):
+    """Run any HF vision model or timm model per frame (B·T folded into the batch); padded frames are skipped.
+
+    Args:
+        model: an HF vision model (called with ``pixel_values``, returning ``last_hidden_state`` and optionally
+            ``pooler_output``) or a timm model (``forward_features`` + ``forward_head(pre_logits=True)``).
+        num_prefix_tokens: class/register tokens at the start of the model's token output.
+
+    When the model gives no pooled output, ``pooler_output`` is the mean of its non-prefix tokens.
+    """
+
+    def __init__(self, model: nn.Module, num_prefix_tokens: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.is_timm = hasattr(model, "forward_features") and hasattr(model, "forward_head")
+        if num_prefix_tokens is None:
+            num_prefix_tokens = getattr(model, "num_prefix_tokens", 0 if self.is_timm else 1)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        cfg = getattr(model, "config", None)
+        self.width = int(getattr(model, "num_features", 0) or getattr(cfg, "hidden_size", 0))
+
+    @classmethod
+    def from_hf(cls, path: str | Path, num_prefix_tokens: int | None = None) -> FrameWiseTower:
+        """Load an HF vision directory with ``AutoModel`` (a full dual-encoder yields its ``vision_model``)."""
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        model = getattr(model, "vision_model", model)
+        return cls(model.eval(), num_prefix_tokens)
+
+    @classmethod
+    def from_timm(cls, name: str, weights: str | Path, **kwargs: Any) -> FrameWiseTower:
+        """Build ``timm:<name>`` and load a local weights file into it strictly."""
+        model, _ = _timm_model(name, weights, kwargs)
+        return cls(model)
+
+    def forward(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> VisionOutput:
+        """``video [B, T, C, H, W]`` -> tokens ``[B, T, N, D]`` and pooled ``[B, T, D]`` (padded frames zero)."""
+        b, t = video.shape[:2]
+        mask = torch.ones(b, t, dtype=torch.bool, device=video.device) if frame_mask is None else frame_mask.bool()
+        frames = video[mask]  # only real frames: [F, C, H, W]
+        hidden = None
+        if self.is_timm:
+            if output_hidden_states:
+                raise ValueError("FrameWiseTower: output_hidden_states is not available for timm models")
+            tokens = self.model.forward_features(frames)
+            pooled = self.model.forward_head(tokens, pre_logits=True)
+        else:
+            out = self.model(pixel_values=frames, output_hidden_states=bool(output_hidden_states))
+            tokens, pooled = out.last_hidden_state, getattr(out, "pooler_output", None)
+            if pooled is None:
+                pooled = tokens[:, self.num_prefix_tokens :].mean(1)
+            if output_hidden_states:
+                hidden = tuple(_unfold(h, mask) for h in out.hidden_states)
+        return VisionOutput(_unfold(tokens, mask), _unfold(pooled, mask), hidden)
+
+
+def _unfold(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter per-real-frame rows ``[F, ...]`` back to ``[B, T, ...]`` with zeros at padded frames."""
+    out = x.new_zeros(*mask.shape, *x.shape[1:])
+    out[mask] = x
+    return out
+
+
+class TowerEnsemble(nn.Module):
+    """Two (or more) towers whose features are concatenated along D.
+
+    Token counts usually differ (patch sizes, class/register tokens), so the output tokens are rebuilt as one
+    summary token (each tower's pooled vector, concatenated) followed by the patch tokens of every tower resampled
+    bilinearly to the first tower's patch grid. ``pooler_output`` is the concatenation of the poolers.
+    Each tower's patch grid is recovered from its patch-token count and the input aspect ratio.
+
+    Args:
+        towers: modules returning :class:`VisionOutput` with ``width`` and ``num_prefix_tokens`` attributes.
+    """
+
+    def __init__(self, towers: list[nn.Module]) -> None:
+        super().__init__()
+        if len(towers) < 2:
+            raise ValueError("TowerEnsemble needs at least two towers")
+        self.towers = nn.ModuleList(towers)
+        self.width = sum(int(t.width) for t in towers)
+        self.num_prefix_tokens = 1
+
+    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VisionOutput:
+        """``video [B, T, C, H, W]`` -> tokens ``[B, T', 1 + gh*gw, sum D]``, pooled ``[B, T', sum D]``."""
+        outs = [tower(video, frame_mask) for tower in self.towers]
+        h, w = video.shape[-2:]
+        patches, grid = [], None
+        for tower, out in zip(self.towers, outs, strict=True):
+            tok = out.last_hidden_state[:, :, tower.num_prefix_tokens :]
+            n = tok.shape[2]
+            gh = max(1, round(math.sqrt(n * h / w)))
+            if n % gh:
+                raise ValueError(f"TowerEnsemble: cannot recover a patch grid from {n} tokens at {h}x{w}")
+            b = tok.shape[0]
+            img = rearrange(tok, "b t (gh gw) d -> (b t) d gh gw", gh=gh)
+            grid = grid or (gh, n // gh)
+            if (gh, n // gh) != grid:
+                img = F.interpolate(img, size=grid, mode="bilinear", align_corners=False)
+            patches.append(rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b))
+        if len({p.shape[1] for p in patches}) != 1:
+            raise ValueError("TowerEnsemble: towers return different numbers of frames (tubelet sizes differ)")
+        pooled = torch.cat([o.pooler_output for o in outs], dim=-1)
+        tokens = torch.cat([pooled[:, :, None], torch.cat(patches, dim=-1)], dim=2)
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled)

@@ -1,0 +1,348 @@
+"""The video ViT: an image ViT (CLIP / SigLIP / timm compatible) with four space-time layouts.
+
+Layouts (``VisionConfig.layout``):
+
+* ``frame``: space-only attention per frame (B·T folded into the batch); no temporal parameters besides the
+  temporal position table.
+* ``divided`` (TimeSformer): in every block a temporal attention over the same token position across frames, then
+  the image block's spatial attention. The temporal residual's output projection starts at zero.
+* ``joint``: full attention over all ``T'·N`` tokens of a clip; no new parameters.
+* ``factorised`` (ViViT model 2): the image encoder per frame, then ``temporal_depth`` blocks over time at each
+  token position (so tokens keep their ``[B, T', N, D]`` layout); those blocks start as the identity.
+
+A fresh video model therefore computes the image model exactly, and with ``T = 1`` every layout equals the image
+ViT at initialisation (temporal attention over one key returns that key's value, which the zeroed projection
+removes). Padded frames (``frame_mask`` False) are never used as keys, so they cannot change valid frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vidvlm.errors import ConfigError
+from vidvlm.layers.attention import AttnMask
+from vidvlm.layers.embeddings import PatchEmbed, SpaceTimePosEmbed
+from vidvlm.layers.transformer import CrossAttention, Mlp, SelfAttention, TransformerBlock
+
+Layout = Literal["frame", "divided", "joint", "factorised"]
+
+
+@dataclass
+class VisionConfig:
+    """Architecture of :class:`VideoViT`.
+
+    Attributes:
+        image_size: training resolution ``(H, W)`` (an int means square); other sizes interpolate the table.
+        patch_size: patch side P.
+        in_chans: input channels.
+        width: token width D.
+        depth: number of (spatial) blocks.
+        num_heads: attention heads.
+        mlp_dim: MLP hidden width (None = 4·D).
+        qkv_bias: bias on qkv projections.
+        patch_bias: bias on the patch projection (HF CLIP has none).
+        act: MLP activation (``gelu``, ``gelu_tanh``, ``quick_gelu``).
+        norm_eps: LayerNorm epsilon.
+        layer_scale: initial layer-scale value, or None.
+        class_token: prepend a learned class token to every frame.
+        num_reg_tokens: register tokens after the class token (timm ``reg_tokens``).
+        pos_embed_prefix: whether the spatial position table has rows for the prefix tokens.
+        pre_norm: LayerNorm before the blocks (CLIP's ``pre_layrnorm``, timm ``pre_norm``).
+        final_norm: LayerNorm on all output tokens (timm ``norm``, SigLIP ``post_layernorm``).
+        pool: ``token`` (class token), ``avg`` (mean of patch tokens) or ``map`` (attention-pooling head).
+        fc_norm: LayerNorm on the pooled vector (timm ``fc_norm``; CLIP's ``post_layernorm``).
+        pool_mlp_dim: MLP width of the ``map`` head (None = ``mlp_dim``).
+        layout: space-time layout (see the module docstring).
+        num_frames: temporal table length in tubelets (longer clips resample it).
+        tubelet_size: frames per tubelet (1 = per-frame patches).
+        tubelet_init: how a 2D kernel is inflated: ``center`` or ``average`` (both exact on static clips).
+        temporal_depth: blocks of the temporal encoder (``factorised`` only).
+        grad_checkpointing: recompute each block in the backward pass.
+        attn_backend: attention backend for every block (None = the global default).
+    """
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int | None = None
+    qkv_bias: bool = True
+    patch_bias: bool = True
+    act: str = "gelu"
+    norm_eps: float = 1e-6
+    layer_scale: float | None = None
+    class_token: bool = True
+    num_reg_tokens: int = 0
+    pos_embed_prefix: bool = True
+    pre_norm: bool = False
+    final_norm: bool = True
+    pool: Literal["token", "avg", "map"] = "token"
+    fc_norm: bool = False
+    pool_mlp_dim: int | None = None
+    layout: Layout = "frame"
+    num_frames: int = 8
+    tubelet_size: int = 1
+    tubelet_init: Literal["center", "average"] = "center"
+    temporal_depth: int = 4
+    grad_checkpointing: bool = False
+    attn_backend: str | None = None
+
+    def grid(self) -> tuple[int, int]:
+        """The patch grid ``(H/P, W/P)`` at ``image_size``."""
+        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        return h // self.patch_size, w // self.patch_size
+
+
+@dataclass
+class VisionOutput:
+    """Output of :class:`VideoViT`.
+
+    Attributes:
+        last_hidden_state: ``[B, T', N', D]`` tokens per frame (prefix tokens first); padded frames are zero.
+        pooler_output: ``[B, T', D]`` one vector per frame.
+        hidden_states: tuple of ``[B, T', N', D]`` (embedding output, then after each block) or None.
+    """
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class AttentionPoolHead(nn.Module):
+    """Multi-head attention pooling with a learned probe (SigLIP head / timm ``AttentionPoolLatent``).
+
+    ``h = proj(attn(probe, x)); h = h + mlp(norm(h))``; returns ``h`` for the single probe.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, act: str, norm_eps: float, qkv_bias: bool) -> None:
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.attn = CrossAttention(dim, num_heads, qkv_bias)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, N, D] -> [B, D]``."""
+        h = self.attn(self.probe.expand(x.shape[0], -1, -1), x)
+        return (h + self.mlp(self.norm(h)))[:, 0]
+
+
+class TemporalAttention(nn.Module):
+    """Pre-norm temporal self-attention residual of a ``divided`` block; its ``attn.proj`` starts at zero."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, norm_eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias)
+        nn.init.zeros_(self.attn.proj.weight)
+        nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: AttnMask | None) -> torch.Tensor:
+        """``x [B*N, T', D]`` (mask over frames) -> ``[B*N, T', D]``."""
+        return x + self.attn(self.norm(x), mask)
+
+
+class VideoViT(nn.Module):
+    """Video ViT over ``[B, T, 3, H, W]`` (see the module docstring for the layouts).
+
+    Attributes:
+        width: token width D.
+        num_prefix_tokens: class + register tokens at the start of every frame.
+    """
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        if cfg.layout not in ("frame", "divided", "joint", "factorised"):
+            raise ConfigError(f"layout: expected frame, divided, joint or factorised, got {cfg.layout!r}")
+        if cfg.pool == "token" and not cfg.class_token:
+            raise ConfigError("pool: 'token' needs class_token=True (use 'avg' or 'map')")
+        if cfg.pool not in ("token", "avg", "map"):
+            raise ConfigError(f"pool: expected token, avg or map, got {cfg.pool!r}")
+        self.cfg = cfg
+        d = cfg.width
+        mlp_dim = cfg.mlp_dim or 4 * d
+        self.width = d
+        self.num_prefix_tokens = int(cfg.class_token) + cfg.num_reg_tokens
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d, cfg.tubelet_size, cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, d)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(cfg.num_reg_tokens, d)) if cfg.num_reg_tokens else None
+        n_pos_prefix = self.num_prefix_tokens if cfg.pos_embed_prefix else 0
+        self.pos_embed = SpaceTimePosEmbed(d, cfg.grid(), cfg.num_frames, n_pos_prefix)
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+
+        def block() -> TransformerBlock:
+            return TransformerBlock(
+                d, cfg.num_heads, qkv_bias=cfg.qkv_bias, norm_eps=cfg.norm_eps, act=cfg.act,
+                ls_init=cfg.layer_scale, mlp_dim=mlp_dim,
+            )  # fmt: skip
+
+        self.blocks = nn.ModuleList(block() for _ in range(cfg.depth))
+        self.temporal_attn = None
+        self.temporal_blocks = None
+        if cfg.layout == "divided":
+            self.temporal_attn = nn.ModuleList(
+                TemporalAttention(d, cfg.num_heads, cfg.qkv_bias, cfg.norm_eps) for _ in range(cfg.depth)
+            )
+        elif cfg.layout == "factorised":
+            self.temporal_blocks = nn.ModuleList(block() for _ in range(cfg.temporal_depth))
+            for blk in self.temporal_blocks:
+                blk.zero_init_residual()
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        self.attn_pool = None
+        if cfg.pool == "map":
+            pool_mlp = cfg.pool_mlp_dim or mlp_dim
+            self.attn_pool = AttentionPoolHead(d, cfg.num_heads, pool_mlp, cfg.act, cfg.norm_eps, cfg.qkv_bias)
+        self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        self.grad_checkpointing = cfg.grad_checkpointing
+        if cfg.attn_backend is not None:
+            self.set_attention_backend(cfg.attn_backend)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block during backward (saves activation memory; outputs and grads are unchanged)."""
+        self.grad_checkpointing = enable
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        """Use ``backend`` (``auto``/``xformers``/``sdpa``/``math``/None) in every attention of this tower."""
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.backend = backend
+
+    def _run(self, fn: nn.Module, *args: object) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def embed(self, video: torch.Tensor, frame_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch-embed and add positions: ``video [B, T, C, H, W]`` -> tokens ``[B, T', N', D]``, tubelet mask."""
+        ts = self.cfg.tubelet_size
+        if ts > 1:
+            video, frame_mask = _fill_to_tubelets(video, frame_mask, ts)
+        x, grid = self.patch_embed(video)
+        b, t = x.shape[:2]
+        prefix_pos, patch_pos = self.pos_embed.spatial_table(grid)
+        x = x + patch_pos.to(x.dtype)
+        prefix = [p for p in (self.cls_token, self.reg_token) if p is not None]
+        if prefix:
+            pre = torch.cat(prefix, 0).to(x.dtype)
+            if self.pos_embed.num_prefix:
+                pre = pre + prefix_pos.to(x.dtype)
+            x = torch.cat([repeat(pre, "n d -> b t n d", b=b, t=t), x], dim=2)
+        x = x + rearrange(self._temporal_rows(b, t, frame_mask).to(x.dtype), "b t d -> b t 1 d")
+        return self.norm_pre(x), frame_mask
+
+    def _temporal_rows(self, b: int, t: int, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Temporal embeddings ``[B, T', D]``; a padded clip gets the rows of its real length, so that the padding
+        never changes them (matters only when a clip is longer than the table and the table is resampled)."""
+        if frame_mask is None or t <= self.pos_embed.temporal.shape[0]:
+            return repeat(self.pos_embed.temporal_table(t), "t d -> b t d", b=b)
+        lengths = frame_mask.sum(1).tolist()
+        rows = self.pos_embed.temporal.new_zeros(b, t, self.width)
+        for n in set(lengths):
+            idx = [i for i, m in enumerate(lengths) if m == n]
+            rows[idx, :n] = self.pos_embed.temporal_table(n)
+        return rows
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | Sequence[int] = False,
+    ) -> VisionOutput:
+        """Encode a batch of clips.
+
+        Args:
+            video: ``[B, T, C, H, W]`` float pixels (an image is ``T = 1``).
+            frame_mask: bool ``[B, T]``, True for real frames (None = all real). Each clip needs one real frame.
+            output_hidden_states: True for all hidden states, or indices into them (negative allowed).
+
+        Returns:
+            :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)``.
+        """
+        if video.ndim != 5:
+            raise ValueError(f"video: expected [B, T, C, H, W], got shape {tuple(video.shape)}")
+        if frame_mask is not None:
+            frame_mask = frame_mask.to(device=video.device, dtype=torch.bool)
+            if frame_mask.shape != video.shape[:2]:
+                raise ValueError(f"frame_mask: expected shape {tuple(video.shape[:2])}, got {tuple(frame_mask.shape)}")
+            if not bool(frame_mask.any(1).all()):
+                raise ValueError("frame_mask: every clip needs at least one real frame")
+            if bool(frame_mask.all()):
+                frame_mask = None  # no padding: unmasked attention can use the fastest (flash) kernels
+        x, frame_mask = self.embed(video, frame_mask)
+        b, t, n, _ = x.shape
+        layout = self.cfg.layout
+        states = [x]
+        if layout == "joint":
+            mask = None if frame_mask is None else AttnMask(key_padding=repeat(frame_mask, "b t -> b (t n)", n=n))
+            h = rearrange(x, "b t n d -> b (t n) d")
+            for blk in self.blocks:
+                h = self._run(blk, h, mask)
+                states.append(rearrange(h, "b (t n) d -> b t n d", t=t))
+        else:
+            tmask = None if frame_mask is None else AttnMask(key_padding=repeat(frame_mask, "b t -> (b n) t", n=n))
+            h = rearrange(x, "b t n d -> (b t) n d")
+            for i, blk in enumerate(self.blocks):
+                if self.temporal_attn is not None:
+                    ht = rearrange(h, "(b t) n d -> (b n) t d", b=b)
+                    ht = self._run(self.temporal_attn[i], ht, tmask)
+                    h = rearrange(ht, "(b n) t d -> (b t) n d", b=b)
+                h = self._run(blk, h)
+                states.append(rearrange(h, "(b t) n d -> b t n d", b=b))
+            if self.temporal_blocks is not None:
+                ht = rearrange(h, "(b t) n d -> (b n) t d", b=b)
+                for blk in self.temporal_blocks:
+                    ht = self._run(blk, ht, tmask)
+                    states.append(rearrange(ht, "(b n) t d -> b t n d", b=b))
+        tokens = self.norm(states[-1])
+        pooled = self.fc_norm(self.pool(tokens))
+        if frame_mask is not None:
+            keep = rearrange(frame_mask, "b t -> b t 1")
+            tokens = tokens * rearrange(keep, "b t 1 -> b t 1 1").to(tokens.dtype)
+            pooled = pooled * keep.to(pooled.dtype)
+        hidden = None
+        if output_hidden_states is not False:
+            hidden = tuple(states) if output_hidden_states is True else tuple(states[i] for i in output_hidden_states)
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pool each frame: ``[B, T', N', D] -> [B, T', D]`` (before ``fc_norm``)."""
+        if self.cfg.pool == "token":
+            return tokens[:, :, 0]
+        if self.cfg.pool == "avg":
+            return tokens[:, :, self.num_prefix_tokens :].mean(2)
+        b = tokens.shape[0]
+        pooled = self.attn_pool(rearrange(tokens, "b t n d -> (b t) n d"))
+        return rearrange(pooled, "(b t) d -> b t d", b=b)
+
+
+def _fill_to_tubelets(
+    video: torch.Tensor, frame_mask: torch.Tensor | None, ts: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Make every tubelet well defined: padded frames and frames beyond ``T`` repeat the clip's last real frame
+    (a static continuation), so padding never enters a real tubelet and an image becomes a static tubelet.
+
+    Returns ``video [B, ceil(T/ts)*ts, C, H, W]`` and the tubelet mask ``[B, ceil(T/ts)]`` (real if its first
+    frame is real) or None.
+    """
+    b, t = video.shape[:2]
+    t_out = -(-t // ts) * ts
+    idx = torch.arange(t_out, device=video.device)
+    if frame_mask is None:
+        src = repeat(idx.clamp(max=t - 1), "t -> b t", b=b)
+    else:
+        last = frame_mask.long().sum(1, keepdim=True) - 1  # real frames are a prefix of each clip
+        src = torch.minimum(repeat(idx, "t -> b t", b=b), last)
+    video = torch.gather(video, 1, src[:, :, None, None, None].expand(-1, -1, *video.shape[2:]))
+    if frame_mask is None:
+        return video, None
+    real = repeat(idx, "t -> b t", b=b) <= last
+    return video, real[:, ::ts]

@@ -1,0 +1,271 @@
+"""Typed configuration of a training run: data, optimiser, schedule and a list of stages.
+
+A run is one flat YAML file read strictly by :func:`load_train_config`: an unknown key is a
+:class:`~vidvlm.errors.ConfigError` naming the key and the file. The ``model`` section is a plain mapping here
+because each family validates it with its own config class (through ``vidvlm.models.registry``).
+
+Multi-stage recipes ("align the connector, then unfreeze everything") are configuration: each
+:class:`StageConfig` names its trainable and frozen module-name prefixes, its steps, learning-rate overrides and
+data mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vidvlm.config import apply_overrides, from_dict, read_mapping, save_config
+from vidvlm.errors import ConfigError
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of the mixture.
+
+    Attributes:
+        manifest: path of a JSONL or CSV manifest (media paths in it are relative to the manifest's folder).
+        sampler: frame sampler of this dataset (e.g. ``num_frames: 1`` for images); None uses ``data.sampler``.
+        options: extra keyword arguments of ``vidvlm.data.datasets.VideoTextDataset`` (``decode_size``, ...).
+    """
+
+    manifest: str
+    sampler: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SyntheticSpec:
+    """How to generate the moving-shapes data when a manifest is missing (see ``tools/make_synthetic.py``).
+
+    Attributes:
+        out_dir: the base directory; set ``name`` is written to ``{out_dir}/{name}/manifest.jsonl``.
+        sets: name -> keywords of ``vidvlm.data.synthetic.make_synthetic`` (``num``, ``seed``, ``split``,
+            ``frames``, ``size``, ``images``, ``fps``). Only sets whose manifest is missing are generated.
+    """
+
+    out_dir: str
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data.
+
+    Attributes:
+        datasets: name -> dataset; images are one-frame samples of the same dataset class.
+        mixture: name -> sampling weight for the default mixture (a stage may override it); empty means all equal.
+        val: validation dataset (val loss and, for contrastive models, retrieval); None to skip.
+        batch_size: samples per process per micro-batch.
+        num_workers: data-loader worker processes per rank.
+        sampler: frame sampler config (``vidvlm.data.sampling.SamplerConfig`` fields), checked when built.
+        transform: training transform options (``vidvlm.data.transforms.build_transform`` keywords).
+        val_transform: evaluation transform options; None uses ``transform`` without augmentation.
+        synthetic: when set, generate the synthetic data if a manifest is missing.
+    """
+
+    datasets: dict[str, DatasetSpec]
+    mixture: dict[str, float] = field(default_factory=dict)
+    val: DatasetSpec | None = None
+    batch_size: int = 8
+    num_workers: int = 0
+    sampler: dict[str, Any] = field(default_factory=dict)
+    transform: dict[str, Any] = field(default_factory=dict)
+    val_transform: dict[str, Any] | None = None
+    synthetic: SyntheticSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("data.datasets: at least one dataset is needed")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+        _check_mixture(self.mixture, self.datasets, "data.mixture")
+
+
+@dataclass
+class ParamGroupSpec:
+    """Learning-rate and weight-decay multipliers for the parameters under a module-name prefix.
+
+    The longest matching prefix wins; parameters matching no prefix use the base values.
+    """
+
+    prefix: str
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW settings. Norms, biases, embeddings and temperatures never get weight decay."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    groups: list[ParamGroupSpec] = field(default_factory=list)
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``, restarted at each stage."""
+
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class StageConfig:
+    """One stage of a recipe.
+
+    Attributes:
+        name: a label used in logs.
+        steps: optimiser steps in this stage.
+        trainable: module-name prefixes to train; empty means every parameter.
+        frozen: prefixes to freeze (applied after ``trainable``).
+        lr: the stage's base learning rate (default: ``optim.lr``).
+        lr_mult: prefix -> multiplier, on top of ``optim.groups``.
+        mixture: dataset name -> weight for this stage (default: ``data.mixture``).
+        warmup_steps: warm-up of this stage (default: ``schedule.warmup_steps``).
+    """
+
+    name: str
+    steps: int
+    trainable: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    lr: float | None = None
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    mixture: dict[str, float] | None = None
+    warmup_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of embedding models (families with ``encode_video``/``encode_text``).
+
+    Attributes:
+        retrieval: text<->video recall over the validation set.
+        variant_words: words of which one appears in each caption (e.g. the four directions); for each clip the
+            caption is rewritten with every word and the model must rank the true one first (``variant_acc``,
+            chance = 1/len). Measures what single frames cannot tell, such as motion direction.
+    """
+
+    retrieval: bool = True
+    variant_words: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run.
+
+    Attributes:
+        output_dir: checkpoints, ``metrics.jsonl``, ``train_config.yaml`` and ``final/`` go here.
+        model: the family config as a mapping (``family: contrastive`` and the family's own keys).
+        data: see :class:`DataConfig`.
+        stages: the recipe; one stage for a plain run.
+        seed: base seed of data order, augmentation and dropout.
+        mixed_precision: ``"no"`` (fp32), ``"bf16"`` or ``"fp16"``.
+        grad_accum: micro-batches per optimiser step.
+        max_grad_norm: gradient clipping (None or <= 0: off).
+        grad_checkpointing: call the model's ``set_grad_checkpointing(True)``.
+        checkpoint_every: save every N optimiser steps (0: only at the end).
+        keep_checkpoints: how many ``checkpoint-*`` directories to keep.
+        log_every: write metrics every N steps.
+        eval_every: evaluate every N steps (0: only at the end).
+        eval_batches: cap on validation batches per evaluation (0: the whole set).
+        nonfinite: on a non-finite loss or gradient, ``"skip"`` the step or ``"stop"`` (with a checkpoint).
+        trackers: accelerate trackers (``"tensorboard"`` when installed); empty for none.
+        eval: what periodic evaluation measures besides the validation loss.
+    """
+
+    output_dir: str
+    model: dict[str, Any]
+    data: DataConfig
+    stages: list[StageConfig]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 0
+    nonfinite: Literal["skip", "stop"] = "skip"
+    trackers: list[str] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages: at least one stage is needed")
+        if "family" not in self.model:
+            raise ConfigError("model.family: required key is missing")
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum: must be >= 1, got {self.grad_accum}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stages: names must be unique, got {names}")
+        for i, stage in enumerate(self.stages):
+            if stage.mixture is not None:
+                _check_mixture(stage.mixture, self.data.datasets, f"stages[{i}].mixture")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+def _check_mixture(mixture: dict[str, float], datasets: dict[str, Any], where: str) -> None:
+    for name, weight in mixture.items():
+        if name not in datasets:
+            raise ConfigError(f"{where}.{name}: no such dataset; known: {sorted(datasets)}")
+        if weight < 0:
+            raise ConfigError(f"{where}.{name}: weight must be >= 0, got {weight}")
+    if mixture and sum(mixture.values()) <= 0:
+        raise ConfigError(f"{where}: weights sum to zero")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a run config strictly, after applying ``key.sub=value`` overrides.
+
+    Raises:
+        ConfigError: naming the file and the key, on an unknown key or bad value; the model section is checked by
+            the family's own config class when :func:`validate_model_config` is called.
+    """
+    data = apply_overrides(read_mapping(path), overrides or [])
+    return from_dict(TrainConfig, data, where=str(path))
+
+
+def validate_model_config(cfg: TrainConfig, where: str = "config") -> Any:
+    """Check ``cfg.model`` with the family's own config class; returns that dataclass.
+
+    Raises:
+        ConfigError: unknown family, or a bad key in the family's config (the message names ``where``).
+    """
+    from vidvlm.models.registry import get_family  # late: the model layer is heavy
+
+    family = cfg.model.get("family")
+    try:
+        model_cls = get_family(family)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: model.family: {e}") from e
+    config_cls = model_cls.config_class
+    return from_dict(config_cls, dict(cfg.model), where=f"{where}.model")
+
+
+def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved run config as YAML."""
+    save_config(cfg, path)
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with top-level fields changed (tests and tools)."""
+    return dataclasses.replace(cfg, **changes)
