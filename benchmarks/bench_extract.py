@@ -55,13 +55,15 @@ def run_peer(paths: list[Path], model, processor, num_frames: int, device: str) 
     return out
 
 
-def run_vidvlm(paths: list[Path], encoder, num_frames: int, batch_size: int, num_workers: int) -> list[torch.Tensor]:
+def run_vidvlm(
+    paths: list[Path], encoder, num_frames: int, batch_size: int, num_workers: int, worker_start: str | None
+) -> list[torch.Tensor]:
     from vidvlm.data.sampling import UniformSampler
     from vidvlm.extract import extract_features
 
     sampler = UniformSampler(num_frames, anchor="start", short_policy="fewer")
     res = extract_features(encoder, [str(p) for p in paths], sampler=sampler, batch_size=batch_size,
-                           num_workers=num_workers)  # fmt: skip
+                           num_workers=num_workers, worker_start=worker_start)  # fmt: skip
     assert all(r.ok for r in res), [r.error for r in res if not r.ok]
     return [r.features for r in res]
 
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--worker-start", default="forkserver", help="DataLoader start method (fork, forkserver, spawn)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", help="reuse this folder for clips and model (default: a temp dir)")
     args = ap.parse_args()
@@ -93,7 +96,7 @@ def main() -> None:
 
     # Same features first (one warm-up pass each, not timed).
     ref = run_peer(paths, peer_model, processor, args.num_frames, args.device)
-    ours = run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers)
+    ours = run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers, args.worker_start)
     a, b = torch.stack(ref), torch.stack(ours)
     max_diff = (a - b).abs().max().item()
     cos = torch.nn.functional.cosine_similarity(a, b).min().item()
@@ -110,7 +113,7 @@ def main() -> None:
             if name == "peer":
                 run_peer(paths, peer_model, processor, args.num_frames, args.device)
             else:
-                run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers)
+                run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers, args.worker_start)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
@@ -126,8 +129,8 @@ def main() -> None:
     print("|---|---|---|")
     for k in ("peer", "vidvlm"):
         runs = ", ".join(f"{args.num_videos / t:.2f}" for t in times[k])
-        label = "transformers load_video + CLIPVisionModel loop" if k == "peer" else (
-            f"vidvlm.extract_features (batch {args.batch_size}, {args.num_workers} workers)")  # fmt: skip
+        ours = f"vidvlm.extract_features (batch {args.batch_size}, {args.num_workers} {args.worker_start} workers)"
+        label = "transformers load_video + CLIPVisionModel loop" if k == "peer" else ours
         print(f"| {label} | {vps[k]:.2f} | {runs} |")
     print(f"ratio vidvlm / peer: {vps['vidvlm'] / vps['peer']:.2f}x")
 

@@ -92,7 +92,8 @@ def test_independent_of_batch_size_and_workers(media, tower, level):
     kw = dict(level=level, transform=TF, layers=[1])
     ref = extract_features(tower, media, batch_size=1, num_workers=0, **kw)
     for bs, nw in [(16, 0), (3, 2)]:
-        got = extract_features(tower, media, batch_size=bs, num_workers=nw, **kw)
+        # fork keeps the test fast; the default start method (forkserver) is exercised by the CLI test.
+        got = extract_features(tower, media, batch_size=bs, num_workers=nw, worker_start="fork", **kw)
         assert [r.source for r in got] == [r.source for r in ref]
         for a, b in zip(ref, got, strict=True):
             assert a.error == b.error

@@ -69,7 +69,8 @@ def contact_sheet(clips: list, texts: list[str], out: Path) -> None:
     th = max(f.height for row in thumbs for f in row)
     cols = max(len(row) for row in thumbs)
     line = 18
-    sheet = Image.new("RGB", (cols * 128, len(thumbs) * (th + line)), "white")
+    width = max(cols * 128, 8 + 6 * max(len(t) for t in texts))  # PIL's default font is about 6 px per character
+    sheet = Image.new("RGB", (width, len(thumbs) * (th + line)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (row, text) in enumerate(zip(thumbs, texts, strict=True)):
         y = r * (th + line)

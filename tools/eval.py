@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             zero_shot_classifier,
         )
         from vidvlm.models.registry import load
-        from vidvlm.train.evaluation import variant_accuracy
+        from vidvlm.train.evaluation import caption_recall, variant_accuracy
 
         model = load(args.checkpoint).to(args.device).eval()
         vision = getattr(getattr(model, "vision", None), "cfg", None)
@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             emb = embed_dataset(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers)
             metrics = {"num_videos": len(dataset), "num_frames": frames}
             metrics.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
+            caps = [list(row.captions) for row in dataset.rows]
+            metrics.update(caption_recall(emb["video"], emb["text"], caps))
             if args.variant_words:
-                caps = [row.captions[0] for row in dataset.rows]
-                metrics.update(variant_accuracy(model, emb["video"], caps, args.variant_words))
+                metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
             if args.classes:
                 classifier = zero_shot_classifier(model, args.classes, args.templates or DEFAULT_TEMPLATES)
                 keep = emb["labels"] >= 0

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="decode-time short side (speeds up large videos)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--worker-start", choices=["fork", "forkserver", "spawn"], help="worker start method "
+                   "(default forkserver: clean, slower to start; fork: instant)")  # fmt: skip
     p.add_argument("--shard-size", type=int, default=1000, help="sources per shard")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--retry-failed", action="store_true", help="retry sources that failed in an earlier run")
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             device=args.device,
             weights=args.weights,
+            worker_start=args.worker_start,
         )
     except VidVLMError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -98,7 +98,10 @@ class Captioner:
         n = num_frames or cfg.num_frames
         if n < 1:
             raise VidVLMError(f"num_frames: must be >= 1, got {n}")
-        self.sampler = build_sampler(SamplerConfig(name=sampler, num_frames=n, fps=fps, max_frames=n))
+        # "fewer": an image stays one frame (T = 1) and a short clip is not padded with repeats, as in training
+        self.sampler = build_sampler(
+            SamplerConfig(name=sampler, num_frames=n, fps=fps, max_frames=n, short_policy="fewer")
+        )
         self.transform = self.model.transform
         base = cfg.decode
         self.decode = DecodeConfig(

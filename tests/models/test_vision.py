@@ -175,3 +175,24 @@ def test_single_key_shortcut_matches_attention() -> None:
     for mask in (None, AttnMask(key_padding=torch.tensor([[True], [False], [True]]))):
         ref = attn.proj(attention(*split, mask, backend="math").transpose(1, 2).reshape(3, 1, 16))
         torch.testing.assert_close(attn(x, mask), ref)
+
+
+def test_cross_attention_block_masks_context_and_checks_arguments() -> None:
+    from vidvlm.layers.attention import AttnMask
+    from vidvlm.layers.transformer import TransformerBlock
+
+    torch.manual_seed(0)
+    blk = TransformerBlock(16, 2, cross_attention=True, ls_init=0.5).eval()
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    keep = AttnMask(key_padding=torch.tensor([[True] * 3 + [False] * 2] * 2))
+    changed = ctx.clone()
+    changed[:, 3:] = 100.0  # masked context keys must not matter
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x, context=ctx, context_mask=keep), blk(x, context=changed, context_mask=keep))
+        assert (blk(x, context=ctx) - blk(x, context=changed)).abs().max() > 1e-3
+        blk.zero_init_residual()
+        torch.testing.assert_close(blk(x, context=ctx), x)
+    with pytest.raises(ValueError, match="context"):
+        blk(x)
+    with pytest.raises(ValueError, match="context"):
+        TransformerBlock(16, 2)(x, context=ctx)

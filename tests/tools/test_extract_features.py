@@ -61,7 +61,9 @@ def test_cli_matches_api_across_batch_and_workers(setup, tmp_path, capsys, level
     ckpt = str(root / "ckpt")
     api = extract_features(ckpt, media, level=level, sampler=4, batch_size=16, num_workers=0)
     argv = [str(media), "--model", ckpt, "--level", level, "--num-frames", "4", "--no-progress"]
-    assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--batch-size", "1", "--num-workers", "2"]) == 0
+    # pooled: one worker started the default way (forkserver, slow to start); frames: two forked workers.
+    workers = ["--num-workers", "1"] if level == "pooled" else ["--num-workers", "2", "--worker-start", "fork"]
+    assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--batch-size", "1", *workers]) == 0
     assert "done 5, skipped 0, failed 2" in capsys.readouterr().out  # manifest.jsonl and the corrupt file
     _assert_same(api, load_features(tmp_path / "a"))
     assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--shard-size", "2"]) == 0

@@ -12,6 +12,16 @@ from vidvlm.train.checkpoint import list_checkpoints
 from vidvlm.train.trainer import MixtureBatchSampler, NonFiniteLossError, Trainer
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    # accelerate keeps one process-wide state; a test that changes mixed precision needs a fresh one
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _trainer(out, overrides=None, model=None, datasets=None, **top):
     torch.manual_seed(0)
     cfg = make_cfg(out, overrides, **top)
@@ -87,7 +97,7 @@ def test_stage_switch_changes_trainable(tmp_path):
         raw = self.acc.unwrap_model(self.model)
         seen.append(sorted(n for n, p in raw.named_parameters() if p.requires_grad))
         if len(seen) == 1:  # after stage 1 only the head has moved
-            now = raw.state_dict()
+            now = {k: v.cpu() for k, v in raw.state_dict().items()}
             assert torch.equal(now["encoder.weight"], before["encoder.weight"])
             assert not torch.equal(now["head.weight"], before["head.weight"])
 
@@ -97,7 +107,7 @@ def test_stage_switch_changes_trainable(tmp_path):
     finally:
         Trainer._run_stage = orig
     assert seen == [["head.bias", "head.weight"], ["encoder.bias", "encoder.weight", "head.bias", "head.weight"]]
-    after = t.acc.unwrap_model(t.model).state_dict()
+    after = {k: v.cpu() for k, v in t.acc.unwrap_model(t.model).state_dict().items()}
     assert torch.equal(after["norm.weight"], before["norm.weight"])
     assert not torch.equal(after["encoder.weight"], before["encoder.weight"])
 
@@ -201,3 +211,12 @@ def test_cuda_mixed_precision_resume(tmp_path, precision):
     if precision == "fp16":
         state = json.loads((tmp_path / "full" / "checkpoint-00000008" / "trainer_state.json").read_text())
         assert state["scaler"] and state["scaler"]["scale"] > 0
+
+
+def test_grad_checkpointing_reaches_towers():
+    from vidvlm.train.trainer import _enable_grad_checkpointing
+
+    outer = torch.nn.Module()
+    outer.vision, outer.text = TinyModel(), torch.nn.Linear(2, 2)
+    _enable_grad_checkpointing(outer)
+    assert outer.vision.grad_ckpt

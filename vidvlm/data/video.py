@@ -247,6 +247,7 @@ def open_video(path: str | os.PathLike[str], backend: str = "auto", num_threads:
     container = _pyav.open_container(path, num_threads)
     try:
         if container.format.name in _STILL_FORMATS:
+            container.close()
             return _open_image(path, num_threads)
         index = _pyav.build_index(path, container)
         # decord trusts the header's frame count and can hang past the real end (decord#373): never on such files.
@@ -255,15 +256,21 @@ def open_video(path: str | os.PathLike[str], backend: str = "auto", num_threads:
             and container.format.name not in _DECORD_UNSAFE_FORMATS
             and (container.streams.video[0].codec_context.name not in _DECORD_UNSAFE_CODECS)
         )
-    finally:
+    except BaseException:
         container.close()
+        raise
     chosen = "decord" if backend == "decord" and decord_safe else "pyav"
     stamps = tuple(float(t) for t in (index.pts * index.time_base))
     num = len(index.pts)
     width, height = (index.height, index.width) if index.rotation in (90, 270) else (index.width, index.height)
     fps = num / index.duration if index.duration > 0 else 0.0
     meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps)
-    return Video(meta, num_threads, index)
+    video = Video(meta, num_threads, index)
+    if chosen == "pyav":
+        video._container = container  # reuse the indexing container for the first get_frames (saves an open)
+    else:
+        container.close()
+    return video
 
 
 def _open_image(path: str, num_threads: int) -> Video:

@@ -11,6 +11,7 @@ A source that cannot be read does not stop the run: its result carries ``error``
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -88,6 +89,11 @@ class _DecodeSet(Dataset):
             return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}"}
 
 
+# Workers start from a clean forkserver process by default: a forked worker inherits the caller's threads and
+# crashed (SIGSEGV) on CPU and on GPU after a transformers load_video + CLIP loop had run in the same process.
+_DEFAULT_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
 def _worker_init(_: int) -> None:
     # Workers decode; one intra-op thread each keeps N workers from oversubscribing the cores the encoder uses.
     torch.set_num_threads(1)
@@ -136,6 +142,7 @@ def _run(
     batch_size: int,
     num_workers: int,
     num_clips: int,
+    worker_start: str | None = None,
 ) -> Iterator[FeatureResult]:
     """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order."""
     data = _DecodeSet(todo, _build_sampler(sampler), encoder.transform, size, num_clips)
@@ -146,6 +153,8 @@ def _run(
         collate_fn=list,
         worker_init_fn=_worker_init if num_workers else None,
         pin_memory=encoder.device.type == "cuda",
+        multiprocessing_context=(worker_start or _DEFAULT_START) if num_workers else None,
+        persistent_workers=False,
     )
     with torch.inference_mode():
         for items in loader:
@@ -171,6 +180,7 @@ def iter_features(
     layers: Sequence[int] | None = None,
     transform: Callable | None = None,
     weights: str | None = None,
+    worker_start: str | None = None,
 ) -> Iterator[FeatureResult]:
     """Stream features of a collection, one :class:`FeatureResult` per source, in source order.
 
@@ -179,7 +189,7 @@ def iter_features(
     _check(level, layers, num_clips, batch_size, num_workers)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, level, layers, device, weights, transform)
-    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips)
+    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start)
 
 
 def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[FeatureResult]:
@@ -204,6 +214,10 @@ def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[Featur
         layers: hidden-state indices for ``level="layers"`` (0 = embeddings, -1 = last block; negatives allowed).
         transform: override the model's eval transform (uint8 ``[T,3,H,W]`` -> float ``[T,3,H,W]``).
         weights: weights file for a ``timm:<name>`` tower.
+        worker_start: how DataLoader workers start: None means ``"forkserver"`` where available (clean workers,
+            a few seconds to start: they import torch), or ``"fork"`` (instant, but a forked worker inherits the
+            caller's threads; we saw workers SIGSEGV after a transformers ``load_video`` + CLIP loop had run in
+            the same process), or ``"spawn"``. Except with fork, ``sampler`` and ``transform`` must be picklable.
 
     Returns:
         One :class:`FeatureResult` per source, in order; unreadable sources have ``error`` set and no features.
@@ -266,7 +280,7 @@ def extract_to_dir(
         settings: extra identifying settings stored in ``extract.json`` (e.g. the model path as typed).
     """
     opts = {"level": "pooled", "sampler": None, "size": None, "batch_size": 8, "num_workers": 0, "device": None,
-            "num_clips": 1, "layers": None, "transform": None, "weights": None}  # fmt: skip
+            "num_clips": 1, "layers": None, "transform": None, "weights": None, "worker_start": None}  # fmt: skip
     unknown = set(kwargs) - set(opts)
     if unknown:
         raise TypeError(f"extract_to_dir() got unexpected keyword arguments {sorted(unknown)}")
@@ -284,7 +298,7 @@ def extract_to_dir(
     todo = [s for s in all_sources if s not in writer.done]
     start = time.perf_counter()
     results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
-                   opts["num_clips"])  # fmt: skip
+                   opts["num_clips"], opts["worker_start"])  # fmt: skip
     from tqdm import tqdm
 
     shards = failed = 0

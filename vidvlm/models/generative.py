@@ -242,6 +242,9 @@ class _Captioner(VLMModel):
         if config.decoder.vocab_size < 8:
             raise ConfigError(f"decoder.vocab_size: must be >= 8, got {config.decoder.vocab_size}")
         self.vision = VideoViT(config.vision)
+        # trained from scratch, so no image model needs preserving: a random (not zero) temporal table lets joint
+        # attention tell frames apart from the first step, which motion direction depends on
+        nn.init.normal_(self.vision.pos_embed.temporal, std=0.02)
         self.pooler = build_pooler(config.pooler, self.vision.width)
         self.connector = build_connector(config.connector, self.vision.width, config.decoder.width)
         self.decoder = TextDecoder(config.decoder, cross_attention=self.cross_attention)

@@ -261,7 +261,8 @@ class VideoViT(nn.Module):
 
         Args:
             video: ``[B, T, C, H, W]`` float pixels (an image is ``T = 1``).
-            frame_mask: bool ``[B, T]``, True for real frames (None = all real). Each clip needs one real frame.
+            frame_mask: bool ``[B, T]``, True for real frames (None = all real), real frames first (as collate
+                pads at the end). Each clip needs one real frame.
             output_hidden_states: True for all hidden states, or indices into them (negative allowed).
 
         Returns:
@@ -280,13 +281,22 @@ class VideoViT(nn.Module):
         x, frame_mask = self.embed(video, frame_mask)
         b, t, n, _ = x.shape
         layout = self.cfg.layout
+        keep_all = output_hidden_states is not False
         states = [x]
+
+        def record(state: torch.Tensor) -> None:
+            # without hidden states only the last is kept, so inference does not hold every block's output
+            if keep_all:
+                states.append(state)
+            else:
+                states[0] = state
+
         if layout == "joint":
             mask = None if frame_mask is None else AttnMask(key_padding=repeat(frame_mask, "b t -> b (t n)", n=n))
             h = rearrange(x, "b t n d -> b (t n) d")
             for blk in self.blocks:
                 h = self._run(blk, h, mask)
-                states.append(rearrange(h, "b (t n) d -> b t n d", t=t))
+                record(rearrange(h, "b (t n) d -> b t n d", t=t))
         else:
             tmask = None if frame_mask is None else AttnMask(key_padding=repeat(frame_mask, "b t -> (b n) t", n=n))
             h = rearrange(x, "b t n d -> (b t) n d")
@@ -296,12 +306,12 @@ class VideoViT(nn.Module):
                     ht = self._run(self.temporal_attn[i], ht, tmask)
                     h = rearrange(ht, "(b n) t d -> (b t) n d", b=b)
                 h = self._run(blk, h)
-                states.append(rearrange(h, "(b t) n d -> b t n d", b=b))
+                record(rearrange(h, "(b t) n d -> b t n d", b=b))
             if self.temporal_blocks is not None:
                 ht = rearrange(h, "(b t) n d -> (b n) t d", b=b)
                 for blk in self.temporal_blocks:
                     ht = self._run(blk, ht, tmask)
-                    states.append(rearrange(ht, "(b n) t d -> b t n d", b=b))
+                    record(rearrange(ht, "(b n) t d -> b t n d", b=b))
         tokens = self.norm(states[-1])
         pooled = self.fc_norm(self.pool(tokens))
         if frame_mask is not None:
@@ -309,7 +319,7 @@ class VideoViT(nn.Module):
             tokens = tokens * rearrange(keep, "b t 1 -> b t 1 1").to(tokens.dtype)
             pooled = pooled * keep.to(pooled.dtype)
         hidden = None
-        if output_hidden_states is not False:
+        if keep_all:
             hidden = tuple(states) if output_hidden_states is True else tuple(states[i] for i in output_hidden_states)
         return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden)
 

@@ -77,15 +77,33 @@ def embedding_metrics(
 
     emb = embed_dataset(model, dataset, batch_size=batch_size)
     out: dict[str, float] = {}
+    captions = [list(dataset[i]["captions"]) for i in range(len(dataset))]
     if retrieval:
         out.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
+        out.update(caption_recall(emb["video"], emb["text"], captions))
     if variant_words:
-        out.update(
-            variant_accuracy(
-                model, emb["video"], [dataset[i]["captions"][0] for i in range(len(dataset))], variant_words
-            )
-        )
+        out.update(variant_accuracy(model, emb["video"], [c[0] for c in captions], variant_words))
     return out
+
+
+def caption_recall(video: torch.Tensor, text: torch.Tensor, captions: list[list[str]]) -> dict[str, float]:
+    """Text->video R@1 (percent) where any clip carrying the query caption counts as a hit (``t2v_caption_R@1``).
+
+    Synthetic and templated data repeat captions across clips; plain R@1 cannot tell which of the equally described
+    clips is "the" target, so its ceiling is below 100.
+
+    Args:
+        video: ``[V, D]`` clip embeddings.
+        text: ``[Tx, D]`` embeddings of every caption of every clip, in order (as ``embed_dataset`` returns them).
+        captions: the V clips' captions.
+    """
+    flat = [c for caps in captions for c in caps]
+    if len(flat) != text.shape[0]:  # the embedder used other captions: the metric is undefined
+        return {}
+    sim = torch.nn.functional.normalize(text.float(), dim=-1) @ torch.nn.functional.normalize(video.float(), dim=-1).T
+    top = sim.argmax(1).tolist()
+    hits = sum(flat[q] in captions[v] for q, v in enumerate(top))
+    return {"t2v_caption_R@1": 100.0 * hits / len(top)}
 
 
 @torch.no_grad()

@@ -182,8 +182,8 @@ class Trainer:
         self.sizes = [len(datasets[n]) for n in self.names]
         self.val_data = val_dataset
         self.collate = CountingCollate(collate_fn)
-        if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(True)
+        if cfg.grad_checkpointing:
+            _enable_grad_checkpointing(model)
         self.state = TrainState()
         self.history: list[dict] = []
         self._last_eval_step = -1
@@ -442,6 +442,15 @@ class Trainer:
                 shutil.rmtree(final)
             tmp.rename(final)
         acc.wait_for_everyone()
+
+
+def _enable_grad_checkpointing(model: nn.Module) -> None:
+    """The model's ``set_grad_checkpointing``, or else that of each top-most submodule having one (the towers)."""
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+        return
+    for child in model.children():
+        _enable_grad_checkpointing(child)
 
 
 def _captions(datasets: Any) -> list[str]:
