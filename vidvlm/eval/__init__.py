@@ -15,7 +15,7 @@ _LAZY = {
     "zero_shot_classifier": "vidvlm.eval.retrieval",
     "zero_shot_accuracy": "vidvlm.eval.retrieval",
     "embed_dataset": "vidvlm.eval.retrieval",
-    "caption_metrics": "vidvlm.eval.caption_metrics",
+    "caption_metrics": "vidvlm.eval.captions",
     "vqa_accuracy": "vidvlm.eval.vqa",
     "normalize_answer": "vidvlm.eval.vqa",
 }
