@@ -10,7 +10,7 @@
   check the other two.
 * ``"auto"``: xformers for packed clips (a block-diagonal ``seq_lens`` mask) when the tensors are on CUDA and
   xformers imports and runs (probed once per device and dtype: a wheel built for another torch imports but has no
-  kernels); SDPA for everything else. Measured on an H100 (benchmarks/results/attention.md), SDPA's flash kernels
+  kernels); SDPA for everything else. Measured on an H100 (BENCHMARKS.md, "Attention backends"), SDPA's flash kernels
   were about 2x faster than xformers for unmasked and causal attention, and its broadcast boolean mask 3x faster
   and ~10x leaner than the dense bias xformers needs for prefix-LM and key padding; xformers' ``BlockDiagonalMask``
   is where it still wins, because SDPA has to loop over clip lengths.
