@@ -68,7 +68,6 @@ def require_open_clip() -> None:
             f"open_clip is not installed ({e}); it is the peer of this benchmark but not a vidvlm dependency:\n"
             "    pip install --no-deps open_clip_torch ftfy   (or run with --cases vidvlm-1f vidvlm-8f)"
         )
-    return open_clip
 
 
 def load_config(name: str):
