@@ -59,7 +59,7 @@ def render(path: Path, segments: list, fmt: str, segmented: bool) -> str:
 
 def contact_sheet(clips: list, texts: list[str], out: Path) -> None:
     """Save the sampled frames (one row per segment) with their captions as one PNG."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     thumbs = []
     for clip in clips:
@@ -68,15 +68,16 @@ def contact_sheet(clips: list, texts: list[str], out: Path) -> None:
         thumbs.append(frames)
     th = max(f.height for row in thumbs for f in row)
     cols = max(len(row) for row in thumbs)
-    line = 18
-    width = max(cols * 128, 8 + 6 * max(len(t) for t in texts))  # PIL's default font is about 6 px per character
+    font = ImageFont.load_default(size=14)
+    line = 22
+    width = max(cols * 128, 8 + round(max(font.getlength(t) for t in texts)))
     sheet = Image.new("RGB", (width, len(thumbs) * (th + line)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (row, text) in enumerate(zip(thumbs, texts, strict=True)):
         y = r * (th + line)
         for c, f in enumerate(row):
             sheet.paste(f, (c * 128, y))
-        draw.text((4, y + th + 3), text, fill="black")
+        draw.text((4, y + th + 2), text, fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
 
