@@ -220,3 +220,26 @@ def test_grad_checkpointing_reaches_towers():
     outer.vision, outer.text = TinyModel(), torch.nn.Linear(2, 2)
     _enable_grad_checkpointing(outer)
     assert outer.vision.grad_ckpt
+
+
+def test_model_init_follows_config_seed(tmp_path):
+    # a model built from the config starts from the same weights for the same seed, and other weights for another
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from vidvlm.config import load_config
+    from vidvlm.train.config import TrainConfig
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "contrastive_tiny_1f_shapes.yaml"
+
+    def initial(seed: int, before: int) -> dict[str, torch.Tensor]:
+        cfg = load_config(TrainConfig, config, [f"output_dir={tmp_path / str(seed)}", f"seed={seed}", "data.val=null"])
+        torch.manual_seed(before)  # the global RNG state before the trainer must not matter
+        data = TinyDataset(8)
+        data.rows = [SimpleNamespace(captions=["a big red square moves left", "a small blue circle moves up"])]
+        t = Trainer(cfg, datasets={"a": data}, collate_fn=collate)  # the captions train the model's tokenizer
+        return {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    a, b, c = initial(0, before=1), initial(0, before=2), initial(1, before=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -169,8 +169,11 @@ class Trainer:
             datasets = datasets if datasets is not None else built
             val_dataset = val_dataset if val_dataset is not None else built_val
         if model is None:
+            from accelerate.utils import set_seed
+
             from vidvlm.models.registry import build_model
 
+            set_seed(cfg.seed)  # the initial weights are a function of the config's seed (same on every rank)
             model = build_model(cfg.model)
             if hasattr(model, "prepare_for_training"):
                 model.prepare_for_training(_captions(datasets.values()))
