@@ -7,9 +7,9 @@ backends (xformers, decord) until they are used.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from vidvlm._lazy import lazy_attributes
 from vidvlm.errors import CheckpointError, ConfigError, VideoDecodeError, VidVLMError
 
 __version__ = "0.1.0"
@@ -67,16 +67,7 @@ _LAZY = {
 }
 
 __all__ = ["VidVLMError", "VideoDecodeError", "ConfigError", "CheckpointError", "__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidvlm' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, eager=__all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -5,7 +5,7 @@ Names are imported lazily so that ``import vidvlm.eval`` does not load every met
 
 from __future__ import annotations
 
-import importlib
+from vidvlm._lazy import lazy_attributes
 
 # public name -> module that defines it
 _LAZY = {
@@ -21,13 +21,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidvlm.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -6,7 +6,7 @@ command line. Imports are lazy so that ``import vidvlm.train`` does not import a
 
 from __future__ import annotations
 
-import importlib
+from vidvlm._lazy import lazy_attributes
 
 _LAZY = {
     "Trainer": "vidvlm.train.trainer",
@@ -17,9 +17,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vidvlm.train' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
