@@ -68,10 +68,12 @@ def test_training_caption_sampling_draws_from_each_videos_captions():
     assert texts == ["x", "y"] and t2v.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("layout,tubelet", [("frame", 1), ("divided", 1), ("joint", 2)])
-def test_padded_frames_do_not_change_the_embedding(layout, tubelet):
+@pytest.mark.parametrize(
+    "layout,tubelet,keyframe", [("frame", 1, False), ("divided", 1, False), ("joint", 2, False), ("joint", 2, True)]
+)
+def test_padded_frames_do_not_change_the_embedding(layout, tubelet, keyframe):
     vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_frames=4,
-                          layout=layout, tubelet_size=tubelet)  # fmt: skip
+                          layout=layout, tubelet_size=tubelet, keyframe_stream=keyframe)  # fmt: skip
     model = tiny(vision=vision).eval()
     video = clips(b=1, t=2)
     padded = torch.cat([video, 5 * torch.randn(1, 2, 3, 32, 32)], dim=1)

@@ -17,8 +17,19 @@ from vidvlm.models.generative import (
     lm_loss,
 )
 from vidvlm.models.registry import build_model, load
+from vidvlm.models.vision import VisionConfig
 
-FAMILIES = [(CoCaCaptioner, GenerativeConfig), (PrefixLMCaptioner, PrefixLMConfig)]
+# the third: CoCa over 2-frame tubelets plus a keyframe step (the default captioner's tower layout)
+KEYFRAME_VISION = dict(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_frames=2, layout="joint")
+FAMILIES = [
+    (CoCaCaptioner, GenerativeConfig, {}),
+    (PrefixLMCaptioner, PrefixLMConfig, {}),
+    (
+        CoCaCaptioner,
+        GenerativeConfig,
+        {"vision": VisionConfig(**KEYFRAME_VISION, tubelet_size=2, keyframe_stream=True)},
+    ),
+]
 CAPTIONS = ["a big red square moves left", "a small blue circle"]
 
 
@@ -29,11 +40,11 @@ def _batch(t: int = 4) -> dict:
     return {"video": torch.randn(2, t, 3, 32, 32, generator=g), "frame_mask": mask, "text": list(CAPTIONS)}
 
 
-@pytest.fixture(params=FAMILIES, ids=["coca", "prefix_lm"])
+@pytest.fixture(params=FAMILIES, ids=["coca", "prefix_lm", "coca_keyframe"])
 def model(request):
     torch.manual_seed(0)
-    cls, cfg_cls = request.param
-    return cls(cfg_cls.tiny()).eval()
+    cls, cfg_cls, overrides = request.param
+    return cls(cfg_cls.tiny(**overrides)).eval()
 
 
 def test_forward_losses_and_backward(model):

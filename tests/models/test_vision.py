@@ -1,4 +1,4 @@
-"""VideoViT: T = 1 exactness for every layout, zero-initialised temporal parts, padding, checkpointing."""
+"""VideoViT: T = 1 exactness for every layout, zero-initialised temporal parts, padding, checkpointing, keyframes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def video_model(cfg: VisionConfig, image: VideoViT) -> VideoViT:
         weights["patch_embed.proj.weight"] = inflate_patch_weight(
             weights["patch_embed.proj.weight"], cfg.tubelet_size, cfg.tubelet_init
         )
+    if cfg.keyframe_stream:  # the keyframe's 2D patches are the image model's patches
+        weights["keyframe_embed.proj.weight"] = image.state_dict()["patch_embed.proj.weight"]
+        weights["keyframe_embed.proj.bias"] = image.state_dict()["patch_embed.proj.bias"]
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.startswith(VIDEO_ONLY_PREFIXES) for k in missing)
     return model
@@ -107,6 +110,49 @@ def test_padded_frames_never_change_real_frames(layout: str, tubelet: int) -> No
     assert batch.last_hidden_state[0, t_short:].abs().max() == 0  # padded frames come out as zeros
 
 
+def test_keyframe_step_is_the_image_vit_on_the_middle_real_frame() -> None:
+    """With the ``frame`` layout (no mixing over time) the keyframe step is exactly the image ViT on the middle real
+    frame; the tubelet steps come first and are unchanged by the keyframe."""
+    torch.manual_seed(0)
+    image = VideoViT(tiny(layout="frame")).eval()
+    model = video_model(tiny(layout="frame", tubelet_size=2, keyframe_stream=True), image)
+    plain = video_model(tiny(layout="frame", tubelet_size=2), image)
+    video = torch.randn(2, 6, 3, 16, 16)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        out, ref = model(video, frame_mask=mask), plain(video, frame_mask=mask)
+        middle = image(torch.stack([video[0, 2], video[1, 1]])[:, None])  # (6-1)//2 = 2 and (4-1)//2 = 1
+    assert out.last_hidden_state.shape == (2, 4, 5, 16)
+    assert out.frame_mask.tolist() == [[True, True, True, True], [True, True, False, True]]
+    torch.testing.assert_close(out.last_hidden_state[:, 3:], middle.last_hidden_state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.pooler_output[:, 3:], middle.pooler_output, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.last_hidden_state[:, :3], ref.last_hidden_state, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_keyframe_stream_ignores_padding(layout: str) -> None:
+    """A padded clip gives the same tubelet and keyframe steps as the clip alone (the keyframe step is last)."""
+    torch.manual_seed(0)
+    model = VideoViT(tiny(layout=layout, tubelet_size=2, keyframe_stream=True)).eval()
+    randomise_temporal(model)
+    short, long = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 6, 3, 16, 16)
+    padded = torch.cat([torch.cat([short, torch.full_like(long[:, :3], 7.0)], 1), long])
+    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
+    with torch.no_grad():
+        batch = model(padded, frame_mask=mask)
+        alone_short, alone_long = model(short), model(long)
+    assert alone_short.last_hidden_state.shape[1] == 3 and batch.last_hidden_state.shape[1] == 4
+    assert alone_short.frame_mask is None and batch.frame_mask[0].tolist() == [True, True, False, True]
+    for got, want in (
+        (batch.last_hidden_state, alone_short.last_hidden_state),
+        (batch.pooler_output, alone_short.pooler_output),
+    ):
+        torch.testing.assert_close(got[:1, :2], want[:, :2], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[:1, 3], want[:, 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.last_hidden_state[1:], alone_long.last_hidden_state, atol=1e-5, rtol=0)
+    assert batch.last_hidden_state[0, 2].abs().max() == 0
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_grad_checkpointing_same_outputs_and_grads(layout: str) -> None:
     torch.manual_seed(0)
@@ -156,6 +202,8 @@ def test_bad_configs_raise() -> None:
         VideoViT(tiny(layout="spacetime"))
     with pytest.raises(ConfigError, match="class_token"):
         VideoViT(tiny(class_token=False, pool="token"))
+    with pytest.raises(ConfigError, match="keyframe_stream"):
+        VideoViT(tiny(keyframe_stream=True))  # per-frame patches: every frame is already a keyframe
     with pytest.raises(ConfigError, match="num_heads"):
         VideoViT(tiny(num_heads=3))
     with pytest.raises(ValueError, match="frame_mask"):

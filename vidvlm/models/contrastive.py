@@ -54,7 +54,7 @@ class ContrastiveConfig:
     Attributes:
         family: always ``"contrastive"``.
         vision: the video ViT (with ``vision_source`` only its video fields are used: layout, num_frames,
-            tubelet_size, tubelet_init, temporal_depth, grad_checkpointing, attn_backend).
+            tubelet_size, tubelet_init, keyframe_stream, temporal_depth, grad_checkpointing, attn_backend).
         vision_source: a pretrained image tower for ``load_vision_tower`` (a local HF directory or ``timm:<name>``);
             None builds ``vision`` from scratch. A saved checkpoint stores the resolved ``vision`` instead.
         vision_weights: weights file for a ``timm:`` source.
@@ -126,7 +126,8 @@ class ContrastiveConfig:
 
 # the VisionConfig fields that a pretrained (image) source leaves to the video config
 _VIDEO_FIELDS = (
-    "layout", "num_frames", "tubelet_size", "tubelet_init", "temporal_depth", "grad_checkpointing", "attn_backend",
+    "layout", "num_frames", "tubelet_size", "tubelet_init", "keyframe_stream", "temporal_depth", "grad_checkpointing",
+    "attn_backend",
 )  # fmt: skip
 
 
@@ -231,15 +232,7 @@ class ContrastiveModel(VLMModel):
     def video_features(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised video embeddings: ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]`` -> ``[B, E]``."""
         out = self.vision(video, frame_mask)
-        ts = self.vision.cfg.tubelet_size
-        tmask = None
-        if frame_mask is not None:
-            # the tower marks a tubelet real when its first frame is real; pad T to whole tubelets first
-            fm = frame_mask.bool()
-            pad = (-fm.shape[1]) % ts
-            if pad:
-                fm = F.pad(fm, (0, pad), value=False)
-            tmask = rearrange(fm, "b (t s) -> b t s", s=ts)[:, :, 0]
+        tmask = out.frame_mask  # [B, T'] (tubelets, keyframe) or None when every step is real
         if self.config.pool_input == "frame":
             tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
         else:

@@ -20,7 +20,7 @@ from vidvlm.errors import CheckpointError
 from vidvlm.layers.embeddings import inflate_patch_weight
 from vidvlm.models.vision import VideoViT, VisionConfig
 
-VIDEO_ONLY_PREFIXES = ("pos_embed.temporal", "temporal_attn.", "temporal_blocks.")
+VIDEO_ONLY_PREFIXES = ("pos_embed.temporal", "temporal_attn.", "temporal_blocks.", "keyframe_time")
 
 _HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
@@ -248,6 +248,10 @@ def load_converted(model: VideoViT, tensors: dict[str, torch.Tensor], source: st
     """
     tensors = dict(tensors)
     cfg = model.cfg
+    if cfg.keyframe_stream:  # the keyframe's 2D patches are the image model's patches
+        for name in ("weight", "bias"):
+            if f"patch_embed.proj.{name}" in tensors:
+                tensors[f"keyframe_embed.proj.{name}"] = tensors[f"patch_embed.proj.{name}"]
     if cfg.tubelet_size > 1 and "patch_embed.proj.weight" in tensors:
         w = tensors["patch_embed.proj.weight"]
         tensors["patch_embed.proj.weight"] = inflate_patch_weight(w, cfg.tubelet_size, cfg.tubelet_init)

@@ -339,12 +339,8 @@ class _Captioner(VLMModel):
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``video [B, T, 3, H, W]`` -> decoder-width visual tokens ``[B, M, D]`` and their mask ``[B, M]`` or None."""
-        tokens = self.vision(video, frame_mask).last_hidden_state  # [B, T', N', D]
-        tmask = None
-        if frame_mask is not None:
-            # with tubelets of s frames (T' < T) a tubelet is real when its first frame is (the tower's rule)
-            step = -(-video.shape[1] // tokens.shape[1])
-            tmask = frame_mask.to(device=video.device, dtype=torch.bool)[:, ::step]
+        out = self.vision(video, frame_mask)
+        tokens, tmask = out.last_hidden_state, out.frame_mask  # [B, T', N', D], [B, T'] or None
         pooled = self.pooler(tokens, tmask)
         mask = None if tmask is None else self.pooler.output_mask(tmask, tokens.shape[2]).to(video.device)
         return self.connector(pooled), mask

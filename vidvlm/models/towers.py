@@ -243,7 +243,8 @@ class FrameWiseTower(nn.Module):
                 pooled = tokens[:, self.num_prefix_tokens :].mean(1)
             if output_hidden_states:
                 hidden = tuple(_unfold(h, mask) for h in out.hidden_states)
-        return VisionOutput(_unfold(tokens, mask), _unfold(pooled, mask), hidden)
+        fmask = None if frame_mask is None else mask
+        return VisionOutput(_unfold(tokens, mask), _unfold(pooled, mask), hidden, frame_mask=fmask)
 
 
 def _unfold(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -294,4 +295,4 @@ class TowerEnsemble(nn.Module):
             raise ValueError("TowerEnsemble: towers return different numbers of frames (tubelet sizes differ)")
         pooled = torch.cat([o.pooler_output for o in outs], dim=-1)
         tokens = torch.cat([pooled[:, :, None], torch.cat(patches, dim=-1)], dim=2)
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled)
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, frame_mask=outs[0].frame_mask)

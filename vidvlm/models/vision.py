@@ -13,6 +13,12 @@ Layouts (``VisionConfig.layout``):
 A fresh video model therefore computes the image model exactly, and with ``T = 1`` every layout equals the image
 ViT at initialisation (temporal attention over one key returns that key's value, which the zeroed projection
 removes). Padded frames (``frame_mask`` False) are never used as keys, so they cannot change valid frames.
+
+Two-rate input (``keyframe_stream``, off by default): with tubelets, one more time step of per-frame (2D) patch
+tokens from the clip's middle real frame is appended after the tubelets. A tubelet turns motion into a local
+feature but mixes ``tubelet_size`` frames of a moving object into one token; the keyframe keeps that frame's fine
+appearance. This is SlowFast's idea (a high-frame-rate and a high-detail pathway) as two token sets in one
+encoder. The output then has ``T' + 1`` time steps, the keyframe last.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ class VisionConfig:
         num_frames: temporal table length in tubelets (longer clips resample it).
         tubelet_size: frames per tubelet (1 = per-frame patches).
         tubelet_init: how a 2D kernel is inflated: ``center`` or ``average`` (both exact on static clips).
+        keyframe_stream: append per-frame patch tokens of the middle real frame as one more time step (see the
+            module docstring; needs ``tubelet_size > 1``).
         temporal_depth: blocks of the temporal encoder (``factorised`` only).
         grad_checkpointing: recompute each block in the backward pass.
         attn_backend: attention backend for every block (None = the global default).
@@ -92,6 +100,7 @@ class VisionConfig:
     num_frames: int = 8
     tubelet_size: int = 1
     tubelet_init: Literal["center", "average"] = "center"
+    keyframe_stream: bool = False
     temporal_depth: int = 4
     grad_checkpointing: bool = False
     attn_backend: str | None = None
@@ -110,11 +119,14 @@ class VisionOutput:
         last_hidden_state: ``[B, T', N', D]`` tokens per frame (prefix tokens first); padded frames are zero.
         pooler_output: ``[B, T', D]`` one vector per frame.
         hidden_states: tuple of ``[B, T', N', D]`` (embedding output, then after each block) or None.
+        frame_mask: bool ``[B, T']``, True for real output time steps (a tubelet is real when its first frame is);
+            None when every step is real. Consumers use it instead of recomputing the tower's time layout.
     """
 
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    frame_mask: torch.Tensor | None = None
 
 
 class AttentionPoolHead(nn.Module):
@@ -167,12 +179,19 @@ class VideoViT(nn.Module):
             raise ConfigError("pool: 'token' needs class_token=True (use 'avg' or 'map')")
         if cfg.pool not in ("token", "avg", "map"):
             raise ConfigError(f"pool: expected token, avg or map, got {cfg.pool!r}")
+        if cfg.keyframe_stream and cfg.tubelet_size < 2:
+            raise ConfigError("keyframe_stream: needs tubelet_size > 1 (with 2D patches every frame is a keyframe)")
         self.cfg = cfg
         d = cfg.width
         mlp_dim = cfg.mlp_dim or 4 * d
         self.width = d
         self.num_prefix_tokens = int(cfg.class_token) + cfg.num_reg_tokens
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d, cfg.tubelet_size, cfg.patch_bias)
+        self.keyframe_embed = None
+        self.keyframe_time = None
+        if cfg.keyframe_stream:
+            self.keyframe_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d, 1, cfg.patch_bias)
+            self.keyframe_time = nn.Parameter(torch.zeros(d))  # the keyframe's row of the temporal embedding
         self.cls_token = nn.Parameter(torch.zeros(1, d)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(cfg.num_reg_tokens, d)) if cfg.num_reg_tokens else None
         n_pos_prefix = self.num_prefix_tokens if cfg.pos_embed_prefix else 0
@@ -222,11 +241,25 @@ class VideoViT(nn.Module):
         return fn(*args)
 
     def embed(self, video: torch.Tensor, frame_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Patch-embed and add positions: ``video [B, T, C, H, W]`` -> tokens ``[B, T', N', D]``, tubelet mask."""
+        """Patch-embed and add positions: ``video [B, T, C, H, W]`` -> tokens ``[B, T', N', D]``, output mask."""
         ts = self.cfg.tubelet_size
+        keyframe = _middle_frame(video, frame_mask) if self.keyframe_embed is not None else None
         if ts > 1:
             video, frame_mask = _fill_to_tubelets(video, frame_mask, ts)
         x, grid = self.patch_embed(video)
+        b, t = x.shape[:2]
+        time = rearrange(self._temporal_rows(b, t, frame_mask).to(x.dtype), "b t d -> b t 1 d")
+        x = self._add_spatial(x, grid) + time
+        if keyframe is not None:
+            k, grid = self.keyframe_embed(rearrange(keyframe, "b c h w -> b 1 c h w"))
+            k = self._add_spatial(k, grid) + self.keyframe_time.to(k.dtype)
+            x = torch.cat([x, k], dim=1)
+            if frame_mask is not None:
+                frame_mask = torch.cat([frame_mask, frame_mask.new_ones(b, 1)], dim=1)
+        return self.norm_pre(x), frame_mask
+
+    def _add_spatial(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Add spatial positions to patch tokens ``[B, T, N, D]`` and prepend the prefix tokens -> ``[B, T, N', D]``."""
         b, t = x.shape[:2]
         prefix_pos, patch_pos = self.pos_embed.spatial_table(grid)
         x = x + patch_pos.to(x.dtype)
@@ -236,8 +269,7 @@ class VideoViT(nn.Module):
             if self.pos_embed.num_prefix:
                 pre = pre + prefix_pos.to(x.dtype)
             x = torch.cat([repeat(pre, "n d -> b t n d", b=b, t=t), x], dim=2)
-        x = x + rearrange(self._temporal_rows(b, t, frame_mask).to(x.dtype), "b t d -> b t 1 d")
-        return self.norm_pre(x), frame_mask
+        return x
 
     def _temporal_rows(self, b: int, t: int, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """Temporal embeddings ``[B, T', D]``; a padded clip gets the rows of its real length, so that the padding
@@ -266,7 +298,7 @@ class VideoViT(nn.Module):
             output_hidden_states: True for all hidden states, or indices into them (negative allowed).
 
         Returns:
-            :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)``.
+            :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)`` (plus one with ``keyframe_stream``).
         """
         if video.ndim != 5:
             raise ValueError(f"video: expected [B, T, C, H, W], got shape {tuple(video.shape)}")
@@ -321,7 +353,7 @@ class VideoViT(nn.Module):
         hidden = None
         if keep_all:
             hidden = tuple(states) if output_hidden_states is True else tuple(states[i] for i in output_hidden_states)
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden)
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden, frame_mask=frame_mask)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool each frame: ``[B, T', N', D] -> [B, T', D]`` (before ``fc_norm``)."""
@@ -332,6 +364,15 @@ class VideoViT(nn.Module):
         b = tokens.shape[0]
         pooled = self.attn_pool(rearrange(tokens, "b t n d -> (b t) n d"))
         return rearrange(pooled, "(b t) d -> b t d", b=b)
+
+
+def _middle_frame(video: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """The middle real frame of each clip (the earlier one of two): ``[B, T, C, H, W]`` -> ``[B, C, H, W]``."""
+    b, t = video.shape[:2]
+    if frame_mask is None:
+        return video[:, (t - 1) // 2]
+    idx = (frame_mask.long().sum(1) - 1) // 2  # real frames are a prefix of each clip
+    return video[torch.arange(b, device=video.device), idx]
 
 
 def _fill_to_tubelets(
