@@ -43,15 +43,25 @@ def make_inputs(work: Path, num_videos: int, clip_frames: int, size: int) -> tup
     return clips, model_dir
 
 
-def run_peer(paths: list[Path], model, processor, num_frames: int, device: str) -> list[torch.Tensor]:
+def run_peer(
+    paths: list[Path], model, processor, num_frames: int, device: str, split: dict[str, float] | None = None
+) -> list[torch.Tensor]:
+    """The peer loop; with ``split`` it also adds the seconds spent decoding, preprocessing and in the model."""
     from transformers.video_utils import load_video
 
     out = []
     with torch.inference_mode():
         for p in paths:
+            t0 = time.perf_counter()
             frames, _ = load_video(str(p), num_frames=num_frames)  # [F, H, W, 3] uint8
+            t1 = time.perf_counter()
             inputs = processor(images=list(frames), return_tensors="pt").to(device)
-            out.append(model(**inputs).pooler_output.mean(0).float().cpu())
+            t2 = time.perf_counter()
+            out.append(model(**inputs).pooler_output.mean(0).float().cpu())  # .cpu() waits for a GPU
+            if split is not None:
+                t3 = time.perf_counter()
+                for stage, dt in (("decode", t1 - t0), ("preprocess", t2 - t1), ("model", t3 - t2)):
+                    split[stage] = split.get(stage, 0.0) + dt
     return out
 
 
@@ -104,6 +114,7 @@ def main() -> None:
     assert torch.allclose(a, b, atol=tol, rtol=tol), f"features differ: max |diff| {max_diff:.2e}"
 
     times: dict[str, list[float]] = {"peer": [], "vidvlm": []}
+    split: dict[str, float] = {}  # where the peer's time goes, summed over its timed runs
     for r in range(args.runs):
         order = ["peer", "vidvlm"] if r % 2 == 0 else ["vidvlm", "peer"]
         for name in order:
@@ -111,7 +122,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             if name == "peer":
-                run_peer(paths, peer_model, processor, args.num_frames, args.device)
+                run_peer(paths, peer_model, processor, args.num_frames, args.device, split)
             else:
                 run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers, args.worker_start)
             if device.type == "cuda":
@@ -133,6 +144,12 @@ def main() -> None:
         label = "transformers load_video + CLIPVisionModel loop" if k == "peer" else ours
         print(f"| {label} | {vps[k]:.2f} | {runs} |")
     print(f"ratio vidvlm / peer: {vps['vidvlm'] / vps['peer']:.2f}x")
+    total = sum(split.values())
+    shares = ", ".join(
+        f"{k} {v / total:.0%} ({1000 * v / (args.runs * args.num_videos):.0f} ms/video)" for k, v in split.items()
+    )
+    print(f"peer time split: {shares}; the input pipeline alone can speed the peer up at most "
+          f"{total / split['model']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

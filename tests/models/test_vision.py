@@ -8,7 +8,7 @@ import torch
 from vidvlm.errors import ConfigError
 from vidvlm.layers.embeddings import inflate_patch_weight
 from vidvlm.models.convert import VIDEO_ONLY_PREFIXES
-from vidvlm.models.vision import VideoViT, VisionConfig
+from vidvlm.models.vision import VideoViT, VisionConfig, VisionOutput
 
 LAYOUTS = ["frame", "divided", "joint", "factorised"]
 
@@ -91,18 +91,23 @@ def test_tubelet_static_clip_equals_image(mode: str, layout: str) -> None:
         torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=0, atol=1e-5)
 
 
+def padded_and_alone(model: VideoViT) -> tuple[VisionOutput, VisionOutput, VisionOutput]:
+    """The model on a batch of a 3-frame clip padded to 6 (padding filled with 7.0) and a 6-frame clip, and on each
+    clip alone."""
+    short, long = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 6, 3, 16, 16)
+    padded = torch.cat([torch.cat([short, torch.full_like(long[:, :3], 7.0)], 1), long])
+    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
+    with torch.no_grad():
+        return model(padded, frame_mask=mask), model(short), model(long)
+
+
 @pytest.mark.parametrize("tubelet", [1, 2])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_padded_frames_never_change_real_frames(layout: str, tubelet: int) -> None:
     torch.manual_seed(0)
     model = VideoViT(tiny(layout=layout, tubelet_size=tubelet)).eval()
     randomise_temporal(model)
-    short, long = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 6, 3, 16, 16)
-    padded = torch.cat([torch.cat([short, torch.full_like(long[:, :3], 7.0)], 1), long])
-    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
-    with torch.no_grad():
-        batch = model(padded, frame_mask=mask)
-        alone_short, alone_long = model(short), model(long)
+    batch, alone_short, alone_long = padded_and_alone(model)
     t_short = alone_short.last_hidden_state.shape[1]
     torch.testing.assert_close(batch.last_hidden_state[:1, :t_short], alone_short.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(batch.pooler_output[:1, :t_short], alone_short.pooler_output, atol=1e-5, rtol=0)
@@ -135,12 +140,7 @@ def test_keyframe_stream_ignores_padding(layout: str) -> None:
     torch.manual_seed(0)
     model = VideoViT(tiny(layout=layout, tubelet_size=2, keyframe_stream=True)).eval()
     randomise_temporal(model)
-    short, long = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 6, 3, 16, 16)
-    padded = torch.cat([torch.cat([short, torch.full_like(long[:, :3], 7.0)], 1), long])
-    mask = torch.tensor([[True] * 3 + [False] * 3, [True] * 6])
-    with torch.no_grad():
-        batch = model(padded, frame_mask=mask)
-        alone_short, alone_long = model(short), model(long)
+    batch, alone_short, alone_long = padded_and_alone(model)
     assert alone_short.last_hidden_state.shape[1] == 3 and batch.last_hidden_state.shape[1] == 4
     assert alone_short.frame_mask is None and batch.frame_mask[0].tolist() == [True, True, False, True]
     for got, want in (
