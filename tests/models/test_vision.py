@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from vidvlm.errors import ConfigError
-from vidvlm.layers.embeddings import inflate_patch_weight
-from vidvlm.models.convert import VIDEO_ONLY_PREFIXES
+from vidvlm.models.convert import VIDEO_ONLY_PREFIXES, load_converted
 from vidvlm.models.vision import VideoViT, VisionConfig, VisionOutput
 
 LAYOUTS = ["frame", "divided", "joint", "factorised"]
@@ -23,19 +22,9 @@ def image_weights(model: VideoViT) -> dict[str, torch.Tensor]:
 
 
 def video_model(cfg: VisionConfig, image: VideoViT) -> VideoViT:
-    """A video model that shares the image model's weights (video-only parameters keep their init)."""
-    model = VideoViT(cfg).eval()
-    weights = image_weights(image)
-    if cfg.tubelet_size > 1:
-        weights["patch_embed.proj.weight"] = inflate_patch_weight(
-            weights["patch_embed.proj.weight"], cfg.tubelet_size, cfg.tubelet_init
-        )
-    if cfg.keyframe_stream:  # the keyframe's 2D patches are the image model's patches
-        weights["keyframe_embed.proj.weight"] = image.state_dict()["patch_embed.proj.weight"]
-        weights["keyframe_embed.proj.bias"] = image.state_dict()["patch_embed.proj.bias"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.startswith(VIDEO_ONLY_PREFIXES) for k in missing)
-    return model
+    """A video model that shares the image model's weights (video-only parameters keep their init), loaded the way
+    pretrained image towers are: tubelet kernels inflated, keyframe patches copied, every other key strict."""
+    return load_converted(VideoViT(cfg).eval(), image_weights(image), "image model")
 
 
 def randomise_temporal(model: VideoViT) -> None:
