@@ -8,8 +8,14 @@ CPU: each (case, round) runs in a fresh subprocess; peak memory is the max-RSS g
 step (``resource.getrusage``). CUDA: one process, ``torch.cuda.max_memory_allocated`` over the step, bf16 autocast
 with ``--dtype bf16``.
 
+``--compile`` compiles every transformer block of every model the same way (regional ``torch.compile``, inductor):
+vidvlm's through ``vidvlm.layers.transformer.compile_blocks``, the peers' ``encoder.layer[i]`` with
+``nn.Module.compile``. The compiling step is an extra warm-up, not timed. On CPU the compiler's own allocations
+raise the RSS high-water mark, so peak memory is not reported there.
+
     python benchmarks/bench_encoder.py --frames 1 8 --rounds 3            # CPU
     python benchmarks/bench_encoder.py --device cuda --dtype bf16 --rounds 5 --iters 5
+    python benchmarks/bench_encoder.py --device cuda --dtype bf16 --batch 32 --compile
 """
 
 from __future__ import annotations
@@ -62,6 +68,17 @@ def step(model: torch.nn.Module, video: torch.Tensor, device: str, dtype: str) -
     loss.backward()
 
 
+def compile_model(model: torch.nn.Module) -> int:
+    """Compile each transformer block (regional compilation), vidvlm and peers alike; returns the count."""
+    if hasattr(model, "patch_embed"):
+        from vidvlm.layers.transformer import compile_blocks
+
+        return compile_blocks(model)
+    for layer in model.encoder.layer:
+        layer.compile()
+    return len(model.encoder.layer)
+
+
 def run_case(name: str, frames: int, args: argparse.Namespace) -> dict:
     """Time ``iters`` steps after one warm-up; report seconds per step and peak memory of the step in MiB."""
     import resource
@@ -70,6 +87,10 @@ def run_case(name: str, frames: int, args: argparse.Namespace) -> dict:
     model = build(name, frames).to(args.device).train()
     video = torch.randn(args.batch, frames, 3, SIZE, SIZE, device=args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    if args.compile:
+        compile_model(model)
+        step(model, video, args.device, args.dtype)  # compiles (not timed)
+        model.zero_grad(set_to_none=True)
     if args.device == "cuda":
         step(model, video, args.device, args.dtype)  # warm-up (kernel selection, allocator)
         model.zero_grad(set_to_none=True)
@@ -91,6 +112,8 @@ def run_case(name: str, frames: int, args: argparse.Namespace) -> dict:
             peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
     if args.device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    elif args.compile:
+        peak = float("nan")  # the compiler raised the RSS high-water mark before the step
     return {"name": name, "frames": frames, "times": times, "peak_mib": peak}
 
 
@@ -103,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
     parser.add_argument("--iters", type=int, default=1, help="timed steps per case per round")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every transformer block of every model")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--markdown", help="append the table to this file")
     args = parser.parse_args()
@@ -117,6 +141,7 @@ def main() -> None:
             if args.device == "cpu":
                 cmd = [sys.executable, __file__, "--case", f"{name}:{frames}", "--device", "cpu", "--dtype", args.dtype,
                        "--batch", str(args.batch), "--iters", str(args.iters)]  # fmt: skip
+                cmd += ["--compile"] if args.compile else []
                 res = json.loads(
                     subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
                 )
@@ -138,7 +163,8 @@ def main() -> None:
 def render(results: dict, args: argparse.Namespace) -> str:
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     lines = [
-        f"Device: {dev}; dtype {args.dtype}; batch {args.batch}; median of {args.rounds} rounds x {args.iters} steps.",
+        f"Device: {dev}; dtype {args.dtype}; batch {args.batch}; median of {args.rounds} rounds x {args.iters} steps"
+        f"; {'every block compiled (torch.compile)' if args.compile else 'eager'}.",
         "",
         "| model | T | tokens | fwd+bwd ms (median) | peak MiB | speed-up vs peer | memory vs peer |",
         "|---|---|---|---|---|---|---|",
@@ -150,8 +176,9 @@ def render(results: dict, args: argparse.Namespace) -> str:
         if peer and (peer, frames) in results:
             p = results[(peer, frames)]
             speed = f"{statistics.median(p['times']) * 1e3 / ms:.2f}x vs {peer}"
-            mem = f"{mib / max(statistics.median(p['peaks']), 1e-9):.2f}x"
-        lines.append(f"| {name} | {frames} | {frames * 197} | {ms:.1f} | {mib:.0f} | {speed} | {mem} |")
+            mem = f"{mib / max(statistics.median(p['peaks']), 1e-9):.2f}x" if mib == mib else "n/a"
+        mib_text = f"{mib:.0f}" if mib == mib else "n/a"  # NaN: not measured
+        lines.append(f"| {name} | {frames} | {frames * 197} | {ms:.1f} | {mib_text} | {speed} | {mem} |")
     return "\n".join(lines)
 
 

@@ -99,29 +99,35 @@ def test_siglip_parity(tmp_path: Path, kw: dict) -> None:
         close(out.pooler_output[:, 0], ref.last_hidden_state.mean(1))
 
 
+TIMM = "vit_tiny_patch16_224"
 TIMM_CASES = [
-    dict(),
-    dict(global_pool="avg"),
-    dict(global_pool="map", class_token=False, depth=1),
-    dict(reg_tokens=2, no_embed_class=True, init_values=0.1),
-    dict(pre_norm=True, global_pool="avg", fc_norm=False, act_layer="quick_gelu"),
-    dict(img_size=(32, 48), qkv_bias=False),
+    (TIMM, dict()),
+    (TIMM, dict(global_pool="avg")),
+    (TIMM, dict(global_pool="map", class_token=False, depth=1)),
+    (TIMM, dict(reg_tokens=2, no_embed_class=True, init_values=0.1)),
+    (TIMM, dict(pre_norm=True, global_pool="avg", fc_norm=False, act_layer="quick_gelu")),
+    (TIMM, dict(img_size=(32, 48), qkv_bias=False)),
+    (TIMM, dict(qk_norm=True, global_pool="max", final_norm=False)),
+    (TIMM, dict(global_pool="avgmax", in_chans=1)),
+    ("deit_tiny_distilled_patch16_224", dict()),
+    ("vit_small_patch14_reg4_dinov2", dict(embed_dim=32, num_heads=2)),
+    ("vit_base_patch16_siglip_224", dict(embed_dim=32, num_heads=4, depth=1)),
 ]
 
 
-@pytest.mark.parametrize("kw", TIMM_CASES)
-def test_timm_parity(tmp_path: Path, kw: dict) -> None:
+@pytest.mark.parametrize(("name", "kw"), TIMM_CASES)
+def test_timm_parity(tmp_path: Path, name: str, kw: dict) -> None:
     torch.manual_seed(0)
     args = {**dict(img_size=32, patch_size=8, depth=2, num_classes=5), **kw}
-    ref_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+    ref_model = timm.create_model(name, pretrained=False, **args).eval()
     path = tmp_path / "vit.safetensors"
     save_file(ref_model.state_dict(), path)
-    # what cannot be read from the tensors (pooling kind, activation, non-square size) is passed through
-    hints = {k: v for k, v in kw.items() if k in ("global_pool", "fc_norm", "act_layer", "img_size")}
-    tower = load_vision_tower("timm:vit_tiny_patch16_224", weights=path, layout="joint", timm_kwargs=hints)
+    # only what cannot be read from the tensors (heads, pooling kind, activation, non-square size) is passed
+    hints = {k: v for k, v in args.items() if k in ("num_heads", "global_pool", "fc_norm", "act_layer", "img_size")}
+    tower = load_vision_tower(f"timm:{name}", weights=path, layout="joint", timm_kwargs=hints)
     h, w = ref_model.patch_embed.img_size
-    video = torch.randn(2, 2, 3, h, w)
-    tower_frame = load_vision_tower("timm:vit_tiny_patch16_224", weights=path, layout="frame", timm_kwargs=hints)
+    video = torch.randn(2, 2, ref_model.patch_embed.proj.in_channels, h, w)
+    tower_frame = load_vision_tower(f"timm:{name}", weights=path, layout="frame", timm_kwargs=hints)
     with torch.no_grad():
         out, out_frames = tower(video[:, :1]), tower_frame(video)
         for t in range(2):
@@ -132,6 +138,21 @@ def test_timm_parity(tmp_path: Path, kw: dict) -> None:
             if t == 0:
                 close(out.last_hidden_state[:, 0], feats)
                 close(out.pooler_output[:, 0], pooled)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(reg_tokens=2, no_embed_class=True)])
+def test_timm_other_resolutions_resample_like_timm(tmp_path: Path, kw: dict) -> None:
+    """At sizes other than the training one the position table is resampled as timm's ``dynamic_img_size`` does
+    (antialiased bicubic), up and down, square or not."""
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, depth=1, dynamic_img_size=True, **kw)
+    ref_model = timm.create_model(TIMM, pretrained=False, **args).eval()
+    save_file(ref_model.state_dict(), tmp_path / "vit.safetensors")
+    tower = load_vision_tower(f"timm:{TIMM}", weights=tmp_path / "vit.safetensors", timm_kwargs=args)
+    for hw in [(48, 48), (16, 24), (24, 40)]:
+        img = torch.randn(1, 1, 3, *hw)
+        with torch.no_grad():
+            close(tower(img).last_hidden_state[:, 0], ref_model.forward_features(img[:, 0]))
 
 
 def test_timm_pth_weights_only(tmp_path: Path) -> None:
@@ -160,6 +181,30 @@ def test_strict_mismatches_raise(tmp_path: Path) -> None:
         load_vision_tower(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="weights="):
         load_vision_tower("timm:vit_tiny_patch16_224")
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "match"),
+    [
+        ("vit_base_patch16_rpn_224", dict(embed_dim=32, num_heads=2), "ResPostBlock.*FrameWiseTower"),
+        ("eva02_tiny_patch14_224", dict(), "only VisionTransformer.*FrameWiseTower"),
+        ("vit_tiny_patch16_224", dict(pos_embed="none"), "no position embedding"),
+    ],
+)
+def test_timm_unconvertible_models_name_the_reason(tmp_path: Path, name: str, kw: dict, match: str) -> None:
+    kw = {**dict(img_size=32, patch_size=8, depth=1), **kw}
+    save_file(timm.create_model(name, pretrained=False, **kw).state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=match):
+        load_vision_tower(f"timm:{name}", weights=tmp_path / "w.safetensors", timm_kwargs=kw)
+
+
+def test_siglip2_is_refused_with_the_alternative(tmp_path: Path) -> None:
+    cfg = transformers.Siglip2VisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=8, num_patches=4
+    )
+    transformers.Siglip2VisionModel(cfg).save_pretrained(tmp_path / "siglip2")
+    with pytest.raises(CheckpointError, match="siglip2.*FrameWiseTower.from_hf"):
+        load_vision_tower(tmp_path / "siglip2")
 
 
 def test_tubelet_inflation_from_pretrained(tmp_path: Path) -> None:

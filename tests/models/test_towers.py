@@ -49,6 +49,25 @@ def test_framewise_timm(tmp_path: Path) -> None:
     assert tower.width == 512
 
 
+def test_framewise_timm_non_vit_transformer_without_classifier(tmp_path: Path) -> None:
+    """An EVA-02 (RoPE, SwiGLU: not convertible) saved without its classifier loads by name alone: the ViT
+    arguments read from tensors are not forced on it, and its absent head is reset rather than reported missing."""
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, depth=1)
+    ref = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, **kw).eval()
+    save_file(ref.state_dict(), tmp_path / "eva.safetensors")
+    tower = FrameWiseTower.from_timm("eva02_tiny_patch14_224", tmp_path / "eva.safetensors", **kw)
+    video = torch.randn(2, 2, 3, 32, 32)
+    with torch.no_grad():
+        out = tower(video)
+        for t in range(2):
+            feats = ref.forward_features(video[:, t])
+            torch.testing.assert_close(out.last_hidden_state[:, t], feats, rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                out.pooler_output[:, t], ref.forward_head(feats, pre_logits=True), rtol=0, atol=1e-5
+            )
+
+
 def test_ensemble_concatenates_features(tmp_path: Path) -> None:
     torch.manual_seed(0)
     clip_cfg = transformers.CLIPVisionConfig(

@@ -37,7 +37,15 @@ def randomise_temporal(model: VideoViT) -> None:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("arch", [dict(), dict(class_token=False, pool="map", pos_embed_prefix=False)])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        dict(),
+        dict(class_token=False, pool="map", pos_embed_prefix=False),
+        dict(qk_norm=True, num_reg_tokens=1, pool="cls_dist"),
+        dict(class_token=False, pool="avgmax", layer_scale=0.5),
+    ],
+)
 def test_t1_equals_image_vit(layout: str, arch: dict) -> None:
     torch.manual_seed(0)
     image = VideoViT(tiny(layout="frame", **arch)).eval()
@@ -47,7 +55,12 @@ def test_t1_equals_image_vit(layout: str, arch: dict) -> None:
         ref, out = image(x), model(x)
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=0, atol=1e-6)
-    assert out.last_hidden_state.shape == (2, 1, 4 + int(arch.get("class_token", True)), 16)
+    assert out.last_hidden_state.shape == (
+        2,
+        1,
+        4 + int(arch.get("class_token", True)) + arch.get("num_reg_tokens", 0),
+        16,
+    )
 
 
 @pytest.mark.parametrize("layout", ["divided", "factorised"])
@@ -191,6 +204,10 @@ def test_bad_configs_raise() -> None:
         VideoViT(tiny(layout="spacetime"))
     with pytest.raises(ConfigError, match="class_token"):
         VideoViT(tiny(class_token=False, pool="token"))
+    with pytest.raises(ConfigError, match="distillation token"):
+        VideoViT(tiny(pool="cls_dist"))
+    with pytest.raises(ConfigError, match="pool: expected"):
+        VideoViT(tiny(pool="median"))
     with pytest.raises(ConfigError, match="keyframe_stream"):
         VideoViT(tiny(keyframe_stream=True))  # per-frame patches: every frame is already a keyframe
     with pytest.raises(ConfigError, match="num_heads"):

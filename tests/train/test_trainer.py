@@ -213,6 +213,38 @@ def test_cuda_mixed_precision_resume(tmp_path, precision):
         assert state["scaler"] and state["scaler"]["scale"] > 0
 
 
+class BlockModel(TinyModel):
+    """TinyModel with a transformer block between encoder and head (something for ``compile: true`` to compile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from vidvlm.layers.transformer import TransformerBlock
+
+        self.encoder = torch.nn.Linear(12, 3 * 16)
+        self.block = TransformerBlock(16, 2)
+
+    def forward(self, batch: dict) -> dict:
+        tokens = self.block(self.encoder(batch["video"].flatten(1)).unflatten(1, (3, 16)))
+        logits = self.head(self.norm(tokens.mean(1)))
+        return {"ce_loss": torch.nn.functional.cross_entropy(logits, batch["label"])}
+
+
+def test_compile_trains_like_eager_and_saves_the_same_keys(tmp_path):
+    pytest.importorskip("torch._inductor")
+    runs = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        t = _trainer(tmp_path / str(compile_), model=BlockModel(), compile=compile_)
+        assert t.compiled_blocks == int(compile_)
+        runs[compile_] = (_losses(t.train()), tmp_path / str(compile_) / "final" / "model.safetensors")
+    (eager, eager_file), (compiled, compiled_file) = runs[False], runs[True]
+    assert [s for s, _ in compiled] == [s for s, _ in eager] and len(eager) >= 3
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
+    from safetensors.torch import load_file
+
+    assert load_file(compiled_file).keys() == load_file(eager_file).keys()
+
+
 def test_grad_checkpointing_reaches_towers():
     from vidvlm.train.trainer import _enable_grad_checkpointing
 

@@ -75,13 +75,18 @@ def inflate_patch_weight(
     raise ConfigError(f"tubelet_init: expected 'center' or 'average', got {mode!r}")
 
 
-def resize_spatial_pos(pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resample a patch position table ``[gh*gw, D]`` on grid ``grid`` to ``new_grid`` (bicubic, no corner
-    alignment: the same resampling as HF CLIP/SigLIP's ``interpolate_pos_encoding``). Returns ``[gh'*gw', D]``."""
+def resize_spatial_pos(
+    pos: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
+) -> torch.Tensor:
+    """Resample a patch position table ``[gh*gw, D]`` on grid ``grid`` to ``new_grid``, bicubic without corner
+    alignment. ``antialias=False`` is HF CLIP/SigLIP's ``interpolate_pos_encoding``; ``True`` is timm's
+    ``resample_abs_pos_embed`` (PyTorch's antialiased bicubic uses another kernel, so the two differ even when
+    upsampling). Returns ``[gh'*gw', D]``."""
     if tuple(grid) == tuple(new_grid):
         return pos
     img = rearrange(pos, "(gh gw) d -> 1 d gh gw", gh=grid[0], gw=grid[1])
-    img = F.interpolate(img.float(), size=new_grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    img = F.interpolate(img.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+    img = img.to(pos.dtype)
     return rearrange(img, "1 d gh gw -> (gh gw) d")
 
 
@@ -94,6 +99,7 @@ class SpaceTimePosEmbed(nn.Module):
         num_frames: length of the temporal table (in tubelets).
         num_prefix: number of prefix tokens (class + register) that have their own spatial rows (0 if they have
             none, as in SigLIP or timm ``no_embed_class``).
+        antialias: resample the spatial table as timm does (see :func:`resize_spatial_pos`).
 
     The temporal table starts at zero, so a fresh video model equals the image model. For ``T' <=
     num_frames`` the first ``T'`` rows are used (not a resampled table), so a frame's embedding does not depend on
@@ -101,17 +107,20 @@ class SpaceTimePosEmbed(nn.Module):
     padded clip uses the table for its real length, see ``VideoViT``).
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int], num_frames: int, num_prefix: int = 0) -> None:
+    def __init__(
+        self, dim: int, grid: tuple[int, int], num_frames: int, num_prefix: int = 0, antialias: bool = False
+    ) -> None:
         super().__init__()
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_prefix = num_prefix
+        self.antialias = antialias
         self.spatial = nn.Parameter(torch.randn(num_prefix + grid[0] * grid[1], dim) * 0.02)
         self.temporal = nn.Parameter(torch.zeros(num_frames, dim))
 
     def spatial_table(self, new_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the prefix rows ``[num_prefix, D]`` and the patch rows ``[gh'*gw', D]`` for ``new_grid``."""
         prefix, patches = self.spatial[: self.num_prefix], self.spatial[self.num_prefix :]
-        return prefix, resize_spatial_pos(patches, self.grid, new_grid)
+        return prefix, resize_spatial_pos(patches, self.grid, new_grid, self.antialias)
 
     def temporal_table(self, num_frames: int) -> torch.Tensor:
         """Return ``[T', D]`` temporal rows (see the class docstring for the rule)."""

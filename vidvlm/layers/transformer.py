@@ -9,6 +9,7 @@ Parameter names follow timm (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1.gamma
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,18 +84,25 @@ class SelfAttention(nn.Module):
         dim: width D (a multiple of ``num_heads``).
         num_heads: number of heads H.
         qkv_bias: whether ``qkv`` has a bias (``proj`` always has one).
+        qk_norm: LayerNorm each head's queries and keys over the head dimension (``q_norm``, ``k_norm``), as
+            timm ViTs built with ``qk_norm=True`` do.
+        norm_eps: epsilon of those norms.
 
     Attributes:
         backend: attention backend for this module (None = the global default of ``attention()``).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False, norm_eps: float = 1e-6
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"num_heads: width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.backend: str | None = None
 
@@ -110,6 +118,7 @@ class SelfAttention(nn.Module):
                 v = v * rearrange(mask.key_padding, "b n -> b n 1").to(v.dtype)
             return self.proj(v)
         q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
         out = attention(q, k, v, mask, backend=self.backend, scale=self.head_dim**-0.5)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
@@ -158,6 +167,7 @@ class TransformerBlock(nn.Module):
         ls_init: initial layer-scale value; None disables layer scale.
         context_dim: context width for cross-attention (defaults to D).
         mlp_dim: explicit MLP hidden width (overrides ``mlp_ratio``; converted checkpoints use it).
+        qk_norm: LayerNorm on each head's queries and keys in self-attention.
     """
 
     def __init__(
@@ -172,10 +182,11 @@ class TransformerBlock(nn.Module):
         ls_init: float | None = None,
         context_dim: int | None = None,
         mlp_dim: int | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, qk_norm, norm_eps)
         self.ls1 = LayerScale(dim, ls_init) if ls_init is not None else nn.Identity()
         self.cross_attn: CrossAttention | None = None
         if cross_attention:
@@ -223,4 +234,56 @@ class TransformerBlock(nn.Module):
             nn.init.zeros_(self.cross_attn.proj.bias)
 
 
-__all__ = ["Mlp", "SelfAttention", "CrossAttention", "TransformerBlock", "LayerScale", "QuickGELU", "activation"]
+class TemporalAttention(nn.Module):
+    """Pre-norm self-attention residual ``x + attn(norm(x))`` over time (the temporal half of a TimeSformer
+    ``divided`` block); its ``attn.proj`` starts at zero, so a fresh one is the identity."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, norm_eps: float, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias, qk_norm, norm_eps)
+        nn.init.zeros_(self.attn.proj.weight)
+        nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: AttnMask | None) -> torch.Tensor:
+        """``x [B*N, T', D]`` (mask over frames) -> ``[B*N, T', D]``."""
+        return x + self.attn(self.norm(x), mask)
+
+
+COMPILE_REGIONS = (TransformerBlock, TemporalAttention)
+
+
+def compile_blocks(model: nn.Module, **options: Any) -> int:
+    """Compile every transformer block of ``model`` in place with ``torch.compile`` ("regional" compilation).
+
+    Each :class:`TransformerBlock` and :class:`TemporalAttention` is compiled with ``nn.Module.compile(**options)``.
+    Unlike wrapping the whole model in ``torch.compile``, this keeps every parameter name and state-dict key (no
+    ``_orig_mod.`` prefix), so checkpoints, optimiser groups, freezing and gradient checkpointing work unchanged;
+    and blocks of one shape reuse one compiled graph, so compiling costs about one block, not the whole depth.
+    Inductor fuses the LayerNorms, bias adds, activation and residual adds around the matmuls and attention.
+    Compilation happens on the first call (on CPU it needs a C++ compiler).
+
+    Args:
+        model: any module; its blocks are found by type.
+        **options: passed to ``torch.compile`` (``mode``, ``dynamic``, ``backend``, ...).
+
+    Returns:
+        The number of blocks compiled.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, COMPILE_REGIONS)]
+    for blk in blocks:
+        blk.compile(**options)
+    return len(blocks)
+
+
+__all__ = [
+    "Mlp",
+    "SelfAttention",
+    "CrossAttention",
+    "TransformerBlock",
+    "TemporalAttention",
+    "LayerScale",
+    "QuickGELU",
+    "activation",
+    "compile_blocks",
+]

@@ -5,8 +5,8 @@ Each converter reads the source architecture from its config (HF) or model insta
 every image parameter of the target filled, with matching shapes, or a :class:`CheckpointError` lists the keys.
 The only parameters a converter never fills are the video ones (``pos_embed.temporal``, ``temporal_attn.*``,
 ``temporal_blocks.*``), which keep their zero initialisation so that the video model starts as the image model.
-Deliberately dropped source tensors are named here: HF ``position_ids`` buffers and a timm classifier ``head``
-(the tower returns pre-logits features).
+Deliberately dropped source tensors are named here: HF ``position_ids`` buffers and timm classifier heads (``head``,
+DeiT's ``head_dist``; the tower returns pre-logits features).
 """
 
 from __future__ import annotations
@@ -92,9 +92,12 @@ def _hf_kind(hf_cfg: object) -> str:
     model_type = getattr(hf_cfg, "model_type", "")
     if model_type.startswith("clip"):
         return "clip"
-    if model_type.startswith("siglip"):
+    if model_type.startswith("siglip") and not model_type.startswith("siglip2"):
         return "siglip"
-    raise CheckpointError(f"config.json: model_type {model_type!r} is not a CLIP or SigLIP vision model")
+    raise CheckpointError(
+        f"config.json: model_type {model_type!r} does not convert (CLIP and SigLIP vision models do; SigLIP 2's "
+        "NaFlex patches do not); run it per frame with FrameWiseTower.from_hf"
+    )
 
 
 def convert_hf_vision(tensors: dict[str, torch.Tensor], hf_cfg: object, source: str) -> dict[str, torch.Tensor]:
@@ -146,24 +149,35 @@ def timm_vision_config(model: torch.nn.Module, **video: object) -> VisionConfig:
     Raises:
         CheckpointError: for timm features the native model lacks (qk-norm, SwiGLU MLPs, no position table, ...).
     """
+    from timm.layers import Attention as TimmAttention
     from timm.layers import LayerScale as TimmLayerScale
     from timm.layers import Mlp as TimmMlp
+    from timm.models.vision_transformer import Block as TimmBlock
     from timm.models.vision_transformer import VisionTransformer
 
     name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
     if not isinstance(model, VisionTransformer):
         raise CheckpointError(f"timm:{name}: only VisionTransformer models convert; use FrameWiseTower for others")
     blk = model.blocks[0]
+    if type(blk) is not TimmBlock or type(blk.attn) is not TimmAttention:
+        raise CheckpointError(
+            f"timm:{name}: blocks of type {type(blk).__name__} with {type(blk.attn).__name__} do not convert "
+            "(only the pre-norm Block with Attention does); use FrameWiseTower"
+        )
     unsupported = []
-    if not isinstance(getattr(blk.attn, "q_norm", torch.nn.Identity()), torch.nn.Identity):
-        unsupported.append("qk_norm")
+    qk_norm = not isinstance(blk.attn.q_norm, torch.nn.Identity)
+    if qk_norm and not (isinstance(blk.attn.q_norm, torch.nn.LayerNorm) and blk.attn.q_norm.eps == blk.norm1.eps):
+        unsupported.append(f"qk_norm with {blk.attn.q_norm}")
     if not isinstance(getattr(blk.attn, "norm", torch.nn.Identity()), torch.nn.Identity):
         unsupported.append("attention scale_norm")
     if type(blk.mlp) is not TimmMlp or not isinstance(getattr(blk.mlp, "norm", torch.nn.Identity()), torch.nn.Identity):
         unsupported.append(f"MLP {type(blk.mlp).__name__}")
     if model.pos_embed is None:
         unsupported.append("no position embedding")
-    if model.global_pool not in ("token", "avg", "map"):
+    distilled = getattr(model, "dist_token", None) is not None  # DeiT: its forward_head averages cls and dist
+    if distilled and (model.reg_token is not None or not isinstance(model.fc_norm, torch.nn.Identity)):
+        unsupported.append("distillation token with register tokens or fc_norm")
+    if model.global_pool not in ("token", "avg", "max", "avgmax", "map"):
         unsupported.append(f"global_pool={model.global_pool!r}")
     if model.attn_pool is not None and (model.attn_pool.latent_len != 1 or model.attn_pool.pos_embed is not None):
         unsupported.append("attention pool with several latents or a position table")
@@ -191,16 +205,18 @@ def timm_vision_config(model: torch.nn.Module, **video: object) -> VisionConfig:
         num_heads=blk.attn.num_heads,
         mlp_dim=blk.mlp.fc1.out_features,
         qkv_bias=blk.attn.qkv.bias is not None,
+        qk_norm=qk_norm,
         patch_bias=pe.proj.bias is not None,
         act=act_name,
         norm_eps=blk.norm1.eps,
         layer_scale=ls,
         class_token=model.cls_token is not None,
-        num_reg_tokens=model.reg_token.shape[1] if model.reg_token is not None else 0,
+        num_reg_tokens=model.reg_token.shape[1] if model.reg_token is not None else int(distilled),
         pos_embed_prefix=not model.no_embed_class,
+        pos_resize_antialias=True,  # timm resamples the table with antialiased bicubic
         pre_norm=not isinstance(model.norm_pre, torch.nn.Identity),
         final_norm=not isinstance(model.norm, torch.nn.Identity),
-        pool=model.global_pool,
+        pool="cls_dist" if distilled else model.global_pool,
         fc_norm=not isinstance(model.fc_norm, torch.nn.Identity),
         pool_mlp_dim=model.attn_pool.mlp.fc1.out_features if model.attn_pool is not None else None,
         **video,
@@ -208,7 +224,8 @@ def timm_vision_config(model: torch.nn.Module, **video: object) -> VisionConfig:
 
 
 def convert_timm_vit(tensors: dict[str, torch.Tensor], cfg: VisionConfig, source: str) -> dict[str, torch.Tensor]:
-    """Rename a timm ``VisionTransformer`` state dict to :class:`VideoViT` names (the classifier head is dropped)."""
+    """Rename a timm ``VisionTransformer`` state dict to :class:`VideoViT` names (the classifier heads are dropped;
+    a DeiT distillation token becomes the one register token)."""
     src = _Source(tensors, source)
     out: dict[str, torch.Tensor] = {}
     names = ["patch_embed.proj.weight", "patch_embed.proj.bias"] if cfg.patch_bias else ["patch_embed.proj.weight"]
@@ -218,7 +235,8 @@ def convert_timm_vit(tensors: dict[str, torch.Tensor], cfg: VisionConfig, source
     if cfg.class_token:
         out["cls_token"] = src.take("cls_token").reshape(1, -1)
     if cfg.num_reg_tokens:
-        out["reg_token"] = src.take("reg_token").reshape(cfg.num_reg_tokens, -1)
+        key = "dist_token" if cfg.pool == "cls_dist" else "reg_token"
+        out["reg_token"] = src.take(key).reshape(cfg.num_reg_tokens, -1)
     out["pos_embed.spatial"] = src.take("pos_embed").reshape(-1, cfg.width)
     for i in range(cfg.depth):
         b = f"blocks.{i}."
@@ -228,6 +246,7 @@ def convert_timm_vit(tensors: dict[str, torch.Tensor], cfg: VisionConfig, source
         names += [b + k for k in ("norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight")]
         names += [b + "mlp.fc2.bias"] + ([b + "attn.qkv.bias"] if cfg.qkv_bias else [])
         names += [b + "ls1.gamma", b + "ls2.gamma"] if cfg.layer_scale is not None else []
+        names += [b + f"attn.{n}.{p}" for n in ("q_norm", "k_norm") for p in ("weight", "bias")] if cfg.qk_norm else []
     for k in names:
         out[k] = src.take(k)
     if cfg.pool == "map":
@@ -236,7 +255,7 @@ def convert_timm_vit(tensors: dict[str, torch.Tensor], cfg: VisionConfig, source
             dst = sub if sub.startswith(("norm", "mlp")) else f"attn.{sub}"
             for name in ("weight", "bias"):
                 out[f"attn_pool.{dst}.{name}"] = src.take(f"attn_pool.{sub}.{name}")
-    src.check(ignore=lambda k: k.startswith("head."))
+    src.check(ignore=lambda k: k.startswith(("head.", "head_dist.")))
     return out
 
 

@@ -49,10 +49,11 @@ def load_vision_tower(
         **kwargs: other :class:`VisionConfig` video fields (``tubelet_size``, ``tubelet_init``, ``temporal_depth``,
             ``grad_checkpointing``, ``attn_backend``) and, for timm, ``timm_kwargs`` (a dict passed to
             ``timm.create_model``; other unknown keyword arguments join it). What it lacks is inferred from the
-            weights: image size (square), patch size, depth, width, MLP ratio, class/register tokens, qkv bias,
-            pre-norm, layer scale, ``map`` pooling and ``fc_norm`` (taken to mean ``avg`` pooling). The pooling
-            kind of a ``token`` vs ``avg`` model without ``fc_norm`` and the activation cannot be read from
-            tensors: they come from the model name's defaults unless given.
+            weights: image size (square), input channels, patch size, depth, width, MLP ratio, class/register/
+            distillation tokens, qkv bias, qk-norm, pre-norm, final norm, layer scale, ``map`` pooling and
+            ``fc_norm`` (taken to mean ``avg`` pooling). The number of heads, the pooling kind of a model without
+            ``fc_norm`` and the activation cannot be read from tensors: they come from the model name's defaults
+            unless given (pass the ``timm.create_model`` arguments the weights were made with).
 
     Returns:
         A :class:`VideoViT` whose ``last_hidden_state`` at ``T = 1`` is the source's token output (HF
@@ -141,13 +142,14 @@ def _timm_kwargs_from_weights(t: dict[str, torch.Tensor], img_size: Any = None) 
     patch = t["patch_embed.proj.weight"].shape[-1]
     kw["patch_size"] = patch
     kw["embed_dim"] = t["patch_embed.proj.weight"].shape[0]
+    kw["in_chans"] = t["patch_embed.proj.weight"].shape[1]
     kw["depth"] = len({k.split(".")[1] for k in t if k.startswith("blocks.")})
     if "blocks.0.mlp.fc1.weight" in t:
         kw["mlp_ratio"] = t["blocks.0.mlp.fc1.weight"].shape[0] / kw["embed_dim"]
     kw["qkv_bias"] = "blocks.0.attn.qkv.bias" in t
     kw["class_token"] = "cls_token" in t
     kw["reg_tokens"] = t["reg_token"].shape[1] if "reg_token" in t else 0
-    n_prefix = int(kw["class_token"]) + kw["reg_tokens"]
+    n_prefix = int(kw["class_token"]) + kw["reg_tokens"] + int("dist_token" in t)
     n_pos = t["pos_embed"].shape[1]
     if img_size is not None:  # a given (possibly non-square) size fixes the patch count
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -160,6 +162,10 @@ def _timm_kwargs_from_weights(t: dict[str, torch.Tensor], img_size: Any = None) 
                 break
     kw["num_classes"] = t["head.weight"].shape[0] if "head.weight" in t else 0
     kw["pre_norm"] = "norm_pre.weight" in t
+    if "blocks.0.attn.q_norm.weight" in t:
+        kw["qk_norm"] = True
+    if "norm.weight" not in t and "fc_norm.weight" not in t:
+        kw["final_norm"] = False
     if "blocks.0.ls1.gamma" in t:
         kw["init_values"] = 1.0  # any value: the gammas are loaded
     if "attn_pool.latent" in t:
@@ -170,21 +176,48 @@ def _timm_kwargs_from_weights(t: dict[str, torch.Tensor], img_size: Any = None) 
 
 
 def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -> tuple[nn.Module, dict]:
-    import timm
+    """Build ``timm:<name>`` and load ``weights`` strictly.
+
+    For a ``VisionTransformer`` the architecture arguments the caller did not give are read from the tensors (see
+    :func:`load_vision_tower`); other models are built from ``kwargs`` alone. A checkpoint saved without its
+    classifier (``num_classes=0``) loads into a model whose classifier is reset, whatever the name's default.
+    """
+    from timm.models.vision_transformer import VisionTransformer
 
     if weights is None:
         raise CheckpointError(f"timm:{name}: pass weights=<local .safetensors or .pth file>; nothing is downloaded")
     tensors = read_weights_file(weights)
-    kw = {**_timm_kwargs_from_weights(tensors, kwargs.get("img_size")), **kwargs}
-    try:
-        model = timm.create_model(name, pretrained=False, **kw)
-    except Exception as err:
-        raise CheckpointError(f"timm:{name}: cannot build the model with {kw} ({err})") from err
+    kw = dict(kwargs)
+    if isinstance(_build_timm(name, kwargs, probe=True), VisionTransformer):
+        kw = {**_timm_kwargs_from_weights(tensors, kwargs.get("img_size")), **kwargs}
+    model = _build_timm(name, kw)
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, nn.Module) and "num_classes" not in kwargs:
+        prefix = next(n for n, m in model.named_modules() if m is classifier)
+        if any(f"{prefix}.{k}" not in tensors for k in classifier.state_dict()):
+            model.reset_classifier(0)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{weights}: does not match timm:{name} ({err})") from err
     return model.eval(), tensors
+
+
+def _build_timm(name: str, kwargs: dict[str, Any], probe: bool = False) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)``; a probe (to learn the class) is built without memory
+    on the meta device when the model allows it."""
+    import timm
+
+    try:
+        if probe:
+            try:
+                with torch.device("meta"):
+                    return timm.create_model(name, pretrained=False, **kwargs)
+            except Exception:  # some constructors compute on their tensors; build a real one below
+                pass
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as err:
+        raise CheckpointError(f"timm:{name}: cannot build the model with {kwargs} ({err})") from err
 
 
 class FrameWiseTower(nn.Module):

@@ -35,9 +35,10 @@ from torch.utils.checkpoint import checkpoint
 from vidvlm.errors import ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import PatchEmbed, SpaceTimePosEmbed
-from vidvlm.layers.transformer import CrossAttention, Mlp, SelfAttention, TransformerBlock
+from vidvlm.layers.transformer import CrossAttention, Mlp, SelfAttention, TemporalAttention, TransformerBlock
 
 Layout = Literal["frame", "divided", "joint", "factorised"]
+POOLS = ("token", "avg", "max", "avgmax", "map", "cls_dist")
 
 
 @dataclass
@@ -53,16 +54,21 @@ class VisionConfig:
         num_heads: attention heads.
         mlp_dim: MLP hidden width (None = 4·D).
         qkv_bias: bias on qkv projections.
+        qk_norm: LayerNorm on each head's queries and keys (timm ``qk_norm``).
         patch_bias: bias on the patch projection (HF CLIP has none).
         act: MLP activation (``gelu``, ``gelu_tanh``, ``quick_gelu``).
         norm_eps: LayerNorm epsilon.
         layer_scale: initial layer-scale value, or None.
         class_token: prepend a learned class token to every frame.
-        num_reg_tokens: register tokens after the class token (timm ``reg_tokens``).
+        num_reg_tokens: register tokens after the class token (timm ``reg_tokens``; DeiT's distillation token is one).
         pos_embed_prefix: whether the spatial position table has rows for the prefix tokens.
+        pos_resize_antialias: resample the spatial table for other resolutions with antialiased bicubic (timm)
+            rather than plain bicubic (HF).
         pre_norm: LayerNorm before the blocks (CLIP's ``pre_layrnorm``, timm ``pre_norm``).
         final_norm: LayerNorm on all output tokens (timm ``norm``, SigLIP ``post_layernorm``).
-        pool: ``token`` (class token), ``avg`` (mean of patch tokens) or ``map`` (attention-pooling head).
+        pool: ``token`` (class token), ``avg`` / ``max`` / ``avgmax`` (mean, maximum, or the average of the two over
+            patch tokens, as timm), ``map`` (attention-pooling head) or ``cls_dist`` (mean of the class token and
+            the first register token: DeiT's distilled models).
         fc_norm: LayerNorm on the pooled vector (timm ``fc_norm``; CLIP's ``post_layernorm``).
         pool_mlp_dim: MLP width of the ``map`` head (None = ``mlp_dim``).
         layout: space-time layout (see the module docstring).
@@ -84,6 +90,7 @@ class VisionConfig:
     num_heads: int = 12
     mlp_dim: int | None = None
     qkv_bias: bool = True
+    qk_norm: bool = False
     patch_bias: bool = True
     act: str = "gelu"
     norm_eps: float = 1e-6
@@ -91,9 +98,10 @@ class VisionConfig:
     class_token: bool = True
     num_reg_tokens: int = 0
     pos_embed_prefix: bool = True
+    pos_resize_antialias: bool = False
     pre_norm: bool = False
     final_norm: bool = True
-    pool: Literal["token", "avg", "map"] = "token"
+    pool: Literal["token", "avg", "max", "avgmax", "map", "cls_dist"] = "token"
     fc_norm: bool = False
     pool_mlp_dim: int | None = None
     layout: Layout = "frame"
@@ -148,21 +156,6 @@ class AttentionPoolHead(nn.Module):
         return (h + self.mlp(self.norm(h)))[:, 0]
 
 
-class TemporalAttention(nn.Module):
-    """Pre-norm temporal self-attention residual of a ``divided`` block; its ``attn.proj`` starts at zero."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, norm_eps: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias)
-        nn.init.zeros_(self.attn.proj.weight)
-        nn.init.zeros_(self.attn.proj.bias)
-
-    def forward(self, x: torch.Tensor, mask: AttnMask | None) -> torch.Tensor:
-        """``x [B*N, T', D]`` (mask over frames) -> ``[B*N, T', D]``."""
-        return x + self.attn(self.norm(x), mask)
-
-
 class VideoViT(nn.Module):
     """Video ViT over ``[B, T, 3, H, W]`` (see the module docstring for the layouts).
 
@@ -175,10 +168,12 @@ class VideoViT(nn.Module):
         super().__init__()
         if cfg.layout not in ("frame", "divided", "joint", "factorised"):
             raise ConfigError(f"layout: expected frame, divided, joint or factorised, got {cfg.layout!r}")
-        if cfg.pool == "token" and not cfg.class_token:
-            raise ConfigError("pool: 'token' needs class_token=True (use 'avg' or 'map')")
-        if cfg.pool not in ("token", "avg", "map"):
-            raise ConfigError(f"pool: expected token, avg or map, got {cfg.pool!r}")
+        if cfg.pool not in POOLS:
+            raise ConfigError(f"pool: expected one of {POOLS}, got {cfg.pool!r}")
+        if cfg.pool in ("token", "cls_dist") and not cfg.class_token:
+            raise ConfigError(f"pool: {cfg.pool!r} needs class_token=True (use 'avg' or 'map')")
+        if cfg.pool == "cls_dist" and cfg.num_reg_tokens < 1:
+            raise ConfigError("pool: 'cls_dist' needs a distillation token (num_reg_tokens >= 1)")
         if cfg.keyframe_stream and cfg.tubelet_size < 2:
             raise ConfigError("keyframe_stream: needs tubelet_size > 1 (with 2D patches every frame is a keyframe)")
         self.cfg = cfg
@@ -195,13 +190,13 @@ class VideoViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, d)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(cfg.num_reg_tokens, d)) if cfg.num_reg_tokens else None
         n_pos_prefix = self.num_prefix_tokens if cfg.pos_embed_prefix else 0
-        self.pos_embed = SpaceTimePosEmbed(d, cfg.grid(), cfg.num_frames, n_pos_prefix)
+        self.pos_embed = SpaceTimePosEmbed(d, cfg.grid(), cfg.num_frames, n_pos_prefix, cfg.pos_resize_antialias)
         self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
 
         def block() -> TransformerBlock:
             return TransformerBlock(
                 d, cfg.num_heads, qkv_bias=cfg.qkv_bias, norm_eps=cfg.norm_eps, act=cfg.act,
-                ls_init=cfg.layer_scale, mlp_dim=mlp_dim,
+                ls_init=cfg.layer_scale, mlp_dim=mlp_dim, qk_norm=cfg.qk_norm,
             )  # fmt: skip
 
         self.blocks = nn.ModuleList(block() for _ in range(cfg.depth))
@@ -209,7 +204,7 @@ class VideoViT(nn.Module):
         self.temporal_blocks = None
         if cfg.layout == "divided":
             self.temporal_attn = nn.ModuleList(
-                TemporalAttention(d, cfg.num_heads, cfg.qkv_bias, cfg.norm_eps) for _ in range(cfg.depth)
+                TemporalAttention(d, cfg.num_heads, cfg.qkv_bias, cfg.norm_eps, cfg.qk_norm) for _ in range(cfg.depth)
             )
         elif cfg.layout == "factorised":
             self.temporal_blocks = nn.ModuleList(block() for _ in range(cfg.temporal_depth))
@@ -357,10 +352,18 @@ class VideoViT(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool each frame: ``[B, T', N', D] -> [B, T', D]`` (before ``fc_norm``)."""
-        if self.cfg.pool == "token":
+        pool = self.cfg.pool
+        if pool == "token":
             return tokens[:, :, 0]
-        if self.cfg.pool == "avg":
-            return tokens[:, :, self.num_prefix_tokens :].mean(2)
+        if pool == "cls_dist":
+            return (tokens[:, :, 0] + tokens[:, :, 1]) / 2
+        patches = tokens[:, :, self.num_prefix_tokens :]
+        if pool == "avg":
+            return patches.mean(2)
+        if pool == "max":
+            return patches.amax(2)
+        if pool == "avgmax":
+            return 0.5 * (patches.amax(2) + patches.mean(2))
         b = tokens.shape[0]
         pooled = self.attn_pool(rearrange(tokens, "b t n d -> (b t) n d"))
         return rearrange(pooled, "(b t) d -> b t d", b=b)

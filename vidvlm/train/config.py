@@ -172,6 +172,8 @@ class TrainConfig:
         grad_accum: micro-batches per optimiser step.
         max_grad_norm: gradient clipping (None or <= 0: off).
         grad_checkpointing: call the model's ``set_grad_checkpointing(True)``.
+        compile: compile every transformer block with ``torch.compile`` (:func:`vidvlm.layers.transformer.
+            compile_blocks`); weights and checkpoints are unchanged, the first steps pay the compile time.
         checkpoint_every: save every N optimiser steps (0: only at the end).
         keep_checkpoints: how many ``checkpoint-*`` directories to keep.
         log_every: write metrics every N steps.
@@ -193,6 +195,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     grad_checkpointing: bool = False
+    compile: bool = False
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10

@@ -187,6 +187,11 @@ class Trainer:
         self.collate = CountingCollate(collate_fn)
         if cfg.grad_checkpointing:
             _enable_grad_checkpointing(model)
+        self.compiled_blocks = 0  # transformer blocks under torch.compile (compiled on first use)
+        if cfg.compile:
+            from vidvlm.layers.transformer import compile_blocks
+
+            self.compiled_blocks = compile_blocks(model)
         self.state = TrainState()
         self.history: list[dict] = []
         self._last_eval_step = -1
