@@ -52,7 +52,9 @@ def test_compile_blocks_finds_every_region_and_passes_options() -> None:
     torch.manual_seed(0)
     model = torch.nn.ModuleList([TransformerBlock(16, 2), TemporalAttention(16, 2, True, 1e-6), torch.nn.Linear(16, 4)])
     torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = 8
     assert compile_blocks(model, backend=backend) == 2  # the Linear is not a block
+    assert torch._dynamo.config.recompile_limit == 64  # room for every kind of block call (see the docstring)
     x = torch.randn(2, 5, 16)
     ref = model[1].forward(model[0].forward(x), None)  # forward() itself is the eager code
     out = model[1](model[0](x), None)

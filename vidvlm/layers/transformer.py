@@ -253,7 +253,7 @@ class TemporalAttention(nn.Module):
 COMPILE_REGIONS = (TransformerBlock, TemporalAttention)
 
 
-def compile_blocks(model: nn.Module, **options: Any) -> int:
+def compile_blocks(model: nn.Module, recompile_limit: int = 64, **options: Any) -> int:
     """Compile every transformer block of ``model`` in place with ``torch.compile`` ("regional" compilation).
 
     Each :class:`TransformerBlock` and :class:`TemporalAttention` is compiled with ``nn.Module.compile(**options)``.
@@ -263,13 +263,22 @@ def compile_blocks(model: nn.Module, **options: Any) -> int:
     Inductor fuses the LayerNorms, bias adds, activation and residual adds around the matmuls and attention.
     Compilation happens on the first call (on CPU it needs a C++ compiler).
 
+    All blocks share one ``forward``, and each kind of call (self-attention only, with key padding, causal, with
+    cross-attention, with or without gradients, ...) is one compiled variant of it. A captioner in training needs
+    more than dynamo's default of 8 variants per function, after which it silently runs the rest eagerly, so this
+    raises that process-wide limit to at least ``recompile_limit``.
+
     Args:
         model: any module; its blocks are found by type.
+        recompile_limit: the least ``torch._dynamo.config.recompile_limit`` to set.
         **options: passed to ``torch.compile`` (``mode``, ``dynamic``, ``backend``, ...).
 
     Returns:
         The number of blocks compiled.
     """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
     blocks = [m for m in model.modules() if isinstance(m, COMPILE_REGIONS)]
     for blk in blocks:
         blk.compile(**options)
