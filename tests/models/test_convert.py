@@ -155,6 +155,25 @@ def test_timm_other_resolutions_resample_like_timm(tmp_path: Path, kw: dict) -> 
             close(tower(img).last_hidden_state[:, 0], ref_model.forward_features(img[:, 0]))
 
 
+def test_timm_architecture_arguments_as_keywords(tmp_path: Path) -> None:
+    """timm arguments that share a name with a VisionConfig field (patch_size, depth, ...) go to timm, not to the
+    video config; a pretrained tag in the name is accepted; a fresh factorised tower is the image model per frame."""
+    torch.manual_seed(0)
+    name, kw = "vit_base_patch16_clip_224.openai", dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    ref_model = timm.create_model(name, pretrained=False, **kw).eval()
+    save_file(ref_model.state_dict(), tmp_path / "clip.safetensors")
+    tower = load_vision_tower(
+        f"timm:{name}", weights=tmp_path / "clip.safetensors", layout="factorised", num_frames=3, **kw
+    )
+    video = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        out = tower(video)
+        for t in range(3):
+            feats = ref_model.forward_features(video[:, t])
+            close(out.last_hidden_state[:, t], feats)
+            close(out.pooler_output[:, t], ref_model.forward_head(feats, pre_logits=True))
+
+
 def test_timm_pth_weights_only(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ref_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=0)
@@ -181,6 +200,8 @@ def test_strict_mismatches_raise(tmp_path: Path) -> None:
         load_vision_tower(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="weights="):
         load_vision_tower("timm:vit_tiny_patch16_224")
+    with pytest.raises(CheckpointError, match="patch_size.*config.json"):
+        load_vision_tower(path, patch_size=4)  # an HF tower's architecture is its config
 
 
 @pytest.mark.parametrize(

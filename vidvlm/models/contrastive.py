@@ -44,7 +44,7 @@ from vidvlm.models.base import VLMModel, lock_tower
 from vidvlm.models.registry import register_family
 from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
-from vidvlm.models.vision import VideoViT, VisionConfig
+from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig
 
 
 @dataclass
@@ -124,13 +124,6 @@ class ContrastiveConfig:
         return cls(**base)
 
 
-# the VisionConfig fields that a pretrained (image) source leaves to the video config
-_VIDEO_FIELDS = (
-    "layout", "num_frames", "tubelet_size", "tubelet_init", "keyframe_stream", "temporal_depth", "grad_checkpointing",
-    "attn_backend",
-)  # fmt: skip
-
-
 @register_family("contrastive")
 class ContrastiveModel(VLMModel):
     """CLIP / SigLIP over video (see the module docstring).
@@ -148,7 +141,7 @@ class ContrastiveModel(VLMModel):
         if _restore is None and cfg.vision_source is not None:
             from vidvlm.models.towers import load_vision_tower
 
-            extra = {k: getattr(cfg.vision, k) for k in _VIDEO_FIELDS}
+            extra = {k: getattr(cfg.vision, k) for k in VIDEO_FIELDS}
             self.vision = load_vision_tower(cfg.vision_source, weights=cfg.vision_weights, **extra)
         else:
             self.vision = VideoViT(cfg.vision)

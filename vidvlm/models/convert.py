@@ -11,7 +11,6 @@ DeiT's ``head_dist``; the tower returns pre-logits features).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -290,8 +289,3 @@ def load_converted(model: VideoViT, tensors: dict[str, torch.Tensor], source: st
         )
     model.load_state_dict(tensors, strict=False)
     return model
-
-
-def replace_video_fields(cfg: VisionConfig, **video: object) -> VisionConfig:
-    """Return ``cfg`` with video fields (layout, frames, tubelets, ...) replaced."""
-    return dataclasses.replace(cfg, **video)

@@ -9,7 +9,6 @@ All three take ``[B, T, 3, H, W]`` (+ optional ``frame_mask [B, T]``) and return
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from vidvlm.models.convert import (
     load_converted,
     timm_vision_config,
 )
-from vidvlm.models.vision import VideoViT, VisionConfig, VisionOutput
+from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionOutput
 
 
 def load_vision_tower(
@@ -46,9 +45,11 @@ def load_vision_tower(
         layout: ``frame``, ``divided``, ``joint`` or ``factorised``.
         num_frames: temporal position table length (in tubelets).
         weights: for ``timm:`` sources, a local ``.safetensors`` (preferred) or ``.pth`` file.
-        **kwargs: other :class:`VisionConfig` video fields (``tubelet_size``, ``tubelet_init``, ``temporal_depth``,
-            ``grad_checkpointing``, ``attn_backend``) and, for timm, ``timm_kwargs`` (a dict passed to
-            ``timm.create_model``; other unknown keyword arguments join it). What it lacks is inferred from the
+        **kwargs: other video fields of :class:`VisionConfig` (``VIDEO_FIELDS``: ``tubelet_size``,
+            ``tubelet_init``, ``keyframe_stream``, ``temporal_depth``, ``grad_checkpointing``, ``attn_backend``) and,
+            for timm, ``timm_kwargs`` (a dict passed to ``timm.create_model``; every other keyword argument, such as
+            ``img_size``, ``patch_size``, ``depth`` or ``num_heads``, joins it). An HF source takes video fields only:
+            its architecture is its ``config.json``. What it lacks is inferred from the
             weights: image size (square), input channels, patch size, depth, width, MLP ratio, class/register/
             distillation tokens, qkv bias, qk-norm, pre-norm, final norm, layer scale, ``map`` pooling and
             ``fc_norm`` (taken to mean ``avg`` pooling). The number of heads, the pooling kind of a model without
@@ -60,18 +61,23 @@ def load_vision_tower(
         ``last_hidden_state``; timm ``forward_features``) and ``pooler_output`` its pooled output (HF
         ``pooler_output``; timm ``forward_head(pre_logits=True)``).
     """
-    video = dict(layout=layout, num_frames=num_frames, **kwargs)
+    timm_kwargs = dict(kwargs.pop("timm_kwargs", None) or {})
+    video = dict(layout=layout, num_frames=num_frames)
+    video.update({k: kwargs.pop(k) for k in list(kwargs) if k in VIDEO_FIELDS})
     src = str(source)
     if src.startswith("timm:"):
-        timm_kwargs = dict(video.pop("timm_kwargs", None) or {})
-        fields = {f.name for f in dataclasses.fields(VisionConfig)}
-        timm_kwargs.update({k: video.pop(k) for k in list(video) if k not in fields})  # e.g. img_size=...
+        timm_kwargs.update(kwargs)  # architecture arguments, e.g. img_size=..., num_heads=...
         model, tensors = _timm_model(src[5:], weights, timm_kwargs)
         cfg = timm_vision_config(model, **video)
         converted = convert_timm_vit(tensors, cfg, f"{weights}")
     else:
         if weights is not None:
             raise CheckpointError(f"{src}: weights= is only for timm sources; HF directories hold their weights")
+        if kwargs or timm_kwargs:
+            raise CheckpointError(
+                f"{src}: {sorted({**kwargs, **timm_kwargs})} are not video fields {list(VIDEO_FIELDS)}; "
+                "an HF tower's architecture comes from its config.json"
+            )
         hf_cfg = _hf_vision_config(Path(src))
         cfg = hf_vision_config(hf_cfg, **video)
         converted = convert_hf_vision(_read_hf_tensors(Path(src)), hf_cfg, src)

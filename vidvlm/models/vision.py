@@ -39,6 +39,11 @@ from vidvlm.layers.transformer import CrossAttention, Mlp, SelfAttention, Tempor
 
 Layout = Literal["frame", "divided", "joint", "factorised"]
 POOLS = ("token", "avg", "max", "avgmax", "map", "cls_dist")
+# the VisionConfig fields that turn an image ViT into a video one; a pretrained source fixes all the others
+VIDEO_FIELDS = (
+    "layout", "num_frames", "tubelet_size", "tubelet_init", "keyframe_stream", "temporal_depth", "grad_checkpointing",
+    "attn_backend",
+)  # fmt: skip
 
 
 @dataclass
