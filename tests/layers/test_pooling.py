@@ -62,6 +62,31 @@ def test_shape_matches_num_output_tokens(key):
 
 
 @pytest.mark.parametrize("key", list(CONFIGS))
+def test_non_square_grid_and_odd_frame_counts(key):
+    """A 3 x 5 patch grid (a wide frame) with T = 1, 3, 5: every pooler keeps its output-size contract; the grid-aware
+    ones read the grid as given, so pooling a frame's left columns never mixes in its right ones."""
+    gh, gw = 3, 5
+    params = dict(CONFIGS[key])
+    if key.startswith(("spatial2d", "adaptive3d")):
+        params["grid"] = [gh, gw]
+    name = key.split("_")[0] if key.startswith(("spatial2d", "tome", "meanP")) else key
+    pooler = build_pooler(PoolerConfig(name, params), D).eval()
+    n = P + gh * gw
+    for t in (1, 3, 5):
+        with torch.no_grad():
+            out = pooler(_tokens(2, t, n, D, seed=t))
+        assert out.shape == (2, pooler.num_output_tokens(t, n), D)
+        assert torch.isfinite(out).all()
+    if key == "spatial2d_avg":  # 3 x 5 -> 2 x 2 adaptive cells: rows {0,1},{1,2}; columns {0,1,2},{2,3,4}
+        frame = _tokens(1, 1, n, D, seed=9)
+        grid = frame[0, 0, P:].reshape(gh, gw, D)
+        with torch.no_grad():
+            out = pooler(frame)[0]
+        torch.testing.assert_close(out[0], grid[0:2, 0:3].reshape(-1, D).mean(0))
+        torch.testing.assert_close(out[3], grid[1:3, 2:5].reshape(-1, D).mean(0))
+
+
+@pytest.mark.parametrize("key", list(CONFIGS))
 def test_padded_frames_never_change_the_output(key):
     pooler = _build(key)
     short, long = _tokens(1, 2, N, D, seed=1), _tokens(1, 4, N, D, seed=2)
