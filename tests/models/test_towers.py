@@ -35,11 +35,13 @@ def test_framewise_hf_per_frame_and_padding(tmp_path: Path) -> None:
     assert tower.width == 16
 
 
-def test_framewise_timm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_classes", [0, 7])
+def test_framewise_timm(tmp_path: Path, num_classes: int) -> None:
+    """A CNN per frame; the classifier size is read from the weights (none, or 7 classes instead of 1000)."""
     torch.manual_seed(0)
-    ref = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=num_classes).eval()
     save_file(ref.state_dict(), tmp_path / "r18.safetensors")
-    tower = FrameWiseTower.from_timm("resnet18", tmp_path / "r18.safetensors", num_classes=0)
+    tower = FrameWiseTower.from_timm("resnet18", tmp_path / "r18.safetensors")
     video = torch.randn(1, 2, 3, 32, 32)
     with torch.no_grad():
         out = tower(video)

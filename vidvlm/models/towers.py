@@ -186,7 +186,8 @@ def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -
 
     For a ``VisionTransformer`` the architecture arguments the caller did not give are read from the tensors (see
     :func:`load_vision_tower`); other models are built from ``kwargs`` alone. A checkpoint saved without its
-    classifier (``num_classes=0``) loads into a model whose classifier is reset, whatever the name's default.
+    classifier (``num_classes=0``) or with another number of classes loads into a model whose classifier is reset
+    to match, whatever the name's default.
     """
     from timm.models.vision_transformer import VisionTransformer
 
@@ -200,8 +201,11 @@ def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(classifier, nn.Module) and "num_classes" not in kwargs:
         prefix = next(n for n, m in model.named_modules() if m is classifier)
+        weight = tensors.get(f"{prefix}.weight")
         if any(f"{prefix}.{k}" not in tensors for k in classifier.state_dict()):
             model.reset_classifier(0)
+        elif weight is not None and weight.shape != classifier.state_dict()["weight"].shape:
+            model.reset_classifier(weight.shape[0])
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
