@@ -49,7 +49,7 @@ def load_vision_tower(
             ``tubelet_init``, ``keyframe_stream``, ``temporal_depth``, ``grad_checkpointing``, ``attn_backend``) and,
             for timm, ``timm_kwargs`` (a dict passed to ``timm.create_model``; every other keyword argument, such as
             ``img_size``, ``patch_size``, ``depth`` or ``num_heads``, joins it). An HF source takes video fields only:
-            its architecture is its ``config.json``. What it lacks is inferred from the
+            its architecture is its ``config.json``. For timm, what the arguments leave out is inferred from the
             weights: image size (square), input channels, patch size, depth, width, MLP ratio, class/register/
             distillation tokens, qkv bias, qk-norm, pre-norm, final norm, layer scale, ``map`` pooling and
             ``fc_norm`` (taken to mean ``avg`` pooling). The number of heads, the pooling kind of a model without
