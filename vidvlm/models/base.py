@@ -5,9 +5,14 @@ A checkpoint directory holds ``config.yaml`` (the family's config dataclass, wit
 tokenizer files. Nothing is pickled. Loading is strict: a missing or unexpected tensor, or a shape mismatch, is a
 :class:`~vidvlm.errors.CheckpointError` that lists the keys.
 
-A family subclasses :class:`VLMModel`, sets ``config_class``, and may override two hooks: ``_save_extra(dir)``
-(write tokenizer or tower files) and the classmethod ``_build_for_restore(config, dir)`` (build the architecture
-from a checkpoint without reading pretrained sources named in the config).
+A family subclasses :class:`VLMModel`, sets ``config_class``, declares its ``abilities`` and may override two hooks:
+``_save_extra(dir)`` (write tokenizer or tower files) and the classmethod ``_build_for_restore(config, dir)`` (build
+the architecture from a checkpoint without reading pretrained sources named in the config).
+
+Abilities are declared on the class, never guessed from attribute or family names. Code that uses a model asks
+``model.can(EMBED_VIDEO)`` or calls ``model.require(GENERATE, "caption videos")``, which raises a
+:class:`~vidvlm.errors.ConfigError` naming the family and what it cannot do. The registry checks at registration
+that a class implements what it declares.
 """
 
 from __future__ import annotations
@@ -27,28 +32,66 @@ from vidvlm.errors import CheckpointError, ConfigError
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 
+# What a family can do. Each ability names the methods a family that declares it implements.
+EMBED_VIDEO = "embed_video"  # encode_video(video, frame_mask) -> [B, E]
+EMBED_TEXT = "embed_text"  # encode_text(texts) -> [B, E]
+GENERATE = "generate"  # generate(video, frame_mask, questions=None, decode=None) -> list[str]
+ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the video
+VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
+FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
+
+ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    EMBED_VIDEO: ("embed video", ("encode_video",)),
+    EMBED_TEXT: ("embed text", ("encode_text",)),
+    GENERATE: ("generate text", ("generate",)),
+    ANSWER: ("answer questions", ("generate",)),
+    VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
+    FRONT_END: ("expose its video front-end", ()),
+}
+
 
 class VLMModel(nn.Module):
     """Base of the model families (see the module docstring).
 
-    Subclasses implement ``encode_video(video [B, T, 3, H, W], frame_mask=None) -> [B, D]`` where they have an
-    embedding, ``encode_text(list[str]) -> [B, D]``, ``forward(batch) -> dict`` with losses named ``*_loss``, and the
-    ``transform`` property (the evaluation transform producing their input).
+    Every family implements ``forward(batch) -> dict`` with losses named ``*_loss``, the ``transform`` property (the
+    evaluation transform producing its input) and ``num_frames`` (frames per clip it expects, counted in frames,
+    not tubelets), plus the methods of the abilities it declares (see ``ABILITIES``).
 
     Attributes:
         config_class: the family's config dataclass (it has a ``family`` field).
+        abilities: what the family can do (names from ``ABILITIES``); checked at registration.
         family_name: set by :func:`vidvlm.models.registry.register_family` (the first name registered).
         family_names: every family name registered for this class (one class may serve several).
         config: the instance's config.
     """
 
     config_class: ClassVar[type]
+    abilities: ClassVar[frozenset[str]] = frozenset()
     family_name: ClassVar[str] = ""
     family_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+
+    # -- abilities ---------------------------------------------------------------------------------------------
+    @classmethod
+    def can(cls, ability: str) -> bool:
+        """Whether the family declares ``ability`` (one of ``ABILITIES``)."""
+        if ability not in ABILITIES:
+            raise ValueError(f"unknown ability {ability!r}; known: {sorted(ABILITIES)}")
+        return ability in cls.abilities
+
+    @classmethod
+    def require(cls, ability: str, purpose: str = "") -> None:
+        """Raise a :class:`ConfigError` naming the family when it cannot do ``ability`` (``purpose`` says why
+        the caller needs it, e.g. ``"caption videos"``)."""
+        if cls.can(ability):
+            return
+        name = cls.family_name or cls.__name__
+        can = ", ".join(ABILITIES[a][0] for a in sorted(cls.abilities)) or "nothing declared"
+        why = f" (needed to {purpose})" if purpose else ""
+        raise ConfigError(f"family {name!r} cannot {ABILITIES[ability][0]}{why}; it can: {can}")
 
     # -- interface ---------------------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,6 +106,15 @@ class VLMModel(nn.Module):
     def transform(self):
         """The evaluation transform: uint8 ``[T, 3, H, W]`` -> float ``[T, 3, H, W]`` as ``encode_video`` expects."""
         raise NotImplementedError
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per clip the model is built for (frames, not tubelets); samplers draw this many."""
+        raise NotImplementedError
+
+    def prepare_for_training(self, captions: list[str]) -> None:
+        """Called by the trainer before the first step with every training caption (a family that trains its
+        tokenizer on them does it here). Default: nothing."""
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -176,4 +228,6 @@ def lock_tower(
             p.requires_grad_(True)
 
 
-__all__ = ["VLMModel", "load_weights", "freeze", "lock_tower", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = [
+    "ABILITIES", "EMBED_VIDEO", "EMBED_TEXT", "GENERATE", "ANSWER", "VISUAL_TOKENS", "FRONT_END",
+    "VLMModel", "load_weights", "freeze", "lock_tower", "CONFIG_FILE", "WEIGHTS_FILE"]

@@ -40,7 +40,7 @@ from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig, build_pooler
 from vidvlm.losses import clip_loss, siglip_loss
-from vidvlm.models.base import VLMModel, lock_tower
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel, lock_tower
 from vidvlm.models.registry import register_family
 from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
@@ -134,6 +134,7 @@ class ContrastiveModel(VLMModel):
     """
 
     config_class = ContrastiveConfig
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT})
 
     def __init__(self, config: ContrastiveConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
         super().__init__(config)
@@ -215,6 +216,11 @@ class ContrastiveModel(VLMModel):
         """Eval transform: uint8 ``[T, 3, H, W]`` -> resized, centre-cropped, normalised float ``[T, 3, S, S]``."""
         size = self.config.image_size or self.vision.cfg.image_size
         return build_transform(size, preset=self.config.normalize, train=False)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per clip: the temporal table's tubelets times the tubelet size."""
+        return self.vision.cfg.num_frames * self.vision.cfg.tubelet_size
 
     def train_transform(self, **kwargs: Any):
         """Training transform (random resized crop) at the model's input size; ``kwargs`` go to ``build_transform``."""

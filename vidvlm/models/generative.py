@@ -35,7 +35,7 @@ from vidvlm.layers.connectors import build_connector
 from vidvlm.layers.pooling import PoolerConfig, build_pooler
 from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.losses import clip_loss
-from vidvlm.models.base import VLMModel
+from vidvlm.models.base import ANSWER, EMBED_TEXT, EMBED_VIDEO, GENERATE, VISUAL_TOKENS, VLMModel
 from vidvlm.models.decoding import DecodeConfig, generate
 from vidvlm.models.registry import register_family
 from vidvlm.models.tokenizer import TextTokenizer
@@ -233,6 +233,7 @@ class _Captioner(VLMModel):
     """Shared front-end, losses and decoding of the two generative families (see the module docstring)."""
 
     config_class = GenerativeConfig
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, GENERATE, ANSWER, VISUAL_TOKENS})
     cross_attention: bool = True
 
     def __init__(self, config: GenerativeConfig, tokenizer: TextTokenizer | None = None) -> None:
@@ -288,6 +289,10 @@ class _Captioner(VLMModel):
         from vidvlm.data.transforms import build_transform
 
         return build_transform(self.config.image_size, preset=self.config.norm_preset)
+
+    @property
+    def num_frames(self) -> int:
+        return self.config.num_frames
 
     # -- text layout -------------------------------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from typing import Any
 
 from vidvlm.config import from_dict, read_mapping
 from vidvlm.errors import CheckpointError, ConfigError
-from vidvlm.models.base import CONFIG_FILE, VLMModel
+from vidvlm.models.base import ABILITIES, CONFIG_FILE, VLMModel
 
 # Modules that define built-in families (a module not present in this install is skipped).
 FAMILY_MODULES: tuple[str, ...] = (
@@ -39,6 +39,7 @@ def register_family(name: str):
             raise ValueError(f"family {name!r} is already registered by {_FAMILIES[name].__qualname__}")
         if not issubclass(cls, VLMModel):
             raise TypeError(f"{cls.__qualname__} must subclass VLMModel to be a family")
+        _check_abilities(cls)
         # read the class's own attributes, not ones inherited from a registered parent family
         if not cls.__dict__.get("family_name"):
             cls.family_name = name  # the first name registered is the class's default family
@@ -47,6 +48,17 @@ def register_family(name: str):
         return cls
 
     return deco
+
+
+def _check_abilities(cls: type[VLMModel]) -> None:
+    """A family declares only known abilities, and overrides the methods each needs."""
+    unknown = sorted(set(cls.abilities) - set(ABILITIES))
+    if unknown:
+        raise TypeError(f"{cls.__qualname__}: unknown abilities {unknown}; known: {sorted(ABILITIES)}")
+    for ability in cls.abilities:
+        for method in ABILITIES[ability][1]:
+            if getattr(cls, method, None) is getattr(VLMModel, method, None):
+                raise TypeError(f"{cls.__qualname__} declares {ability!r} but does not implement {method}()")
 
 
 def import_families() -> None:
