@@ -229,5 +229,17 @@ def lock_tower(
 
 
 __all__ = [
-    "ABILITIES", "EMBED_VIDEO", "EMBED_TEXT", "GENERATE", "ANSWER", "VISUAL_TOKENS", "FRONT_END",
-    "VLMModel", "load_weights", "freeze", "lock_tower", "CONFIG_FILE", "WEIGHTS_FILE"]
+    "ABILITIES",
+    "EMBED_VIDEO",
+    "EMBED_TEXT",
+    "GENERATE",
+    "ANSWER",
+    "VISUAL_TOKENS",
+    "FRONT_END",
+    "VLMModel",
+    "load_weights",
+    "freeze",
+    "lock_tower",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+]
