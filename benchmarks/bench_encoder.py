@@ -44,7 +44,7 @@ def build(name: str, frames: int) -> torch.nn.Module:
 
         cfg = VisionConfig(
             image_size=SIZE, patch_size=PATCH, width=D, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP,
-            layout=name.split("-")[1], num_frames=max(frames, 1), temporal_depth=4,
+            layout=name.split("-")[1], num_tubelets=max(frames, 1), temporal_depth=4,
         )  # fmt: skip
         return VideoViT(cfg)
     import transformers

@@ -17,7 +17,7 @@ def test_compiled_video_vit_matches_eager() -> None:
     """A ``divided`` tower (both kinds of region) with trained-like temporal weights, padding and gradient
     checkpointing: inductor's fused blocks give the eager outputs and gradients, under the same state-dict keys."""
     torch.manual_seed(0)
-    cfg = VisionConfig(image_size=16, patch_size=8, width=32, depth=2, num_heads=2, layout="divided", num_frames=3)
+    cfg = VisionConfig(image_size=16, patch_size=8, width=32, depth=2, num_heads=2, layout="divided", num_tubelets=3)
     eager = VideoViT(cfg).train()
     with torch.no_grad():
         for name, p in eager.named_parameters():

@@ -50,9 +50,9 @@ def test_multilevel_matches_hf_llava_with_a_list_of_feature_layers():
 
 
 def test_linear_and_deeper_mlp():
-    lin = build_connector("linear", DV, DT)
+    lin = build_connector("linear", DV, DT)  # LLaVA-1.0: one projection with a bias
+    assert type(lin) is torch.nn.Linear and (lin.in_features, lin.out_features) == (DV, DT) and lin.bias is not None
     x = torch.randn(4, DV)
-    torch.testing.assert_close(lin(x), x @ lin.weight.T + lin.bias)
     deep = build_connector("mlp", DV, DT, depth=3, hidden_dim=8, act="relu")
     assert isinstance(deep, MLPConnector) and deep.linear_2.weight.shape == (8, 8)
     expect = deep.linear_3(torch.relu(deep.linear_2(torch.relu(deep.linear_1(x)))))
@@ -62,12 +62,15 @@ def test_linear_and_deeper_mlp():
 
 
 def test_config_and_errors():
-    cfg = from_dict(ConnectorConfig, {"kind": "multilevel", "layers": [-1, -2]}, where="model.connector")
+    cfg = from_dict(ConnectorConfig, {"name": "multilevel", "layers": [-1, -2]}, where="model.connector")
     conn = build_connector(cfg, DV, DT)
     assert conn.layers == (-1, -2) and conn.proj.linear_1.in_features == 2 * DV
-    assert isinstance(build_connector(ConnectorConfig(kind="linear"), DV, DT), torch.nn.Linear)
-    with pytest.raises(ConfigError, match="connector.kind"):
+    assert isinstance(build_connector(ConnectorConfig(name="linear"), DV, DT), torch.nn.Linear)
+    with pytest.raises(ConfigError, match="connector.name"):
         build_connector("qformer", DV, DT)
+    assert isinstance(build_connector(ConnectorConfig(name="none"), DV, DV), torch.nn.Identity)
+    with pytest.raises(ConfigError, match="equal widths"):
+        build_connector("none", DV, DT)
     with pytest.raises(ConfigError, match="bad arguments"):
         build_connector("mlp", DV, DT, width=3)
     with pytest.raises(ConfigError, match="act"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 
@@ -15,6 +16,7 @@ from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.losses import clip_loss, siglip_loss
 from vidvlm.models.contrastive import ContrastiveConfig, ContrastiveModel
+from vidvlm.models.frontend import TowerConfig
 from vidvlm.models.registry import load
 from vidvlm.models.text import TextConfig
 from vidvlm.models.tokenizer import TextTokenizer
@@ -24,9 +26,21 @@ CAPTIONS = ["a red square moves left", "a blue circle moves right", "a green squ
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "green", "square", "circle", "moves"]
 
 
+def tiny_config(**overrides) -> ContrastiveConfig:
+    """``ContrastiveConfig.tiny`` with front-end keys (``vision``, ``vision_source``, ``pooler``, ``pool_input``,
+    ``normalize``) placed in its ``front_end``."""
+    cfg = ContrastiveConfig.tiny()
+    fe = {k: overrides.pop(k) for k in ("pooler", "pool_input", "normalize") if k in overrides}
+    if "vision" in overrides:
+        fe["tower"] = TowerConfig(vision=overrides.pop("vision"))
+    if "vision_source" in overrides:
+        fe["tower"] = TowerConfig("pretrained", cfg.front_end.tower.vision, source=overrides.pop("vision_source"))
+    return dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, **fe), **overrides)
+
+
 def tiny(**overrides) -> ContrastiveModel:
     torch.manual_seed(0)
-    model = ContrastiveModel(ContrastiveConfig.tiny(**overrides))
+    model = ContrastiveModel(tiny_config(**overrides))
     model.prepare_for_training(CAPTIONS)
     return model
 
@@ -72,7 +86,7 @@ def test_training_caption_sampling_draws_from_each_videos_captions():
     "layout,tubelet,keyframe", [("frame", 1, False), ("divided", 1, False), ("joint", 2, False), ("joint", 2, True)]
 )
 def test_padded_frames_do_not_change_the_embedding(layout, tubelet, keyframe):
-    vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_frames=4,
+    vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_tubelets=4,
                           layout=layout, tubelet_size=tubelet, keyframe_stream=keyframe)  # fmt: skip
     model = tiny(vision=vision).eval()
     video = clips(b=1, t=2)
@@ -114,11 +128,11 @@ def test_transform_gives_the_model_input():
 
 def test_lit_locking_native_towers():
     model = tiny(lock_vision=True, lock_vision_unlocked_layers=1, lock_text=True)
-    blocks = model.vision.blocks
+    blocks = model.front_end.tower.blocks
     assert all(not p.requires_grad for p in blocks[0].parameters())
     assert all(p.requires_grad for p in blocks[-1].parameters())
-    assert all(p.requires_grad for p in model.vision.norm.parameters())
-    assert not model.vision.patch_embed.proj.weight.requires_grad
+    assert all(p.requires_grad for p in model.front_end.tower.norm.parameters())
+    assert not model.front_end.tower.patch_embed.proj.weight.requires_grad
     assert all(not p.requires_grad for p in model.text.parameters())
     assert model.text_proj.weight.requires_grad and model.video_proj.weight.requires_grad
     model.train()
@@ -188,7 +202,7 @@ def test_hf_text_tower_matches_transformers(hf_dirs):
     assert any("layer.0." in n for n in locked) and not any("layer.1." in n for n in locked)
     # a fully locked tower stays in eval mode during training, so BERT's dropout is off
     full = ContrastiveModel(ContrastiveConfig.tiny(text=text, lock_text=True)).train()
-    assert full.training and not full.text.training and full.vision.training
+    assert full.training and not full.text.training and full.front_end.tower.training
     torch.testing.assert_close(full.encode_text(["a red square"]), full.encode_text(["a red square"]))
 
 
@@ -198,16 +212,17 @@ def test_pretrained_towers_round_trip_without_sources(hf_dirs, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(root, src)
     text = TextConfig(kind="hf", source=str(src / "bert"), pooling="mean", context_length=16)
-    model = ContrastiveModel(ContrastiveConfig.tiny(vision_source=str(src / "clip"), text=text, loss="siglip")).eval()
+    model = ContrastiveModel(tiny_config(vision_source=str(src / "clip"), text=text, loss="siglip")).eval()
     video = clips(b=2, t=1)
     with torch.no_grad():  # at T = 1 the frame embedding is CLIP's pooler_output
         ref = clip(pixel_values=video[:, 0]).pooler_output
-        torch.testing.assert_close(model.vision(video).pooler_output[:, 0], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.front_end.tower(video).pooler_output[:, 0], ref, atol=1e-5, rtol=1e-5)
         before = (model.encode_video(video), model.encode_text(CAPTIONS))
     model.save_pretrained(tmp_path / "ckpt")
     shutil.rmtree(src)
     restored = load(tmp_path / "ckpt").eval()
-    assert restored.config.vision_source is None and restored.config.vision.act == "quick_gelu"
+    tower = restored.config.front_end.tower
+    assert tower.name == "native" and tower.source is None and tower.vision.act == "quick_gelu"
     with torch.no_grad():
         torch.testing.assert_close(restored.encode_video(video), before[0], rtol=0, atol=0)
         torch.testing.assert_close(restored.encode_text(CAPTIONS), before[1], rtol=0, atol=0)

@@ -40,7 +40,7 @@ def save_hf(model: torch.nn.Module, path: Path) -> Path:
 def test_clip_parity_t1_and_framewise(tmp_path: Path, kw: dict) -> None:
     torch.manual_seed(0)
     hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**kw)).eval()
-    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout="frame", num_frames=4)
+    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout="frame", num_tubelets=4)
     s = kw["image_size"]
     video = torch.randn(2, 3, 3, s, s)
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_clip_full_model_dir_every_layout_at_t1(tmp_path: Path, layout: str) -> 
     text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
     hf = transformers.CLIPModel(cfg).eval()
-    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout=layout, num_frames=4, tubelet_size=1)
+    tower = load_vision_tower(save_hf(hf, tmp_path / "clip"), layout=layout, num_tubelets=4, tubelet_size=1)
     img = torch.randn(2, 1, 3, 32, 32)
     with torch.no_grad():
         ref = hf.vision_model(pixel_values=img[:, 0])
@@ -81,7 +81,7 @@ def test_clip_full_model_dir_every_layout_at_t1(tmp_path: Path, layout: str) -> 
 def test_siglip_parity(tmp_path: Path, kw: dict) -> None:
     torch.manual_seed(0)
     hf = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**kw)).eval()
-    tower = load_vision_tower(save_hf(hf, tmp_path / "siglip"), layout="divided", num_frames=2)
+    tower = load_vision_tower(save_hf(hf, tmp_path / "siglip"), layout="divided", num_tubelets=2)
     assert tower.num_prefix_tokens == 0
     s = kw["image_size"]
     img = torch.randn(2, 1, 3, s, s)
@@ -163,7 +163,7 @@ def test_timm_architecture_arguments_as_keywords(tmp_path: Path) -> None:
     ref_model = timm.create_model(name, pretrained=False, **kw).eval()
     save_file(ref_model.state_dict(), tmp_path / "clip.safetensors")
     tower = load_vision_tower(
-        f"timm:{name}", weights=tmp_path / "clip.safetensors", layout="factorised", num_frames=3, **kw
+        f"timm:{name}", weights=tmp_path / "clip.safetensors", layout="factorised", num_tubelets=3, **kw
     )
     video = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
@@ -238,12 +238,12 @@ def test_tubelet_inflation_from_pretrained(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = hf(pixel_values=img[:, 0])
         for mode in ("center", "average"):
-            tower = load_vision_tower(path, layout="divided", num_frames=4, tubelet_size=2, tubelet_init=mode)
+            tower = load_vision_tower(path, layout="divided", num_tubelets=4, tubelet_size=2, tubelet_init=mode)
             out = tower(img.repeat(1, 4, 1, 1, 1))
             assert out.last_hidden_state.shape[1] == 2
             close(out.last_hidden_state[:, 1], ref.last_hidden_state)
             close(out.pooler_output[:, 0], ref.pooler_output)
-        out = load_vision_tower(path, layout="frame", num_frames=4, tubelet_size=2, keyframe_stream=True)(img)
+        out = load_vision_tower(path, layout="frame", num_tubelets=4, tubelet_size=2, keyframe_stream=True)(img)
         assert out.last_hidden_state.shape[1] == 2  # one static tubelet, then the keyframe
         for step in (0, 1):
             close(out.last_hidden_state[:, step], ref.last_hidden_state)

@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import vidvlm.layers.attention as attention_mod
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.decoding import DecodeConfig
-from vidvlm.models.generative import (
-    IGNORE,
-    CoCaCaptioner,
-    GenerativeConfig,
-    PrefixLMCaptioner,
-    PrefixLMConfig,
-    lm_loss,
-)
+from vidvlm.models.frontend import TowerConfig
+from vidvlm.models.generative import CoCaCaptioner, GenerativeConfig, PrefixLMCaptioner, PrefixLMConfig
+from vidvlm.models.prompting import IGNORE, lm_loss
 from vidvlm.models.registry import build_model, load
 from vidvlm.models.vision import VisionConfig
 
 # the third: CoCa over 2-frame tubelets plus a keyframe step (the default captioner's tower layout)
-KEYFRAME_VISION = dict(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_frames=2, layout="joint")
+KEYFRAME_VISION = dict(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_tubelets=2, layout="joint")
 FAMILIES = [
     (CoCaCaptioner, GenerativeConfig, {}),
     (PrefixLMCaptioner, PrefixLMConfig, {}),
     (
         CoCaCaptioner,
         GenerativeConfig,
-        {"vision": VisionConfig(**KEYFRAME_VISION, tubelet_size=2, keyframe_stream=True)},
+        {"tower": TowerConfig(vision=VisionConfig(**KEYFRAME_VISION, tubelet_size=2, keyframe_stream=True))},
     ),
 ]
 CAPTIONS = ["a big red square moves left", "a small blue circle"]
@@ -44,7 +41,12 @@ def _batch(t: int = 4) -> dict:
 def model(request):
     torch.manual_seed(0)
     cls, cfg_cls, overrides = request.param
-    return cls(cfg_cls.tiny(**overrides)).eval()
+    cfg = cfg_cls.tiny()
+    if overrides:
+        cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, **overrides))
+    m = cls(cfg)
+    m.prepare_for_training([])  # a tokenizer of the synthetic vocabulary
+    return m.eval()
 
 
 def test_forward_losses_and_backward(model):
@@ -52,7 +54,7 @@ def test_forward_losses_and_backward(model):
     expected = {"caption_loss", "contrastive_loss"} if model.family_name == "coca" else {"caption_loss"}
     assert set(out) == expected
     sum(out.values()).backward()
-    for name in ("vision.patch_embed", "connector", "decoder.head"):
+    for name in ("front_end.tower.patch_embed", "front_end.connector", "decoder.head"):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
 
@@ -90,6 +92,7 @@ def _logits(model, video, mask):
 def test_prefix_lm_uses_prefix_mask(monkeypatch):
     torch.manual_seed(0)
     m = PrefixLMCaptioner(PrefixLMConfig.tiny()).eval()
+    m.prepare_for_training([])
     seen = []
     real = attention_mod.attention
 
@@ -119,17 +122,20 @@ def test_qa_loss_only_on_answer_tokens(model):
     questions = ["what color is it", "which way does it move"]
     answers = ["red", "left"]
     ids, targets, lengths = model.build_targets(answers, questions)
-    prompts = model.prompts(questions)
-    for row, (p, a) in enumerate(zip(prompts, model._ids(answers), strict=True)):
+    layout = model.layout
+    prompts = layout.prompts(questions)
+    answer_ids = model.tokenizer.hf(answers, add_special_tokens=False)["input_ids"]
+    for row, (p, a) in enumerate(zip(prompts, answer_ids, strict=True)):
         real = targets[row][targets[row] != IGNORE].tolist()
-        assert real == [*a, model.eos_id]  # the answer and EOS, nothing of the question
+        assert real == [*a, layout.eos_id]  # the answer and EOS, nothing of the question
         assert (targets[row, : len(p) - 1] == IGNORE).all()
     logits = torch.randn(*ids.shape, model.config.decoder.vocab_size)
     base = lm_loss(logits, targets)
-    # changing the targets at question positions (as if they were not masked) cannot change the loss
     q_pos = targets == IGNORE
+    # the mask is what keeps question positions out: made targets, they would change the loss
     altered = targets.clone()
-    altered[q_pos] = IGNORE  # still ignored: the same
+    altered[q_pos] = 0
+    assert lm_loss(logits, altered) != pytest.approx(base.item())
     logits_q = logits.clone()
     logits_q[q_pos] = torch.randn_like(logits_q[q_pos])  # predictions at question positions do not count
     assert lm_loss(logits_q, targets) == pytest.approx(base.item())

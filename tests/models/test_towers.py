@@ -76,7 +76,7 @@ def test_ensemble_concatenates_features(tmp_path: Path) -> None:
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
     )
     transformers.CLIPVisionModel(clip_cfg).save_pretrained(tmp_path / "clip")
-    clip = load_vision_tower(tmp_path / "clip", layout="frame", num_frames=2)
+    clip = load_vision_tower(tmp_path / "clip", layout="frame", num_tubelets=2)
     dino_cfg = transformers.Dinov2Config(
         hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=32, patch_size=16
     )

@@ -13,7 +13,7 @@ LAYOUTS = ["frame", "divided", "joint", "factorised"]
 
 
 def tiny(**kw) -> VisionConfig:
-    base = dict(image_size=16, patch_size=8, width=16, depth=2, num_heads=2, num_frames=4, temporal_depth=1)
+    base = dict(image_size=16, patch_size=8, width=16, depth=2, num_heads=2, num_tubelets=4, temporal_depth=1)
     return VisionConfig(**{**base, **kw})
 
 
@@ -189,10 +189,10 @@ def test_hidden_states_and_selection() -> None:
 
 def test_other_resolutions_and_frame_counts() -> None:
     torch.manual_seed(0)
-    model = VideoViT(tiny(layout="joint", num_frames=2)).eval()
+    model = VideoViT(tiny(layout="joint", num_tubelets=2)).eval()
     randomise_temporal(model)
     with torch.no_grad():
-        out = model(torch.randn(1, 5, 3, 24, 40))  # 5 > num_frames: temporal table is resampled
+        out = model(torch.randn(1, 5, 3, 24, 40))  # 5 > num_tubelets: temporal table is resampled
         table = model.pos_embed.temporal_table(5)
     assert out.last_hidden_state.shape == (1, 5, 1 + 3 * 5, 16)
     torch.testing.assert_close(table[0], model.pos_embed.temporal[0] * 0.7 + model.pos_embed.temporal[0] * 0.3)

@@ -1,11 +1,12 @@
 """What to run for each extraction level, for a vidvlm family or a bare vision tower.
 
-An :class:`Encoder` maps a batch of equal-shape clips ``[B, T, 3, H, W]`` to one tensor per clip. Families give
-``pooled`` through their own ``encode_video``; the other levels read the family's vision tower (``frames``: its
-per-frame ``pooler_output``; ``layers``: its hidden states) and, for ``tokens``, the family's pooler applied to what
-the family pools (all tokens, or per-frame embeddings when its ``config.pool_input`` is ``"frame"``). A bare
-tower (HF CLIP/SigLIP directory, ``timm:<name>``) has no video head, so its ``pooled`` feature is defined here as
-the mean over frames of the per-frame ``pooler_output``.
+An :class:`Encoder` maps a batch of equal-shape clips ``[B, T, 3, H, W]`` to one tensor per clip. It asks the model
+its declared abilities: ``pooled`` needs ``embed_video`` (the family's own ``encode_video``); the other levels need
+``front_end`` and read the family's :class:`~vidvlm.models.frontend.VideoFrontEnd`: ``frames`` its tower's
+per-frame ``pooler_output``, ``tokens`` its visual tokens (as the family consumes them, after the connector),
+``layers`` its tower's hidden states. A bare tower (HF CLIP/SigLIP directory, ``timm:<name>``) has no video head:
+it is wrapped in a front-end that pools its per-frame embeddings by their mean, which defines its ``pooled``
+feature, and its ``tokens`` are all of its tokens.
 """
 
 from __future__ import annotations
@@ -17,29 +18,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange, reduce
+from einops import rearrange
 from torch import nn
 
 from vidvlm.errors import ConfigError
+from vidvlm.layers.pooling import PoolerConfig
+from vidvlm.models.base import EMBED_VIDEO, FRONT_END, VLMModel
+from vidvlm.models.frontend import FrontEndConfig, MultiLevelTower, VideoFrontEnd
 
-# Attribute names under which families keep their vision tower and token pooler.
-_TOWER_NAMES = ("vision", "visual", "vision_tower", "vision_model", "tower")
-_POOLER_NAMES = ("pooler", "video_pooler", "token_pooler")
+LEVELS = ("pooled", "frames", "tokens", "layers")
 
 
-def _find(model: nn.Module, names: Sequence[str]) -> nn.Module | None:
-    return next((getattr(model, n) for n in names if isinstance(getattr(model, n, None), nn.Module)), None)
+def tower_front_end(tower: nn.Module) -> VideoFrontEnd:
+    """A bare tower as a front-end whose one token is the mean over frames of the per-frame embeddings."""
+    cfg = FrontEndConfig(pool_input="frame", pooler=PoolerConfig("meanP"), num_frames=8)
+    return VideoFrontEnd(cfg, tower=tower)
 
 
 class Encoder:
     """A model prepared for one extraction level.
 
     Args:
-        model: the family (has ``encode_video``) or the bare tower.
+        model: a vidvlm family, a :class:`VideoFrontEnd`, or a bare tower (returning ``VisionOutput``).
         level: one of ``pooled``, ``frames``, ``tokens``, ``layers``.
         layers: hidden-state indices for ``layers``.
         transform: the eval transform, uint8 ``[T,3,H,W]`` -> float ``[T,3,H,W]``.
         device: where to run.
+
+    Raises:
+        ConfigError: the family cannot serve the level (it names the family and the missing ability).
     """
 
     def __init__(
@@ -50,18 +57,23 @@ class Encoder:
         transform: Callable | None,
         device: torch.device,
     ):
+        if level not in LEVELS:
+            raise ConfigError(f"level: {level!r} is not one of {list(LEVELS)}")
+        self.family = model if isinstance(model, VLMModel) else None
+        if self.family is not None:
+            if level == "pooled":
+                self.family.require(EMBED_VIDEO, "extract pooled features")
+                self.front_end = None
+            else:
+                self.family.require(FRONT_END, f"extract {level!r} features")
+                self.front_end = self.family.front_end
+        else:
+            self.front_end = model if isinstance(model, VideoFrontEnd) else tower_front_end(model)
         self.model = model.to(device).eval()
-        self.is_family = hasattr(model, "encode_video")
-        self.tower = _find(model, _TOWER_NAMES) if self.is_family else model
-        self.pooler = _find(model, _POOLER_NAMES) if self.is_family else None
-        # What the family's pooler reads: "tokens" (all tower tokens) or "frame" (per-frame pooled embeddings).
-        self.pool_input = getattr(getattr(model, "config", None), "pool_input", "tokens")
         self.level, self.layers, self.device = level, list(layers or []), device
         self.transform = transform
         if transform is None:
             raise ConfigError(f"model: {type(model).__name__} has no eval transform; pass transform=")
-        if level != "pooled" and self.tower is None:
-            raise ConfigError(f"level {level!r}: {type(model).__name__} exposes no vision tower ({_TOWER_NAMES})")
         param = next(self.model.parameters(), None)
         self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
@@ -72,26 +84,24 @@ class Encoder:
             video: float ``[B, T, 3, H, W]``, all frames real (no padding).
 
         Returns:
-            ``B`` float32 CPU tensors: ``[D]``, ``[T, D]``, ``[M, D]`` or ``[L, T, N, D]`` by level.
+            ``B`` float32 CPU tensors: ``[D]``, ``[T', D]``, ``[M, D]`` or ``[L, T', N, D]`` by level.
         """
         video = video.to(self.device, self.dtype, non_blocking=True)
-        if self.level == "pooled" and self.is_family:
-            out = self.model.encode_video(video)  # [B, D]
+        fe = self.front_end
+        if self.level == "pooled" and self.family is not None:
+            out = self.family.encode_video(video)  # [B, D]
         elif self.level == "pooled":
-            out = reduce(self.tower(video).pooler_output, "b t d -> b d", "mean")
+            out = fe(video).tokens[:, 0]  # the meanP token: [B, D]
         elif self.level == "frames":
-            out = self.tower(video).pooler_output  # [B, T, D]
+            out = fe.encode(video).pooler_output  # [B, T', D]
+        elif self.level == "tokens" and self.family is not None:
+            out = fe(video).tokens  # [B, M, D]
         elif self.level == "tokens":
-            tower_out = self.tower(video)
-            if self.pooler is None:
-                out = rearrange(tower_out.last_hidden_state, "b t n d -> b (t n) d")
-            elif self.pool_input == "frame":  # the family pools per-frame embeddings, as [B, T, 1, D]
-                out = self.pooler(rearrange(tower_out.pooler_output, "b t d -> b t 1 d"))
-            else:
-                out = self.pooler(tower_out.last_hidden_state)  # [B, M, D]
+            out = rearrange(fe.encode(video).last_hidden_state, "b t n d -> b (t n) d")
         else:
-            hidden = self.tower(video, output_hidden_states=self.layers).hidden_states
-            out = torch.stack(list(hidden), dim=1)  # [B, L, T, N, D]
+            tower = fe.tower.tower if isinstance(fe.tower, MultiLevelTower) else fe.tower
+            hidden = tower(video, output_hidden_states=self.layers).hidden_states
+            out = torch.stack(list(hidden), dim=1)  # [B, L, T', N, D]
         return list(out.float().cpu().unbind(0))
 
 
@@ -108,7 +118,7 @@ def _hf_transform(path: Path, tower: nn.Module) -> Callable:
         short = size.get("shortest_edge") if isinstance(size, dict) else size
         steps = [Resize(short or crop_hw), CenterCrop(crop_hw)] if short else [Resize(crop_hw)]
         return Compose([*steps, Normalize(cfg["image_mean"], cfg["image_std"])])
-    image_size = getattr(getattr(tower, "cfg", None), "image_size", None) or 224
+    image_size = tower.image_size
     preset = "siglip" if "siglip" in json.loads((path / "config.json").read_text()).get("model_type", "") else "clip"
     return build_transform(image_size, preset=preset)
 
@@ -130,16 +140,20 @@ def resolve_model(
         if model.level != level or model.layers != list(layers or []):
             raise ConfigError(f"model: this Encoder was prepared for level {model.level!r}, asked for {level!r}")
         return model
+    if isinstance(model, VLMModel):
+        return Encoder(model, level, layers, transform or model.transform, device)
     if isinstance(model, nn.Module):
-        return Encoder(model, level, layers, transform or getattr(model, "transform", None), device)
+        if transform is None:
+            raise ConfigError(f"model: a bare {type(model).__name__} has no eval transform; pass transform=")
+        return Encoder(model, level, layers, transform, device)
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError(f"model: expected a module, a directory or 'timm:<name>', got {type(model).__name__}")
     spec = os.fspath(model)
     from vidvlm.models.towers import load_vision_tower
 
     if spec.startswith("timm:"):
-        tower = load_vision_tower(spec, weights=weights)
-        return Encoder(tower, level, layers, transform or getattr(tower, "transform", None), device)
+        # a timm weights file says nothing of its normalisation: the caller names the transform
+        return Encoder(load_vision_tower(spec, weights=weights), level, layers, transform, device)
     path = Path(spec)
     if (path / "config.yaml").is_file():  # a vidvlm checkpoint: config.yaml names the family
         import vidvlm.models.registry as registry
@@ -148,7 +162,7 @@ def resolve_model(
         return Encoder(family, level, layers, transform or family.transform, device)
     if (path / "config.json").is_file():
         tower = load_vision_tower(spec)
-        transform = transform or getattr(tower, "transform", None) or _hf_transform(path, tower)
+        transform = transform or _hf_transform(path, tower)
         return Encoder(tower, level, layers, transform, device)
     raise ConfigError(f"{spec}: not a vidvlm checkpoint (config.yaml), an HF vision directory (config.json) "
                       "or 'timm:<name>'")  # fmt: skip

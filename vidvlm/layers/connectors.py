@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from vidvlm.errors import ConfigError, VidVLMError
 from vidvlm.layers.transformer import activation
 
-CONNECTORS = ("linear", "mlp", "multilevel")
+CONNECTORS = ("none", "linear", "mlp", "multilevel")
 
 
 class MLPConnector(nn.Module):
@@ -108,9 +108,10 @@ class MultiLevelConnector(nn.Module):
 
 @dataclass
 class ConnectorConfig:
-    """Connector choice for a config file; ``build_connector(cfg, in_dim, out_dim)`` builds it."""
+    """Connector choice for a config file (``name`` + its parameters); ``build_connector(cfg, in_dim, out_dim)``
+    builds it. ``none`` means no connector (the front-end keeps the tower's width)."""
 
-    kind: str = "mlp"
+    name: str = "mlp"
     hidden_dim: int | None = None
     depth: int = 2
     act: str = "gelu"
@@ -122,7 +123,7 @@ def build_connector(kind: str | ConnectorConfig, in_dim: int, out_dim: int, **kw
     """Build a connector.
 
     Args:
-        kind: ``"linear"``, ``"mlp"`` or ``"multilevel"`` (or a :class:`ConnectorConfig`).
+        kind: ``"none"``, ``"linear"``, ``"mlp"`` or ``"multilevel"`` (or a :class:`ConnectorConfig`).
         in_dim: vision width (of one level for ``multilevel``).
         out_dim: language-model width.
         **kwargs: ``mlp``: ``hidden_dim``, ``depth``, ``act``, ``bias``; ``multilevel``: ``layers``, ``projector``
@@ -133,14 +134,18 @@ def build_connector(kind: str | ConnectorConfig, in_dim: int, out_dim: int, **kw
     """
     if isinstance(kind, ConnectorConfig):
         cfg = kind
-        kind, kwargs = cfg.kind, {"hidden_dim": cfg.hidden_dim, "depth": cfg.depth, "act": cfg.act}
-        if cfg.kind == "multilevel":
+        kind, kwargs = cfg.name, {"hidden_dim": cfg.hidden_dim, "depth": cfg.depth, "act": cfg.act}
+        if cfg.name == "multilevel":
             kwargs.update(layers=cfg.layers or [-2], projector=cfg.projector)
             if cfg.projector == "linear":
                 kwargs = {"layers": kwargs["layers"], "projector": "linear"}
-        elif cfg.kind == "linear":
+        elif cfg.name in ("linear", "none"):
             kwargs = {}
     try:
+        if kind == "none":
+            if in_dim != out_dim:
+                raise ConfigError(f"connector.name: 'none' needs equal widths, got {in_dim} -> {out_dim}")
+            return nn.Identity()
         if kind == "linear":
             return nn.Linear(in_dim, out_dim, **kwargs)
         if kind == "mlp":
@@ -148,8 +153,8 @@ def build_connector(kind: str | ConnectorConfig, in_dim: int, out_dim: int, **kw
         if kind == "multilevel":
             return MultiLevelConnector(in_dim, out_dim, **kwargs)
     except TypeError as err:
-        raise ConfigError(f"connector: bad arguments {sorted(kwargs)} for kind {kind!r}: {err}") from err
-    raise ConfigError(f"connector.kind: unknown connector {kind!r}; expected one of {list(CONNECTORS)}")
+        raise ConfigError(f"connector: bad arguments {sorted(kwargs)} for {kind!r}: {err}") from err
+    raise ConfigError(f"connector.name: unknown connector {kind!r}; expected one of {list(CONNECTORS)}")
 
 
 __all__ = ["MLPConnector", "MultiLevelConnector", "ConnectorConfig", "build_connector", "CONNECTORS"]

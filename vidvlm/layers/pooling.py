@@ -59,9 +59,12 @@ def _valid(tokens: Tensor, frame_mask: Tensor | None) -> Tensor:
     return frame_mask.to(device=tokens.device, dtype=torch.bool)
 
 
-def _time_mean(x: Tensor, valid: Tensor) -> Tensor:
-    """Mean over real frames: ``x [B, T, ...]``, ``valid [B, T]`` -> ``[B, ...]`` (zeros when none is real)."""
-    w = valid.to(x.dtype).reshape(*valid.shape, *([1] * (x.dim() - 2)))
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over dim 1 of the rows ``mask`` keeps: ``x [B, S, ...]``, ``mask`` bool ``[B, S]`` or None (all kept)
+    -> ``[B, ...]``; a row with nothing kept gives zeros."""
+    if mask is None:
+        return x.mean(1)
+    w = mask.to(x.dtype).reshape(*mask.shape, *([1] * (x.dim() - 2)))
     return (x * w).sum(1) / w.sum(1).clamp(min=1)
 
 
@@ -78,6 +81,11 @@ class Pooler(nn.Module):
         """Bool ``[B, M]``: which output tokens are real, given ``frame_mask [B, T]``. Default: all of them."""
         m = self.num_output_tokens(frame_mask.shape[1], num_tokens)
         return torch.ones(frame_mask.shape[0], m, dtype=torch.bool, device=frame_mask.device)
+
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        """Long ``[M]``: the input time step each output token comes from (its first, when it spans several), or
+        -1 for a token that mixes every time step. Default: -1 for all (the pooler mixes time)."""
+        return torch.full((self.num_output_tokens(num_frames, num_tokens),), -1, dtype=torch.long)
 
 
 def _frame_features(tokens: Tensor, token: str, num_prefix_tokens: int) -> Tensor:
@@ -105,7 +113,7 @@ class MeanPooler(Pooler):
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
-        return _time_mean(_frame_features(tokens, self.token, self.num_prefix_tokens), valid)[:, None]
+        return masked_mean(_frame_features(tokens, self.token, self.num_prefix_tokens), valid)[:, None]
 
 
 class SpatioTemporalMeanPooler(Pooler):
@@ -126,11 +134,15 @@ class SpatioTemporalMeanPooler(Pooler):
         rest = torch.ones(frame_mask.shape[0], num_tokens - self.num_prefix_tokens, dtype=torch.bool)
         return torch.cat([frame_mask.bool(), rest.to(frame_mask.device)], dim=1)
 
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        spatial = torch.full((num_tokens - self.num_prefix_tokens,), -1, dtype=torch.long)
+        return torch.cat([torch.arange(num_frames), spatial])
+
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
         _, patches = split_prefix_tokens(tokens, self.num_prefix_tokens)
         per_frame = reduce(patches, "b t n d -> b t d", "mean") * valid[..., None]
-        return torch.cat([per_frame, _time_mean(patches, valid)], dim=1)
+        return torch.cat([per_frame, masked_mean(patches, valid)], dim=1)
 
 
 class Adaptive3DPooler(Pooler):
@@ -155,6 +167,11 @@ class Adaptive3DPooler(Pooler):
 
     def num_output_tokens(self, num_frames: int, num_tokens: int) -> int:
         return math.prod(self.output_size)
+
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        t, h, w = self.output_size
+        starts = (torch.arange(t) * num_frames) // t  # adaptive pooling's bin i starts at floor(i * T / t)
+        return repeat(starts, "t -> (t m)", m=h * w)
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
@@ -198,6 +215,9 @@ class Spatial2DPooler(Pooler):
 
     def output_mask(self, frame_mask: Tensor, num_tokens: int) -> Tensor:
         return repeat(frame_mask.bool(), "b t -> b (t m)", m=self.size[0] * self.size[1])
+
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        return repeat(torch.arange(num_frames), "t -> (t m)", m=self.size[0] * self.size[1])
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
@@ -293,7 +313,7 @@ class TemporalTransformerPooler(Pooler):
         x = frames + self.time_embed[:t]
         for block in self.blocks:
             x = block(x, AttnMask(key_padding=valid))
-        return _time_mean(frames + self.proj(self.norm(x)), valid)[:, None]
+        return masked_mean(frames + self.proj(self.norm(x)), valid)[:, None]
 
 
 def _tome_step(x: Tensor, size: Tensor, r: int) -> tuple[Tensor, Tensor]:
@@ -354,6 +374,11 @@ class ToMePooler(Pooler):
         counts = [self.num_output_tokens(int(c), num_tokens) for c in frame_mask.sum(1).tolist()]
         m = self.num_output_tokens(frame_mask.shape[1], num_tokens)
         return torch.arange(m, device=frame_mask.device)[None] < torch.tensor(counts, device=frame_mask.device)[:, None]
+
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        if self.scope == "frame":
+            return repeat(torch.arange(num_frames), "t -> (t m)", m=self.num_output_tokens(1, num_tokens))
+        return super().token_steps(num_frames, num_tokens)
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
@@ -481,4 +506,5 @@ __all__ = [
     "split_prefix_tokens",
     "patch_grid",
     "fit_token_budget",
+    "masked_mean",
 ]

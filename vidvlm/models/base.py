@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from vidvlm.config import from_dict, read_mapping, save_config
 from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.models.tokenizer import TOKENIZER_FILES, TextTokenizer
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -69,10 +70,13 @@ class VLMModel(nn.Module):
     abilities: ClassVar[frozenset[str]] = frozenset()
     family_name: ClassVar[str] = ""
     family_names: ClassVar[tuple[str, ...]] = ()
+    # state-dict prefixes renamed since older checkpoints were written: old prefix -> new prefix
+    legacy_prefixes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+        self.tokenizer: TextTokenizer | None = None
 
     # -- abilities ---------------------------------------------------------------------------------------------
     @classmethod
@@ -112,9 +116,38 @@ class VLMModel(nn.Module):
         """Frames per clip the model is built for (frames, not tubelets); samplers draw this many."""
         raise NotImplementedError
 
+    # -- tokenizer: one lifecycle for every family -------------------------------------------------------------
+    # A family's constructor may load a tokenizer its config names; otherwise the trainer's call to
+    # prepare_for_training trains one on the captions (families without text train nothing). It is saved with the
+    # model, and a checkpoint always restores the saved one.
+    def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Use ``tokenizer`` (the family checks that it fits its embeddings)."""
+        self._check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+
+    def _check_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Raise a :class:`ConfigError` when ``tokenizer`` does not fit the model (default: any fits)."""
+
+    def _train_tokenizer(self, captions: list[str]) -> TextTokenizer | None:
+        """A tokenizer trained on ``captions`` (default: the family has no text side, None)."""
+        return None
+
     def prepare_for_training(self, captions: list[str]) -> None:
-        """Called by the trainer before the first step with every training caption (a family that trains its
-        tokenizer on them does it here). Default: nothing."""
+        """Called by the trainer before the first step with every training caption: a model without a tokenizer
+        trains one on them."""
+        if self.tokenizer is None:
+            tokenizer = self._train_tokenizer(list(captions))
+            if tokenizer is not None:
+                self.set_tokenizer(tokenizer)
+
+    def require_tokenizer(self) -> TextTokenizer:
+        """The tokenizer, or a :class:`ConfigError` saying how to get one."""
+        if self.tokenizer is None:
+            raise ConfigError(
+                f"family {self.family_name!r}: the model has no tokenizer yet; name one in the config or call "
+                "prepare_for_training(captions) (the trainer does)"
+            )
+        return self.tokenizer
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
@@ -130,12 +163,25 @@ class VLMModel(nn.Module):
         return self.config
 
     def _save_extra(self, directory: Path) -> None:
-        """Write tokenizer / tower files (none by default)."""
+        """Write the tokenizer (and, in families that override this, tower files)."""
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
 
     @classmethod
     def _build_for_restore(cls, config: Any, directory: Path) -> VLMModel:
-        """Build the architecture for a checkpoint's weights (default: ``cls(config)``)."""
-        return cls(config)
+        """Build the architecture for a checkpoint's weights, with the saved tokenizer (default: ``cls(config)``)."""
+        return cls._restore_tokenizer(cls(config), directory)
+
+    @staticmethod
+    def _restore_tokenizer(model: VLMModel, directory: Path) -> VLMModel:
+        if any((directory / f).is_file() for f in TOKENIZER_FILES):
+            model.set_tokenizer(TextTokenizer.load(directory))
+        return model
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite a config mapping written by an older version into the current layout (default: unchanged)."""
+        return data
 
     @classmethod
     def read_config(cls, directory: str | Path) -> Any:
@@ -152,7 +198,7 @@ class VLMModel(nn.Module):
         if cls.family_names and family not in cls.family_names:
             raise CheckpointError(f"{path}: family is {family!r}, but {cls.__name__} loads {list(cls.family_names)}")
         try:
-            return from_dict(cls.config_class, data, where=str(path))
+            return from_dict(cls.config_class, cls.migrate_config(data), where=str(path))
         except ConfigError as e:
             raise CheckpointError(str(e)) from e
 
@@ -171,7 +217,7 @@ class VLMModel(nn.Module):
         if not weights.is_file():
             raise CheckpointError(f"{path}: no {WEIGHTS_FILE}")
         model = cls._build_for_restore(config, path)
-        load_weights(model, weights)
+        load_weights(model, weights, rename=cls.legacy_prefixes)
         return model.to(map_location)
 
     # -- locking -----------------------------------------------------------------------------------------------
@@ -180,15 +226,24 @@ class VLMModel(nn.Module):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
 
-def load_weights(model: nn.Module, file: str | Path, map_location: str | torch.device = "cpu") -> None:
+def load_weights(
+    model: nn.Module, file: str | Path, map_location: str | torch.device = "cpu", rename: dict[str, str] | None = None
+) -> None:
     """Strictly load ``file`` (safetensors) into ``model``.
+
+    Args:
+        rename: old key prefix -> new prefix, applied to a file whose keys use the old names (older checkpoints).
 
     Raises:
         CheckpointError: the file is unreadable, or keys are missing / unexpected, or shapes differ.
     """
     file = Path(file)
     try:
-        missing, unexpected = load_model(model, str(file), strict=False, device=str(map_location))
+        if rename and _has_legacy_keys(file, rename):
+            tensors = {_renamed(k, rename): v for k, v in load_file(str(file), device=str(map_location)).items()}
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        else:
+            missing, unexpected = load_model(model, str(file), strict=False, device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: cannot read safetensors: {e}") from e
     except RuntimeError as e:  # size mismatches from load_state_dict
@@ -198,6 +253,18 @@ def load_weights(model: nn.Module, file: str | Path, map_location: str | torch.d
             f"{file}: checkpoint does not match the model; missing keys: {sorted(missing)}; "
             f"unexpected keys: {sorted(unexpected)}"
         )
+
+
+def _has_legacy_keys(file: Path, rename: dict[str, str]) -> bool:
+    with safe_open(str(file), framework="pt") as f:
+        return any(k.startswith(old) for k in f.keys() for old in rename)  # noqa: SIM118 (safe_open is not iterable)
+
+
+def _renamed(key: str, rename: dict[str, str]) -> str:
+    for old, new in rename.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
 
 
 def freeze(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
-"""Contrastive family (CLIP / SigLIP over video): a video tower + pooler and a text tower, projected to one space.
+"""Contrastive family (CLIP / SigLIP over video): a video front-end and a text tower, projected to one space.
 
-    video [B,T,3,H,W] ──VideoViT──▶ per-frame embeddings [B,T',D] (or all tokens [B,T',N',D])
-                      ──pooler──▶ [B,M,D] ──mean over M──▶ [B,D] ──video_proj──▶ [B,E] ──L2──▶ video embedding
+    video [B,T,3,H,W] ──VideoFrontEnd (tower ▶ pooler)──▶ [B,M,D] ──mean over real tokens──▶ [B,D]
+                      ──video_proj──▶ [B,E] ──L2──▶ video embedding
     captions ──tokenizer──▶ ids [B,L] ──text tower──▶ pooled [B,Dt] ──text_proj──▶ [B,E] ──L2──▶ text embedding
 
 Losses (``vidvlm.losses``): ``clip`` (symmetric InfoNCE with a learnable temperature, ``logit_scale`` initialised to
@@ -14,12 +14,12 @@ and treats all captions of a video as its positives (see ``vidvlm.losses``). Wit
 
 Locking (LiT): ``lock_vision`` freezes the vision tower except its last ``lock_vision_unlocked_layers`` blocks (and
 its final norm when some are unlocked); the pooler and projections stay trainable. ``lock_text`` likewise.
-Module-name prefixes for training stages: ``vision.``, ``pooler.``, ``video_proj.``, ``text.``, ``text_proj.``,
-``logit_scale``, ``logit_bias``.
+Module-name prefixes for training stages: ``front_end.tower.``, ``front_end.pooler.``, ``video_proj.``, ``text.``,
+``text_proj.``, ``logit_scale``, ``logit_bias``.
 
 Tokenizer: ``tokenizer`` names a local directory, else an ``hf`` text tower's ``source`` is used, else one is trained
-on the training captions by :meth:`ContrastiveModel.prepare_for_training` (the trainer calls it). It is saved with
-the model, and loading a checkpoint always uses the saved one.
+on the training captions by ``prepare_for_training`` (the trainer calls it; see :class:`~vidvlm.models.base.VLMModel`).
+It is saved with the model, and loading a checkpoint always uses the saved one.
 """
 
 from __future__ import annotations
@@ -33,18 +33,17 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
 from torch import nn
 
-from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
 from vidvlm.errors import ConfigError
-from vidvlm.layers.pooling import PoolerConfig, build_pooler
+from vidvlm.layers.pooling import masked_mean
 from vidvlm.losses import clip_loss, siglip_loss
-from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel, lock_tower
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel, lock_tower
+from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.registry import register_family
 from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
-from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig
+from vidvlm.models.vision import VideoViT, VisionConfig, migrate_vision
 
 
 @dataclass
@@ -53,14 +52,8 @@ class ContrastiveConfig:
 
     Attributes:
         family: always ``"contrastive"``.
-        vision: the video ViT (with ``vision_source`` only its video fields are used: layout, num_frames,
-            tubelet_size, tubelet_init, keyframe_stream, temporal_depth, grad_checkpointing, attn_backend).
-        vision_source: a pretrained image tower for ``load_vision_tower`` (a local HF directory or ``timm:<name>``);
-            None builds ``vision`` from scratch. A saved checkpoint stores the resolved ``vision`` instead.
-        vision_weights: weights file for a ``timm:`` source.
-        pooler: the pooler over the tower's output (``meanP`` = CLIP4Clip mean over frames).
-        pool_input: ``"frame"`` pools the tower's per-frame embeddings (``pooler_output`` as ``[B, T', 1, D]``);
-            ``"tokens"`` pools all tokens ``[B, T', N', D]``.
+        front_end: the video front-end (tower, pooler, frames, input size, normalisation); the default pools the
+            per-frame embeddings by their mean (CLIP4Clip meanP) with no connector.
         text: the text tower.
         embed_dim: width E of the joint embedding space.
         loss: ``"clip"`` or ``"siglip"``.
@@ -75,16 +68,10 @@ class ContrastiveConfig:
         tokenizer_kind: kind of tokenizer trained on captions: ``bpe`` (needs a vocabulary above 260), ``wordpiece``,
             ``word``.
         captions_per_video: K captions per video in each training batch (multi-positive when K > 1).
-        image_size: side of the eval transform (None: the vision tower's ``image_size``).
-        normalize: normalisation preset of the transform (``clip``, ``siglip``, ``imagenet``, ``none``).
     """
 
     family: str = "contrastive"
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    vision_source: str | None = None
-    vision_weights: str | None = None
-    pooler: PoolerConfig = field(default_factory=PoolerConfig)
-    pool_input: Literal["frame", "tokens"] = "frame"
+    front_end: FrontEndConfig = field(default_factory=lambda: FrontEndConfig(pool_input="frame"))
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 512
     loss: Literal["clip", "siglip"] = "clip"
@@ -98,8 +85,6 @@ class ContrastiveConfig:
     tokenizer: str | None = None
     tokenizer_kind: TokenizerKind = "bpe"
     captions_per_video: int = 1
-    image_size: int | None = None
-    normalize: str = "clip"
 
     def __post_init__(self) -> None:
         if self.family != "contrastive":
@@ -108,14 +93,15 @@ class ContrastiveConfig:
             raise ConfigError(f"loss: expected clip or siglip, got {self.loss!r}")
         if self.captions_per_video < 1:
             raise ConfigError(f"captions_per_video: must be >= 1, got {self.captions_per_video}")
-        if self.normalize not in NORMALIZE_PRESETS:
-            raise ConfigError(f"normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
+        if self.front_end.connector.name != "none":
+            raise ConfigError("front_end.connector: the contrastive family projects with video_proj; use name: none")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ContrastiveConfig:
-        """A minute model for tests: 32x32 frames, width 32, one block per tower, a word-level tokenizer."""
+        """A minute model for tests: 32x32 frames, width 32, two blocks per tower, a word-level tokenizer."""
+        vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=2, num_tubelets=4)
         base: dict[str, Any] = dict(
-            vision=VisionConfig(image_size=32, patch_size=16, width=32, depth=2, num_heads=2, num_frames=4),
+            front_end=FrontEndConfig(tower=TowerConfig(vision=vision), pool_input="frame", num_frames=4),
             text=TextConfig(vocab_size=128, context_length=16, width=32, depth=2, num_heads=2),
             embed_dim=16,
             tokenizer_kind="word",
@@ -134,23 +120,18 @@ class ContrastiveModel(VLMModel):
     """
 
     config_class = ContrastiveConfig
-    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT})
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END})
+    legacy_prefixes = {"vision.": "front_end.tower.", "pooler.": "front_end.pooler."}
 
     def __init__(self, config: ContrastiveConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
         super().__init__(config)
         cfg = config
-        if _restore is None and cfg.vision_source is not None:
-            from vidvlm.models.towers import load_vision_tower
-
-            extra = {k: getattr(cfg.vision, k) for k in VIDEO_FIELDS}
-            self.vision = load_vision_tower(cfg.vision_source, weights=cfg.vision_weights, **extra)
-        else:
-            self.vision = VideoViT(cfg.vision)
-        self.pooler = build_pooler(cfg.pooler, self.vision.width)
-        self.video_proj = nn.Linear(self.vision.width, cfg.embed_dim, bias=False)
+        self.front_end = VideoFrontEnd(cfg.front_end)
+        width = self.front_end.width
+        self.video_proj = nn.Linear(width, cfg.embed_dim, bias=False)
         self.text = build_text_tower(cfg.text, checkpoint_dir=_restore)
         self.text_proj = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
-        nn.init.normal_(self.video_proj.weight, std=self.vision.width**-0.5)
+        nn.init.normal_(self.video_proj.weight, std=width**-0.5)
         nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
         scale_init = cfg.logit_scale_init
         if scale_init is None:
@@ -158,7 +139,6 @@ class ContrastiveModel(VLMModel):
         self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
         # only SigLIP has a bias: an unused parameter would break DDP without find_unused_parameters
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init))) if cfg.loss == "siglip" else None
-        self.tokenizer: TextTokenizer | None = None
         if tokenizer is None and _restore is None:
             source = cfg.tokenizer or (cfg.text.source if cfg.text.kind == "hf" else None)
             tokenizer = TextTokenizer.load(source) if source is not None else None
@@ -167,82 +147,55 @@ class ContrastiveModel(VLMModel):
         self.apply_locks()
 
     # -- setup -------------------------------------------------------------------------------------------------
-    def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
-        """Use ``tokenizer``; its ids must fit the text tower's embedding table."""
-        rows = self._text_vocab_rows()
-        if rows is not None and tokenizer.vocab_size > rows:
+    def _check_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Its ids must fit the text tower's embedding table."""
+        rows = self.text.vocab_rows
+        if tokenizer.vocab_size > rows:
             raise ConfigError(
                 f"text.vocab_size: the tokenizer has {tokenizer.vocab_size} ids but the text tower embeds {rows}"
             )
-        self.tokenizer = tokenizer
 
-    def _text_vocab_rows(self) -> int | None:
-        """Rows of the text tower's token embedding (native ``token_embed`` or the HF model's input embeddings)."""
-        emb = getattr(self.text, "token_embed", None)
-        if emb is None and hasattr(self.text, "model"):
-            emb = self.text.model.get_input_embeddings()
-        return None if emb is None else int(emb.num_embeddings)
-
-    def prepare_for_training(self, captions: list[str]) -> None:
-        """Train a tokenizer on ``captions`` when the model has none (the trainer calls this before training)."""
-        if self.tokenizer is not None:
-            return
-        rows = self._text_vocab_rows()
-        assert rows is not None
-        self.set_tokenizer(TextTokenizer.train(captions, vocab_size=rows, kind=self.config.tokenizer_kind))
+    def _train_tokenizer(self, captions: list[str]) -> TextTokenizer:
+        return TextTokenizer.train(captions, vocab_size=self.text.vocab_rows, kind=self.config.tokenizer_kind)
 
     def apply_locks(self) -> None:
         """Freeze the towers as the config's ``lock_*`` fields say (LiT)."""
         cfg = self.config
         if cfg.lock_vision:
-            lock_tower(self.vision, self.vision.blocks, cfg.lock_vision_unlocked_layers, [self.vision.norm])
+            tower = self.front_end.tower
+            if not isinstance(tower, VideoViT):
+                raise ConfigError("lock_vision: partial locking needs a video-ViT tower; use front_end.freeze_tower")
+            lock_tower(tower, tower.blocks, cfg.lock_vision_unlocked_layers, [tower.norm])
         if cfg.lock_text:
-            final = [self.text.norm] if hasattr(self.text, "norm") else []
-            lock_tower(self.text, self.text.layers, cfg.lock_text_unlocked_layers, final)
+            lock_tower(self.text, self.text.layers, cfg.lock_text_unlocked_layers, self.text.final_modules)
 
     def train(self, mode: bool = True) -> ContrastiveModel:
         """Set training mode, but keep fully locked towers in eval mode (LiT: a locked tower is deterministic, so an
-        HF tower's dropout stays off)."""
+        HF tower's dropout stays off). The front-end does the same for a frozen vision tower."""
         super().train(mode)
-        cfg = self.config
-        if cfg.lock_vision and cfg.lock_vision_unlocked_layers == 0:
-            self.vision.eval()
-        if cfg.lock_text and cfg.lock_text_unlocked_layers == 0:
+        if self.config.lock_text and self.config.lock_text_unlocked_layers == 0:
             self.text.eval()
         return self
 
     @property
     def transform(self):
         """Eval transform: uint8 ``[T, 3, H, W]`` -> resized, centre-cropped, normalised float ``[T, 3, S, S]``."""
-        size = self.config.image_size or self.vision.cfg.image_size
-        return build_transform(size, preset=self.config.normalize, train=False)
-
-    @property
-    def num_frames(self) -> int:
-        """Frames per clip: the temporal table's tubelets times the tubelet size."""
-        return self.vision.cfg.num_frames * self.vision.cfg.tubelet_size
+        return self.front_end.transform()
 
     def train_transform(self, **kwargs: Any):
         """Training transform (random resized crop) at the model's input size; ``kwargs`` go to ``build_transform``."""
-        size = self.config.image_size or self.vision.cfg.image_size
-        return build_transform(size, preset=self.config.normalize, train=True, **kwargs)
+        return self.front_end.transform(train=True, **kwargs)
+
+    @property
+    def num_frames(self) -> int:
+        return self.front_end.cfg.num_frames
 
     # -- encoders ----------------------------------------------------------------------------------------------
     def video_features(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised video embeddings: ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]`` -> ``[B, E]``."""
-        out = self.vision(video, frame_mask)
-        tmask = out.frame_mask  # [B, T'] (tubelets, keyframe) or None when every step is real
-        if self.config.pool_input == "frame":
-            tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
-        else:
-            tokens = out.last_hidden_state
-        pooled = self.pooler(tokens, tmask)  # [B, M, D]
-        if tmask is None or pooled.shape[1] == 1:
-            return self.video_proj(reduce(pooled, "b m d -> b d", "mean"))
-        # poolers with one group of tokens per frame leave zeros for padded frames: average real slots only
-        keep = self.pooler.output_mask(tmask, tokens.shape[2]).to(pooled.dtype)
-        pooled = (pooled * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-        return self.video_proj(pooled)
+        out = self.front_end(video, frame_mask)
+        # poolers with one group of tokens per frame leave zeros for padded frames: average real tokens only
+        return self.video_proj(masked_mean(out.tokens, out.mask))
 
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised video embeddings ``[B, E]`` of ``video [B, T, 3, H, W]`` (after :attr:`transform`)."""
@@ -250,11 +203,7 @@ class ContrastiveModel(VLMModel):
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` long ``[B, L]`` and ``attention_mask`` bool ``[B, L]`` on the model's device."""
-        if self.tokenizer is None:
-            raise ConfigError(
-                "tokenizer: the model has none; set `tokenizer:` to a directory or call prepare_for_training(captions)"
-            )
-        ids, mask = self.tokenizer.encode(texts, self.config.text.context_length)
+        ids, mask = self.require_tokenizer().encode(texts, self.config.text.context_length)
         device = self.text_proj.weight.device
         return ids.to(device), mask.to(device)
 
@@ -312,23 +261,40 @@ class ContrastiveModel(VLMModel):
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def config_for_save(self) -> ContrastiveConfig:
-        """The config with the resolved vision tower (no pretrained source, which the weights replace)."""
-        vision = dataclasses.replace(self.vision.cfg)
-        return dataclasses.replace(self.config, vision=vision, vision_source=None, vision_weights=None, tokenizer=None)
+        """The config with the resolved front-end (no pretrained source, which the weights replace)."""
+        return dataclasses.replace(self.config, front_end=self.front_end.resolved_config(), tokenizer=None)
 
     def _save_extra(self, directory: Path) -> None:
-        if self.tokenizer is not None:
-            self.tokenizer.save(directory)
+        super()._save_extra(directory)
         save_text_tower_config(self.text, directory)
 
     @classmethod
     def _build_for_restore(cls, config: ContrastiveConfig, directory: Path) -> ContrastiveModel:
-        has_tokenizer = any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json"))
-        tokenizer = TextTokenizer.load(directory) if has_tokenizer else None
-        model = cls(config, _restore=directory)
-        if tokenizer is not None:
-            model.set_tokenizer(tokenizer)
-        return model
+        return cls._restore_tokenizer(cls(config, _restore=directory), directory)
+
+    @classmethod
+    def migrate_config(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Configs written before the front-end: ``vision``/``vision_source``/``pooler``/``pool_input``/
+        ``image_size``/``normalize`` become ``front_end``."""
+        if "front_end" in data or "vision" not in data:
+            return data
+        data = dict(data)
+        vision = migrate_vision(data.pop("vision"))
+        source, weights = data.pop("vision_source", None), data.pop("vision_weights", None)
+        tower = {"name": "native", "vision": vision}
+        if source is not None:
+            tower = {"name": "pretrained", "vision": vision, "source": source, "weights": weights}
+        frames = vision.get("num_tubelets", 8) * vision.get("tubelet_size", 1)
+        data["front_end"] = {
+            "tower": tower,
+            "pool_input": data.pop("pool_input", "frame"),
+            "pooler": data.pop("pooler", {"name": "meanP"}),
+            "connector": {"name": "none"},
+            "num_frames": frames,
+            "image_size": data.pop("image_size", None),
+            "normalize": data.pop("normalize", "clip"),
+        }
+        return data
 
 
 __all__ = ["ContrastiveConfig", "ContrastiveModel"]

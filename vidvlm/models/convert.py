@@ -57,7 +57,7 @@ def hf_vision_config(hf_cfg: object, **video: object) -> VisionConfig:
 
     Args:
         hf_cfg: the HF vision config (its ``model_type`` picks CLIP or SigLIP semantics).
-        **video: video fields of :class:`VisionConfig` (``layout``, ``num_frames``, ``tubelet_size``, ...).
+        **video: video fields of :class:`VisionConfig` (``layout``, ``num_tubelets``, ``tubelet_size``, ...).
     """
     kind = _hf_kind(hf_cfg)
     act = _HF_ACTS.get(hf_cfg.hidden_act)

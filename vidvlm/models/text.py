@@ -91,6 +91,16 @@ class NativeTextEncoder(nn.Module):
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
 
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the token embedding (the most ids a tokenizer may emit)."""
+        return int(self.token_embed.num_embeddings)
+
+    @property
+    def final_modules(self) -> list[nn.Module]:
+        """Modules after the blocks that train along with unlocked blocks (LiT)."""
+        return [self.norm]
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Encode ``input_ids`` long ``[B, L]`` with ``attention_mask`` bool ``[B, L]``.
 
@@ -152,6 +162,16 @@ class HFTextEncoder(nn.Module):
                 raise ConfigError(f"text.source: cannot load {cfg.source}: {e}") from e
         self.width = int(self.model.config.hidden_size)
         self.layers = _find_layers(self.model)
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the wrapped model's input embeddings."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    @property
+    def final_modules(self) -> list[nn.Module]:
+        """The wrapped model keeps any final norm inside its blocks or pooler: nothing extra to unlock."""
+        return []
 
     def hf_config(self) -> dict[str, Any]:
         """The wrapped model's config as a JSON-safe dict (saved beside the vidvlm checkpoint)."""

@@ -17,6 +17,7 @@ from torch import Tensor
 from vidvlm.errors import CheckpointError, ConfigError
 
 TokenizerKind = Literal["bpe", "wordpiece", "word"]
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
 SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>"}
 
 
@@ -77,7 +78,7 @@ class TextTokenizer:
         path = Path(directory)
         if not path.is_dir():
             raise CheckpointError(f"{path}: tokenizer directory not found")
-        if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")):
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
             raise CheckpointError(f"{path}: no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...)")
         try:
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
@@ -137,4 +138,4 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().sum(1) - 1).clamp(min=0)
 
 
-__all__ = ["TextTokenizer", "TokenizerKind", "last_token_index"]
+__all__ = ["TextTokenizer", "TokenizerKind", "TOKENIZER_FILES", "last_token_index"]

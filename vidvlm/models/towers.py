@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vidvlm.errors import CheckpointError
+from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.convert import (
     convert_hf_vision,
     convert_timm_vit,
@@ -33,7 +33,7 @@ from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionOutput
 def load_vision_tower(
     source: str | Path,
     layout: str = "frame",
-    num_frames: int = 8,
+    num_tubelets: int = 8,
     weights: str | Path | None = None,
     **kwargs: Any,
 ) -> VideoViT:
@@ -43,7 +43,7 @@ def load_vision_tower(
         source: an HF directory (``config.json`` + ``model.safetensors``) of a CLIP / SigLIP vision model or of the
             full CLIP / SigLIP model (then only its ``vision_model.*`` tensors are read), or ``timm:<model_name>``.
         layout: ``frame``, ``divided``, ``joint`` or ``factorised``.
-        num_frames: temporal position table length (in tubelets).
+        num_tubelets: temporal position table length (output time steps: tubelets, or frames for 2D patches).
         weights: for ``timm:`` sources, a local ``.safetensors`` (preferred) or ``.pth`` file.
         **kwargs: other video fields of :class:`VisionConfig` (``VIDEO_FIELDS``: ``tubelet_size``,
             ``tubelet_init``, ``keyframe_stream``, ``temporal_depth``, ``grad_checkpointing``, ``attn_backend``) and,
@@ -62,12 +62,12 @@ def load_vision_tower(
         ``pooler_output``; timm ``forward_head(pre_logits=True)``).
     """
     timm_kwargs = dict(kwargs.pop("timm_kwargs", None) or {})
-    video = dict(layout=layout, num_frames=num_frames)
+    video = dict(layout=layout, num_tubelets=num_tubelets)
     video.update({k: kwargs.pop(k) for k in list(kwargs) if k in VIDEO_FIELDS})
     src = str(source)
     if src.startswith("timm:"):
         timm_kwargs.update(kwargs)  # architecture arguments, e.g. img_size=..., num_heads=...
-        model, tensors = _timm_model(src[5:], weights, timm_kwargs)
+        model, tensors, _ = _timm_model(src[5:], weights, timm_kwargs)
         cfg = timm_vision_config(model, **video)
         converted = convert_timm_vit(tensors, cfg, f"{weights}")
     else:
@@ -181,7 +181,9 @@ def _timm_kwargs_from_weights(t: dict[str, torch.Tensor], img_size: Any = None) 
     return kw
 
 
-def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -> tuple[nn.Module, dict]:
+def _timm_model(
+    name: str, weights: str | Path | None, kwargs: dict[str, Any]
+) -> tuple[nn.Module, dict, dict[str, Any]]:
     """Build ``timm:<name>`` and load ``weights`` strictly.
 
     For a ``VisionTransformer`` the architecture arguments the caller did not give are read from the tensors (see
@@ -210,7 +212,10 @@ def _timm_model(name: str, weights: str | Path | None, kwargs: dict[str, Any]) -
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{weights}: does not match timm:{name} ({err})") from err
-    return model.eval(), tensors
+    used = dict(kw)
+    if isinstance(classifier, nn.Module):
+        used["num_classes"] = int(model.num_classes)
+    return model.eval(), tensors, used
 
 
 def _build_timm(name: str, kwargs: dict[str, Any], probe: bool = False) -> nn.Module:
@@ -237,34 +242,74 @@ class FrameWiseTower(nn.Module):
         model: an HF vision model (called with ``pixel_values``, returning ``last_hidden_state`` and optionally
             ``pooler_output``) or a timm model (``forward_features`` + ``forward_head(pre_logits=True)``).
         num_prefix_tokens: class/register tokens at the start of the model's token output.
+        arch: how to rebuild the model without its weights (``{"kind": "hf", "config": ..., "vision_model": bool}``
+            or ``{"kind": "timm", "name": ..., "kwargs": ...}``); set by :meth:`from_hf` / :meth:`from_timm`.
 
     When the model gives no pooled output, ``pooler_output`` is the mean of its non-prefix tokens.
     """
 
-    def __init__(self, model: nn.Module, num_prefix_tokens: int | None = None) -> None:
+    tubelet_size = 1
+
+    def __init__(self, model: nn.Module, num_prefix_tokens: int | None = None, arch: dict | None = None) -> None:
         super().__init__()
         self.model = model
+        self.arch = arch
         self.is_timm = hasattr(model, "forward_features") and hasattr(model, "forward_head")
         if num_prefix_tokens is None:
             num_prefix_tokens = getattr(model, "num_prefix_tokens", 0 if self.is_timm else 1)
         self.num_prefix_tokens = int(num_prefix_tokens)
         cfg = getattr(model, "config", None)
         self.width = int(getattr(model, "num_features", 0) or getattr(cfg, "hidden_size", 0))
+        if self.is_timm:
+            self.image_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
+        else:
+            self.image_size = getattr(cfg, "image_size", None)
 
     @classmethod
     def from_hf(cls, path: str | Path, num_prefix_tokens: int | None = None) -> FrameWiseTower:
         """Load an HF vision directory with ``AutoModel`` (a full dual-encoder yields its ``vision_model``)."""
         from transformers import AutoModel
 
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json (expected an HF model directory)")
         model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        model = getattr(model, "vision_model", model)
-        return cls(model.eval(), num_prefix_tokens)
+        vision = getattr(model, "vision_model", None)
+        config = json.loads(model.config.to_json_string())  # JSON-safe, as the checkpoint's config stores it
+        arch = {"kind": "hf", "config": config, "vision_model": vision is not None}
+        return cls((vision if vision is not None else model).eval(), num_prefix_tokens, arch)
 
     @classmethod
     def from_timm(cls, name: str, weights: str | Path, **kwargs: Any) -> FrameWiseTower:
         """Build ``timm:<name>`` and load a local weights file into it strictly."""
-        model, _ = _timm_model(name, weights, kwargs)
-        return cls(model)
+        model, _, used = _timm_model(name, weights, kwargs)
+        return cls(model, arch={"kind": "timm", "name": name, "kwargs": used})
+
+    @classmethod
+    def build(
+        cls, source: str | None, weights: str | None, timm_kwargs: dict[str, Any], arch: dict | None = None
+    ) -> FrameWiseTower:
+        """From a source (``timm:<name>`` with ``weights``, or an HF directory), or, when ``arch`` is given, the
+        architecture alone (its weights then come from a vidvlm checkpoint)."""
+        if arch is None:
+            if source is not None and source.startswith("timm:"):
+                return cls.from_timm(source[5:], weights, **timm_kwargs)
+            return cls.from_hf(source)
+        if arch.get("kind") == "timm":
+            return cls(_build_timm(arch["name"], arch["kwargs"]).eval(), arch=arch)
+        if arch.get("kind") != "hf":
+            raise CheckpointError(f"tower.arch: unknown kind {arch.get('kind')!r} (expected 'hf' or 'timm')")
+        from transformers import AutoConfig, AutoModel
+
+        model = AutoModel.from_config(AutoConfig.for_model(**arch["config"]))
+        model = model.vision_model if arch.get("vision_model") else model
+        return cls(model.eval(), arch=arch)
+
+    def arch_config(self) -> dict[str, Any]:
+        """What :meth:`build` needs to rebuild this tower without its source."""
+        if self.arch is None:
+            raise CheckpointError("FrameWiseTower: built from a bare module, so it cannot be saved as a config")
+        return self.arch
 
     def forward(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: bool = False
@@ -298,7 +343,7 @@ def _unfold(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TowerEnsemble(nn.Module):
-    """Two (or more) towers whose features are concatenated along D.
+    """Two (or more) towers whose features are concatenated (or added) along D.
 
     Token counts usually differ (patch sizes, class/register tokens), so the output tokens are rebuilt as one
     summary token (each tower's pooled vector, concatenated) followed by the patch tokens of every tower resampled
@@ -307,18 +352,31 @@ class TowerEnsemble(nn.Module):
 
     Args:
         towers: modules returning :class:`VisionOutput` with ``width`` and ``num_prefix_tokens`` attributes.
+        combine: ``concat`` (width = the sum) or ``add`` (equal widths; width unchanged).
     """
 
-    def __init__(self, towers: list[nn.Module]) -> None:
+    def __init__(self, towers: list[nn.Module], combine: str = "concat") -> None:
         super().__init__()
         if len(towers) < 2:
             raise ValueError("TowerEnsemble needs at least two towers")
+        if combine not in ("concat", "add"):
+            raise ConfigError(f"tower.combine: {combine!r} is not 'concat' or 'add'")
+        widths = [int(t.width) for t in towers]
+        if combine == "add" and len(set(widths)) != 1:
+            raise ConfigError(f"tower.combine: 'add' needs towers of equal width, got {widths} (use 'concat')")
         self.towers = nn.ModuleList(towers)
-        self.width = sum(int(t.width) for t in towers)
+        self.combine = combine
+        self.width = sum(widths) if combine == "concat" else widths[0]
         self.num_prefix_tokens = 1
+        self.image_size = towers[0].image_size
+        self.tubelet_size = towers[0].tubelet_size
 
-    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VisionOutput:
-        """``video [B, T, C, H, W]`` -> tokens ``[B, T', 1 + gh*gw, sum D]``, pooled ``[B, T', sum D]``."""
+    def forward(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> VisionOutput:
+        """``video [B, T, C, H, W]`` -> tokens ``[B, T', 1 + gh*gw, D]``, pooled ``[B, T', D]``."""
+        if output_hidden_states:
+            raise ConfigError("TowerEnsemble: hidden states differ per tower; give each member its own `layers`")
         outs = [tower(video, frame_mask) for tower in self.towers]
         h, w = video.shape[-2:]
         patches, grid = [], None
@@ -336,6 +394,11 @@ class TowerEnsemble(nn.Module):
             patches.append(rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b))
         if len({p.shape[1] for p in patches}) != 1:
             raise ValueError("TowerEnsemble: towers return different numbers of frames (tubelet sizes differ)")
-        pooled = torch.cat([o.pooler_output for o in outs], dim=-1)
-        tokens = torch.cat([pooled[:, :, None], torch.cat(patches, dim=-1)], dim=2)
+        if self.combine == "concat":
+            pooled = torch.cat([o.pooler_output for o in outs], dim=-1)
+            patch = torch.cat(patches, dim=-1)
+        else:
+            pooled = torch.stack([o.pooler_output for o in outs]).sum(0)
+            patch = torch.stack(patches).sum(0)
+        tokens = torch.cat([pooled[:, :, None], patch], dim=2)
         return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, frame_mask=outs[0].frame_mask)

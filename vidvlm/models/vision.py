@@ -41,7 +41,7 @@ Layout = Literal["frame", "divided", "joint", "factorised"]
 POOLS = ("token", "avg", "max", "avgmax", "map", "cls_dist")
 # the VisionConfig fields that turn an image ViT into a video one; a pretrained source fixes all the others
 VIDEO_FIELDS = (
-    "layout", "num_frames", "tubelet_size", "tubelet_init", "keyframe_stream", "temporal_depth", "grad_checkpointing",
+    "layout", "num_tubelets", "tubelet_size", "tubelet_init", "keyframe_stream", "temporal_depth", "grad_checkpointing",
     "attn_backend",
 )  # fmt: skip
 
@@ -77,7 +77,8 @@ class VisionConfig:
         fc_norm: LayerNorm on the pooled vector (timm ``fc_norm``; CLIP's ``post_layernorm``).
         pool_mlp_dim: MLP width of the ``map`` head (None = ``mlp_dim``).
         layout: space-time layout (see the module docstring).
-        num_frames: temporal table length in tubelets (longer clips resample it).
+        num_tubelets: temporal position table length, in output time steps (tubelets; frames when
+            ``tubelet_size`` is 1); longer clips resample it.
         tubelet_size: frames per tubelet (1 = per-frame patches).
         tubelet_init: how a 2D kernel is inflated: ``center`` or ``average`` (both exact on static clips).
         keyframe_stream: append per-frame patch tokens of the middle real frame as one more time step (see the
@@ -110,7 +111,7 @@ class VisionConfig:
     fc_norm: bool = False
     pool_mlp_dim: int | None = None
     layout: Layout = "frame"
-    num_frames: int = 8
+    num_tubelets: int = 8
     tubelet_size: int = 1
     tubelet_init: Literal["center", "average"] = "center"
     keyframe_stream: bool = False
@@ -122,6 +123,15 @@ class VisionConfig:
         """The patch grid ``(H/P, W/P)`` at ``image_size``."""
         h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
         return h // self.patch_size, w // self.patch_size
+
+
+def migrate_vision(data: dict) -> dict:
+    """A vision config mapping written before ``num_frames`` was renamed ``num_tubelets`` (it always counted
+    tubelets), in the current layout."""
+    data = dict(data)
+    if "num_frames" in data:
+        data["num_tubelets"] = data.pop("num_frames")
+    return data
 
 
 @dataclass
@@ -195,7 +205,7 @@ class VideoViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, d)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(cfg.num_reg_tokens, d)) if cfg.num_reg_tokens else None
         n_pos_prefix = self.num_prefix_tokens if cfg.pos_embed_prefix else 0
-        self.pos_embed = SpaceTimePosEmbed(d, cfg.grid(), cfg.num_frames, n_pos_prefix, cfg.pos_resize_antialias)
+        self.pos_embed = SpaceTimePosEmbed(d, cfg.grid(), cfg.num_tubelets, n_pos_prefix, cfg.pos_resize_antialias)
         self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
 
         def block() -> TransformerBlock:
@@ -224,6 +234,16 @@ class VideoViT(nn.Module):
         self.grad_checkpointing = cfg.grad_checkpointing
         if cfg.attn_backend is not None:
             self.set_attention_backend(cfg.attn_backend)
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        """The training resolution (side or ``(H, W)``)."""
+        return self.cfg.image_size
+
+    @property
+    def tubelet_size(self) -> int:
+        """Frames per output time step."""
+        return self.cfg.tubelet_size
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every block during backward (saves activation memory; outputs and grads are unchanged)."""

@@ -1,0 +1,158 @@
+"""Text decoders of the generative family, one class per architecture.
+
+* :class:`CrossAttentionDecoder` (CoCa): unimodal causal text blocks with a class token, then multimodal blocks
+  that cross-attend to the visual tokens.
+* :class:`PrefixDecoder` (prefix-LM): the visual tokens are a bidirectional prefix of one causal stack.
+
+Both take ``ids [B, L]`` and visual tokens ``[B, M, D]`` and return next-token logits ``[B, L, V]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidvlm.layers.attention import AttnMask
+from vidvlm.layers.transformer import TransformerBlock
+
+
+@dataclass
+class DecoderConfig:
+    """Text decoder.
+
+    Attributes:
+        width: token width D (the connector maps visual tokens to it).
+        num_heads: attention heads.
+        text_depth: CoCa unimodal (causal, text-only) blocks; unused by ``prefix_lm``.
+        depth: multimodal blocks (CoCa, with cross-attention) or prefix-LM blocks.
+        mlp_ratio: MLP width / D.
+        max_len: most text tokens (BOS, question, answer, EOS) a sequence may hold.
+        vocab_size: filled from the tokenizer when it is trained (``prepare_for_training``).
+    """
+
+    width: int = 256
+    num_heads: int = 4
+    text_depth: int = 2
+    depth: int = 2
+    mlp_ratio: float = 4.0
+    max_len: int = 32
+    vocab_size: int = 0
+
+
+class TextDecoder(nn.Module):
+    """What every text decoder has: token + position embeddings, a final norm and an LM head.
+
+    Subclasses add their blocks and implement ``forward(ids, visual, lengths=None, visual_mask=None) -> logits``.
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.max_len + 1, cfg.width) * 0.02)
+
+    def _head(self) -> None:
+        # built after the subclass's blocks, so parameter order (and seeded initial weights) stays as it was
+        self.norm = nn.LayerNorm(self.cfg.width, eps=1e-6)
+        self.head = nn.Linear(self.cfg.width, self.cfg.vocab_size)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids [B, L] -> [B, L, D]`` with positions."""
+        return self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+
+
+class CrossAttentionDecoder(TextDecoder):
+    """CoCa's decoder: unimodal causal text blocks with a class token appended (its output is the text embedding),
+    then multimodal causal blocks that cross-attend to the visual tokens."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.width
+        self.cls_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.text_blocks = nn.ModuleList(
+            TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.text_depth)
+        )
+        self.cls_norm = nn.LayerNorm(d, eps=1e-6)
+        self.mm_blocks = nn.ModuleList(
+            TransformerBlock(d, cfg.num_heads, cfg.mlp_ratio, cross_attention=True) for _ in range(cfg.depth)
+        )
+        self._head()
+
+    def text_features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unimodal pass: ``ids [B, L]`` (right padded, ``lengths [B]``) -> text tokens ``[B, L, D]`` and the
+        class-token embedding ``[B, D]``. The class token sits after the padding; padded keys are hidden."""
+        b, n = ids.shape
+        x = torch.cat([self.embed(ids), (self.cls_token + self.pos_embed[n]).expand(b, 1, -1)], dim=1)
+        real = torch.arange(n + 1, device=ids.device)[None] < lengths[:, None]
+        real[:, n] = True
+        mask = AttnMask(causal=True, key_padding=real)
+        for blk in self.text_blocks:
+            x = blk(x, mask)
+        return x[:, :n], self.cls_norm(x[:, n])
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        visual: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        visual_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits.
+
+        Args:
+            ids: long ``[B, L]`` text (right padded; padding after the real tokens never reaches them causally).
+            visual: ``[B, M, D]`` visual tokens, the cross-attention context.
+            lengths: real tokens per row (the class token's position; default: all real).
+            visual_mask: bool ``[B, M]``, True for real visual tokens; None = all real.
+
+        Returns:
+            ``[B, L, V]`` logits for the token after each text position.
+        """
+        if lengths is None:
+            lengths = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
+        x, _ = self.text_features(ids, lengths)
+        ctx_mask = None if visual_mask is None else AttnMask(key_padding=visual_mask)
+        for blk in self.mm_blocks:
+            x = blk(x, AttnMask(causal=True), context=visual, context_mask=ctx_mask)
+        return self.head(self.norm(x))
+
+
+class PrefixDecoder(TextDecoder):
+    """Prefix-LM decoder: one stack of blocks over ``[visual tokens; text]``, the visual prefix attending
+    bidirectionally and the text causally (``AttnMask(prefix_len=M)``)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__(cfg)
+        self.prefix_embed = nn.Parameter(torch.zeros(cfg.width))  # marks visual tokens as such
+        self.mm_blocks = nn.ModuleList(
+            TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+        )
+        self._head()
+
+    def hidden(self, x: torch.Tensor, mask: AttnMask) -> torch.Tensor:
+        """Run the blocks on embedded tokens ``[B, S, D]``."""
+        for blk in self.mm_blocks:
+            x = blk(x, mask)
+        return x
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        visual: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        visual_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits ``[B, L, V]`` of ``ids [B, L]`` after the visual prefix ``[B, M, D]`` (mask
+        ``[B, M]``); ``lengths`` is unused (right padding never reaches real tokens causally)."""
+        m = visual.shape[1]
+        x = torch.cat([visual + self.prefix_embed, self.embed(ids)], dim=1)
+        keys = None
+        if visual_mask is not None:
+            keys = torch.cat([visual_mask, visual_mask.new_ones(ids.shape)], dim=1)
+        x = self.hidden(x, AttnMask(prefix_len=m, key_padding=keys))[:, m:]
+        return self.head(self.norm(x))
+
+
+__all__ = ["DecoderConfig", "TextDecoder", "CrossAttentionDecoder", "PrefixDecoder"]

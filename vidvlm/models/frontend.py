@@ -1,0 +1,319 @@
+"""The video front-end every family sees video through: tower(s) -> pooler -> connector.
+
+    video [B,T,3,H,W] (+ frame_mask [B,T]) ──tower──▶ tokens [B,T',N',Dv] (T' = time steps: tubelets, keyframe)
+        ──(multi-level: chosen hidden layers concatenated along D)──▶ ──pooler──▶ [B,M,Dv]
+        ──connector──▶ tokens [B,M,D] + mask [B,M] + frame_index [B,M]
+
+One typed config (:class:`FrontEndConfig`) chooses every part the same way, ``name`` + typed parameters:
+
+* the tower (:class:`TowerConfig`): ``native`` (the video ViT built from ``vision``), ``pretrained`` (an HF
+  CLIP/SigLIP directory or ``timm:<name>`` converted to a video ViT by ``load_vision_tower``, given a video
+  layout), ``framewise`` (any HF or timm vision model run per frame) or ``ensemble`` (several towers, their patch
+  tokens aligned to the first tower's grid and concatenated or added along D); each with optional multi-level
+  features (``layers``: hidden states concatenated along D);
+* the pooler (``vidvlm.layers.pooling``: ``name`` + ``params``) over all tokens or the per-frame embeddings;
+* the connector (``vidvlm.layers.connectors``: ``name`` + parameters) to the family's width, or none.
+
+The front-end also owns what the model's input is: frames per clip (``num_frames``, in frames), the input side
+(``image_size``) and normalisation (``normalize``). Datasets and samplers inherit them (``vidvlm.train.data``).
+
+A frozen tower (``freeze_tower``, or a training stage that trains no tower parameter) runs under ``no_grad`` in
+eval mode, so it builds no autograd graph. A checkpoint stores the resolved tower (``resolved_config``): a
+pretrained source becomes the native video ViT it was converted to, and a frame-wise tower keeps its architecture
+(``arch``) so it is rebuilt without reading its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
+from vidvlm.errors import ConfigError
+from vidvlm.layers.connectors import ConnectorConfig, build_connector
+from vidvlm.layers.pooling import PoolerConfig, build_pooler
+from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput
+
+TOWERS = ("native", "pretrained", "framewise", "ensemble")
+
+
+@dataclass
+class TowerConfig:
+    """Which vision tower, by ``name``.
+
+    Attributes:
+        name: ``native``, ``pretrained``, ``framewise`` or ``ensemble`` (see the module docstring).
+        vision: ``native``: the architecture; ``pretrained``: only its video fields (``VIDEO_FIELDS``: layout,
+            num_tubelets, tubelet_size, ...) are used, the source fixes the rest.
+        source: ``pretrained`` / ``framewise``: a local HF directory or ``timm:<name>``.
+        weights: the weights file of a ``timm:`` source.
+        timm_kwargs: ``timm.create_model`` arguments of a ``timm:`` source.
+        arch: ``framewise`` only, filled when saved: the HF config (or the resolved timm arguments), so a
+            checkpoint rebuilds the tower without reading ``source``.
+        members: ``ensemble``: the member towers, the first one's patch grid is the common grid.
+        combine: ``ensemble``: ``concat`` (widths add up) or ``add`` (equal widths).
+        layers: multi-level features: indices of hidden states (negative from the end) concatenated along D
+            instead of the last layer's tokens; None = the tower's output tokens.
+    """
+
+    name: Literal["native", "pretrained", "framewise", "ensemble"] = "native"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    source: str | None = None
+    weights: str | None = None
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: dict[str, Any] | None = None
+    members: list[TowerConfig] = field(default_factory=list)
+    combine: Literal["concat", "add"] = "concat"
+    layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in TOWERS:
+            raise ConfigError(f"tower.name: {self.name!r} is not one of {list(TOWERS)}")
+        if self.name in ("pretrained", "framewise") and self.source is None and self.arch is None:
+            raise ConfigError(f"tower.source: a {self.name!r} tower needs a source (HF directory or 'timm:<name>')")
+        if self.name == "ensemble" and len(self.members) < 2:
+            raise ConfigError("tower.members: an ensemble needs at least two towers")
+        if self.layers is not None and not self.layers:
+            raise ConfigError("tower.layers: give at least one hidden-state index, or null for the last layer")
+
+
+@dataclass
+class FrontEndConfig:
+    """The video front-end of a family.
+
+    Attributes:
+        tower: the vision tower (:class:`TowerConfig`).
+        pool_input: ``tokens`` pools every token ``[B, T', N', D]``; ``frame`` pools the per-frame embeddings
+            (the tower's ``pooler_output`` as ``[B, T', 1, D]``).
+        pooler: the pooler (``name`` + ``params``).
+        connector: the connector to the family's width (``name: none`` keeps the tower width).
+        freeze_tower: freeze the tower (it then runs under ``no_grad``, in eval mode).
+        num_frames: frames per clip the model is built for (frames, not tubelets); samplers draw this many.
+        image_size: input side of the transforms (None: the tower's training resolution).
+        normalize: normalisation preset (``clip``, ``siglip``, ``imagenet``, ``none``).
+    """
+
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    pool_input: Literal["tokens", "frame"] = "tokens"
+    pooler: PoolerConfig = field(default_factory=PoolerConfig)
+    connector: ConnectorConfig = field(default_factory=lambda: ConnectorConfig(name="none"))
+    freeze_tower: bool = False
+    num_frames: int = 8
+    image_size: int | None = None
+    normalize: str = "clip"
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ConfigError(f"front_end.num_frames: must be >= 1, got {self.num_frames}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"front_end.image_size: must be >= 1, got {self.image_size}")
+        if self.normalize not in NORMALIZE_PRESETS:
+            raise ConfigError(f"front_end.normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
+
+
+@dataclass
+class FrontEndOutput:
+    """What a family receives.
+
+    Attributes:
+        tokens: ``[B, M, D]`` visual tokens (after the connector).
+        mask: bool ``[B, M]``, True for real tokens (tokens of padded frames are False); None when all are real.
+        frame_index: long ``[B, M]``, the input frame each token comes from (the first frame of its tubelet or
+            pooling cell), -1 for tokens that mix every frame (e.g. a mean over time). With the clip's
+            ``timestamps [B, T]`` this gives each token's time (:func:`token_times`).
+        vision: the tower's output (``last_hidden_state [B, T', N', Dv]``, ``pooler_output [B, T', Dv]``).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor | None
+    frame_index: torch.Tensor
+    vision: VisionOutput
+
+
+def token_times(frame_index: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+    """Seconds of each visual token: ``frame_index`` long ``[B, M]``, ``timestamps [B, T]`` -> ``[B, M]`` (NaN where
+    the token mixes every frame)."""
+    idx = frame_index.clamp(min=0, max=timestamps.shape[1] - 1)
+    times = torch.gather(timestamps.to(torch.float32), 1, idx)
+    return torch.where(frame_index >= 0, times, torch.full_like(times, float("nan")))
+
+
+class MultiLevelTower(nn.Module):
+    """A tower whose tokens are chosen hidden states concatenated along D: ``[B, T', N', len(layers) * D]``.
+
+    ``pooler_output`` and ``frame_mask`` are the wrapped tower's.
+    """
+
+    def __init__(self, tower: nn.Module, layers: list[int]) -> None:
+        super().__init__()
+        self.tower, self.layers = tower, [int(i) for i in layers]
+        self.width = int(tower.width) * len(self.layers)
+        self.num_prefix_tokens = tower.num_prefix_tokens
+        self.image_size, self.tubelet_size = tower.image_size, tower.tubelet_size
+
+    def forward(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: Any = False
+    ) -> VisionOutput:
+        """``video [B, T, C, H, W]`` -> :class:`VisionOutput` with multi-level tokens (``output_hidden_states``
+        asks the wrapped tower for its own hidden states instead)."""
+        if output_hidden_states is not False:
+            return self.tower(video, frame_mask, output_hidden_states=output_hidden_states)
+        out = self.tower(video, frame_mask, output_hidden_states=self.layers)
+        tokens = torch.cat(list(out.hidden_states), dim=-1)
+        return dataclasses.replace(out, last_hidden_state=tokens, hidden_states=None)
+
+
+def build_tower(cfg: TowerConfig) -> nn.Module:
+    """Build a tower. Every tower has ``width``, ``num_prefix_tokens``, ``image_size``, ``tubelet_size`` and
+    ``forward(video [B, T, C, H, W], frame_mask=None, output_hidden_states=False) -> VisionOutput``."""
+    from vidvlm.models import towers
+
+    if cfg.name == "native":
+        tower: nn.Module = VideoViT(cfg.vision)
+    elif cfg.name == "pretrained":
+        video = {k: getattr(cfg.vision, k) for k in VIDEO_FIELDS}
+        tower = towers.load_vision_tower(cfg.source, weights=cfg.weights, **video, **cfg.timm_kwargs)
+    elif cfg.name == "framewise":
+        tower = towers.FrameWiseTower.build(cfg.source, cfg.weights, cfg.timm_kwargs, arch=cfg.arch)
+    else:
+        members = [build_tower(m) for m in cfg.members]
+        tower = towers.TowerEnsemble(members, combine=cfg.combine)
+    if cfg.layers is not None:
+        tower = MultiLevelTower(tower, cfg.layers)
+    return tower
+
+
+def resolve_tower_config(cfg: TowerConfig, tower: nn.Module) -> TowerConfig:
+    """The config that rebuilds ``tower`` from a checkpoint without its pretrained source."""
+    inner = tower.tower if isinstance(tower, MultiLevelTower) else tower
+    if cfg.name == "pretrained":
+        return dataclasses.replace(cfg, name="native", vision=inner.cfg, source=None, weights=None, timm_kwargs={})
+    if cfg.name == "framewise":
+        return dataclasses.replace(cfg, arch=inner.arch_config(), weights=None)
+    if cfg.name == "ensemble":
+        members = [resolve_tower_config(c, t) for c, t in zip(cfg.members, inner.towers, strict=True)]
+        return dataclasses.replace(cfg, members=members)
+    return cfg
+
+
+class VideoFrontEnd(nn.Module):
+    """``video [B, T, 3, H, W]`` (+ ``frame_mask [B, T]``) -> :class:`FrontEndOutput` (see the module docstring).
+
+    Args:
+        cfg: the front-end config.
+        out_dim: the family's width for the connector (ignored with ``connector.name: none``).
+        tower: an already built tower to use instead of ``cfg.tower`` (such a front-end cannot be saved as a
+            config unless ``cfg.tower`` describes it).
+
+    Attributes:
+        tower: the vision tower (``width``, ``num_prefix_tokens``; returns :class:`VisionOutput`).
+        pooler: the pooler.
+        connector: the connector (``nn.Identity`` for ``none``).
+        width: the width of the output tokens.
+        vision_width: the width of the pooled tokens, before the connector.
+    """
+
+    def __init__(self, cfg: FrontEndConfig, out_dim: int | None = None, tower: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tower = build_tower(cfg.tower) if tower is None else tower
+        self.vision_width = int(self.tower.width)
+        self.pooler = build_pooler(cfg.pooler, self.vision_width)
+        if cfg.connector.name == "none":
+            self.connector: nn.Module = nn.Identity()
+            self.width = self.vision_width
+        else:
+            if out_dim is None:
+                raise ConfigError(f"front_end.connector: {cfg.connector.name!r} needs the family's width")
+            self.connector = build_connector(cfg.connector, self.vision_width, out_dim)
+            self.width = int(out_dim)
+        if cfg.freeze_tower:
+            for p in self.tower.parameters():
+                p.requires_grad_(False)
+
+    # -- input -------------------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """Input side of the transforms."""
+        if self.cfg.image_size is not None:
+            return self.cfg.image_size
+        size = self.tower.image_size
+        if size is None:
+            raise ConfigError("front_end.image_size: required for this tower (its resolution is not known)")
+        return size if isinstance(size, int) else min(size)
+
+    def transform(self, train: bool = False, **augment: Any):
+        """uint8 ``[T, 3, H, W]`` -> float ``[T, 3, S, S]`` at the model's size and normalisation (``augment``:
+        ``build_transform``'s training keywords)."""
+        return build_transform(self.image_size, preset=self.cfg.normalize, train=train, **augment)
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    @property
+    def tower_frozen(self) -> bool:
+        """True when no tower parameter trains: the tower then runs without autograd, in eval mode."""
+        return not any(p.requires_grad for p in self.tower.parameters())
+
+    def train(self, mode: bool = True) -> VideoFrontEnd:
+        super().train(mode)
+        if self.tower_frozen:
+            self.tower.eval()
+        return self
+
+    def encode(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VisionOutput:
+        """The tower alone: ``video [B, T, 3, H, W]`` -> :class:`VisionOutput` (no autograd when frozen)."""
+        if self.tower_frozen:
+            with torch.no_grad():
+                return self.tower(video, frame_mask)
+        return self.tower(video, frame_mask)
+
+    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> FrontEndOutput:
+        """Visual tokens of a batch of clips.
+
+        Args:
+            video: float ``[B, T, 3, H, W]`` after :meth:`transform` (an image is ``T = 1``).
+            frame_mask: bool ``[B, T]``, True for real frames (real frames first), None = all real.
+
+        Returns:
+            :class:`FrontEndOutput` with ``tokens [B, M, D]``, ``mask [B, M]`` or None, ``frame_index [B, M]``.
+        """
+        out = self.encode(video, frame_mask)
+        if self.cfg.pool_input == "frame":
+            tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
+        else:
+            tokens = out.last_hidden_state
+        steps = tokens.shape[1]
+        pooled = self.pooler(tokens, out.frame_mask)  # [B, M, Dv]
+        mask = None
+        if out.frame_mask is not None:
+            mask = self.pooler.output_mask(out.frame_mask, tokens.shape[2]).to(video.device)
+        frame_index = self._frame_index(steps, tokens.shape[2], video.shape[0], video.device)
+        return FrontEndOutput(self.connector(pooled), mask, frame_index, out)
+
+    def _frame_index(self, steps: int, num_tokens: int, batch: int, device: torch.device) -> torch.Tensor:
+        """Input frame of each pooled token, ``[B, M]`` (-1: mixes time; the keyframe step maps to its frame)."""
+        step = self.pooler.token_steps(steps, num_tokens)
+        frame = torch.where(step >= 0, step * self.tower.tubelet_size, step)
+        return frame.to(device).expand(batch, -1)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def resolved_config(self) -> FrontEndConfig:
+        """The config a checkpoint stores (pretrained sources replaced by what they resolved to)."""
+        tower = resolve_tower_config(self.cfg.tower, self.tower)
+        return dataclasses.replace(self.cfg, tower=tower, image_size=self.image_size)
+
+
+__all__ = [
+    "TowerConfig",
+    "FrontEndConfig",
+    "FrontEndOutput",
+    "VideoFrontEnd",
+    "MultiLevelTower",
+    "build_tower",
+    "token_times",
+    "TOWERS",
+]
