@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
             zero_shot_accuracy,
             zero_shot_classifier,
         )
+        from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO
         from vidvlm.models.registry import load
         from vidvlm.train.evaluation import caption_recall, variant_accuracy
 
         model = load(args.checkpoint).to(args.device).eval()
-        vision = getattr(getattr(model, "vision", None), "cfg", None)
-        frames = args.num_frames or (vision.num_frames * vision.tubelet_size if vision is not None else 8)
+        model.require(EMBED_VIDEO, "evaluate retrieval")
+        model.require(EMBED_TEXT, "evaluate retrieval")
+        frames = args.num_frames or model.num_frames
         sampler = build_sampler(SamplerConfig(name="uniform", num_frames=frames))
         dataset = VideoTextDataset(args.manifest, sampler, model.transform, train=False)
         with torch.no_grad():

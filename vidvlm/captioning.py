@@ -95,7 +95,7 @@ class Captioner:
         self.device = torch.device(device)
         self.model = load_captioner(model_or_dir, self.device)
         cfg = self.model.config
-        n = num_frames or cfg.num_frames
+        n = num_frames or self.model.num_frames
         if n < 1:
             raise VidVLMError(f"num_frames: must be >= 1, got {n}")
         # "fewer": an image stays one frame (T = 1) and a short clip is not padded with repeats, as in training

@@ -32,7 +32,9 @@ def clips(tmp_path_factory):
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("model") / "tiny"
-    CoCaCaptioner(GenerativeConfig.tiny()).save_pretrained(d)
+    model = CoCaCaptioner(GenerativeConfig.tiny())
+    model.prepare_for_training([])  # a tokenizer of the synthetic vocabulary
+    model.save_pretrained(d)
     return d
 
 

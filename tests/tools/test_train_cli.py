@@ -28,7 +28,8 @@ def _overrides(out: Path, data: Path) -> list[str]:
         "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32}",
         "data.synthetic.sets.val={num: 8, seed: 0, split: val, frames: 4, size: 32}",
         "data.sampler.num_frames=4",
-        "model.vision.num_frames=4",
+        "model.front_end.num_frames=4",
+        "model.front_end.tower.vision.num_tubelets=1",
         "data.batch_size=4",
         "stages.0.steps=4",
         "schedule.warmup_steps=1",
@@ -84,7 +85,7 @@ def test_bad_key_and_override_name_the_file(tmp_path, capsys):
     assert train_cli.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "'log_evry'" in err
-    assert train_cli.main(["--config", str(CONFIG), "model.vision.widht=3"]) == 2
+    assert train_cli.main(["--config", str(CONFIG), "model.front_end.tower.vision.widht=3"]) == 2
     err = capsys.readouterr().err
     assert "contrastive_tiny_8f_shapes.yaml" in err and "'widht'" in err
     # resume is checked before any data is generated or model built
