@@ -42,7 +42,7 @@ def test_compiled_video_vit_matches_eager() -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compile_blocks_finds_every_region_and_passes_options() -> None:
+def test_compile_blocks_finds_every_region_and_passes_options(monkeypatch) -> None:
     graphs: list[torch.fx.GraphModule] = []
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
@@ -52,7 +52,8 @@ def test_compile_blocks_finds_every_region_and_passes_options() -> None:
     torch.manual_seed(0)
     model = torch.nn.ModuleList([TransformerBlock(16, 2), TemporalAttention(16, 2, True, 1e-6), torch.nn.Linear(16, 4)])
     torch._dynamo.reset()
-    torch._dynamo.config.recompile_limit = 8
+    # compile_blocks raises a process-wide limit: set it through monkeypatch so the suite gets its value back
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     assert compile_blocks(model, backend=backend) == 2  # the Linear is not a block
     assert torch._dynamo.config.recompile_limit == 64  # room for every kind of block call (see the docstring)
     x = torch.randn(2, 5, 16)

@@ -1,26 +1,31 @@
-"""Contract tests over every registered family (families added later are covered automatically).
+"""Contract tests over every registered family (families added later are covered automatically), and over every
+kind of video front-end for each family that declares one.
 
-Each family's config class provides ``tiny()`` (a minute model); a family that trains its tokenizer on captions
-exposes ``prepare_for_training(captions)``. Inputs go through the family's own ``transform``, so the test never
-assumes an image size.
+Each family's config class provides ``tiny()`` (a minute model); ``prepare_for_training(captions)`` gives it its
+tokenizer. What a family can do is read from its declared abilities, never guessed. Inputs go through the family's
+own ``transform``, so the test never assumes an image size. ``tests/models/toy_family.py`` registers a toy family
+(the one docs/adding_a_family.md walks through): it must pass every test here too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import tests.models.toy_family  # noqa: F401 (registers the toy family)
+from tests.models.frontend_kinds import KINDS, make_sources, tower_configs
 from vidvlm.config import to_dict
 from vidvlm.errors import CheckpointError, ConfigError
-from vidvlm.models.base import VLMModel
+from vidvlm.models.base import ABILITIES, EMBED_TEXT, EMBED_VIDEO, FRONT_END, GENERATE, VISUAL_TOKENS, VLMModel
 from vidvlm.models.registry import build_model, get_family, list_families, load, register_family
 
 FAMILIES = list_families()
+FRONT_END_FAMILIES = [f for f in FAMILIES if get_family(f).can(FRONT_END)]
 CAPTIONS = [
     "a red square moves left",
     "a blue circle moves right",
@@ -38,11 +43,16 @@ def tiny_config(family: str):
     return cfg
 
 
-def tiny_model(family: str) -> VLMModel:
+def tiny_model(family: str, tower=None) -> VLMModel:
+    """The family's tiny model, with its front-end's tower replaced by ``tower`` when given."""
     torch.manual_seed(0)
-    model = build_model(tiny_config(family))
-    if hasattr(model, "prepare_for_training"):
-        model.prepare_for_training(CAPTIONS)
+    cfg = tiny_config(family)
+    if tower is not None:
+        # multi-level features are token features: a family that pools per-frame embeddings pools tokens instead
+        pool_input = "tokens" if tower.layers is not None else cfg.front_end.pool_input
+        cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, tower=tower, pool_input=pool_input))
+    model = build_model(cfg)
+    model.prepare_for_training(CAPTIONS)
     return model
 
 
@@ -69,11 +79,16 @@ def make_batch(model: VLMModel, num_frames: int = 3, pad_last: bool = True) -> d
 
 
 def _embeddings(model: VLMModel, batch: dict) -> dict[str, torch.Tensor]:
+    """Every output the family declares it can give."""
     out = {}
-    with contextlib.suppress(NotImplementedError):  # a family may lack one of the two embeddings
+    if model.can(EMBED_VIDEO):
         out["video"] = model.encode_video(batch["video"], batch["frame_mask"])
-    with contextlib.suppress(NotImplementedError):
+    if model.can(EMBED_TEXT):
         out["text"] = model.encode_text(batch["text"])
+    if model.can(VISUAL_TOKENS):
+        out["visual_tokens"] = model.visual_tokens(batch["video"], batch["frame_mask"])[0]
+    if model.can(FRONT_END):
+        out["front_end"] = model.front_end(batch["video"], batch["frame_mask"]).tokens
     return out
 
 
@@ -83,11 +98,35 @@ def family_model(request):
 
 
 def test_families_registered():
-    assert "contrastive" in FAMILIES
+    assert {"contrastive", "coca", "prefix_lm", "toy_probe"} <= set(FAMILIES)
     for name in FAMILIES:
         cls = get_family(name)
         assert issubclass(cls, VLMModel) and name in cls.family_names
         assert callable(getattr(cls.config_class, "tiny", None)), f"{name}: config class needs tiny()"
+        assert cls.abilities and cls.abilities <= set(ABILITIES), f"{name}: declares {cls.abilities}"
+
+
+def test_abilities_are_checked_and_refused_by_name():
+    # a class declaring an ability it does not implement is refused at registration
+    with pytest.raises(TypeError, match="does not implement generate"):
+
+        @register_family("liar")
+        class Liar(VLMModel):  # noqa: F841
+            abilities = frozenset({GENERATE})
+
+    with pytest.raises(TypeError, match="unknown abilities"):
+
+        @register_family("typo")
+        class Typo(VLMModel):  # noqa: F841
+            abilities = frozenset({"embed_vidoe"})
+
+    assert "liar" not in list_families() and "typo" not in list_families()
+    probe = get_family("toy_probe")
+    with pytest.raises(ConfigError, match="family 'toy_probe' cannot answer questions .needed to chat.; it can: "):
+        probe.require("answer", "chat")
+    probe.require(EMBED_VIDEO)  # declared: no error
+    with pytest.raises(ValueError, match="unknown ability"):
+        probe.can("fly")
 
 
 def test_forward_losses(family_model):
@@ -117,10 +156,15 @@ def test_encoders(family_model, num_frames):
         if num_frames == 1:
             out = model(batch)
             assert all(torch.isfinite(v) for k, v in out.items() if k.endswith("_loss"))
-    assert emb, f"{name}: neither encode_video nor encode_text"
-    for k, e in emb.items():
-        assert e.ndim == 2 and e.shape[0] == 2 and torch.isfinite(e).all(), f"{name}: encode_{k} {tuple(e.shape)}"
-    if len(emb) == 2:
+    assert emb, f"{name}: declares no output"
+    for k in ("video", "text"):
+        if k in emb:
+            e = emb[k]
+            assert e.ndim == 2 and e.shape[0] == 2 and torch.isfinite(e).all(), f"{name}: encode_{k} {tuple(e.shape)}"
+    for k in ("visual_tokens", "front_end"):
+        if k in emb:
+            assert emb[k].ndim == 3 and emb[k].shape[0] == 2 and torch.isfinite(emb[k]).all(), f"{name}: {k}"
+    if "video" in emb and "text" in emb:
         assert emb["video"].shape[1] == emb["text"].shape[1]
 
 
@@ -188,3 +232,70 @@ def test_registry_errors(tmp_path):
         @register_family("contrastive")
         class Other(VLMModel):  # noqa: F841
             pass
+
+
+# -- every family on every kind of front-end tower ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    pytest.importorskip("timm")
+    return tower_configs(_sources(tmp_path_factory))
+
+
+def _sources(tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "shared_sources"
+    root.mkdir(exist_ok=True)
+    return make_sources(root)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FRONT_END_FAMILIES)
+def test_family_on_every_front_end(family, kind, towers, tmp_path_factory):
+    """Losses and gradients, T = 3 with padding and T = 1, padding invariance, and a checkpoint that restores the
+    same model after the pretrained sources are gone."""
+    # a private copy of the sources, deleted before loading: the checkpoint must not need them
+    src = tmp_path_factory.mktemp("src")
+    for p in _sources(tmp_path_factory).iterdir():
+        shutil.copytree(p, src / p.name) if p.is_dir() else shutil.copy(p, src / p.name)
+    tower = _relocate(towers[kind], src)
+    model = tiny_model(family, tower)
+    batch = make_batch(model, num_frames=3)
+    model.train()
+    random.seed(0)
+    losses = {k: v for k, v in model(batch).items() if k.endswith("_loss")}
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.front_end.parameters())
+    model.eval()
+    with torch.no_grad():
+        full = _embeddings(model, batch)
+        image = _embeddings(model, make_batch(model, num_frames=1))
+        # the padded clip (its last frame is padding) equals the same clip without that frame
+        short = {k: v[1:, :2] if k == "video" else v for k, v in batch.items() if k in ("video", "text")}
+        short["frame_mask"] = torch.ones(1, 2, dtype=torch.bool)
+        short["text"] = batch["text"][1:]
+        alone = _embeddings(model, short)
+    for k in ("video",):
+        if k in full:
+            torch.testing.assert_close(full[k][1:], alone[k], atol=1e-5, rtol=1e-5)
+    assert all(torch.isfinite(v).all() for v in image.values())
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(ckpt)
+    shutil.rmtree(src)
+    restored = load(ckpt).eval()
+    with torch.no_grad():
+        again = _embeddings(restored, batch)
+    for k, v in full.items():
+        torch.testing.assert_close(again[k], v, rtol=0, atol=0)
+
+
+def _relocate(tower, src):
+    """The tower config with its sources moved under ``src``."""
+    from pathlib import Path
+
+    def move(path):
+        return path if path is None or path.startswith("timm:") else str(src / Path(path).name)
+
+    members = [_relocate(m, src) for m in tower.members]
+    return dataclasses.replace(tower, source=move(tower.source), weights=move(tower.weights), members=members)

@@ -24,7 +24,7 @@ from torch import nn
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.models.base import EMBED_VIDEO, FRONT_END, VLMModel
-from vidvlm.models.frontend import FrontEndConfig, MultiLevelTower, VideoFrontEnd
+from vidvlm.models.frontend import FrontEndConfig, VideoFrontEnd
 
 LEVELS = ("pooled", "frames", "tokens", "layers")
 
@@ -99,8 +99,7 @@ class Encoder:
         elif self.level == "tokens":
             out = rearrange(fe.encode(video).last_hidden_state, "b t n d -> b (t n) d")
         else:
-            tower = fe.tower.tower if isinstance(fe.tower, MultiLevelTower) else fe.tower
-            hidden = tower(video, output_hidden_states=self.layers).hidden_states
+            hidden = fe.base_tower(video, output_hidden_states=self.layers).hidden_states
             out = torch.stack(list(hidden), dim=1)  # [B, L, T', N, D]
         return list(out.float().cpu().unbind(0))
 

@@ -162,7 +162,7 @@ class ContrastiveModel(VLMModel):
         """Freeze the towers as the config's ``lock_*`` fields say (LiT)."""
         cfg = self.config
         if cfg.lock_vision:
-            tower = self.front_end.tower
+            tower = self.front_end.base_tower
             if not isinstance(tower, VideoViT):
                 raise ConfigError("lock_vision: partial locking needs a video-ViT tower; use front_end.freeze_tower")
             lock_tower(tower, tower.blocks, cfg.lock_vision_unlocked_layers, [tower.norm])

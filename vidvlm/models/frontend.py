@@ -114,6 +114,11 @@ class FrontEndConfig:
             raise ConfigError(f"front_end.image_size: must be >= 1, got {self.image_size}")
         if self.normalize not in NORMALIZE_PRESETS:
             raise ConfigError(f"front_end.normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
+        if self.tower.layers is not None and self.pool_input == "frame":
+            raise ConfigError(
+                "front_end.pool_input: 'frame' pools the per-frame embeddings, which have one level; multi-level "
+                "features (front_end.tower.layers) need pool_input: tokens"
+            )
 
 
 @dataclass
@@ -253,6 +258,11 @@ class VideoFrontEnd(nn.Module):
         return build_transform(self.image_size, preset=self.cfg.normalize, train=train, **augment)
 
     # -- forward -----------------------------------------------------------------------------------------------
+    @property
+    def base_tower(self) -> nn.Module:
+        """The tower itself, under a multi-level wrapper if there is one."""
+        return self.tower.tower if isinstance(self.tower, MultiLevelTower) else self.tower
+
     @property
     def tower_frozen(self) -> bool:
         """True when no tower parameter trains: the tower then runs without autograd, in eval mode."""

@@ -83,7 +83,6 @@ class GenerativeConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> GenerativeConfig:
         """A minute model for tests (tens of thousands of parameters)."""
-        family = overrides.get("family", cls.family)
         vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_tubelets=4)
         base: dict[str, Any] = dict(
             front_end=FrontEndConfig(
@@ -94,7 +93,6 @@ class GenerativeConfig:
             ),
             decoder=DecoderConfig(width=32, num_heads=2, text_depth=1, depth=1, max_len=24, vocab_size=64),
             embed_dim=16,
-            contrastive_weight=0.1 if family == "coca" else 0.0,
         )
         base.update(overrides)
         return cls(**base)
@@ -137,7 +135,7 @@ class _Captioner(VLMModel):
         if config.front_end.tower.name == "native":
             # trained from scratch, so no image model needs preserving: a random (not zero) temporal table lets
             # joint attention tell frames apart from the first step, which motion direction depends on
-            nn.init.normal_(self.front_end.tower.pos_embed.temporal, std=0.02)
+            nn.init.normal_(self.front_end.base_tower.pos_embed.temporal, std=0.02)
         self.decoder = self.decoder_class(config.decoder)
         d = config.decoder.width
         self.video_proj = nn.Linear(d, config.embed_dim, bias=False)

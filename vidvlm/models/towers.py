@@ -261,7 +261,10 @@ class FrameWiseTower(nn.Module):
         cfg = getattr(model, "config", None)
         self.width = int(getattr(model, "num_features", 0) or getattr(cfg, "hidden_size", 0))
         if self.is_timm:
-            self.image_size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
+            # a ViT built with img_size=... knows its size on its patch embedding; its pretrained_cfg keeps the default
+            patch = getattr(model, "patch_embed", None)
+            size = getattr(patch, "img_size", None) or model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
+            self.image_size = tuple(size)
         else:
             self.image_size = getattr(cfg, "image_size", None)
 

@@ -1,0 +1,125 @@
+"""VideoFrontEnd over every tower kind: shapes, padding, frame indices, frozen towers, T = 1 parity, bad configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
+from vidvlm.errors import ConfigError
+from vidvlm.layers.connectors import ConnectorConfig
+from vidvlm.layers.pooling import PoolerConfig
+from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd, token_times
+
+pytest.importorskip("timm")
+# spatial2d at size 1: one token per time step, so the tokens of real frames can be compared one by one
+PER_STEP = PoolerConfig("spatial2d", {"size": 1, "num_prefix_tokens": 1})
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    return tower_configs(make_sources(tmp_path_factory.mktemp("sources")))
+
+
+def front_end(tower: TowerConfig, **overrides) -> VideoFrontEnd:
+    torch.manual_seed(0)
+    cfg = FrontEndConfig(tower=tower, pooler=PER_STEP, connector=ConnectorConfig(name="mlp"), num_frames=4)
+    return VideoFrontEnd(dataclasses.replace(cfg, **overrides), out_dim=24).eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("frames", [1, 3])
+def test_shapes_masks_and_padding(towers, kind, frames):
+    fe = front_end(towers[kind])
+    video = torch.randn(2, frames, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([video, 7 * torch.randn(2, 2, 3, 32, 32)], dim=1)
+    mask = torch.zeros(2, frames + 2, dtype=torch.bool)
+    mask[:, :frames] = True
+    with torch.no_grad():
+        plain, pad = fe(video), fe(padded, mask)
+    assert plain.tokens.shape == (2, frames, 24) and plain.mask is None
+    assert plain.frame_index.tolist() == [list(range(frames))] * 2
+    assert pad.tokens.shape == (2, frames + 2, 24) and pad.mask.tolist() == mask.tolist()
+    # padding never changes the tokens of real frames
+    torch.testing.assert_close(pad.tokens[:, :frames], plain.tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_frame_index_follows_tubelets_and_pooling(towers):
+    tower = TowerConfig("native", native_vision(tubelet_size=2, num_tubelets=2, layout="joint"))
+    fe = front_end(tower)
+    out = fe(torch.randn(1, 4, 3, 32, 32))
+    assert out.frame_index.tolist() == [[0, 2]]  # one token per 2-frame tubelet, at its first frame
+    times = token_times(out.frame_index, torch.tensor([[0.0, 0.5, 1.0, 1.5]]))
+    assert times.tolist() == [[0.0, 1.0]]
+    mean = front_end(tower, pooler=PoolerConfig("meanP", {"token": "first"}))
+    out = mean(torch.randn(1, 4, 3, 32, 32))
+    assert out.frame_index.tolist() == [[-1]] and torch.isnan(token_times(out.frame_index, torch.zeros(1, 4))).all()
+
+
+def test_frozen_tower_builds_no_graph_and_stays_in_eval(towers):
+    fe = front_end(towers["native"], freeze_tower=True).train()
+    assert fe.tower_frozen and not fe.tower.training and fe.connector.training
+    out = fe(torch.randn(2, 3, 3, 32, 32))
+    assert not out.vision.last_hidden_state.requires_grad  # no autograd graph through the tower
+    out.tokens.sum().backward()
+    assert all(p.grad is None for p in fe.tower.parameters())
+    assert all(p.grad is not None for p in fe.connector.parameters())
+    # a stage that unfreezes a block makes the tower train again, with a graph
+    next(fe.tower.blocks[-1].parameters()).requires_grad_(True)
+    assert not fe.tower_frozen and fe(torch.randn(1, 2, 3, 32, 32)).vision.last_hidden_state.requires_grad
+
+
+def test_pretrained_front_end_is_the_image_model_at_t1(towers, tmp_path_factory):
+    """At T = 1 the frame-pooled token of a converted CLIP equals transformers' CLIP pooler_output."""
+    import transformers
+
+    root = make_sources(tmp_path_factory.mktemp("parity"))
+    clip = transformers.CLIPVisionModel.from_pretrained(root / "clip").eval()
+    fe = front_end(
+        towers["pretrained_hf"], pool_input="frame", pooler=PoolerConfig("meanP"), connector=ConnectorConfig("none")
+    )
+    image = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = fe(image[:, None]).tokens[:, 0]
+        torch.testing.assert_close(ours, clip(pixel_values=image).pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_multilevel_concatenates_hidden_states(towers):
+    fe = front_end(towers["multilevel"], connector=ConnectorConfig("none"), pooler=PoolerConfig("meanP"))
+    assert fe.width == 64  # two levels of a width-32 tower
+    video = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        out = fe.encode(video)
+        hidden = fe.tower.tower(video, output_hidden_states=[-2, -1]).hidden_states
+    torch.testing.assert_close(out.last_hidden_state, torch.cat(hidden, dim=-1))
+
+
+def test_transform_follows_the_model(towers):
+    fe = front_end(towers["native"], normalize="siglip")
+    out = fe.transform()(torch.full((2, 3, 40, 50), 255, dtype=torch.uint8))
+    assert out.shape == (2, 3, 32, 32)  # the tower's resolution
+    torch.testing.assert_close(out, torch.ones_like(out))  # siglip: (1 - 0.5) / 0.5
+
+
+def test_bad_configs_name_the_key():
+    with pytest.raises(ConfigError, match="tower.source"):
+        TowerConfig("pretrained")
+    with pytest.raises(ConfigError, match="tower.members"):
+        TowerConfig("ensemble", members=[TowerConfig()])
+    with pytest.raises(ConfigError, match="tower.name"):
+        TowerConfig("clip")
+    with pytest.raises(ConfigError, match="tower.layers"):
+        TowerConfig(layers=[])
+    with pytest.raises(ConfigError, match="front_end.num_frames"):
+        FrontEndConfig(num_frames=0)
+    with pytest.raises(ConfigError, match="front_end.pool_input"):
+        FrontEndConfig(tower=TowerConfig(layers=[-1]), pool_input="frame")
+    with pytest.raises(ConfigError, match="front_end.normalize"):
+        FrontEndConfig(normalize="sepia")
+    unequal = TowerConfig(
+        "ensemble", members=[TowerConfig(vision=native_vision()), TowerConfig(vision=native_vision(width=16))]
+    )
+    with pytest.raises(ConfigError, match="equal width"):
+        VideoFrontEnd(FrontEndConfig(tower=dataclasses.replace(unequal, combine="add")))
