@@ -77,7 +77,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     model = load(args.model).eval()
-    n = args.num_frames or model.config.num_frames
+    n = args.num_frames or model.num_frames
     result: dict = {"model": args.model, "num_frames": n, "threads": torch.get_num_threads()}
     if args.manifest:
         result["quality"] = quality(model, args.manifest, n)

@@ -94,8 +94,8 @@ def build_vidvlm(name: str, batch: int, args: argparse.Namespace):
     stage = cfg.stages[0]
     apply_stage_trainable(model, stage)
     opt = build_optimizer(model, cfg.optim, stage)
-    frames = int(cfg.data.sampler.get("num_frames", 1))
-    size, length, vocab = model_cfg.vision.image_size, model_cfg.text.context_length, model_cfg.text.vocab_size
+    frames = model.num_frames
+    size, length, vocab = model.front_end.image_size, model_cfg.text.context_length, model_cfg.text.vocab_size
     inputs = {}
     for b in {1, batch}:
         video = torch.randn(b, frames, 3, size, size, device=args.device)
@@ -118,7 +118,7 @@ def build_vidvlm(name: str, batch: int, args: argparse.Namespace):
 
 def open_clip_cfgs(model_cfg) -> tuple[int, dict, dict]:
     """embed_dim, vision_cfg and text_cfg of an open_clip CLIP of the same size as a vidvlm contrastive config."""
-    v, t = model_cfg.vision, model_cfg.text
+    v, t = model_cfg.front_end.tower.vision, model_cfg.text
     vision = dict(
         image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.depth,
         head_width=v.width // v.num_heads, mlp_ratio=(v.mlp_dim or 4 * v.width) / v.width,

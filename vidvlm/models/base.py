@@ -217,8 +217,13 @@ class VLMModel(nn.Module):
         if not weights.is_file():
             raise CheckpointError(f"{path}: no {WEIGHTS_FILE}")
         model = cls._build_for_restore(config, path)
-        load_weights(model, weights, rename=cls.legacy_prefixes)
+        model.load_saved_weights(path)
         return model.to(map_location)
+
+    def load_saved_weights(self, directory: str | Path) -> None:
+        """Load the tensors a checkpoint directory holds (strictly; older key names are renamed). Families whose
+        checkpoints store only part of the model (frozen bases named by hash) override this."""
+        load_weights(self, Path(directory) / WEIGHTS_FILE, rename=self.legacy_prefixes)
 
     # -- locking -----------------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

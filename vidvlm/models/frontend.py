@@ -34,12 +34,13 @@ from einops import rearrange
 from torch import nn
 
 from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
-from vidvlm.errors import ConfigError
+from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig, build_connector
 from vidvlm.layers.pooling import PoolerConfig, build_pooler
+from vidvlm.models.base import FRONT_END
 from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput
 
-TOWERS = ("native", "pretrained", "framewise", "ensemble")
+TOWERS = ("native", "pretrained", "framewise", "checkpoint", "ensemble")
 
 
 @dataclass
@@ -47,10 +48,12 @@ class TowerConfig:
     """Which vision tower, by ``name``.
 
     Attributes:
-        name: ``native``, ``pretrained``, ``framewise`` or ``ensemble`` (see the module docstring).
+        name: ``native``, ``pretrained``, ``framewise``, ``checkpoint`` (the tower of a vidvlm checkpoint, e.g. a
+            contrastive run's ``final/``) or ``ensemble`` (see the module docstring).
         vision: ``native``: the architecture; ``pretrained``: only its video fields (``VIDEO_FIELDS``: layout,
             num_tubelets, tubelet_size, ...) are used, the source fixes the rest.
-        source: ``pretrained`` / ``framewise``: a local HF directory or ``timm:<name>``.
+        source: ``pretrained`` / ``framewise``: a local HF directory or ``timm:<name>``; ``checkpoint``: a vidvlm
+            checkpoint directory.
         weights: the weights file of a ``timm:`` source.
         timm_kwargs: ``timm.create_model`` arguments of a ``timm:`` source.
         arch: ``framewise`` only, filled when saved: the HF config (or the resolved timm arguments), so a
@@ -59,9 +62,11 @@ class TowerConfig:
         combine: ``ensemble``: ``concat`` (widths add up) or ``add`` (equal widths).
         layers: multi-level features: indices of hidden states (negative from the end) concatenated along D
             instead of the last layer's tokens; None = the tower's output tokens.
+        sha256: the content hash of the source's weights; when set, a source with other weights is refused (a
+            checkpoint that did not store the tower names it this way).
     """
 
-    name: Literal["native", "pretrained", "framewise", "ensemble"] = "native"
+    name: Literal["native", "pretrained", "framewise", "checkpoint", "ensemble"] = "native"
     vision: VisionConfig = field(default_factory=VisionConfig)
     source: str | None = None
     weights: str | None = None
@@ -70,11 +75,12 @@ class TowerConfig:
     members: list[TowerConfig] = field(default_factory=list)
     combine: Literal["concat", "add"] = "concat"
     layers: list[int] | None = None
+    sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in TOWERS:
             raise ConfigError(f"tower.name: {self.name!r} is not one of {list(TOWERS)}")
-        if self.name in ("pretrained", "framewise") and self.source is None and self.arch is None:
+        if self.name in ("pretrained", "framewise", "checkpoint") and self.source is None and self.arch is None:
             raise ConfigError(f"tower.source: a {self.name!r} tower needs a source (HF directory or 'timm:<name>')")
         if self.name == "ensemble" and len(self.members) < 2:
             raise ConfigError("tower.members: an ensemble needs at least two towers")
@@ -178,6 +184,8 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
     ``forward(video [B, T, C, H, W], frame_mask=None, output_hidden_states=False) -> VisionOutput``."""
     from vidvlm.models import towers
 
+    if cfg.sha256 is not None and cfg.name != "native" and cfg.arch is None:
+        check_source_hash(cfg)
     if cfg.name == "native":
         tower: nn.Module = VideoViT(cfg.vision)
     elif cfg.name == "pretrained":
@@ -185,6 +193,12 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
         tower = towers.load_vision_tower(cfg.source, weights=cfg.weights, **video, **cfg.timm_kwargs)
     elif cfg.name == "framewise":
         tower = towers.FrameWiseTower.build(cfg.source, cfg.weights, cfg.timm_kwargs, arch=cfg.arch)
+    elif cfg.name == "checkpoint":
+        from vidvlm.models.registry import load
+
+        model = load(cfg.source)
+        model.require(FRONT_END, f"serve as the tower of another model (tower.source {cfg.source})")
+        tower = model.front_end.base_tower.eval()
     else:
         members = [build_tower(m) for m in cfg.members]
         tower = towers.TowerEnsemble(members, combine=cfg.combine)
@@ -196,14 +210,36 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
 def resolve_tower_config(cfg: TowerConfig, tower: nn.Module) -> TowerConfig:
     """The config that rebuilds ``tower`` from a checkpoint without its pretrained source."""
     inner = tower.tower if isinstance(tower, MultiLevelTower) else tower
-    if cfg.name == "pretrained":
-        return dataclasses.replace(cfg, name="native", vision=inner.cfg, source=None, weights=None, timm_kwargs={})
+    if cfg.name in ("pretrained", "checkpoint"):
+        return dataclasses.replace(
+            cfg, name="native", vision=inner.cfg, source=None, weights=None, timm_kwargs={}, sha256=None
+        )
     if cfg.name == "framewise":
         return dataclasses.replace(cfg, arch=inner.arch_config(), weights=None)
     if cfg.name == "ensemble":
         members = [resolve_tower_config(c, t) for c, t in zip(cfg.members, inner.towers, strict=True)]
         return dataclasses.replace(cfg, members=members)
     return cfg
+
+
+def source_sha256(cfg: TowerConfig) -> str:
+    """sha256 of a tower source's weight files: a timm weights file, an HF directory's safetensors, or a vidvlm
+    checkpoint's ``model.safetensors``."""
+    from vidvlm.models.lm import weights_sha256
+
+    if cfg.weights is not None:
+        return weights_sha256(cfg.weights)
+    return weights_sha256(cfg.source)
+
+
+def check_source_hash(cfg: TowerConfig) -> None:
+    """Refuse a tower source whose weights are not the ones ``cfg.sha256`` names."""
+    got = source_sha256(cfg)
+    if got != cfg.sha256:
+        raise CheckpointError(
+            f"tower.source: {cfg.weights or cfg.source} has weights sha256 {got[:16]}..., but the checkpoint names "
+            f"{cfg.sha256[:16]}... (a different base tower)"
+        )
 
 
 class VideoFrontEnd(nn.Module):

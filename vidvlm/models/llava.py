@@ -1,0 +1,585 @@
+"""Pretrained-backbone family (Frozen, LLaVA): a video front-end, a connector and a pretrained causal LM.
+
+    clips [N,T,3,H,W] ──VideoFrontEnd (frozen tower ▶ pooler ▶ connector)──▶ visual tokens [N,M,D_lm]
+    conversation ──chat template──▶ text pieces + <video>/<image> placeholders
+        ──each placeholder replaced by its clip's M tokens (optionally "Time 1.5 s:" before each frame's tokens)──▶
+        inputs_embeds [B,L,D_lm] ──causal LM (HF AutoModelForCausalLM, LoRA optional)──▶ loss on the answers only
+
+Attention over visual tokens (``visual_attention``): ``causal`` (LLaVA), ``bidirectional`` (the tokens of one clip
+see each other; text stays causal) or ``clip_causal`` (bidirectional within a clip, and a clip's tokens do not see
+earlier clips). The non-causal kinds reach the LM as a 4-D additive mask. With no visual tokens the logits are the
+plain LM's.
+
+A batch is the usual collated one (``video``, ``frame_mask``, ``timestamps``, ``text``, optional ``question``), or
+carries ``conversation`` (B lists of turns) and ``clips_per_sample`` (B counts; ``video`` then holds every clip of
+the batch in order). A caption is the answer to ``caption_prompt``.
+
+Checkpoints store only what was trained — the connector, the pooler, LoRA adapters, any tower or LM weight that
+received a gradient — and name each frozen base (the LM, a pretrained tower) by path and sha256; loading against a
+different base is a :class:`~vidvlm.errors.CheckpointError`. :meth:`LlavaModel.export` writes a standalone directory
+(LoRA merged, bases inside) that loads with no base present.
+
+Module-name prefixes for training stages: ``front_end.tower.``, ``front_end.pooler.``, ``front_end.connector.``,
+``lm.`` (LoRA parameters match ``*lora_*``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vidvlm.config import save_config
+from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.layers.connectors import ConnectorConfig
+from vidvlm.models.base import ANSWER, CONFIG_FILE, FRONT_END, GENERATE, VISUAL_TOKENS, WEIGHTS_FILE, VLMModel
+from vidvlm.models.decoding import DecodeConfig
+from vidvlm.models.frontend import (
+    FrontEndConfig,
+    FrontEndOutput,
+    TowerConfig,
+    VideoFrontEnd,
+    source_sha256,
+    token_times,
+)
+from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
+from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE, ChatLayout
+from vidvlm.models.registry import register_family
+from vidvlm.models.tokenizer import TextTokenizer
+from vidvlm.models.vision import VisionConfig
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters on the LM (``peft``): rank, scale, dropout and the module names they wrap."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LanguageModelConfig:
+    """The pretrained causal LM.
+
+    Attributes:
+        source: a local HF causal-LM directory or a ``.gguf`` file (relative paths in a saved checkpoint resolve
+            against the checkpoint directory).
+        gguf_file: the GGUF's name when ``source`` is its directory.
+        sha256: content hash of the base weights, written when saved and checked when loaded.
+        dtype: ``float32`` or ``bfloat16``.
+        lora: LoRA adapters (None: no adapters).
+        grad_checkpointing: recompute the LM's layers in the backward pass.
+    """
+
+    source: str = ""
+    gguf_file: str | None = None
+    sha256: str | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraSpec | None = None
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class LlavaConfig:
+    """A pretrained-backbone model (see the module docstring).
+
+    Attributes:
+        family: ``llava``.
+        front_end: the video front-end; its connector maps to the LM's width (the tower is frozen by default).
+        lm: the language model.
+        chat_template: the Jinja chat template (None: the LM tokenizer's own, else the plain-words template); the
+            resolved template is saved, so inference renders what training rendered.
+        visual_attention: ``causal``, ``bidirectional`` or ``clip_causal``.
+        frame_times: write ``Time {t} s:`` (the decoder's real timestamp) before each frame's visual tokens.
+        frame_separator: text after each frame's tokens (None: nothing).
+        max_length: the longest sequence; whole turns are dropped from the end to fit, never visual tokens.
+        caption_prompt: the user turn of a caption-only sample.
+        decode: default generation options.
+    """
+
+    family: str = "llava"
+    front_end: FrontEndConfig = field(
+        default_factory=lambda: FrontEndConfig(connector=ConnectorConfig(name="mlp"), freeze_tower=True)
+    )
+    lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
+    chat_template: str | None = None
+    visual_attention: Literal["causal", "bidirectional", "clip_causal"] = "causal"
+    frame_times: bool = False
+    frame_separator: str | None = None
+    max_length: int = 512
+    caption_prompt: str = "Describe the video."
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=32))
+
+    def __post_init__(self) -> None:
+        if self.family != "llava":
+            raise ConfigError(f"family: LlavaConfig is for 'llava', got {self.family!r}")
+        if self.front_end.connector.name == "none":
+            raise ConfigError("front_end.connector: the LM needs a connector to its width (linear or mlp)")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length: must be >= 8, got {self.max_length}")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> LlavaConfig:
+        """A minute model for tests; ``lm.source`` must name a tiny LM (the tests build one)."""
+        vision = VisionConfig(image_size=32, patch_size=16, width=32, depth=1, num_heads=2, num_tubelets=4)
+        front_end = FrontEndConfig(
+            tower=TowerConfig(vision=vision), connector=ConnectorConfig(name="mlp"), freeze_tower=True, num_frames=4
+        )
+        return cls(**{"front_end": front_end, "max_length": 96, **overrides})
+
+
+@register_family("llava")
+class LlavaModel(VLMModel):
+    """A frozen video front-end, a connector and a pretrained causal LM (see the module docstring).
+
+    Args:
+        config: the :class:`LlavaConfig`.
+        checkpoint_dir: the directory a checkpoint is restored from (relative base paths resolve against it).
+    """
+
+    config_class = LlavaConfig
+    abilities = frozenset({GENERATE, ANSWER, VISUAL_TOKENS, FRONT_END})
+
+    def __init__(self, config: LlavaConfig, checkpoint_dir: Path | None = None) -> None:
+        super().__init__(config)
+        cfg = config
+        lm_path = _resolve(cfg.lm.source, checkpoint_dir)
+        if cfg.lm.sha256 is not None:
+            _check_hash("lm.source", lm_path, cfg.lm.gguf_file, cfg.lm.sha256)
+        lm, hf_tokenizer = load_causal_lm(lm_path, gguf_file=cfg.lm.gguf_file, dtype=DTYPES[cfg.lm.dtype])
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        if cfg.lm.grad_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lm = _with_lora(lm, cfg.lm.lora) if cfg.lm.lora is not None else lm
+        front_end = cfg.front_end
+        tower = front_end.tower
+        if tower.source is not None and not Path(tower.source).is_absolute() and checkpoint_dir is not None:
+            front_end = dataclasses.replace(front_end, tower=_relocated(tower, checkpoint_dir))
+        self.front_end = VideoFrontEnd(front_end, out_dim=int(lm.config.hidden_size))
+        self.set_tokenizer(TextTokenizer(hf_tokenizer))
+        self.template = cfg.chat_template or hf_tokenizer.chat_template or PLAIN_TEMPLATE
+        self.chat = ChatLayout(hf_tokenizer, self.template)
+        self.stop_ids = _stop_ids(self.chat, hf_tokenizer)
+        self._lm_hash = cfg.lm.sha256
+        # base parameters that trained in some stage are saved with the run: a training forward records them
+        self._base_params = [(n, p) for n, p in self.named_parameters() if self._is_base(n)]
+        self._trained: set[str] = set()
+
+    # -- the family's contract ---------------------------------------------------------------------------------
+    @property
+    def transform(self):
+        return self.front_end.transform()
+
+    @property
+    def num_frames(self) -> int:
+        return self.front_end.cfg.num_frames
+
+    def visual_tokens(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``video [N, T, 3, H, W]`` -> LM-width visual tokens ``[N, M, D]`` and their mask ``[N, M]`` or None."""
+        out = self.front_end(video, frame_mask)
+        return out.tokens, out.mask
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"lm_loss": ...}``: next-token loss on the assistant's answers (and their end-of-turn tokens) only."""
+        if self.training and torch.is_grad_enabled():
+            self._trained.update(n for n, p in self._base_params if p.requires_grad)
+        inputs = self.prepare_inputs(
+            self._conversations(batch),
+            batch["video"],
+            batch.get("frame_mask"),
+            batch.get("timestamps"),
+            batch.get("clips_per_sample"),
+            paths=batch.get("path"),
+        )
+        return {"lm_loss": self.lm(**inputs).loss}
+
+    def prepare_inputs(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        video: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        clips_per_sample: Sequence[int] | None = None,
+        generation: bool = False,
+        paths: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The LM's keyword arguments for B conversations and their clips (see :meth:`_assemble`).
+
+        Args:
+            conversations: B lists of turns; for generation each ends with a user turn.
+            video: ``[N, T, 3, H, W]``, every clip of the batch in order (None: no clips).
+            frame_mask: bool ``[N, T]``.
+            timestamps: ``[N, T]`` seconds of the sampled frames.
+            clips_per_sample: clips of each conversation (default: one each, or none without ``video``).
+            generation: left padding and no labels.
+            paths: sample names for error messages.
+        """
+        if video is None:
+            width = self.front_end.width
+            empty = torch.zeros(0, 0, width, device=self.lm.get_input_embeddings().weight.device)
+            visual = FrontEndOutput(empty, None, torch.zeros(0, 0, dtype=torch.long), None)
+            clips_per_sample = clips_per_sample or [0] * len(conversations)
+        else:
+            visual = self.front_end(video, frame_mask)
+        batch = {"timestamps": timestamps, "clips_per_sample": clips_per_sample, "path": paths}
+        return self._assemble(list(conversations), visual, batch, generation=generation)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        video: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        questions: Sequence[str | None] | None = None,
+        decode: DecodeConfig | None = None,
+        timestamps: torch.Tensor | None = None,
+        conversations: Sequence[list[dict[str, str]]] | None = None,
+        clips_per_sample: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Answer (or caption) each sample with the LM's ``generate`` (KV cache, left padding).
+
+        Args:
+            video: ``[N, T, 3, H, W]`` after :attr:`transform` (every clip of the batch).
+            frame_mask: bool ``[N, T]`` (None = all real).
+            questions: one per clip (None entries caption), when ``conversations`` is not given.
+            decode: greedy / beam / sampling options (default: ``config.decode``).
+            timestamps: ``[N, T]`` seconds of the sampled frames (for ``frame_times``).
+            conversations: B conversations ending with a user turn (several clips each: ``clips_per_sample``).
+            clips_per_sample: clips of each conversation (default: one each).
+
+        Returns:
+            B answers.
+        """
+        cfg = decode or self.config.decode
+        if conversations is None:
+            qs = list(questions) if questions is not None else [None] * video.shape[0]
+            conversations = [[{"role": "user", "content": self._user_turn(q)}] for q in qs]
+        inputs = self.prepare_inputs(conversations, video, frame_mask, timestamps, clips_per_sample, generation=True)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_id,
+            num_beams=cfg.num_beams if cfg.strategy == "beam" else 1,
+            do_sample=cfg.strategy == "sample",
+        )
+        if cfg.strategy == "sample":
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        embeds, mask2d = inputs["inputs_embeds"], inputs["attention_mask_2d"]
+        if self.config.visual_attention != "causal":
+            # the prompt's visual tokens need the custom 4-D mask: prefill all but the last position with it (once
+            # per beam: generate() repeats each row num_beams times), then generate() continues from that cache
+            beams = kwargs["num_beams"]
+            prefill = self.lm(
+                inputs_embeds=embeds[:, :-1].repeat_interleave(beams, 0),
+                attention_mask=inputs["attention_mask"][:, :, :-1, :-1].repeat_interleave(beams, 0),
+                position_ids=inputs["position_ids"][:, :-1].repeat_interleave(beams, 0),
+                use_cache=True,
+            )
+            kwargs["cache"] = prefill.cache
+        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask2d, **kwargs)
+        return [t.strip() for t in self.tokenizer.hf.batch_decode(out, skip_special_tokens=True)]
+
+    # -- sequences ---------------------------------------------------------------------------------------------
+    def _user_turn(self, question: str | None) -> str:
+        return "<video>\n" + (question or self.config.caption_prompt)
+
+    def _conversations(self, batch: dict[str, Any]) -> list[list[dict[str, str]]]:
+        """The batch's conversations, or caption / question samples as one-turn conversations."""
+        if batch.get("conversation") is not None:
+            return list(batch["conversation"])
+        questions = batch.get("question") or [None] * len(batch["text"])
+        return [
+            [{"role": "user", "content": self._user_turn(q)}, {"role": "assistant", "content": a}]
+            for q, a in zip(questions, batch["text"], strict=True)
+        ]
+
+    def _assemble(
+        self, convs: list[list[dict[str, str]]], visual: FrontEndOutput, batch: dict[str, Any], generation: bool
+    ) -> dict[str, torch.Tensor]:
+        """Embeddings, masks, positions (and labels for training) of a batch of conversations.
+
+        Returns:
+            ``inputs_embeds [B, L, D]``, ``attention_mask`` (``[B, L]`` for causal attention, else additive
+            ``[B, 1, L, L]``), ``position_ids [B, L]``, ``labels [B, L]`` (training) and ``attention_mask_2d``
+            (generation). Training pads on the right, generation on the left.
+        """
+        counts = list(batch.get("clips_per_sample") or [1] * len(convs))
+        if sum(counts) != visual.tokens.shape[0] or len(counts) != len(convs):
+            raise ConfigError(f"batch: {visual.tokens.shape[0]} clips for clips_per_sample {list(counts)}")
+        times = batch.get("timestamps")
+        embed = self.lm.get_input_embeddings()
+        rows, start = [], 0
+        for i, (conv, n) in enumerate(zip(convs, counts, strict=True)):
+            clips = list(range(start, start + n))
+            start += n
+            rows.append(self._sequence(conv, clips, visual, times, generation, _sample_name(batch, i)))
+        device = visual.tokens.device
+        length = max(len(r[1]) for r in rows)
+        b, d = len(rows), visual.tokens.shape[-1]
+        embeds = torch.zeros(b, length, d, dtype=embed.weight.dtype, device=device)
+        labels = torch.full((b, length), IGNORE, dtype=torch.long, device=device)
+        group = torch.full((b, length), -1, dtype=torch.long, device=device)
+        real = torch.zeros(b, length, dtype=torch.bool, device=device)
+        for i, (parts, lab, grp) in enumerate(rows):
+            n = len(lab)
+            at = slice(length - n, length) if generation else slice(0, n)
+            ids = torch.tensor([p if p >= 0 else 0 for p in parts.ids], dtype=torch.long, device=device)
+            row = embed(ids).to(embeds.dtype)
+            vis = torch.tensor(parts.visual_pos, dtype=torch.long, device=device)
+            if len(vis):
+                row = row.index_put((vis,), parts.visual_tokens(visual).to(row.dtype))
+            embeds[i, at], real[i, at] = row, True
+            labels[i, at] = torch.tensor(lab, dtype=torch.long, device=device)
+            group[i, at] = torch.tensor(grp, dtype=torch.long, device=device)
+        positions = (real.long().cumsum(1) - 1).masked_fill(~real, 1)
+        out = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": self._mask(real, group, embeds)}
+        if generation:
+            out["attention_mask_2d"] = real.long()
+        else:
+            out["labels"] = labels
+        return out
+
+    def _sequence(
+        self,
+        conv: list[dict[str, str]],
+        clips: list[int],
+        visual: FrontEndOutput,
+        times: torch.Tensor | None,
+        generation: bool,
+        name: str,
+    ) -> tuple[_Parts, list[int], list[int]]:
+        """One sample's token ids (-1 where a visual token goes), labels and visual group per position; whole turns
+        are dropped from the end while it is longer than ``max_length``."""
+        while True:
+            pieces = self.chat.pieces(conv, generation=generation)
+            holders = [p.clip for p in pieces if p.clip is not None]
+            if len(holders) != len(clips):
+                raise ConfigError(
+                    f"sample {name}: the conversation has {len(holders)} <video>/<image> placeholders for "
+                    f"{len(clips)} clips"
+                )
+            parts, labels, groups = self._expand(pieces, clips, visual, times)
+            if len(labels) <= self.config.max_length:
+                return parts, labels, groups
+            droppable = not generation and len(conv) > 2 and "<video>" not in conv[-2]["content"]
+            droppable = droppable and "<image>" not in conv[-2]["content"]
+            if not droppable:
+                raise ConfigError(
+                    f"sample {name}: {len(labels)} tokens exceed max_length {self.config.max_length} and no whole "
+                    "turn can be dropped without cutting a clip's visual tokens"
+                )
+            conv = conv[:-2]
+
+    def _expand(
+        self, pieces: list, clips: list[int], visual: FrontEndOutput, times: torch.Tensor | None
+    ) -> tuple[_Parts, list[int], list[int]]:
+        parts = _Parts()
+        labels: list[int] = []
+        groups: list[int] = []
+
+        def text(s: str, target: bool = False) -> None:
+            ids = self.tokenizer.hf(s, add_special_tokens=False)["input_ids"]
+            parts.ids.extend(ids)
+            labels.extend(ids if target else [IGNORE] * len(ids))
+            groups.extend([-1] * len(ids))
+
+        for piece in pieces:
+            if piece.clip is None:
+                text(piece.text, piece.target)
+                continue
+            clip = clips[piece.clip]
+            keep = torch.ones(visual.tokens.shape[1], dtype=torch.bool) if visual.mask is None else visual.mask[clip]
+            frames = visual.frame_index[clip]
+            stamps = None if times is None else token_times(frames[None], times[clip : clip + 1].cpu())[0]
+            previous = None
+            for m in torch.nonzero(keep.cpu()).flatten().tolist():
+                frame = int(frames[m])
+                if frame != previous:
+                    if previous is not None and self.config.frame_separator:
+                        text(self.config.frame_separator)
+                    if self.config.frame_times and frame >= 0 and stamps is not None:
+                        text(f"Time {float(stamps[m]):.1f} s:")
+                    previous = frame
+                parts.visual_pos.append(len(parts.ids))
+                parts.visual_src.append((clip, m))
+                parts.ids.append(-1)
+                labels.append(IGNORE)
+                groups.append(clip)
+            if previous is not None and self.config.frame_separator:
+                text(self.config.frame_separator)
+        return parts, labels, groups
+
+    def _mask(self, real: torch.Tensor, group: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` for causal attention, else an additive ``[B, 1, L, L]`` mask (see the module docstring)."""
+        if self.config.visual_attention == "causal":
+            return real.long()
+        length = real.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
+        gq, gk = group[:, :, None], group[:, None, :]
+        same_clip = (gq == gk) & (gq >= 0)
+        allowed = causal[None] | same_clip
+        if self.config.visual_attention == "clip_causal":
+            allowed = allowed & ~((gq >= 0) & (gk >= 0) & (gq != gk))
+        allowed = allowed & real[:, None, :]
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)[None]  # padded rows see one key
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        return torch.where(allowed, zero, torch.finfo(like.dtype).min)[:, None]
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _is_base(self, name: str) -> bool:
+        """A weight of a frozen pretrained base (the LM's own weights, a pretrained tower's), not stored unless
+        trained. LoRA adapters, the connector and the pooler are the run's own."""
+        if name.startswith("lm."):
+            return "lora_" not in name
+        return name.startswith("front_end.tower.") and self.config.front_end.tower.name != "native"
+
+    def _lm_sha256(self) -> str:
+        if self._lm_hash is None:
+            self._lm_hash = weights_sha256(_resolve(self.config.lm.source, None), self.config.lm.gguf_file)
+        return self._lm_hash
+
+    def config_for_save(self) -> LlavaConfig:
+        tower = self.config.front_end.tower
+        if tower.name != "native" and tower.sha256 is None:
+            tower = dataclasses.replace(tower, sha256=source_sha256(tower))
+        lm = dataclasses.replace(self.config.lm, sha256=self._lm_sha256())
+        front_end = dataclasses.replace(self.config.front_end, tower=tower)
+        return dataclasses.replace(self.config, lm=lm, front_end=front_end, chat_template=self.template)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the config (bases named by path and sha256), the trained tensors and the tokenizer."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_config(self.config_for_save(), path / CONFIG_FILE)
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        keep = {
+            n: t.detach().contiguous()
+            for n, t in self.state_dict().items()
+            if not self._is_base(n) or n in self._trained or n in trainable
+        }
+        save_file(keep, str(path / WEIGHTS_FILE))
+        self.tokenizer.save(path)
+
+    @classmethod
+    def _build_for_restore(cls, config: LlavaConfig, directory: Path) -> LlavaModel:
+        return cls(config, checkpoint_dir=directory)
+
+    def load_saved_weights(self, directory: str | Path) -> None:
+        """Load a checkpoint's tensors: every tensor must fit; only base weights may be absent (they come from the
+        bases, already checked by hash)."""
+        file = Path(directory) / WEIGHTS_FILE
+        try:
+            tensors = load_file(str(file))
+        except Exception as e:  # safetensors raises several kinds
+            raise CheckpointError(f"{file}: cannot read safetensors: {e}") from e
+        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if not self._is_base(k)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{file}: checkpoint does not match the model; missing keys: {sorted(missing)}; "
+                f"unexpected keys: {sorted(unexpected)}"
+            )
+        self._trained.update(k for k in tensors if self._is_base(k))
+
+    def export(self, directory: str | Path) -> Path:
+        """A standalone directory: LoRA merged into the LM, the LM saved inside (``lm/``), the tower resolved and
+        stored, so ``vidvlm.load`` needs no base."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        lm = copy.deepcopy(self.lm)
+        if self.config.lm.lora is not None:
+            lm = lm.merge_and_unload()
+        lm.save_pretrained(path / "lm", safe_serialization=True)
+        self.tokenizer.save(path / "lm")
+        lm_cfg = LanguageModelConfig(source="lm", dtype=self.config.lm.dtype, sha256=weights_sha256(path / "lm"))
+        front_end = self.front_end.resolved_config()
+        cfg = dataclasses.replace(self.config, lm=lm_cfg, front_end=front_end, chat_template=self.template)
+        save_config(cfg, path / CONFIG_FILE)
+        tensors = {n: t.detach().contiguous() for n, t in self.state_dict().items() if not n.startswith("lm.")}
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        self.tokenizer.save(path)
+        return path
+
+
+@dataclass
+class _Parts:
+    """A sample's token ids (-1 at visual positions) and where each visual token comes from."""
+
+    ids: list[int] = field(default_factory=list)
+    visual_pos: list[int] = field(default_factory=list)
+    visual_src: list[tuple[int, int]] = field(default_factory=list)  # (clip, token)
+
+    def visual_tokens(self, visual: FrontEndOutput) -> torch.Tensor:
+        clips = torch.tensor([c for c, _ in self.visual_src], device=visual.tokens.device)
+        tokens = torch.tensor([m for _, m in self.visual_src], device=visual.tokens.device)
+        return visual.tokens[clips, tokens]
+
+
+def _with_lora(lm: nn.Module, spec: LoraSpec) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules)
+    try:
+        return get_peft_model(lm, config)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"lm.lora.target_modules: {spec.target_modules} match no module of the LM; its linear layers: {names}"
+        ) from e
+
+
+def _stop_ids(chat: ChatLayout, tokenizer: Any) -> list[int]:
+    """EOS and the template's end-of-turn token (what follows an answer, e.g. ChatML's ``<|im_end|>``)."""
+    ids = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
+    mark = "\u2063answer\u2063"
+    rendered = chat.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}])
+    tail = rendered.split(mark, 1)[1].strip() if mark in rendered else ""
+    if tail:
+        tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        if tail_ids and tail_ids[0] not in ids:
+            ids.append(int(tail_ids[0]))
+    return ids
+
+
+def _sample_name(batch: dict[str, Any], i: int) -> str:
+    paths = batch.get("path")
+    return f"{i} ({paths[i]})" if paths and i < len(paths) and paths[i] else str(i)
+
+
+def _resolve(source: str, checkpoint_dir: Path | None) -> Path:
+    if not source:
+        raise ConfigError("lm.source: required (a local causal-LM directory or a .gguf file)")
+    path = Path(source)
+    return checkpoint_dir / path if checkpoint_dir is not None and not path.is_absolute() else path
+
+
+def _relocated(tower: TowerConfig, checkpoint_dir: Path) -> TowerConfig:
+    """A tower config whose relative sources resolve against a standalone checkpoint's directory."""
+
+    def move(p: str | None) -> str | None:
+        return p if p is None or p.startswith("timm:") or Path(p).is_absolute() else str(checkpoint_dir / p)
+
+    return dataclasses.replace(tower, source=move(tower.source), weights=move(tower.weights))
+
+
+def _check_hash(key: str, path: Path, gguf_file: str | None, expected: str) -> None:
+    got = weights_sha256(path, gguf_file)
+    if got != expected:
+        raise CheckpointError(
+            f"{key}: {path} has weights sha256 {got[:16]}..., but this checkpoint was trained on {expected[:16]}... "
+            "(a different base model)"
+        )
+
+
+__all__ = ["LlavaConfig", "LlavaModel", "LanguageModelConfig", "LoraSpec"]
