@@ -113,7 +113,7 @@ def test_stage_switch_changes_trainable(tmp_path):
 
 
 def test_bad_stage_prefix(tmp_path):
-    with pytest.raises(ValueError, match="'hed' matches no parameter"):
+    with pytest.raises(ValueError, match="patterns that match no parameter: trainable 'hed'"):
         _trainer(tmp_path, ["stages=[{name: x, steps: 1, trainable: [hed]}]"]).train()
 
 
