@@ -12,7 +12,7 @@ import pytest
 import torch
 from train_tiny import TinyDataset, TinyModel, collate
 
-from vidvlm.train.trainer import _mix_seed
+from vidvlm.train.data import mix_seed as _mix_seed
 
 HERE = Path(__file__).parent
 
