@@ -1,6 +1,7 @@
 """Train a model from a YAML run config (also under ``accelerate launch`` / ``torchrun``).
 
     python tools/train.py --config configs/contrastive_tiny_8f_shapes.yaml [key.sub=value ...] [--resume [DIR|auto]]
+        [--force-resume] [--overwrite]
     accelerate launch --config_file configs/accelerate/ddp.yaml tools/train.py --config ...
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 tools/train.py --config ...   # CPU, gloo
 
@@ -8,12 +9,13 @@ Overrides use the config's key paths (``optim.lr=1e-4``, ``stages.0.steps=100``)
 ``auto``: the newest complete checkpoint of ``output_dir``.
 
 One folder holds one run. A fresh run refuses an ``output_dir`` that holds another run's checkpoints, ``final/``,
-``metrics.jsonl`` or ``train_config.yaml``; ``--overwrite`` deletes those (nothing else) and starts over. ``--resume``
-refuses a config that differs from the checkpoint's in anything that changes training (model, data, optimiser,
-schedule, stages, seed, precision, accumulation, clipping), naming the keys; logging, evaluation, checkpoint cadence,
-paths, ``data.num_workers`` and ``compile`` may change. ``--force-resume`` accepts the change (e.g. more steps): the
-run is then no longer an exact continuation. A resume drops the checkpoints and ``metrics.jsonl`` rows after the
-resumed step, so the folder describes one history.
+``metrics.jsonl`` or ``train_config.yaml`` (a rerun of the same config that stopped before its first checkpoint is
+allowed); ``--overwrite`` deletes those (nothing else) and starts over. ``--resume`` refuses a config that differs
+from the checkpoint's in anything that changes training (model, data, optimiser, schedule, stages, seed, precision,
+accumulation, clipping), naming the keys; logging, evaluation, checkpoint cadence, paths, ``data.num_workers`` and
+``compile`` may change. ``--force-resume`` accepts the change (e.g. more steps): the run is then no longer an exact
+continuation. A resume drops the checkpoints and ``metrics.jsonl`` rows after the resumed step, so the folder
+describes one history.
 """
 
 from __future__ import annotations

@@ -208,6 +208,17 @@ def test_too_many_unreadable_files_stop_training(tmp_path):
     assert ok[-1]["step"] == 8 and ok[-1]["replaced_samples"] >= 1
 
 
+def test_a_run_stopped_before_its_first_checkpoint_can_be_rerun(tmp_path):
+    with pytest.raises(VideoDecodeError):
+        _trainer(tmp_path, datasets={"a": Flaky(24, every=2)}).train()
+    assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6] and not ckpt.list_checkpoints(tmp_path)
+    with pytest.raises(ConfigError, match="holds another run"):  # another config is another run
+        _trainer(tmp_path, ["optim.lr=0.01"]).train()
+    # the same run (max_bad_fraction does not change training) starts over: its leftovers are replaced
+    _trainer(tmp_path, ["data.max_bad_fraction=1.0"], datasets={"a": Flaky(24, every=2)}).train()
+    assert _steps(tmp_path) == list(range(1, 9))
+
+
 def test_bad_fraction_is_per_dataset(tmp_path):
     stages = ["data.datasets.b={manifest: b.jsonl}", "data.max_bad_fraction=0.2"]
     datasets = {"a": TinyDataset(24), "b": Flaky(24, every=2)}

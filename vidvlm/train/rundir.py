@@ -1,8 +1,9 @@
 """The output folder of a run: one run per folder, resumes that continue the same run, one metrics row per step.
 
 A fresh run refuses a folder that already holds a run (``overwrite`` removes that run's files first: checkpoints,
-``final/``, ``metrics.jsonl``, ``train_config.yaml``; nothing else in the folder is touched). A resume refuses a
-config that differs from the checkpoint's in a key that changes training (see
+``final/``, ``metrics.jsonl``, ``train_config.yaml``; nothing else in the folder is touched), except the leftovers of
+the same run stopped before its first checkpoint (same config, no checkpoint, no ``final/``), which it replaces.
+A resume refuses a config that differs from the checkpoint's in a key that changes training (see
 :func:`vidvlm.train.config.resume_changes`) unless forced, and rewinds the folder to the checkpoint: checkpoints of
 later steps (an abandoned continuation) are deleted and ``metrics.jsonl`` keeps only the rows up to its step.
 """
@@ -60,7 +61,7 @@ def check_output_dir(
     out = Path(cfg.output_dir)
     if resume_dir is None:
         found = run_files(out)
-        if found and not overwrite:
+        if found and not overwrite and not _restartable(out, cfg, found):
             names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
             raise ConfigError(
                 f"output_dir {out}: holds another run ({names}); resume it (--resume), replace it (--overwrite) "
@@ -95,15 +96,15 @@ def check_output_dir(
 def prepare_output_dir(output_dir: str | Path, resume_dir: Path | None, *, overwrite: bool = False) -> None:
     """Make ``output_dir`` ready (main process only, after :func:`check_output_dir` passed on every rank).
 
-    Restores a ``final/`` left aside by an interrupted replacement; with ``overwrite`` deletes the run files (the
-    checkpoint resumed from excepted); on resume deletes checkpoints after the resumed step and cuts
+    Restores a ``final/`` left aside by an interrupted replacement; for a fresh run or with ``overwrite`` deletes the
+    run files (the checkpoint resumed from excepted); on resume deletes checkpoints after the resumed step and cuts
     ``metrics.jsonl`` at that step.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.recover_dir(out / FINAL)
     keep = resume_dir.resolve() if resume_dir is not None else None
-    if overwrite:
+    if overwrite or resume_dir is None:  # a fresh run got here only past check_output_dir
         for path in run_files(out):
             if keep is not None and path.resolve() == keep:
                 continue
@@ -140,6 +141,17 @@ def truncate_metrics(path: Path, step: int) -> int:
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, path)
     return dropped
+
+
+def _restartable(out: Path, cfg: TrainConfig, found: list[Path]) -> bool:
+    """Whether ``found`` is what the same run leaves when stopped before its first checkpoint (a rerun replaces it)."""
+    if any(p.name == FINAL or p.name.startswith("checkpoint-") for p in found):
+        return False
+    own = out / CONFIG_FILE
+    try:
+        return own.is_file() and not resume_changes(read_mapping(own), cfg)
+    except ConfigError:  # an unreadable config is not evidence of the same run
+        return False
 
 
 def _same_dir(a: Path, b: Path) -> bool:
