@@ -1,11 +1,21 @@
 """Train a model from a YAML run config (also under ``accelerate launch`` / ``torchrun``).
 
     python tools/train.py --config configs/contrastive_tiny_8f_shapes.yaml [key.sub=value ...] [--resume [DIR|auto]]
+        [--force-resume] [--overwrite]
     accelerate launch --config_file configs/accelerate/ddp.yaml tools/train.py --config ...
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 tools/train.py --config ...   # CPU, gloo
 
 Overrides use the config's key paths (``optim.lr=1e-4``, ``stages.0.steps=100``). ``--resume`` alone means
 ``auto``: the newest complete checkpoint of ``output_dir``.
+
+One folder holds one run. A fresh run refuses an ``output_dir`` that holds another run's checkpoints, ``final/``,
+``metrics.jsonl`` or ``train_config.yaml`` (a rerun of the same config that stopped before its first checkpoint is
+allowed); ``--overwrite`` deletes those (nothing else) and starts over. ``--resume`` refuses a config that differs
+from the checkpoint's in anything that changes training (model, data, optimiser, schedule, stages, seed, precision,
+accumulation, clipping), naming the keys; logging, evaluation, checkpoint cadence, paths, ``data.num_workers`` and
+``compile`` may change. ``--force-resume`` accepts the change (e.g. more steps): the run is then no longer an exact
+continuation. A resume drops the checkpoints and ``metrics.jsonl`` rows after the resumed step, so the folder
+describes one history.
 """
 
 from __future__ import annotations
@@ -20,19 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run config (YAML)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, help="checkpoint dir or 'auto'")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that output_dir holds")
+    parser.add_argument(
+        "--force-resume", action="store_true", help="resume although the config changed in keys that change training"
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
         from vidvlm.train.checkpoint import resolve_resume
         from vidvlm.train.config import load_train_config, validate_model_config
+        from vidvlm.train.rundir import check_output_dir
         from vidvlm.train.trainer import Trainer
 
         cfg = load_train_config(args.config, args.overrides)
         validate_model_config(cfg, where=args.config)
-        if args.resume is not None:  # fail before building data and model
-            args.resume = str(resolve_resume(args.resume, cfg.output_dir))
+        # fail before building data and model (the trainer checks again on every rank)
+        resume = resolve_resume(args.resume, cfg.output_dir) if args.resume is not None else None
+        check_output_dir(cfg, resume, overwrite=args.overwrite, force_resume=args.force_resume)
         trainer = Trainer(cfg)
-        trainer.train(resume=args.resume)
+        trainer.train(resume=resume, overwrite=args.overwrite, force_resume=args.force_resume)
     except VidVLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

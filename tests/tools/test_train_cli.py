@@ -93,3 +93,35 @@ def test_bad_key_and_override_name_the_file(tmp_path, capsys):
     assert train_cli.main(args) == 2
     assert "not a complete checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.timeout(240)
+def test_run_folder_and_resume_checks(tmp_path, capsys):
+    from vidvlm.train.config import load_train_config, save_train_config
+
+    out, data = tmp_path / "run", tmp_path / "d"
+    args = ["--config", str(CONFIG), *_overrides(out, data)]
+    # a folder holding another run (here only its metrics) is refused before any data is generated
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (metrics.jsonl)" in err and "--overwrite" in err
+    assert not data.exists()
+    # a checkpoint written with another learning rate: --resume names the key, before any work
+    ckpt_dir = out / "checkpoint-00000002"
+    ckpt_dir.mkdir()
+    save_train_config(load_train_config(CONFIG, _overrides(out, data)), ckpt_dir / "train_config.yaml")
+    (ckpt_dir / "trainer_state.json").write_text('{"step": 2}')
+    assert train_cli.main([*args, "optim.lr=0.1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.002 -> 0.1" in err and "--force-resume" in err
+    assert not data.exists()
+    # --force-resume passes the check (this fake checkpoint has no weights, which is the next error)
+    assert train_cli.main([*args, "optim.lr=0.1", "--force-resume", "--resume"]) == 2
+    assert "missing model.safetensors" in capsys.readouterr().err
+    # --overwrite starts over: only the new run's files remain
+    assert train_cli.main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-00000002", "checkpoint-00000004"]
+    assert sorted(_losses(out)) == [1, 2, 3, 4]
+    assert (out / "checkpoint-00000002" / "model.safetensors").is_file()

@@ -60,7 +60,8 @@ def test_crash_mid_save_keeps_previous(tmp_path, monkeypatch):
     # resume from the surviving checkpoint works, and the next save clears the stale temporary directory
     torch.manual_seed(0)
     cfg = make_cfg(tmp_path, ["stages.0.steps=10"], checkpoint_every=10, keep_checkpoints=1)
-    hist = Trainer(cfg, model=TinyModel(), datasets={"a": TinyDataset(24)}, collate_fn=collate).train(resume="auto")
+    t = Trainer(cfg, model=TinyModel(), datasets={"a": TinyDataset(24)}, collate_fn=collate)
+    hist = t.train(resume="auto", force_resume=True)  # 10 steps instead of 8: a changed schedule, forced
     assert [m["step"] for m in hist if "grad_norm" in m] == [9, 10]
     assert not list(tmp_path.glob("tmp-*"))
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-00000010"]

@@ -8,8 +8,8 @@ import yaml
 from train_tiny import TinyModel, make_cfg
 
 from vidvlm.errors import ConfigError
-from vidvlm.train.config import StageConfig, load_train_config
-from vidvlm.train.optim import apply_stage_trainable, build_optimizer, lr_factor
+from vidvlm.train.config import OptimConfig, ParamGroupSpec, StageConfig, load_train_config, resume_changes
+from vidvlm.train.optim import apply_stage_trainable, build_optimizer, lr_factor, matches
 
 BASE = {
     "output_dir": "runs/x",
@@ -85,3 +85,75 @@ def test_schedule_shape():
     f = [lr_factor(s, 10, 2, 0.1) for s in range(11)]
     assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
     assert f[10] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[1:], f[2:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=-0.1", "optim.lr"),
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("stages.0.lr=-1.0", "stage 's': lr"),
+        ("schedule.warmup_steps=-1", "schedule.warmup_steps"),
+        ("stages.0.warmup_steps=-2", "stage 's': warmup_steps"),
+        ("checkpoint_every=-1", "checkpoint_every"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.transform={size: 0}", "data.transform.size"),
+        ("data.transform={size: [32, -4]}", "data.transform.size"),
+        ("data.val_transform={size: 0}", "data.val_transform.size"),
+        ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
+    ],
+)
+def test_bad_training_values_are_one_line_errors_naming_the_key(tmp_path, override, key):
+    with pytest.raises(ConfigError) as e:
+        load_train_config(_write(tmp_path, BASE), [override])
+    message = str(e.value)
+    assert message.startswith(key) or f".{key}" in message, message
+    assert "\n" not in message
+
+
+def test_good_edge_values_are_accepted(tmp_path):
+    ok = ["optim.lr=0.0", "schedule.warmup_steps=0", "checkpoint_every=0", "data.transform={size: [32, 48]}"]
+    cfg = load_train_config(_write(tmp_path, BASE), ok)
+    assert cfg.optim.lr == 0.0 and cfg.data.transform["size"] == [32, 48] and cfg.data.max_bad_fraction == 0.05
+
+
+def test_patterns_select_by_prefix_or_glob():
+    assert matches("head.weight", "head") and not matches("header.weight", "head") and matches("head.weight", "")
+    assert matches("blocks.0.attn.lora_A.weight", "*.lora_*") and not matches("blocks.0.attn.qkv.weight", "*.lora_*")
+    assert matches("front_end.connector.proj.weight", "front_end.connector.*")
+    assert not matches("front_end.connectors.proj.weight", "front_end.connector.*")
+    assert matches("blocks.11.mlp.fc1.bias", "blocks.1?")  # a glob naming a module selects what is under it
+    assert not matches("blocks.1.mlp.fc1.bias", "blocks.1?")
+
+
+def test_glob_stage_selectors_and_groups(tmp_path):
+    model = TinyModel()
+    stage = StageConfig(name="s", steps=1, trainable=["*.weight"], frozen=["n*"], lr_mult={"enc*": 0.5})
+    trainable = apply_stage_trainable(model, stage)
+    assert trainable == ["encoder.weight", "head.weight"]
+    optim = OptimConfig(lr=0.1, groups=[ParamGroupSpec(prefix="*.weight", lr_mult=3.0)])
+    opt = build_optimizer(model, optim, stage)
+    by_name = {n: g["lr"] for g in opt.param_groups for n in g["names"]}
+    assert by_name == pytest.approx({"encoder.weight": 0.15, "head.weight": 0.3})
+    wrong = [ParamGroupSpec(prefix="vision")]
+    with pytest.raises(ConfigError, match=r"stage 's': .*optim\.groups 'vision'"):
+        apply_stage_trainable(model, stage, wrong)
+
+
+def test_resume_changes_names_keys_that_matter(tmp_path):
+    from vidvlm.train.config import save_train_config
+
+    cfg = make_cfg(tmp_path)
+    save_train_config(cfg, tmp_path / "saved.yaml")
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert resume_changes(saved, cfg) == []
+    free = make_cfg(tmp_path / "elsewhere", log_every=7, checkpoint_every=5, eval_every=3, trackers=["tensorboard"])
+    assert resume_changes(saved, free) == []
+    changed = make_cfg(tmp_path, ["model.width=3", "stages.0.steps=9", "data.batch_size=2"], grad_accum=2)
+    assert resume_changes(saved, changed) == [
+        "data.batch_size: 4 -> 2",
+        "grad_accum: 1 -> 2",
+        "model.width: (absent) -> 3",
+        "stages.0.steps: 8 -> 9",
+    ]

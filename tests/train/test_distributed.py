@@ -12,21 +12,26 @@ import pytest
 import torch
 from train_tiny import TinyDataset, TinyModel, collate
 
-from vidvlm.train.trainer import _mix_seed
+from vidvlm.train.data import mix_seed as _mix_seed
 
 HERE = Path(__file__).parent
 
 
-@pytest.mark.timeout(180)
-def test_two_process_ddp(tmp_path):
+def _torchrun(out, *args: str) -> None:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(HERE / "train_tiny.py"), str(tmp_path), "stages.0.steps=6", "checkpoint_every=3"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    cmd += [str(HERE / "train_tiny.py"), str(out), "stages.0.steps=6", "checkpoint_every=3", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_two_process_ddp(tmp_path):
+    _torchrun(tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
+    assert [r["drawn"] for r in ranks] == [{"a": 48}, {"a": 48}]  # 6 steps x 4 samples x 2 ranks, summed
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {r["world_size"] for r in rows} == {2}
     # each rank saw 6 batches of 4 distinct samples; in an epoch (32 samples = 4 global batches) no sample twice
@@ -51,3 +56,12 @@ def test_two_process_ddp(tmp_path):
     assert halves[0] != pytest.approx(halves[1])
     assert (tmp_path / "checkpoint-00000006" / "rng_state_1.json").is_file()
     assert (tmp_path / "final" / "model.safetensors").is_file()
+
+    # resume both ranks from step 3: the same losses and weights, and metrics.jsonl keeps one row per step
+    _torchrun(tmp_path, f"--resume={tmp_path / 'checkpoint-00000003'}")
+    again = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in again[3:]] == pytest.approx([r["loss"] for r in rows[3:]], rel=1e-6)
+    resumed = json.loads((tmp_path / "rank0.json").read_text())["params"]
+    for name, value in ranks[0]["params"].items():
+        torch.testing.assert_close(torch.tensor(resumed[name]), torch.tensor(value), rtol=1e-6, atol=1e-7, msg=name)

@@ -9,7 +9,8 @@ import torch
 from train_tiny import TinyDataset, TinyModel, collate, make_cfg
 
 from vidvlm.train.checkpoint import list_checkpoints
-from vidvlm.train.trainer import MixtureBatchSampler, NonFiniteLossError, Trainer
+from vidvlm.train.data import MixtureBatchSampler
+from vidvlm.train.trainer import NonFiniteLossError, Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,10 @@ def test_resume_is_exact(tmp_path, accum):
 def test_resume_auto_and_missing(tmp_path):
     t = _trainer(tmp_path, checkpoint_every=3)
     t.train()
-    resumed = _trainer(tmp_path, ["stages.0.steps=10"], checkpoint_every=3).train(resume="auto")
+    # 10 steps instead of 8 changes the schedule: a changed config is refused unless forced
+    with pytest.raises(ValueError, match=r"stages\.0\.steps: 8 -> 10.*--force-resume"):
+        _trainer(tmp_path, ["stages.0.steps=10"], checkpoint_every=3).train(resume="auto")
+    resumed = _trainer(tmp_path, ["stages.0.steps=10"], checkpoint_every=3).train(resume="auto", force_resume=True)
     assert [m["step"] for m in resumed if "grad_norm" in m] == [7, 8, 9, 10]  # latest is checkpoint 6
     with pytest.raises(ValueError, match="no complete checkpoint"):
         _trainer(tmp_path / "empty").train(resume="auto")
@@ -112,9 +116,50 @@ def test_stage_switch_changes_trainable(tmp_path):
     assert not torch.equal(after["encoder.weight"], before["encoder.weight"])
 
 
-def test_bad_stage_prefix(tmp_path):
-    with pytest.raises(ValueError, match="'hed' matches no parameter"):
-        _trainer(tmp_path, ["stages=[{name: x, steps: 1, trainable: [hed]}]"]).train()
+def test_bad_stage_patterns_are_all_listed_before_training(tmp_path):
+    stages = [
+        "stages=[{name: x, steps: 1, trainable: [hed, 'enc*']}, {name: y, steps: 1, frozen: ['*.lora_*'],"
+        " lr_mult: {nrm: 2.0}}]"
+    ]
+    with pytest.raises(ValueError, match="match no parameter") as e:
+        _trainer(tmp_path, stages).train()
+    message = str(e.value)
+    for wrong in ("trainable 'hed'", "frozen '*.lora_*'", "lr_mult 'nrm'"):
+        assert wrong in message
+    assert "'enc*'" not in message  # a glob that selects encoder.* is fine
+    assert "stage 'x'" in message and "stage 'y'" in message
+    assert not (tmp_path / "train_config.yaml").exists()  # refused before anything was written
+
+
+def test_train_step_is_one_optimiser_step(tmp_path):
+    t = _trainer(tmp_path, grad_accum=2)
+    calls = []
+    orig = Trainer._train_step
+
+    def spy(self, *args):
+        result = orig(self, *args)
+        calls.append((self.state.step, result.drawn, result.replaced, result.skipped))
+        return result
+
+    Trainer._train_step = spy
+    try:
+        t.train()
+    finally:
+        Trainer._train_step = orig
+    # 8 steps, each 2 micro-batches of 4 samples of dataset "a", counted before the step counter moves
+    assert calls == [(s, [8], [0], False) for s in range(8)]
+    assert t.state.drawn_by_dataset == {"a": 64} and t.state.replaced_by_dataset == {"a": 0}
+
+
+def test_no_private_library_attributes():
+    # accelerate's and torch's private state (acc._optimizers, scheduler._last_lr) is not part of their contract
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "vidvlm" / "train"
+    pattern = re.compile(r"\b(acc|accelerator|self\.acc|scheduler|optimizer)\._[a-z]\w*")
+    found = [f"{p.name}: {m.group(0)}" for p in sorted(root.glob("*.py")) for m in pattern.finditer(p.read_text())]
+    assert found == []
 
 
 def test_metrics_jsonl_and_grad_checkpointing(tmp_path):
@@ -139,7 +184,7 @@ def test_replaced_samples_are_counted(tmp_path):
                 s["replaced_from"] = i
             return s
 
-    hist = _trainer(tmp_path, datasets={"a": Flaky(24)}).train()
+    hist = _trainer(tmp_path, ["data.max_bad_fraction=1.0"], datasets={"a": Flaky(24)}).train()
     # 8 steps of 4 = 32 draws over 24 samples (6 of them flagged per epoch): 6 in epoch 0 + 2..? computed exactly:
     expected = 0
     for epoch in range(2):
@@ -150,7 +195,7 @@ def test_replaced_samples_are_counted(tmp_path):
 
 
 def _stage_seed(stage):
-    from vidvlm.train.trainer import _mix_seed
+    from vidvlm.train.data import mix_seed as _mix_seed
 
     return _mix_seed(0, stage)
 
@@ -211,6 +256,24 @@ def test_cuda_mixed_precision_resume(tmp_path, precision):
     if precision == "fp16":
         state = json.loads((tmp_path / "full" / "checkpoint-00000008" / "trainer_state.json").read_text())
         assert state["scaler"] and state["scaler"]["scale"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_stage_switch_and_resume(tmp_path):
+    # each stage is prepared afresh after accelerator.free_memory(): the GradScaler carries over, the previous
+    # stage's optimizer is no longer unscaled or clipped, and resume across the switch stays exact
+    stages = ["stages=[{name: a, steps: 4}, {name: b, steps: 4, trainable: [head]}]"]
+    top = {"mixed_precision": "fp16", "checkpoint_every": 2, "keep_checkpoints": 5}
+    full = _trainer(tmp_path / "full", stages, **top).train()
+    assert [m["step"] for m in full if "grad_norm" in m] == list(range(1, 9))
+    resumed = _trainer(tmp_path / "full", stages, **top).train(resume=tmp_path / "full" / "checkpoint-00000002")
+    expected = [x for x in _losses(full) if x[0] > 2]
+    got = _losses(resumed)
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5)
+    state = json.loads((tmp_path / "full" / "checkpoint-00000008" / "trainer_state.json").read_text())
+    assert state["scaler"] and state["scaler"]["scale"] > 0
 
 
 class BlockModel(TinyModel):

@@ -1,6 +1,7 @@
 """A tiny real model and dataset for engine tests (no decoding), also runnable under torchrun.
 
-``python tests/train/train_tiny.py OUTPUT_DIR [key=value ...]`` trains the tiny setup; the two-process test launches it.
+``python tests/train/train_tiny.py OUTPUT_DIR [key=value ...] [--resume=DIR]`` trains the tiny setup; the two-process
+test launches it.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def main() -> None:
     from vidvlm.train.trainer import Trainer
 
     out = sys.argv[1]
-    cfg = make_cfg(out, sys.argv[2:])
+    resume = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--resume=")), None)
+    cfg = make_cfg(out, [a for a in sys.argv[2:] if not a.startswith("--resume=")])
     torch.manual_seed(0)
     model = TinyModel()
     trainer = Trainer(cfg, model=model, datasets={"a": TinyDataset(32)}, collate_fn=collate)
@@ -106,9 +108,10 @@ def main() -> None:
     seen: list[int] = []
     orig = trainer.collate.collate_fn
     trainer.collate.collate_fn = lambda s: (seen.extend(int(x["index"]) for x in s), orig(s))[1]
-    trainer.train()
+    trainer.train(resume=resume)
     params = {k: v.tolist() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
     record = {"rank": rank, "world": trainer.acc.num_processes, "seen": seen, "params": params}
+    record["drawn"] = trainer.state.drawn_by_dataset
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -1,7 +1,8 @@
 """Training on accelerate: multi-stage recipes, parameter groups, atomic pickle-free checkpoints, exact resume.
 
 ``Trainer`` (``vidvlm.train.trainer``) runs a :class:`~vidvlm.train.config.TrainConfig`; ``tools/train.py`` is its
-command line. Imports are lazy so that ``import vidvlm.train`` does not import accelerate.
+command line. ``evaluate(model, dataset)`` (``vidvlm.train.evaluation``) measures a model without a trainer.
+Imports are lazy so that ``import vidvlm.train`` does not import accelerate.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _LAZY = {
     "TrainConfig": "vidvlm.train.config",
     "StageConfig": "vidvlm.train.config",
     "load_train_config": "vidvlm.train.config",
+    "evaluate": "vidvlm.train.evaluation",
 }
 
 __all__ = list(_LAZY)

@@ -10,16 +10,21 @@ A checkpoint directory ``{output_dir}/checkpoint-{step:08d}`` holds:
 - ``trainer_state.json`` (step, stage, data position, scheduler, scaler): written last, it marks completeness.
 
 Saving writes ``tmp-checkpoint-*`` in the same directory, fsyncs every file, renames it, then prunes old ones, so a
-crash mid-save leaves the previous checkpoint intact. Loading reads only these files (safetensors, JSON).
+crash mid-save leaves the previous checkpoint intact. A directory that already exists (``final/``, a checkpoint saved
+again) is replaced by :func:`replace_dir`, an atomic exchange, so that at every instant it holds a whole model.
+Loading reads only these files (safetensors, JSON).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,12 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         if m and d.is_dir() and (d / STATE_FILE).is_file():
             found.append((int(m.group(1)), d))
     return [d for _, d in sorted(found)]
+
+
+def checkpoint_step(directory: Path) -> int | None:
+    """The step of a ``checkpoint-{step}`` directory name (None for another name)."""
+    m = _NAME.match(directory.name)
+    return int(m.group(1)) if m else None
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -106,29 +117,85 @@ def tmp_dir_for(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"tmp-{checkpoint_name(step)}"
 
 
+def begin_dir(path: Path) -> Path:
+    """Create ``path`` empty (a leftover of an interrupted save is removed first)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
 def begin(output_dir: str | Path, step: int) -> Path:
     """Create a fresh temporary directory for the checkpoint of ``step`` (main process only)."""
-    tmp = tmp_dir_for(output_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    return begin_dir(tmp_dir_for(output_dir, step))
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        False where the platform, C library or filesystem cannot (the caller falls back to two renames).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, some musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or filesystem without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _old_name(target: Path) -> Path:
+    return target.with_name(f"old-{target.name}")
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the whole directory ``new`` (same filesystem) to ``target``, replacing what is there.
+
+    The new contents are fsynced first; an existing ``target`` is exchanged with ``new`` atomically, so that at every
+    instant ``target`` is either the old or the new directory, then the old one is deleted. Where an atomic exchange
+    is not available, ``target`` is renamed to ``old-{name}`` and ``new`` renamed in; :func:`recover_dir` puts the
+    old one back after a crash between the two renames.
+    """
+    _fsync_tree(new)
+    if not target.exists():
+        new.rename(target)
+    elif _exchange(new, target):
+        shutil.rmtree(new)  # it now holds the old contents
+    else:
+        old = _old_name(target)
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    _fsync_dir(target.parent)
+
+
+def recover_dir(target: Path) -> None:
+    """Undo an interrupted :func:`replace_dir` fallback: restore ``old-{name}`` when ``target`` is missing."""
+    old = _old_name(target)
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def commit(tmp: Path, step: int, keep: int) -> Path:
     """fsync ``tmp``, rename it to its final name, then prune all but the ``keep`` newest checkpoints."""
     final = tmp.parent / checkpoint_name(step)
-    _fsync_tree(tmp)
-    if final.exists():  # re-saving the same step (e.g. stop after a save): replace it only once the new one is whole
-        old = tmp.parent / f"old-{final.name}"
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    _fsync_dir(tmp.parent)
+    # re-saving the same step (e.g. stop after a save) replaces it only once the new one is whole
+    replace_dir(tmp, final)
     for stale in list_checkpoints(tmp.parent)[:-keep]:
         shutil.rmtree(stale)
     for leftover in tmp.parent.glob("tmp-checkpoint-*"):  # from an earlier crash

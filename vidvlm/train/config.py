@@ -12,11 +12,12 @@ data mixture.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vidvlm.config import apply_overrides, from_dict, read_mapping, save_config
+from vidvlm.config import apply_overrides, from_dict, read_mapping, save_config, to_dict
 from vidvlm.errors import ConfigError
 
 
@@ -63,6 +64,9 @@ class DataConfig:
         transform: training transform options (``vidvlm.data.transforms.build_transform`` keywords).
         val_transform: evaluation transform options; None uses ``transform`` without augmentation.
         synthetic: when set, generate the synthetic data if a manifest is missing.
+        max_bad_fraction: training stops (naming the manifest) once more than this fraction of the samples drawn
+            from a dataset were unreadable files replaced by others; judged once 100 samples (or the whole dataset,
+            when smaller) were drawn from it. 1 never stops.
     """
 
     datasets: dict[str, DatasetSpec]
@@ -74,20 +78,43 @@ class DataConfig:
     transform: dict[str, Any] = field(default_factory=dict)
     val_transform: dict[str, Any] | None = None
     synthetic: SyntheticSpec | None = None
+    max_bad_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ConfigError("data.datasets: at least one dataset is needed")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
+        _check_size(self.transform, "data.transform")
+        _check_size(self.val_transform or {}, "data.val_transform")
         _check_mixture(self.mixture, self.datasets, "data.mixture")
+
+
+def _check_size(transform: dict[str, Any], where: str) -> None:
+    """``size`` of a transform: a positive int or a list of positive ints (H, W)."""
+    if "size" not in transform or transform["size"] is None:
+        return
+    size = transform["size"]
+    values = size if isinstance(size, (list, tuple)) else [size]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{where}.size: must be a positive integer or [height, width] of them, got {size!r}")
+
+
+def _check_lr(lr: float, where: str) -> None:
+    if not math.isfinite(lr) or lr < 0:
+        raise ConfigError(f"{where}: the learning rate must be a finite number >= 0, got {lr}")
 
 
 @dataclass
 class ParamGroupSpec:
-    """Learning-rate and weight-decay multipliers for the parameters under a module-name prefix.
+    """Learning-rate and weight-decay multipliers for the parameters selected by ``prefix``.
 
-    The longest matching prefix wins; parameters matching no prefix use the base values.
+    ``prefix`` is a module-name prefix or a glob on parameter names (see :mod:`vidvlm.train.optim`). The longest
+    matching pattern wins; parameters matching none use the base values.
     """
 
     prefix: str
@@ -105,6 +132,9 @@ class OptimConfig:
     weight_decay: float = 0.05
     groups: list[ParamGroupSpec] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        _check_lr(self.lr, "optim.lr")
+
 
 @dataclass
 class ScheduleConfig:
@@ -112,6 +142,10 @@ class ScheduleConfig:
 
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ConfigError(f"schedule.warmup_steps: must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -121,10 +155,11 @@ class StageConfig:
     Attributes:
         name: a label used in logs.
         steps: optimiser steps in this stage.
-        trainable: module-name prefixes to train; empty means every parameter.
-        frozen: prefixes to freeze (applied after ``trainable``).
+        trainable: parameter-name patterns to train (module prefixes such as ``head`` or globs such as
+            ``*.lora_*``; see :mod:`vidvlm.train.optim`); empty means every parameter.
+        frozen: patterns to freeze (applied after ``trainable``).
         lr: the stage's base learning rate (default: ``optim.lr``).
-        lr_mult: prefix -> multiplier, on top of ``optim.groups``.
+        lr_mult: pattern -> multiplier, on top of ``optim.groups`` (the longest matching pattern wins).
         mixture: dataset name -> weight for this stage (default: ``data.mixture``).
         warmup_steps: warm-up of this stage (default: ``schedule.warmup_steps``).
     """
@@ -141,6 +176,10 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.lr is not None:
+            _check_lr(self.lr, f"stage {self.name!r}: lr")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"stage {self.name!r}: warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -212,6 +251,8 @@ class TrainConfig:
             raise ConfigError("model.family: required key is missing")
         if self.grad_accum < 1:
             raise ConfigError(f"grad_accum: must be >= 1, got {self.grad_accum}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: must be >= 0 (0: only at the end), got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
         names = [s.name for s in self.stages]
@@ -272,3 +313,68 @@ def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     """A copy of ``cfg`` with top-level fields changed (tests and tools)."""
     return dataclasses.replace(cfg, **changes)
+
+
+# Keys that may change between a checkpoint and a resumed run: cadence, logging, evaluation, paths and speed knobs
+# that leave the trained weights unchanged. Every other key (model, data, optimiser, schedule, stages, seed,
+# precision, accumulation, clipping, and any key added later) must match unless the resume is forced.
+RESUME_FREE_KEYS = (
+    "output_dir",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "eval",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "trackers",
+    "nonfinite",
+    "compile",
+    "grad_checkpointing",
+    "data.num_workers",
+    "data.val",
+    "data.val_transform",
+    "data.synthetic",
+    "data.max_bad_fraction",
+)
+
+
+def _flatten(value: Any, key: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{key}.{k}" if key else str(k), out)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            _flatten(v, f"{key}.{i}", out)
+    else:
+        out[key] = value
+    return out
+
+
+def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The keys that matter for a resume and differ between a checkpoint's saved run config and ``cfg``.
+
+    Args:
+        saved: the checkpoint's ``train_config.yaml`` as a mapping.
+        cfg: the config of the run that resumes.
+
+    Returns:
+        ``"key: old -> new"`` for each differing key (sorted); keys in :data:`RESUME_FREE_KEYS` are not compared.
+    """
+    import yaml  # late: the saved side went through YAML, so the new side does too (tuples become lists)
+
+    old = _flatten(saved, "", {})
+    new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))), "", {})
+    missing = object()
+
+    def free(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in RESUME_FREE_KEYS)
+
+    def show(value: Any) -> str:
+        return "(absent)" if value is missing else repr(value)
+
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if not free(key) and a != b:
+            changes.append(f"{key}: {show(a)} -> {show(b)}")
+    return changes

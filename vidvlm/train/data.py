@@ -1,10 +1,15 @@
-"""Datasets of a run built from its config, generating the synthetic moving-shapes data when asked."""
+"""The data of a run: datasets built from its config (generating the synthetic moving-shapes data when asked), the
+mixture batch sampler whose order is a pure function of ``(seed, epoch)``, and the collate wrapper that counts
+substituted (unreadable) samples per dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from vidvlm.config import from_dict
 from vidvlm.errors import ConfigError
@@ -85,3 +90,144 @@ def build_datasets(cfg: TrainConfig, is_main: bool, barrier: Callable[[], None])
     train = {n: build_dataset(cfg, s, True, f"data.datasets.{n}") for n, s in cfg.data.datasets.items()}
     val = build_dataset(cfg, cfg.data.val, False, "data.val") if cfg.data.val is not None else None
     return train, val
+
+
+# --- sampling and counting ---------------------------------------------------------------------------------------
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence hashes them well)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class MixtureBatchSampler(Sampler[list[int]]):
+    """Per-rank batches of indices into a concatenation of datasets, a pure function of ``(seed, epoch)``.
+
+    Each global batch (``batch_size * world_size`` samples) draws every slot's dataset by ``weights`` and takes that
+    dataset's next index from its per-epoch permutation (cycling). Rank ``r`` gets slots ``[r*B, (r+1)*B)``.
+    An epoch has ``sum(sizes of weighted datasets) // global batch`` batches; ``start`` skips the first ones.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ) -> None:
+        self.sizes, self.batch_size, self.rank, self.world = list(sizes), batch_size, rank, world_size
+        total = sum(s for s, w in zip(sizes, weights, strict=True) if w > 0)
+        self.num_batches = total // (batch_size * world_size)
+        if self.num_batches == 0:
+            raise ConfigError(
+                f"data: {total} samples cannot fill one global batch of {batch_size} x {world_size} processes"
+            )
+        self.start = start
+        rng = np.random.default_rng(mix_seed(seed, epoch))
+        w = np.asarray(weights, dtype=np.float64)
+        n = self.num_batches * batch_size * world_size
+        choice = rng.choice(len(sizes), size=n, p=w / w.sum())
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.indices = np.empty(n, dtype=np.int64)
+        for d, size in enumerate(sizes):
+            slots = np.flatnonzero(choice == d)
+            if len(slots) == 0:
+                continue
+            reps = -(-len(slots) // size)
+            order = np.concatenate([rng.permutation(size) for _ in range(reps)])[: len(slots)]
+            self.indices[slots] = order + offsets[d]
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = self.batch_size * self.world
+        for b in range(self.start, self.num_batches):
+            lo = b * g + self.rank * self.batch_size
+            yield self.indices[lo : lo + self.batch_size].tolist()
+
+
+_SOURCE = "_source"  # the sample key TaggedDataset adds and CountingCollate removes
+
+
+class TaggedDataset(Dataset):
+    """``dataset`` whose samples also carry the number ``source`` of their dataset in the mixture."""
+
+    def __init__(self, dataset: Dataset, source: int) -> None:
+        self.dataset, self.source = dataset, source
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], _SOURCE: self.source}
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """``set_epoch(epoch)`` on every dataset of a (tagged) concatenation that has it."""
+    for d in dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]:
+        d = d.dataset if isinstance(d, TaggedDataset) else d
+        if hasattr(d, "set_epoch"):  # datasets without per-epoch randomness need none
+            d.set_epoch(epoch)
+
+
+class CountingCollate:
+    """Wraps a collate function to count, per dataset, the samples drawn and the substituted (unreadable) ones.
+
+    The counts travel with the batch (``num_replaced``, ``drawn_per_source``, ``replaced_per_source``: lists over
+    the mixture's datasets) so they are right with worker processes too; the trainer removes them.
+    """
+
+    KEYS = ("num_replaced", "drawn_per_source", "replaced_per_source")
+
+    def __init__(self, collate_fn: Callable[[list[dict]], dict], num_sources: int = 1) -> None:
+        self.collate_fn = collate_fn
+        self.num_sources = num_sources
+
+    def __call__(self, samples: list[dict]) -> dict:
+        drawn, replaced = [0] * self.num_sources, [0] * self.num_sources
+        clean = []
+        for s in samples:
+            source = s.get(_SOURCE, 0)
+            drawn[source] += 1
+            replaced[source] += int(s.get("replaced_from") not in (None, -1))
+            clean.append({k: v for k, v in s.items() if k != _SOURCE})
+        batch = self.collate_fn(clean)
+        batch.update(num_replaced=sum(replaced), drawn_per_source=drawn, replaced_per_source=replaced)
+        return batch
+
+
+# A dataset's share of unreadable files is judged once this many samples (or all of it, if smaller) were drawn.
+MIN_DRAWN_FOR_BAD_FRACTION = 100
+
+
+def bad_data_message(
+    sizes: dict[str, int],
+    drawn: dict[str, int],
+    replaced: dict[str, int],
+    max_fraction: float,
+    manifests: dict[str, str],
+) -> str | None:
+    """Why training must stop for unreadable files, or None.
+
+    Args:
+        sizes: dataset name -> number of samples.
+        drawn: name -> samples drawn so far (every rank).
+        replaced: name -> of those, samples substituted because their file was unreadable.
+        max_fraction: ``data.max_bad_fraction``.
+        manifests: name -> manifest path (named in the message).
+    """
+    for name, size in sizes.items():
+        n, bad = drawn.get(name, 0), replaced.get(name, 0)
+        if n and n >= min(size, MIN_DRAWN_FOR_BAD_FRACTION) and bad > max_fraction * n:
+            return (
+                f"{manifests.get(name, name)}: {bad} of {n} samples drawn from data.datasets.{name} ({bad / n:.1%}) "
+                f"were unreadable files replaced by others, more than data.max_bad_fraction={max_fraction}; fix or "
+                "remove the files the warnings name, or raise data.max_bad_fraction"
+            )
+    return None

@@ -1,49 +1,71 @@
-"""Periodic evaluation during training: validation loss on every rank, retrieval on the main process."""
+"""Evaluation of a model on a dataset: validation loss (sharded over ranks) and, for embedding models, retrieval.
+
+Nothing here knows the trainer: :func:`evaluate` takes a model, a dataset and, under distributed training, the
+``accelerate.Accelerator`` whose ranks share the work.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-if TYPE_CHECKING:  # pragma: no cover
-    from vidvlm.train.trainer import Trainer
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel
+
+# What a training collate adds to a batch that is not model input (see vidvlm.train.data.CountingCollate).
+_COUNT_KEYS = ("num_replaced", "drawn_per_source", "replaced_per_source")
 
 
-def _loader(trainer: Trainer, dataset: Dataset) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=trainer.cfg.data.batch_size,
-        shuffle=False,
-        collate_fn=trainer.collate,
-        num_workers=trainer.cfg.data.num_workers,
-    )
-
-
-def _limit(trainer: Trainer, dataset: Dataset) -> Dataset:
-    cap = trainer.cfg.eval_batches * trainer.cfg.data.batch_size * trainer.acc.num_processes
+def limit(dataset: Dataset, max_batches: int, batch_size: int, world_size: int = 1) -> Dataset:
+    """The first ``max_batches`` global batches of ``dataset`` (all of it when ``max_batches`` is 0)."""
+    cap = max_batches * batch_size * world_size
     return Subset(dataset, range(min(cap, len(dataset)))) if cap else dataset
 
 
-@torch.no_grad()
-def validation_loss(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
-    """Mean of each ``*_loss`` over the validation set, each rank taking every ``world``-th sample.
+def _default_collate() -> Callable[[list[dict]], dict]:
+    from vidvlm.data.collate import collate_video_text  # late: the data layer decodes video
 
-    The unwrapped model is used, so ranks with one batch more or less never wait on each other; one all-reduce
-    at the end combines the sums.
+    return collate_video_text
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 8,
+    collate_fn: Callable[[list[dict]], dict] | None = None,
+    num_workers: int = 0,
+    accelerator: Any = None,
+) -> dict[str, float]:
+    """Mean of each ``*_loss`` of ``model(batch)`` over ``dataset``, plus their sum as ``loss``.
+
+    With an ``accelerator``, rank ``r`` takes every ``world``-th sample from ``r`` and one all-reduce combines the
+    sums, so ranks with a batch more or less never wait on each other (pass the unwrapped model: no DDP hooks);
+    every rank must call this. Without one, the model runs on its own device.
     """
-    acc = trainer.acc
-    model = acc.unwrap_model(trainer.model)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    device = accelerator.device if accelerator is not None else _device(model)
     model.eval()
-    dataset = _limit(trainer, dataset)
-    shard = Subset(dataset, range(acc.process_index, len(dataset), acc.num_processes))
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_fn or _default_collate(),
+        num_workers=num_workers,
+    )
     sums: dict[str, float] = {}
     count = 0
-    for batch in _loader(trainer, shard):
-        batch.pop("num_replaced", None)
-        batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with acc.autocast():
+    for batch in loader:
+        batch = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in _COUNT_KEYS
+        }
+        with accelerator.autocast() if accelerator is not None else nullcontext():
             out = model(batch)
         n = len(batch["index"]) if "index" in batch else 1
         for k, v in out.items():
@@ -51,13 +73,68 @@ def validation_loss(trainer: Trainer, dataset: Dataset) -> dict[str, float]:
                 sums[k] = sums.get(k, 0.0) + float(v.float()) * n
         count += n
     keys = sorted(sums)
-    totals = torch.tensor([count] + [sums[k] for k in keys], dtype=torch.float64, device=acc.device)
-    totals = acc.reduce(totals, reduction="sum")
+    totals = torch.tensor([count] + [sums[k] for k in keys], dtype=torch.float64, device=device)
+    if accelerator is not None:
+        totals = accelerator.reduce(totals, reduction="sum")
     if totals[0] == 0:
         return {}
     out = {k: float(totals[i + 1] / totals[0]) for i, k in enumerate(keys)}
     out["loss"] = sum(out.values())
     return out
+
+
+def can_embed(model: nn.Module) -> bool:
+    """Whether ``model`` declares both video and text embedding (retrieval needs both)."""
+    return isinstance(model, VLMModel) and model.can(EMBED_VIDEO) and model.can(EMBED_TEXT)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 8,
+    collate_fn: Callable[[list[dict]], dict] | None = None,
+    num_workers: int = 0,
+    max_batches: int = 0,
+    retrieval: bool = True,
+    variant_words: Sequence[str] = (),
+    accelerator: Any = None,
+) -> dict[str, float]:
+    """Validation loss of ``model`` on ``dataset`` and, when it embeds video and text, retrieval metrics.
+
+    Args:
+        model: any module with ``forward(batch) -> {"*_loss": ...}`` (a wrapped model is unwrapped by
+            ``accelerator``); retrieval runs when it declares ``EMBED_VIDEO`` and ``EMBED_TEXT``.
+        dataset: evaluation samples (deterministic).
+        batch_size: samples per process per batch.
+        collate_fn: batch collation (default: ``vidvlm.data.collate.collate_video_text``).
+        num_workers: loader workers.
+        max_batches: cap on global batches (0: the whole dataset).
+        retrieval: text<->video recall (embedding models).
+        variant_words: see :class:`~vidvlm.train.config.EvalConfig` (embedding models).
+        accelerator: shares the loss over its ranks (every rank calls this; retrieval runs on the main process).
+
+    Returns:
+        ``loss``, each ``*_loss``, and for embedding models ``t2v_R@1`` ... (percent) and ``variant_acc``.
+    """
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    world = accelerator.num_processes if accelerator is not None else 1
+    dataset = limit(dataset, max_batches, batch_size, world)
+    metrics = validation_loss(
+        model, dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers, accelerator=accelerator
+    )
+    if can_embed(model) and (retrieval or variant_words):
+        if accelerator is None or accelerator.is_main_process:
+            metrics.update(embedding_metrics(model, dataset, batch_size, retrieval, list(variant_words)))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    return metrics
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -132,20 +209,3 @@ def variant_accuracy(model: Any, video: torch.Tensor, captions: list[str], words
         correct += int((scores > scores[true]).sum() == 0)
         total += 1
     return {"variant_acc": 100.0 * correct / max(1, total), "variant_n": float(total)}
-
-
-def evaluate(trainer: Trainer, dataset: Dataset) -> dict[str, Any]:
-    """Validation loss, plus retrieval for contrastive models; every rank calls this."""
-    metrics = validation_loss(trainer, dataset)
-    model = trainer.acc.unwrap_model(trainer.model)
-    family = getattr(getattr(model, "config", None), "family", None)
-    ecfg = trainer.cfg.eval
-    if family == "contrastive" and (ecfg.retrieval or ecfg.variant_words):
-        if trainer.acc.is_main_process:
-            metrics.update(
-                embedding_metrics(
-                    model, _limit(trainer, dataset), trainer.cfg.data.batch_size, ecfg.retrieval, ecfg.variant_words
-                )
-            )
-        trainer.acc.wait_for_everyone()
-    return metrics

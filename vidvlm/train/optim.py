@@ -1,41 +1,86 @@
-"""Trainable-parameter selection, AdamW parameter groups and the warm-up + cosine schedule."""
+"""Trainable-parameter selection, AdamW parameter groups and the warm-up + cosine schedule.
+
+Every selector (a stage's ``trainable``, ``frozen`` and ``lr_mult`` keys, ``optim.groups[].prefix``) is a pattern on
+parameter names: a plain module-name prefix (``head`` selects ``head.weight`` and ``head.bias``, not
+``header.weight``) or a glob (:mod:`fnmatch`: ``*.lora_*``, ``front_end.connector.*``, ``blocks.1?.*``), which selects
+a parameter when it matches the whole name or a module prefix of it. A pattern that selects nothing is an error.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
 from vidvlm.errors import ConfigError
-from vidvlm.train.config import OptimConfig, StageConfig
+from vidvlm.train.config import OptimConfig, ParamGroupSpec, StageConfig
 
 # Parameter names containing one of these never get weight decay (CLIP/open_clip convention).
 _NO_DECAY_WORDS = ("norm", "bias", "embed", "logit_scale", "logit_bias", "temperature", "cls_token", "pos_")
 
 
-def _matches(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix if prefix.endswith(".") else prefix + ".") or prefix == ""
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
-def apply_stage_trainable(model: nn.Module, stage: StageConfig) -> list[str]:
-    """Set ``requires_grad`` for a stage: ``trainable`` prefixes (empty: all), then ``frozen`` prefixes.
+def matches(name: str, pattern: str) -> bool:
+    """Whether the parameter ``name`` is selected by ``pattern`` (a module-name prefix or a glob; see the module)."""
+    if pattern == "":
+        return True
+    if _is_glob(pattern):
+        return fnmatchcase(name, pattern) or fnmatchcase(name, pattern.rstrip(".") + ".*")
+    return name == pattern or name.startswith(pattern if pattern.endswith(".") else pattern + ".")
+
+
+def unmatched_patterns(names: Iterable[str], stage: StageConfig, groups: Sequence[ParamGroupSpec] = ()) -> list[str]:
+    """The selectors of ``stage`` (and ``optim.groups``) that select none of ``names``, as ``"kind 'pattern'"``."""
+    names = list(names)
+    selectors = [("trainable", p) for p in stage.trainable] + [("frozen", p) for p in stage.frozen]
+    selectors += [("lr_mult", p) for p in stage.lr_mult] + [("optim.groups", g.prefix) for g in groups]
+    return [f"{kind} {p!r}" for kind, p in selectors if not any(matches(n, p) for n in names)]
+
+
+def check_patterns(model: nn.Module, stages: Sequence[StageConfig], groups: Sequence[ParamGroupSpec] = ()) -> None:
+    """Check every selector of every stage against the model's parameter names, before anything is trained.
+
+    Raises:
+        ConfigError: listing every pattern that selects no parameter, by stage.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    problems = []
+    for i, stage in enumerate(stages):
+        bad = unmatched_patterns(names, stage, groups if i == 0 else ())  # optim.groups reported once
+        if bad:
+            problems.append(f"stage {stage.name!r}: {', '.join(bad)}")
+    if problems:
+        raise ConfigError(f"patterns that match no parameter: {'; '.join(problems)}")
+
+
+def apply_stage_trainable(model: nn.Module, stage: StageConfig, groups: Sequence[ParamGroupSpec] = ()) -> list[str]:
+    """Set ``requires_grad`` for a stage: ``trainable`` patterns (empty: all), then ``frozen`` patterns.
+
+    Args:
+        model: the model whose parameters are selected.
+        stage: the stage (its ``trainable``, ``frozen`` and ``lr_mult`` patterns are checked).
+        groups: ``optim.groups``, whose prefixes are checked too.
 
     Returns:
         the names of the trainable parameters.
 
     Raises:
-        ConfigError: a prefix that matches no parameter (a typo would silently train the wrong thing).
+        ConfigError: listing every pattern that matches no parameter (a typo would silently train the wrong thing),
+            or when no parameter is left trainable.
     """
-    names = [n for n, _ in model.named_parameters()]
-    for kind, prefixes in (("trainable", stage.trainable), ("frozen", stage.frozen)):
-        for p in prefixes:
-            if not any(_matches(n, p) for n in names):
-                raise ConfigError(f"stage {stage.name!r}: {kind} prefix {p!r} matches no parameter")
+    bad = unmatched_patterns((n for n, _ in model.named_parameters()), stage, groups)
+    if bad:
+        raise ConfigError(f"stage {stage.name!r}: patterns that match no parameter: {', '.join(bad)}")
     out = []
     for name, param in model.named_parameters():
-        train = not stage.trainable or any(_matches(name, p) for p in stage.trainable)
-        if any(_matches(name, p) for p in stage.frozen):
+        train = not stage.trainable or any(matches(name, p) for p in stage.trainable)
+        if any(matches(name, p) for p in stage.frozen):
             train = False
         param.requires_grad_(train)
         if train:
@@ -46,10 +91,11 @@ def apply_stage_trainable(model: nn.Module, stage: StageConfig) -> list[str]:
 
 
 def _longest_match(name: str, mults: dict[str, float]) -> float:
+    """The multiplier of the longest pattern selecting ``name`` (1 when none does)."""
     best, value = -1, 1.0
-    for prefix, mult in mults.items():
-        if _matches(name, prefix) and len(prefix) > best:
-            best, value = len(prefix), mult
+    for pattern, mult in mults.items():
+        if matches(name, pattern) and len(pattern) > best:
+            best, value = len(pattern), mult
     return value
 
 
@@ -61,8 +107,9 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 def build_param_groups(model: nn.Module, optim: OptimConfig, stage: StageConfig) -> list[dict]:
     """AdamW parameter groups for the trainable parameters, one per (lr, wd) pair.
 
-    The lr of a parameter is ``(stage.lr or optim.lr) * group lr_mult * stage lr_mult`` (longest prefix wins in
-    each); its wd is ``optim.weight_decay * wd_mult`` or 0 for norms, biases, embeddings and temperatures.
+    The lr of a parameter is ``(stage.lr or optim.lr) * group lr_mult * stage lr_mult`` (the longest selecting
+    pattern wins in each); its wd is ``optim.weight_decay * wd_mult`` or 0 for norms, biases, embeddings and
+    temperatures.
     Each group records ``initial_lr`` (the peak, scaled by the schedule) and the parameter ``names``.
     """
     base_lr = stage.lr if stage.lr is not None else optim.lr
@@ -99,7 +146,18 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total: int, warmup: int, min_ratio: float
+    optimizer: torch.optim.Optimizer, total: int, warmup: int, min_ratio: float, start: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` whose state is only ``last_epoch``, so it is saved as JSON."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, min_ratio))
+    """A ``LambdaLR`` whose state is only ``last_epoch``, so it is saved as JSON.
+
+    Args:
+        optimizer: its groups carry ``initial_lr`` (the peak lr, see :func:`build_param_groups`).
+        total: steps of the stage.
+        warmup: warm-up steps.
+        min_ratio: the final lr as a fraction of the peak.
+        start: steps of the stage already taken (a resumed stage): the groups' lr is set for step ``start``.
+    """
+    # last_epoch=start-1: the constructor's own first step() moves it to `start` and sets the lr of that step.
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, min_ratio), last_epoch=start - 1
+    )

@@ -1,33 +1,48 @@
 """The training loop on accelerate: stages, mixtures, accumulation, non-finite handling, exact resume.
 
 Exact resume rests on three things: the data order of an epoch is a function of ``(seed, stage, epoch)``
-(:class:`MixtureBatchSampler`) and the dataset is deterministic given ``(seed, epoch, index)`` (``set_epoch``);
-the already-consumed batches of the resumed epoch are skipped at the sampler (nothing is decoded); stochastic ops
-(dropout) are reseeded from ``(seed, step, micro-batch, rank)`` before every forward, so they do not depend on how
-many random numbers were drawn before the interruption.
+(:class:`~vidvlm.train.data.MixtureBatchSampler`) and the dataset is deterministic given ``(seed, epoch, index)``
+(``set_epoch``); the already-consumed batches of the resumed epoch are skipped at the sampler (nothing is decoded);
+stochastic ops (dropout) are reseeded from ``(seed, step, micro-batch, rank)`` before every forward, so they do not
+depend on how many random numbers were drawn before the interruption. The output folder holds one run
+(:mod:`vidvlm.train.rundir`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from vidvlm.errors import ConfigError
+from vidvlm.errors import VideoDecodeError
 from vidvlm.train import checkpoint as ckpt
+from vidvlm.train import evaluation
 from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
-from vidvlm.train.optim import apply_stage_trainable, build_optimizer, build_scheduler
+from vidvlm.train.data import (
+    CountingCollate,
+    MixtureBatchSampler,
+    TaggedDataset,
+    bad_data_message,
+    build_datasets,
+    mix_seed,
+    set_epoch,
+)
+from vidvlm.train.optim import apply_stage_trainable, build_optimizer, build_scheduler, check_patterns
+from vidvlm.train.rundir import METRICS_FILE, check_output_dir, prepare_output_dir
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,7 +51,11 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainState:
-    """Where a run is; saved in ``trainer_state.json``. ``epoch``/``batch`` count within the current stage."""
+    """Where a run is; saved in ``trainer_state.json``. ``epoch``/``batch`` count within the current stage.
+
+    ``drawn_by_dataset`` and ``replaced_by_dataset`` count, over every rank, the training samples drawn from each
+    dataset and those substituted because their file was unreadable.
+    """
 
     step: int = 0
     stage: int = 0
@@ -45,89 +64,31 @@ class TrainState:
     batch: int = 0
     skipped_steps: int = 0
     replaced_samples: int = 0
+    drawn_by_dataset: dict[str, int] = field(default_factory=dict)
+    replaced_by_dataset: dict[str, int] = field(default_factory=dict)
 
 
-def _mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence hashes them well)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+@dataclass
+class StepResult:
+    """What one optimiser step did on this rank (losses are this rank's means over the micro-batches)."""
 
-
-class MixtureBatchSampler(Sampler[list[int]]):
-    """Per-rank batches of indices into a concatenation of datasets, a pure function of ``(seed, epoch)``.
-
-    Each global batch (``batch_size * world_size`` samples) draws every slot's dataset by ``weights`` and takes that
-    dataset's next index from its per-epoch permutation (cycling). Rank ``r`` gets slots ``[r*B, (r+1)*B)``.
-    An epoch has ``sum(sizes of weighted datasets) // global batch`` batches; ``start`` skips the first ones.
-    """
-
-    def __init__(
-        self,
-        sizes: Sequence[int],
-        weights: Sequence[float],
-        batch_size: int,
-        *,
-        seed: int,
-        epoch: int,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-    ) -> None:
-        self.sizes, self.batch_size, self.rank, self.world = list(sizes), batch_size, rank, world_size
-        total = sum(s for s, w in zip(sizes, weights, strict=True) if w > 0)
-        self.num_batches = total // (batch_size * world_size)
-        if self.num_batches == 0:
-            raise ConfigError(
-                f"data: {total} samples cannot fill one global batch of {batch_size} x {world_size} processes"
-            )
-        self.start = start
-        rng = np.random.default_rng(_mix_seed(seed, epoch))
-        w = np.asarray(weights, dtype=np.float64)
-        n = self.num_batches * batch_size * world_size
-        choice = rng.choice(len(sizes), size=n, p=w / w.sum())
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self.indices = np.empty(n, dtype=np.int64)
-        for d, size in enumerate(sizes):
-            slots = np.flatnonzero(choice == d)
-            if len(slots) == 0:
-                continue
-            reps = -(-len(slots) // size)
-            order = np.concatenate([rng.permutation(size) for _ in range(reps)])[: len(slots)]
-            self.indices[slots] = order + offsets[d]
-
-    def __len__(self) -> int:
-        return self.num_batches - self.start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = self.batch_size * self.world
-        for b in range(self.start, self.num_batches):
-            lo = b * g + self.rank * self.batch_size
-            yield self.indices[lo : lo + self.batch_size].tolist()
-
-
-class CountingCollate:
-    """Wraps a collate function to count substituted (corrupt) samples before they are collated.
-
-    The count travels with the batch as ``num_replaced`` so it is right with worker processes too.
-    """
-
-    def __init__(self, collate_fn: Callable[[list[dict]], dict]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, samples: list[dict]) -> dict:
-        replaced = sum(1 for s in samples if s.get("replaced_from") not in (None, -1))
-        batch = self.collate_fn(samples)
-        batch["num_replaced"] = replaced
-        return batch
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    grad_norm: float
+    skipped: bool
+    lr: float
+    drawn: list[int]
+    replaced: list[int]
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _set_epoch(dataset: Dataset, epoch: int) -> None:
-    for d in dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]:
-        if hasattr(d, "set_epoch"):
-            d.set_epoch(epoch)
+def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    return optimizer.optimizer if isinstance(optimizer, AcceleratedOptimizer) else optimizer
 
 
 class Trainer:
@@ -135,11 +96,12 @@ class Trainer:
 
     Args:
         cfg: the run config.
-        model: the model (default: ``vidvlm.models.registry.build_model(cfg.model)``).
+        model: the model (default: ``vidvlm.models.registry.build_model(cfg.model)``); any ``nn.Module`` works.
         datasets: name -> training dataset (default: built from ``cfg.data``).
         val_dataset: validation dataset (default: built from ``cfg.data.val``).
         collate_fn: batch collation (default: ``vidvlm.data.collate.collate_video_text``).
-        accelerator: an ``accelerate.Accelerator`` (default: built from ``cfg``).
+        accelerator: an ``accelerate.Accelerator`` (default: built from ``cfg``); each stage resets what it has
+            prepared (``free_memory``) and prepares the model and the stage's optimizer.
     """
 
     def __init__(
@@ -163,8 +125,6 @@ class Trainer:
             project_dir=str(self.out),
         )
         if datasets is None or (val_dataset is None and cfg.data.val is not None):
-            from vidvlm.train.data import build_datasets  # late: the data layer decodes video
-
             built, built_val = build_datasets(cfg, self.acc.is_main_process, self.acc.wait_for_everyone)
             datasets = datasets if datasets is not None else built
             val_dataset = val_dataset if val_dataset is not None else built_val
@@ -175,16 +135,15 @@ class Trainer:
 
             set_seed(cfg.seed)  # the initial weights are a function of the config's seed (same on every rank)
             model = build_model(cfg.model)
-            if hasattr(model, "prepare_for_training"):
-                model.prepare_for_training(_captions(datasets.values()))
+            model.prepare_for_training(_captions(datasets.values()))
         if collate_fn is None:
             from vidvlm.data.collate import collate_video_text as collate_fn
         self.model = model
         self.names = list(datasets)
-        self.train_data = ConcatDataset([datasets[n] for n in self.names])
+        self.train_data = ConcatDataset([TaggedDataset(datasets[n], k) for k, n in enumerate(self.names)])
         self.sizes = [len(datasets[n]) for n in self.names]
         self.val_data = val_dataset
-        self.collate = CountingCollate(collate_fn)
+        self.collate = CountingCollate(collate_fn, len(self.names))
         if cfg.grad_checkpointing:
             _enable_grad_checkpointing(model)
         self.compiled_blocks = 0  # transformer blocks under torch.compile (compiled on first use)
@@ -210,13 +169,13 @@ class Trainer:
                 self.sizes,
                 weights,
                 self.cfg.data.batch_size,
-                seed=_mix_seed(self.cfg.seed, self.state.stage),
+                seed=mix_seed(self.cfg.seed, self.state.stage),
                 epoch=self.state.epoch,
                 rank=self.acc.process_index,
                 world_size=self.acc.num_processes,
                 start=self.state.batch,
             )
-            _set_epoch(self.train_data, self.state.epoch)
+            set_epoch(self.train_data, self.state.epoch)
             loader = DataLoader(
                 self.train_data,
                 batch_sampler=sampler,
@@ -242,7 +201,7 @@ class Trainer:
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
         if self.acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.acc.log(numeric, step=metrics["step"])
@@ -258,7 +217,7 @@ class Trainer:
             ckpt.begin(self.out, step)
             ckpt.save_model(acc.unwrap_model(self.model), tmp)
             save_train_config(self.cfg, tmp / "train_config.yaml")
-            ckpt.save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp)
+            ckpt.save_optimizer(_unwrap_optimizer(optimizer), tmp)
         acc.wait_for_everyone()
         ckpt.save_rng(tmp, acc.process_index)
         acc.wait_for_everyone()
@@ -279,41 +238,49 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def _load_checkpoint(self, directory: Path, optimizer: Any, scheduler: Any) -> None:
+    def _load_checkpoint(self, directory: Path, optimizer: Any) -> None:
+        """Optimizer, scaler and RNG states of ``directory`` (the scheduler is rebuilt at ``state.stage_step``)."""
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
-        ckpt.load_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, directory)
-        scheduler.last_epoch = meta["scheduler"]["last_epoch"]
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        ckpt.load_optimizer(_unwrap_optimizer(optimizer), directory)
         if meta.get("scaler") and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(meta["scaler"])
         ckpt.load_rng(directory, self.acc.process_index)
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
-    def train(self, resume: str | Path | None = None) -> list[dict]:
+    def train(
+        self, resume: str | Path | None = None, *, overwrite: bool = False, force_resume: bool = False
+    ) -> list[dict]:
         """Run every stage (from ``resume``'s position when given); returns the logged metrics of this call.
 
+        Args:
+            resume: a checkpoint directory, ``"auto"`` (the newest of ``output_dir``) or None for a fresh run.
+            overwrite: replace the run that ``output_dir`` holds (its checkpoints, ``final/``, metrics, config).
+            force_resume: resume even though keys that change training differ from the checkpoint's config.
+
         Raises:
+            ConfigError: ``output_dir`` holds another run, the config changed since the checkpoint, or a stage
+                selector matches no parameter.
             NonFiniteLossError: with ``nonfinite: stop``, after writing a checkpoint.
             CheckpointError: ``resume`` is not a usable checkpoint.
+            VideoDecodeError: more than ``data.max_bad_fraction`` of a dataset's samples were unreadable.
         """
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
-        resume_dir = None
-        if resume is not None:
-            resume_dir = ckpt.resolve_resume(str(resume), self.out)
-            self.state = TrainState(
-                **{
-                    k: v
-                    for k, v in ckpt.read_json(resume_dir / ckpt.STATE_FILE).items()
-                    if k in TrainState.__dataclass_fields__
-                }
-            )
+        resume_dir = ckpt.resolve_resume(str(resume), self.out) if resume is not None else None
+        forced = check_output_dir(cfg, resume_dir, overwrite=overwrite, force_resume=force_resume)
+        check_patterns(acc.unwrap_model(self.model), cfg.stages, cfg.optim.groups)
+        if resume_dir is not None:
+            self.state = self._read_state(resume_dir)
             ckpt.load_model_weights(self.model, resume_dir)
+        acc.wait_for_everyone()  # every rank checked the folder before the main process changes it
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
+            if forced:
+                logger.warning("resuming %s with a changed config (forced): %s", resume_dir, "; ".join(forced))
+            prepare_output_dir(self.out, resume_dir, overwrite=overwrite)
             save_train_config(cfg, self.out / "train_config.yaml")
+        acc.wait_for_everyone()
         acc.init_trackers("vidvlm", config={"output_dir": str(self.out), "seed": cfg.seed})
         bar = tqdm(total=cfg.total_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
         try:
@@ -328,127 +295,196 @@ class Trainer:
             acc.end_training()
         return self.history
 
-    def _run_stage(self, stage: StageConfig, resume_dir: Path | None, bar: Any) -> None:
+    def _read_state(self, directory: Path) -> TrainState:
+        meta = ckpt.read_json(directory / ckpt.STATE_FILE)
+        return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
+
+    def _prepare_stage(self, stage: StageConfig, resume_dir: Path | None) -> tuple[Any, Any]:
+        """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
         raw = acc.unwrap_model(self.model)
-        apply_stage_trainable(raw, stage)
+        apply_stage_trainable(raw, stage, cfg.optim.groups)
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
-        scheduler = build_scheduler(optimizer, stage.steps, warmup, cfg.schedule.min_lr_ratio)
-        # Re-wrapping per stage: DDP registers gradient hooks for the parameters trainable when it wraps. The previous
-        # stage's optimizer is dropped from accelerate's list, or fp16 unscaling would visit it again.
-        acc._optimizers.clear()
-        acc._models.clear()
+        scheduler = build_scheduler(
+            optimizer, stage.steps, warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
+        )
+        # Each stage is wrapped afresh: DDP registers gradient hooks for the parameters trainable when it wraps.
+        # free_memory() is accelerate's reset between trainings with other models/optimizers: it forgets the previous
+        # stage's optimizer, which fp16 unscaling and clipping would otherwise visit again (the GradScaler is kept).
+        acc.free_memory()
         self.model, optimizer = acc.prepare(raw, optimizer)
         if resume_dir is not None:
-            self._load_checkpoint(resume_dir, optimizer, scheduler)
+            self._load_checkpoint(resume_dir, optimizer)
+        return optimizer, scheduler
+
+    def _run_stage(self, stage: StageConfig, resume_dir: Path | None, bar: Any) -> None:
+        cfg = self.cfg
+        optimizer, scheduler = self._prepare_stage(stage, resume_dir)
         batches = self._batches(stage)
         self.model.train()
         while self.state.stage_step < stage.steps:
             t0 = time.perf_counter()
-            losses, parts, replaced, bad = [], {}, 0, False
-            for micro in range(cfg.grad_accum):
-                batch = next(batches)
-                replaced += int(batch.pop("num_replaced", 0))
-                batch = _to_device(batch, acc.device)
-                seed = _mix_seed(cfg.seed, self.state.step, micro, acc.process_index)
-                # dropout, caption choice etc. independent of the RNG history: exact resume
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
-                last = micro == cfg.grad_accum - 1
-                with nullcontext() if last else acc.no_sync(self.model):
-                    out = self.model(batch)
-                    terms = {k: v for k, v in out.items() if k.endswith("_loss")}
-                    if not terms:
-                        raise ValueError(f"{type(raw).__name__}.forward returned no '*_loss' key: {sorted(out)}")
-                    loss = sum(terms.values())
-                    finite = bool(torch.isfinite(loss.detach()).item())
-                    bad = bad or not finite
-                    # Backward runs on every rank even for a bad loss (zeroed), so DDP's collectives stay matched.
-                    acc.backward(loss if finite else loss * 0.0)
-                losses.append(loss.detach().float())
-                for k, v in terms.items():
-                    parts.setdefault(k, []).append(v.detach().float())
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = acc.clip_grad_norm_([p for p in raw.parameters() if p.requires_grad], max_norm)
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            # fp16: the GradScaler already skips steps with inf/NaN gradients and lowers its scale.
-            grad_bad = cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm)
-            skip = self._any(bad or grad_bad)
-            if skip and cfg.nonfinite == "stop":
-                optimizer.zero_grad(set_to_none=True)
-                path = self.save_checkpoint(optimizer, scheduler)
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {self.state.step} (stage {stage.name!r}); "
-                    f"nonfinite=stop; the last good state is saved in {path}"
-                )
-            if not skip:
-                optimizer.step()
-            elif acc.scaler is not None:
-                acc.scaler.update()  # clears the scaler's per-step "unscaled" record that step() would have cleared
-            optimizer.zero_grad(set_to_none=True)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            result = self._train_step(stage, batches, optimizer, scheduler)
             self.state.step += 1
             self.state.stage_step += 1
-            self.state.skipped_steps += int(skip)
-            replaced_t = torch.tensor([replaced], device=acc.device)
-            self.state.replaced_samples += int(acc.reduce(replaced_t, reduction="sum").item())
+            self.state.skipped_steps += int(result.skipped)
+            self._count_samples(result)
             bar.update(1)
-            if self.state.step % max(1, cfg.log_every) == 0 or self.state.stage_step == stage.steps or skip:
-                metrics = {
-                    "step": self.state.step,
-                    "stage": stage.name,
-                    "epoch": self.state.epoch,
-                    "lr": lr,
-                    "loss": float(self._mean(torch.stack(losses).mean()).item()),
-                    **{k: float(self._mean(torch.stack(v).mean()).item()) for k, v in parts.items()},
-                    "grad_norm": grad_norm,
-                    "skipped": bool(skip),
-                    "skipped_steps": self.state.skipped_steps,
-                    "replaced_samples": self.state.replaced_samples,
-                    "world_size": acc.num_processes,
-                    "step_time_s": time.perf_counter() - t0,
-                }
+            last = self.state.stage_step == stage.steps
+            if self.state.step % max(1, cfg.log_every) == 0 or last or result.skipped:
+                metrics = self._step_metrics(stage, result, time.perf_counter() - t0)
                 self._log(metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            self._check_bad_data()
             if cfg.eval_every and self.state.step % cfg.eval_every == 0:
                 self.evaluate()
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint(optimizer, scheduler)
 
-    def evaluate(self) -> dict[str, float]:
-        """Validation loss over ``val_dataset`` (sharded over ranks) and, for contrastive models, retrieval."""
-        from vidvlm.train.evaluation import evaluate
+    def _train_step(self, stage: StageConfig, batches: Iterator[dict], optimizer: Any, scheduler: Any) -> StepResult:
+        """One optimiser step: ``grad_accum`` micro-batches forward and backward, clipping, then step or skip.
 
+        Raises:
+            NonFiniteLossError: a non-finite loss or gradient with ``nonfinite: stop`` (a checkpoint is written).
+        """
+        cfg, acc = self.cfg, self.acc
+        losses, parts, bad = [], {}, False
+        drawn, replaced = [0] * len(self.names), [0] * len(self.names)
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            batch.pop("num_replaced", None)
+            drawn = [a + b for a, b in zip(drawn, batch.pop("drawn_per_source"), strict=True)]
+            replaced = [a + b for a, b in zip(replaced, batch.pop("replaced_per_source"), strict=True)]
+            batch = _to_device(batch, acc.device)
+            seed = mix_seed(cfg.seed, self.state.step, micro, acc.process_index)
+            # dropout, caption choice etc. independent of the RNG history: exact resume
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            last = micro == cfg.grad_accum - 1
+            with nullcontext() if last else acc.no_sync(self.model):
+                out = self.model(batch)
+                terms = {k: v for k, v in out.items() if k.endswith("_loss")}
+                if not terms:
+                    name = type(acc.unwrap_model(self.model)).__name__
+                    raise ValueError(f"{name}.forward returned no '*_loss' key: {sorted(out)}")
+                loss = sum(terms.values())
+                finite = bool(torch.isfinite(loss.detach()).item())
+                bad = bad or not finite
+                # Backward runs on every rank even for a bad loss (zeroed), so DDP's collectives stay matched.
+                acc.backward(loss if finite else loss * 0.0)
+            losses.append(loss.detach().float())
+            for k, v in terms.items():
+                parts.setdefault(k, []).append(v.detach().float())
+        params = [p for p in acc.unwrap_model(self.model).parameters() if p.requires_grad]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(params, max_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        # fp16: the GradScaler already skips steps with inf/NaN gradients and lowers its scale.
+        grad_bad = cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm)
+        skip = self._any(bad or grad_bad)
+        if skip and cfg.nonfinite == "stop":
+            optimizer.zero_grad(set_to_none=True)
+            path = self.save_checkpoint(optimizer, scheduler)
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {self.state.step} (stage {stage.name!r}); "
+                f"nonfinite=stop; the last good state is saved in {path}"
+            )
+        if not skip:
+            optimizer.step()
+        elif acc.scaler is not None:
+            acc.scaler.update()  # clears the scaler's per-step "unscaled" record that step() would have cleared
+        optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        return StepResult(
+            loss=torch.stack(losses).mean(),
+            parts={k: torch.stack(v).mean() for k, v in parts.items()},
+            grad_norm=grad_norm,
+            skipped=skip,
+            lr=lr,
+            drawn=drawn,
+            replaced=replaced,
+        )
+
+    def _count_samples(self, result: StepResult) -> None:
+        """Add the samples drawn and replaced by every rank in this step to the per-dataset counts."""
+        n = len(self.names)
+        counts = torch.tensor(result.drawn + result.replaced, dtype=torch.int64, device=self.acc.device)
+        counts = self.acc.reduce(counts, reduction="sum").tolist()
+        state = self.state
+        for k, name in enumerate(self.names):
+            state.drawn_by_dataset[name] = state.drawn_by_dataset.get(name, 0) + int(counts[k])
+            state.replaced_by_dataset[name] = state.replaced_by_dataset.get(name, 0) + int(counts[n + k])
+        state.replaced_samples += int(sum(counts[n:]))
+
+    def _check_bad_data(self) -> None:
+        """Stop when a dataset's share of unreadable (replaced) samples passes ``data.max_bad_fraction``.
+
+        The counts are summed over ranks, so every rank takes the same decision.
+        """
+        datasets = self.cfg.data.datasets
+        manifests = {n: datasets[n].manifest if n in datasets else n for n in self.names}
+        message = bad_data_message(
+            dict(zip(self.names, self.sizes, strict=True)),
+            self.state.drawn_by_dataset,
+            self.state.replaced_by_dataset,
+            self.cfg.data.max_bad_fraction,
+            manifests,
+        )
+        if message:
+            raise VideoDecodeError(message)
+
+    def _step_metrics(self, stage: StageConfig, result: StepResult, seconds: float) -> dict[str, Any]:
+        return {
+            "step": self.state.step,
+            "stage": stage.name,
+            "epoch": self.state.epoch,
+            "lr": result.lr,
+            "loss": float(self._mean(result.loss).item()),
+            **{k: float(self._mean(v).item()) for k, v in result.parts.items()},
+            "grad_norm": result.grad_norm,
+            "skipped": bool(result.skipped),
+            "skipped_steps": self.state.skipped_steps,
+            "replaced_samples": self.state.replaced_samples,
+            "world_size": self.acc.num_processes,
+            "step_time_s": seconds,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss over ``val_dataset`` (sharded over ranks) and retrieval for models that embed video and
+        text (:func:`vidvlm.train.evaluation.evaluate`); logged as ``val/*``. Every rank calls this."""
         if self.val_data is None:
             return {}
-        metrics = evaluate(self, self.val_data)
+        cfg = self.cfg
+        metrics = evaluation.evaluate(
+            self.model,
+            self.val_data,
+            batch_size=cfg.data.batch_size,
+            collate_fn=self.collate.collate_fn,
+            num_workers=cfg.data.num_workers,
+            max_batches=cfg.eval_batches,
+            retrieval=cfg.eval.retrieval,
+            variant_words=cfg.eval.variant_words,
+            accelerator=self.acc,
+        )
         self._last_eval_step = self.state.step
         self._log({"step": self.state.step, **{f"val/{k}": v for k, v in metrics.items()}})
         self.model.train()
         return metrics
 
     def _save_final(self) -> None:
+        """Write ``final/`` (model + run config); an existing one is swapped out atomically, never deleted first."""
         acc = self.acc
         if self.val_data is not None and self._last_eval_step != self.state.step:
             self.evaluate()
         acc.wait_for_everyone()
         if acc.is_main_process:
-            tmp, final = self.out / "tmp-final", self.out / "final"
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
+            tmp = ckpt.begin_dir(self.out / "tmp-final")
             ckpt.save_model(acc.unwrap_model(self.model), tmp)
             save_train_config(self.cfg, tmp / "train_config.yaml")
-            if final.exists():
-                import shutil
-
-                shutil.rmtree(final)
-            tmp.rename(final)
+            ckpt.replace_dir(tmp, self.out / "final")
         acc.wait_for_everyone()
 
 

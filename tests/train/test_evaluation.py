@@ -1,0 +1,101 @@
+"""evaluate() needs a model and data, not a Trainer; retrieval follows the model's declared abilities."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from train_tiny import TinyDataset, TinyModel, collate
+
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel
+from vidvlm.train.evaluation import evaluate
+
+TRAIN = Path(__file__).resolve().parents[2] / "vidvlm" / "train"
+
+
+class Captioned(TinyDataset):
+    """TinyDataset samples with the keys of the data layer (captions name the label)."""
+
+    def __getitem__(self, i: int) -> dict:
+        s = super().__getitem__(i)
+        s.update(captions=[f"class {s['label']}"], text=f"class {s['label']}", path=f"{i}.mp4", timestamps=[0.0])
+        return s
+
+
+class Embedder(VLMModel):
+    """Embeds a clip as the one-hot of its nearest dataset row's label, a caption as the one-hot of its class."""
+
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT})
+
+    def __init__(self, data: TinyDataset) -> None:
+        super().__init__(SimpleNamespace(family="toy"))
+        self.tiny = TinyModel()
+        self.register_buffer("base", data.base.clone())
+        self.register_buffer("labels", data.labels.clone())
+
+    def forward(self, batch: dict) -> dict:
+        return {k: v for k, v in self.tiny(batch).items() if k.endswith("_loss")}
+
+    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        nearest = torch.cdist(video[:, 0].flatten(1), self.base).argmin(1)
+        return torch.nn.functional.one_hot(self.labels[nearest], 4).float()
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor([int(t.split()[-1]) for t in texts]), 4).float()
+
+
+class NoAbilities(Embedder):
+    """Has the methods and a "contrastive" family name, but declares nothing: it is not asked to embed."""
+
+    abilities = frozenset()
+
+    def __init__(self, data: TinyDataset) -> None:
+        super().__init__(data)
+        self.config = SimpleNamespace(family="contrastive")
+
+
+def test_validation_loss_of_a_plain_module():
+    torch.manual_seed(0)
+    model, data = TinyModel(), Captioned(10)
+    metrics = evaluate(model, data, batch_size=4, collate_fn=collate)
+    assert set(metrics) == {"ce_loss", "aux_loss", "loss"}
+    model.eval()
+    with torch.no_grad():
+        out = model(collate([data[i] for i in range(10)]))
+    assert metrics["ce_loss"] == pytest.approx(float(out["ce_loss"]), rel=1e-5)
+    assert metrics["loss"] == pytest.approx(float(out["ce_loss"] + out["aux_loss"]), rel=1e-5)
+    first = evaluate(model, data, batch_size=4, collate_fn=collate, max_batches=1)
+    with torch.no_grad():
+        out = model(collate([data[i] for i in range(4)]))
+    assert first["ce_loss"] == pytest.approx(float(out["ce_loss"]), rel=1e-5)
+
+
+def test_retrieval_follows_declared_abilities():
+    data = Captioned(12)
+    metrics = evaluate(Embedder(data), data, batch_size=4, variant_words=["0", "1", "2", "3"])
+    assert metrics["t2v_caption_R@1"] == 100.0 and metrics["variant_acc"] == 100.0 and "loss" in metrics
+    assert 0.0 <= metrics["t2v_R@1"] <= 100.0
+    plain = evaluate(NoAbilities(data), data, batch_size=4)
+    assert "t2v_R@1" not in plain and "loss" in plain
+    off = evaluate(Embedder(data), data, batch_size=4, retrieval=False)
+    assert "t2v_R@1" not in off
+
+
+def test_trainer_and_evaluation_do_not_import_each_other():
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((TRAIN / name).read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    assert "vidvlm.train.trainer" not in imports("evaluation.py")
+    source = (TRAIN / "evaluation.py").read_text() + (TRAIN / "trainer.py").read_text()
+    assert "family ==" not in source and 'prepare_for_training")' not in source  # abilities, not guesses

@@ -1,0 +1,226 @@
+"""One run per output folder, resumes that continue the same run, an always-loadable final/, one metrics row per
+step, and a stop when too many training files are unreadable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_tiny import TinyDataset, TinyModel, collate, make_cfg
+
+from vidvlm.errors import ConfigError, VideoDecodeError
+from vidvlm.train import checkpoint as ckpt
+from vidvlm.train.rundir import truncate_metrics
+from vidvlm.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _trainer(out, overrides=None, datasets=None, **top):
+    torch.manual_seed(0)
+    cfg = make_cfg(out, overrides, **top)
+    return Trainer(cfg, model=TinyModel(), datasets=datasets or {"a": TinyDataset(24)}, collate_fn=collate)
+
+
+def _final_weights(out):
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def _steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fresh_run_into_a_run_folder_is_refused_unless_overwrite(tmp_path):
+    # the old run: 8 steps, checkpoints 6 and 8 kept
+    _trainer(tmp_path / "run", checkpoint_every=2).train()
+    with pytest.raises(ConfigError, match=r"output_dir .*run: holds another run .*--overwrite"):
+        _trainer(tmp_path / "run", ["optim.lr=0.01", "stages.0.steps=4"], checkpoint_every=2).train()
+    # --overwrite: the new run's checkpoints and final/ only; `--resume auto` then finds the new run
+    new = ["optim.lr=0.01", "stages.0.steps=4"]
+    _trainer(tmp_path / "run", new, checkpoint_every=2).train(overwrite=True)
+    _trainer(tmp_path / "alone", new, checkpoint_every=2).train()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint-00000002", "checkpoint-00000004"]
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4]
+    alone, run = _final_weights(tmp_path / "alone"), _final_weights(tmp_path / "run")
+    assert all(torch.equal(alone[k], run[k]) for k in alone)
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint-00000004"
+
+
+def test_other_files_in_the_folder_are_no_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    _trainer(tmp_path).train()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    _trainer(tmp_path).train(overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # overwrite removes only what a run writes
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path):
+    _trainer(tmp_path, checkpoint_every=4).train()
+    changed = ["optim.lr=0.01", "schedule.warmup_steps=3"]
+    with pytest.raises(ConfigError, match="config differs") as e:
+        _trainer(tmp_path, changed, seed=1, checkpoint_every=4).train(resume="auto")
+    message = str(e.value)
+    assert "optim.lr: 0.05 -> 0.01" in message and "schedule.warmup_steps: 2 -> 3" in message
+    assert "seed: 0 -> 1" in message and "--force-resume" in message and "log_every" not in message
+    # cadence, logging, evaluation, workers and the output folder may change
+    free = ["data.num_workers=0", "eval_batches=3"]
+    hist = _trainer(tmp_path, free, checkpoint_every=3, log_every=2, eval_every=5, keep_checkpoints=4).train(
+        resume=tmp_path / "checkpoint-00000004"
+    )
+    assert [m["step"] for m in hist if "grad_norm" in m] == [6, 8]
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    shutil.copytree(tmp_path / "checkpoint-00000004", elsewhere / "checkpoint-00000004")
+    _trainer(elsewhere, checkpoint_every=4).train(resume="auto")
+    # forced: trains with the new config
+    forced = _trainer(tmp_path / "f", changed, seed=1).train(resume=tmp_path / "checkpoint-00000004", force_resume=True)
+    assert [m["step"] for m in forced if "grad_norm" in m] == [5, 6, 7, 8]
+
+
+def test_resume_into_a_folder_of_another_run_is_refused(tmp_path):
+    _trainer(tmp_path / "a", checkpoint_every=4).train()
+    _trainer(tmp_path / "b", ["optim.lr=0.01"]).train()
+    with pytest.raises(ConfigError, match=r"output_dir .*b: holds another run"):
+        _trainer(tmp_path / "b").train(resume=tmp_path / "a" / "checkpoint-00000004")
+
+
+def test_metrics_have_one_row_per_step_after_resume(tmp_path):
+    _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train()
+    assert _steps(tmp_path) == list(range(1, 9))
+    _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train(resume=tmp_path / "checkpoint-00000004")
+    assert _steps(tmp_path) == list(range(1, 9))  # steps 5-8 once, from the resumed run
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # a row torn by a kill
+    _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train(resume=tmp_path / "checkpoint-00000004")
+    assert _steps(tmp_path) == list(range(1, 9))
+
+
+def test_resume_drops_later_checkpoints(tmp_path):
+    # resuming from step 4 rewrites history from there: the old checkpoint-8 must not outlive the new run
+    _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train()
+    old8 = load_file(str(tmp_path / "checkpoint-00000008" / "model.safetensors"))
+    cfg_lr = ["optim.lr=0.01"]
+    _trainer(tmp_path, cfg_lr, stages=[{"name": "all", "steps": 6}], checkpoint_every=4, keep_checkpoints=3).train(
+        resume=tmp_path / "checkpoint-00000004", force_resume=True
+    )
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-00000004"]
+    assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    final = _final_weights(tmp_path)
+    assert not all(torch.equal(final[k], old8[k]) for k in final)
+
+
+def test_truncate_metrics(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "val/loss": 1.0}\n{"step": 3}\n{"step": 2}\n{"st')
+    assert truncate_metrics(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 2]
+    assert truncate_metrics(tmp_path / "missing.jsonl", 2) == 0
+
+
+def test_final_is_swapped_never_deleted_first(tmp_path, monkeypatch):
+    _trainer(tmp_path).train()
+    old = _final_weights(tmp_path)
+    t = _trainer(tmp_path)
+    with torch.no_grad():
+        for p in t.model.parameters():
+            p.add_(1.0)
+    expected = {k: v.clone() for k, v in t.model.state_dict().items()}
+    real_rmtree = shutil.rmtree
+
+    def crash_after_delete(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if "final" in str(path):
+            raise KeyboardInterrupt("killed right after deleting a final directory")
+
+    monkeypatch.setattr(shutil, "rmtree", crash_after_delete)
+    with pytest.raises(KeyboardInterrupt):
+        t._save_final()
+    monkeypatch.undo()
+    new = _final_weights(tmp_path)  # the kill came after the swap: final/ is the new model, whole
+    assert set(new) == set(old) == set(expected)
+    assert all(torch.equal(new[k], expected[k]) for k in new)
+
+
+def test_replace_dir_fallback_is_recovered(tmp_path, monkeypatch):
+    target, new = tmp_path / "final", tmp_path / "tmp-final"
+    target.mkdir()
+    (target / "w").write_text("old")
+    new.mkdir()
+    (new / "w").write_text("new")
+    ckpt.replace_dir(new, target)  # the atomic exchange where the platform has it
+    assert (target / "w").read_text() == "new" and not new.exists()
+
+    # without an exchange: final -> old-final, tmp-final -> final; a crash between the two renames is recovered
+    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
+    new.mkdir()
+    (new / "w").write_text("newer")
+    real_rename = type(new).rename
+
+    def crash_on_second(self, dest):
+        if self.name == "tmp-final":
+            raise KeyboardInterrupt("killed between the renames")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(type(new), "rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.replace_dir(new, target)
+    monkeypatch.undo()
+    assert not target.exists()
+    ckpt.recover_dir(target)
+    assert (target / "w").read_text() == "new"
+
+
+class Flaky(TinyDataset):
+    """Marks samples whose index is a multiple of ``every`` as substituted (as the data layer does for bad files)."""
+
+    def __init__(self, n: int, every: int) -> None:
+        super().__init__(n)
+        self.every = every
+
+    def __getitem__(self, i):
+        s = super().__getitem__(i)
+        if i % self.every == 0:
+            s["replaced_from"] = i
+        return s
+
+
+def test_too_many_unreadable_files_stop_training(tmp_path):
+    # half of the files unreadable: judged once the 24 samples' worth were drawn (step 6 of 8)
+    overrides = ["data.datasets.a.manifest=data/broken.jsonl"]
+    t = _trainer(tmp_path, overrides, datasets={"a": Flaky(24, every=2)}, log_every=1)
+    expected = r"data/broken\.jsonl: 12 of 24 samples .*data\.datasets\.a.*data\.max_bad_fraction=0\.05"
+    with pytest.raises(VideoDecodeError, match=expected):
+        t.train()
+    assert t.state.step == 6 and t.state.drawn_by_dataset == {"a": 24}
+    assert not (tmp_path / "final").exists()
+    # under the limit (1 in 24 files, limit 10 %), training runs to the end
+    ok = _trainer(tmp_path / "ok", ["data.max_bad_fraction=0.1"], datasets={"a": Flaky(24, every=24)}).train()
+    assert ok[-1]["step"] == 8 and ok[-1]["replaced_samples"] >= 1
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_rerun(tmp_path):
+    with pytest.raises(VideoDecodeError):
+        _trainer(tmp_path, datasets={"a": Flaky(24, every=2)}).train()
+    assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6] and not ckpt.list_checkpoints(tmp_path)
+    with pytest.raises(ConfigError, match="holds another run"):  # another config is another run
+        _trainer(tmp_path, ["optim.lr=0.01"]).train()
+    # the same run (max_bad_fraction does not change training) starts over: its leftovers are replaced
+    _trainer(tmp_path, ["data.max_bad_fraction=1.0"], datasets={"a": Flaky(24, every=2)}).train()
+    assert _steps(tmp_path) == list(range(1, 9))
+
+
+def test_bad_fraction_is_per_dataset(tmp_path):
+    stages = ["data.datasets.b={manifest: b.jsonl}", "data.max_bad_fraction=0.2"]
+    datasets = {"a": TinyDataset(24), "b": Flaky(24, every=2)}
+    with pytest.raises(VideoDecodeError, match=r"^b\.jsonl: .*data\.datasets\.b"):
+        _trainer(tmp_path, stages, datasets=datasets, stages=[{"name": "s", "steps": 20}]).train()
