@@ -289,7 +289,8 @@ def load_rng(directory: Path, rank: int) -> None:
 
 
 def save_model(model: torch.nn.Module, directory: Path) -> None:
-    """The family's own format when it has ``save_pretrained``, else a bare ``model.safetensors``."""
+    """The module's own format when it has ``save_pretrained`` (every family does), else a bare
+    ``model.safetensors``."""
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
@@ -299,16 +300,22 @@ def save_model(model: torch.nn.Module, directory: Path) -> None:
 
 
 def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
-    """Load ``model.safetensors`` strictly into ``model`` (shared tensors handled by safetensors).
+    """Load ``model.safetensors`` into ``model``: a family loads it its own way (strictly, or, for a family that
+    stores only what it trained, every stored tensor), any other module strictly.
 
     Raises:
         CheckpointError: missing file or mismatched tensors.
     """
     from safetensors.torch import load_model as st_load_model
 
+    from vidvlm.models.base import VLMModel
+
     path = directory / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{directory}: missing model.safetensors")
+    if isinstance(model, VLMModel):
+        model.load_saved_weights(directory)
+        return
     try:
         st_load_model(model, str(path), strict=True)
     except RuntimeError as e:

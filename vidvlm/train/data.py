@@ -4,7 +4,9 @@ substituted (unreadable) samples per dataset."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,59 @@ def _transform(options: dict[str, Any], train: bool, where: str):
         raise ConfigError(f"{where}: {e}") from e
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the model owns about its input: frames per clip, input side and normalisation preset."""
+
+    num_frames: int
+    image_size: int
+    normalize: str
+
+    @classmethod
+    def of(cls, model: Any) -> ModelInputs | None:
+        """The inputs of a family with a video front-end (None for other models: the data config decides)."""
+        from vidvlm.models.base import FRONT_END, VLMModel
+
+        if not isinstance(model, VLMModel) or not model.can(FRONT_END):
+            return None
+        fe = model.front_end
+        return cls(model.num_frames, fe.image_size, fe.cfg.normalize)
+
+
+def inherit_inputs(cfg: TrainConfig, inputs: ModelInputs | None) -> TrainConfig:
+    """``cfg`` with ``data.sampler.num_frames``, ``data.transform.size`` / ``preset`` (and the validation
+    transform's) taken from the model; a value given in the data config that contradicts it is an error.
+
+    Raises:
+        ConfigError: naming both keys and both values.
+    """
+    if inputs is None:
+        return cfg
+    data = cfg.data
+
+    def fill(options: dict[str, Any], pairs: list[tuple[str, Any, str]], where: str) -> dict[str, Any]:
+        out = dict(options)
+        for key, value, model_key in pairs:
+            if key in out and out[key] != value:
+                raise ConfigError(
+                    f"{where}.{key}: {out[key]!r} contradicts model.front_end.{model_key}: {value!r} (the model owns "
+                    f"it; drop {where}.{key})"
+                )
+            out[key] = value
+        return out
+
+    frames = [("num_frames", inputs.num_frames, "num_frames")]
+    image = [("size", inputs.image_size, "image_size"), ("preset", inputs.normalize, "normalize")]
+    sampler = fill(data.sampler, frames, "data.sampler")
+    transform = fill(data.transform, image, "data.transform")
+    val = None if data.val_transform is None else fill(data.val_transform, image, "data.val_transform")
+    new = dataclasses.replace(data, sampler=sampler, transform=transform, val_transform=val)
+    return dataclasses.replace(cfg, data=new)
+
+
 def build_dataset(cfg: TrainConfig, spec: DatasetSpec, train: bool, where: str):
-    """A ``VideoTextDataset`` for ``spec`` with the run's sampler and transform (``spec.sampler`` overrides)."""
+    """A ``VideoTextDataset`` for ``spec`` with the run's sampler and transform (``spec.sampler`` overrides, e.g.
+    ``num_frames: 1`` for a dataset of images)."""
     from vidvlm.data.datasets import VideoTextDataset
 
     data = cfg.data
@@ -82,8 +135,12 @@ def build_dataset(cfg: TrainConfig, spec: DatasetSpec, train: bool, where: str):
         raise ConfigError(f"{where}.options: {e}") from e
 
 
-def build_datasets(cfg: TrainConfig, is_main: bool, barrier: Callable[[], None]) -> tuple[dict[str, Any], Any]:
-    """Training datasets by name and the validation dataset (or None); the main process generates missing data."""
+def build_datasets(
+    cfg: TrainConfig, is_main: bool, barrier: Callable[[], None], inputs: ModelInputs | None = None
+) -> tuple[dict[str, Any], Any]:
+    """Training datasets by name and the validation dataset (or None); the main process generates missing data.
+    ``inputs`` (the model's frames, size and normalisation) fill the sampler and transforms (:func:`inherit_inputs`)."""
+    cfg = inherit_inputs(cfg, inputs)
     if is_main:
         ensure_synthetic(cfg)
     barrier()

@@ -33,6 +33,7 @@ from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
 from vidvlm.train.data import (
     CountingCollate,
     MixtureBatchSampler,
+    ModelInputs,
     TaggedDataset,
     bad_data_message,
     build_datasets,
@@ -124,17 +125,21 @@ class Trainer:
             log_with=trackers or None,
             project_dir=str(self.out),
         )
-        if datasets is None or (val_dataset is None and cfg.data.val is not None):
-            built, built_val = build_datasets(cfg, self.acc.is_main_process, self.acc.wait_for_everyone)
-            datasets = datasets if datasets is not None else built
-            val_dataset = val_dataset if val_dataset is not None else built_val
-        if model is None:
+        fresh = model is None
+        if fresh:
             from accelerate.utils import set_seed
 
             from vidvlm.models.registry import build_model
 
             set_seed(cfg.seed)  # the initial weights are a function of the config's seed (same on every rank)
             model = build_model(cfg.model)
+        if datasets is None or (val_dataset is None and cfg.data.val is not None):
+            # the model owns frames per clip, input size and normalisation: the data inherits them
+            inputs = ModelInputs.of(model)
+            built, built_val = build_datasets(cfg, self.acc.is_main_process, self.acc.wait_for_everyone, inputs)
+            datasets = datasets if datasets is not None else built
+            val_dataset = val_dataset if val_dataset is not None else built_val
+        if fresh:
             model.prepare_for_training(_captions(datasets.values()))
         if collate_fn is None:
             from vidvlm.data.collate import collate_video_text as collate_fn
