@@ -40,6 +40,7 @@ def make_tiny_lm(root: Path, arch: str = "llama", template: str | None = CHATML)
     kw = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=len(vocab), max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        initializer_range=0.2,  # larger than the default 0.02: LoRA on a random LM then learns within a few steps
     )  # fmt: skip
     cfg = transformers.Qwen2Config(**kw) if arch == "qwen2" else transformers.LlamaConfig(**kw)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -232,8 +233,31 @@ def source_sha256(cfg: TowerConfig) -> str:
     return weights_sha256(cfg.source)
 
 
+def pretrained_prefixes(cfg: TowerConfig, prefix: str = "tower.") -> list[str]:
+    """Parameter-name prefixes of the pretrained towers in ``cfg`` (ensemble members included), under ``prefix``."""
+    inner = prefix + "tower." if cfg.layers is not None else prefix  # a multi-level tower wraps the tower
+    if cfg.name == "ensemble":
+        return [p for i, m in enumerate(cfg.members) for p in pretrained_prefixes(m, f"{inner}towers.{i}.")]
+    return [] if cfg.name == "native" else [inner]
+
+
+def with_source_hashes(cfg: TowerConfig) -> TowerConfig:
+    """``cfg`` with the sha256 of every pretrained tower's source filled in (a checkpoint names its bases so)."""
+    if cfg.name == "ensemble":
+        return dataclasses.replace(cfg, members=[with_source_hashes(m) for m in cfg.members])
+    if cfg.name == "native" or cfg.sha256 is not None:
+        return cfg
+    return dataclasses.replace(cfg, sha256=source_sha256(cfg))
+
+
 def check_source_hash(cfg: TowerConfig) -> None:
-    """Refuse a tower source whose weights are not the ones ``cfg.sha256`` names."""
+    """Refuse a tower source that is missing or whose weights are not the ones ``cfg.sha256`` names."""
+    where = cfg.weights or cfg.source
+    if not Path(str(where)).exists():
+        raise CheckpointError(
+            f"tower.source: {where} does not exist; the checkpoint did not store this base tower, it names it by path "
+            f"and sha256 {cfg.sha256[:16]}..."
+        )
     got = source_sha256(cfg)
     if got != cfg.sha256:
         raise CheckpointError(

@@ -46,8 +46,9 @@ from vidvlm.models.frontend import (
     FrontEndOutput,
     TowerConfig,
     VideoFrontEnd,
-    source_sha256,
+    pretrained_prefixes,
     token_times,
+    with_source_hashes,
 )
 from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
 from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE, ChatLayout
@@ -152,6 +153,7 @@ class LlavaModel(VLMModel):
     def __init__(self, config: LlavaConfig, checkpoint_dir: Path | None = None) -> None:
         super().__init__(config)
         cfg = config
+        self._checkpoint_dir = checkpoint_dir
         lm_path = _resolve(cfg.lm.source, checkpoint_dir)
         if cfg.lm.sha256 is not None:
             _check_hash("lm.source", lm_path, cfg.lm.gguf_file, cfg.lm.sha256)
@@ -162,15 +164,15 @@ class LlavaModel(VLMModel):
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lm = _with_lora(lm, cfg.lm.lora) if cfg.lm.lora is not None else lm
         front_end = cfg.front_end
-        tower = front_end.tower
-        if tower.source is not None and not Path(tower.source).is_absolute() and checkpoint_dir is not None:
-            front_end = dataclasses.replace(front_end, tower=_relocated(tower, checkpoint_dir))
+        if checkpoint_dir is not None:
+            front_end = dataclasses.replace(front_end, tower=_relocated(front_end.tower, checkpoint_dir))
         self.front_end = VideoFrontEnd(front_end, out_dim=int(lm.config.hidden_size))
         self.set_tokenizer(TextTokenizer(hf_tokenizer))
         self.template = cfg.chat_template or hf_tokenizer.chat_template or PLAIN_TEMPLATE
         self.chat = ChatLayout(hf_tokenizer, self.template)
         self.stop_ids = _stop_ids(self.chat, hf_tokenizer)
         self._lm_hash = cfg.lm.sha256
+        self._tower_bases = tuple(pretrained_prefixes(cfg.front_end.tower, "front_end.tower."))
         # base parameters that trained in some stage are saved with the run: a training forward records them
         self._base_params = [(n, p) for n, p in self.named_parameters() if self._is_base(n)]
         self._trained: set[str] = set()
@@ -442,18 +444,19 @@ class LlavaModel(VLMModel):
         trained. LoRA adapters, the connector and the pooler are the run's own."""
         if name.startswith("lm."):
             return "lora_" not in name
-        return name.startswith("front_end.tower.") and self.config.front_end.tower.name != "native"
+        return name.startswith(self._tower_bases)
 
     def _lm_sha256(self) -> str:
         if self._lm_hash is None:
-            self._lm_hash = weights_sha256(_resolve(self.config.lm.source, None), self.config.lm.gguf_file)
+            path = _resolve(self.config.lm.source, self._checkpoint_dir)
+            self._lm_hash = weights_sha256(path, self.config.lm.gguf_file)
         return self._lm_hash
 
     def config_for_save(self) -> LlavaConfig:
-        tower = self.config.front_end.tower
-        if tower.name != "native" and tower.sha256 is None:
-            tower = dataclasses.replace(tower, sha256=source_sha256(tower))
-        lm = dataclasses.replace(self.config.lm, sha256=self._lm_sha256())
+        # bases are named by absolute path (a relative one in a checkpoint means "inside it", as export writes)
+        tower = _absolute(with_source_hashes(self.config.front_end.tower))
+        source = str(_resolve(self.config.lm.source, self._checkpoint_dir).resolve())
+        lm = dataclasses.replace(self.config.lm, source=source, sha256=self._lm_sha256())
         front_end = dataclasses.replace(self.config.front_end, tower=tower)
         return dataclasses.replace(self.config, lm=lm, front_end=front_end, chat_template=self.template)
 
@@ -564,13 +567,24 @@ def _resolve(source: str, checkpoint_dir: Path | None) -> Path:
     return checkpoint_dir / path if checkpoint_dir is not None and not path.is_absolute() else path
 
 
+def _absolute(tower: TowerConfig) -> TowerConfig:
+    """The tower config with its local sources as absolute paths."""
+
+    def absolute(p: str | None) -> str | None:
+        return p if p is None or p.startswith("timm:") else str(Path(p).resolve())
+
+    members = [_absolute(m) for m in tower.members]
+    return dataclasses.replace(tower, source=absolute(tower.source), weights=absolute(tower.weights), members=members)
+
+
 def _relocated(tower: TowerConfig, checkpoint_dir: Path) -> TowerConfig:
     """A tower config whose relative sources resolve against a standalone checkpoint's directory."""
 
     def move(p: str | None) -> str | None:
         return p if p is None or p.startswith("timm:") or Path(p).is_absolute() else str(checkpoint_dir / p)
 
-    return dataclasses.replace(tower, source=move(tower.source), weights=move(tower.weights))
+    members = [_relocated(m, checkpoint_dir) for m in tower.members]
+    return dataclasses.replace(tower, source=move(tower.source), weights=move(tower.weights), members=members)
 
 
 def _check_hash(key: str, path: Path, gguf_file: str | None, expected: str) -> None:

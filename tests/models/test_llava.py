@@ -1,0 +1,277 @@
+"""The pretrained-backbone family on tiny random LMs the tests build: text-only parity with the plain LM, answer-only
+labels for every template, placeholders and truncation, visual attention masks, LoRA training, checkpoints that
+store only what trained (with base hashes), export with merged LoRA, and batched generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.models.tiny_lm import CHATML, make_tiny_lm
+from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.layers.pooling import PoolerConfig
+from vidvlm.models.decoding import DecodeConfig
+from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel, LoraSpec
+from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE
+from vidvlm.models.registry import load
+
+pytest.importorskip("peft")
+# spatial2d at size 2: 4 visual tokens per frame, so attention among a clip's tokens matters
+POOLER = PoolerConfig("spatial2d", {"size": 2, "num_prefix_tokens": 1})
+QA = [{"role": "user", "content": "<video>\nwhat color is it?"}, {"role": "assistant", "content": "red"}]
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lms")
+    return {
+        "llama": make_tiny_lm(root, "llama"),
+        "qwen2": make_tiny_lm(root, "qwen2"),
+        "base": make_tiny_lm(root, "llama", template=None),
+    }
+
+
+def build(lm_dir, lora: bool = False, **overrides) -> LlavaModel:
+    torch.manual_seed(0)
+    spec = LoraSpec(r=4, alpha=8) if lora else None
+    cfg = LlavaConfig.tiny(lm=LanguageModelConfig(source=str(lm_dir), lora=spec), **overrides)
+    cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, pooler=POOLER))
+    model = LlavaModel(cfg)
+    for p in model.front_end.connector.parameters():  # visual tokens at the LM's scale, so masks visibly matter
+        torch.nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+def clips(n: int = 2, t: int = 3) -> torch.Tensor:
+    return torch.randn(n, t, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_without_visual_tokens_logits_are_the_plain_lms(lms, arch):
+    from transformers import AutoModelForCausalLM
+
+    model = build(lms[arch])
+    plain = AutoModelForCausalLM.from_pretrained(lms[arch]).eval()
+    conv = [{"role": "user", "content": "what color is it?"}, {"role": "assistant", "content": "red"}]
+    inputs = model.prepare_inputs([conv])
+    ids = model.tokenizer.hf(model.chat.render(conv), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ours = model.lm(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        ref = plain(input_ids=ids).logits
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("template", ["chatml", "plain"])
+def test_labels_are_the_answers_and_their_end_of_turn_token(lms, template):
+    model = build(lms["llama"] if template == "chatml" else lms["base"])
+    assert model.template == (CHATML if template == "chatml" else PLAIN_TEMPLATE)
+    conv = [*QA, {"role": "user", "content": "which way does it go?"}, {"role": "assistant", "content": "left"}]
+    inputs = model.prepare_inputs([conv], clips(1), clips_per_sample=[1])
+    labels = inputs["labels"][0]
+    tok = model.tokenizer.hf
+    end = "<|im_end|>" if template == "chatml" else tok.eos_token
+    expected = [
+        *tok("red" + end, add_special_tokens=False)["input_ids"],
+        *tok("left" + end, add_special_tokens=False)["input_ids"],
+    ]
+    assert labels[labels != IGNORE].tolist() == expected
+    # token by token: every target is exactly the input token at its position (HF shifts inside the LM)
+    targets = (labels != IGNORE).nonzero().flatten()
+    embeds = model.lm.get_input_embeddings()(labels[targets])
+    torch.testing.assert_close(inputs["inputs_embeds"][0, targets], embeds)
+    # the visual tokens and the prompt are never targets
+    m = model.front_end(clips(1)).tokens.shape[1]
+    assert (labels == IGNORE).sum() >= m + len(tok(model.chat.render(conv[:1]), add_special_tokens=False)["input_ids"])
+
+
+def test_placeholders_must_match_the_clips(lms):
+    model = build(lms["llama"])
+    with pytest.raises(ConfigError, match=r"sample 0 \(a.mp4\).*1 <video>/<image> placeholders for 2 clips"):
+        model.prepare_inputs([QA], clips(2), clips_per_sample=[2], paths=["a.mp4"])
+    two = [{"role": "user", "content": "<video> then <image>: what changed?"}, {"role": "assistant", "content": "red"}]
+    with pytest.raises(ConfigError, match="2 <video>/<image> placeholders for 1 clips"):
+        model.prepare_inputs([two], clips(1), clips_per_sample=[1])
+    inputs = model.prepare_inputs([two, QA], clips(3), clips_per_sample=[2, 1])  # several clips per conversation
+    assert inputs["inputs_embeds"].shape[0] == 2
+
+
+def test_truncation_drops_whole_turns_never_visual_tokens(lms):
+    model = build(lms["llama"], max_length=40)
+    m = model.front_end(clips(1)).tokens.shape[1]  # 12 visual tokens
+    long = [
+        *QA,
+        *([{"role": "user", "content": "which way does it go?"}, {"role": "assistant", "content": "left"}] * 6),
+    ]
+    inputs = model.prepare_inputs([long], clips(1))
+    assert inputs["inputs_embeds"].shape[1] <= 40
+    assert (inputs["labels"][0] != IGNORE).sum() >= 2  # the first answer survived
+    tiny = build(lms["llama"], max_length=m + 4)
+    with pytest.raises(ConfigError, match="sample 0: .* exceed max_length"):
+        tiny.prepare_inputs([QA], clips(1))
+
+
+def _position(inputs: dict, token: torch.Tensor) -> int:
+    """Where a visual token sits in the first row of the LM's input."""
+    return int((inputs["inputs_embeds"][0] == token).all(-1).nonzero()[0])
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "clip_causal"])
+def test_visual_tokens_of_a_clip_see_each_other_and_text_stays_causal(lms, kind):
+    model, causal = build(lms["llama"], visual_attention=kind), build(lms["llama"])
+    video = clips(1)
+    inputs = model.prepare_inputs([QA], video)
+    allowed = inputs["attention_mask"][0, 0] == 0  # [L, L]: True where a query may attend to a key
+    tokens = model.front_end(video).tokens[0]
+    first, m = _position(inputs, tokens[0]), tokens.shape[0]
+    assert allowed[first, first + m - 1]  # the clip's first token sees its last one
+    text = [i for i in range(allowed.shape[0]) if not first <= i < first + m]
+    assert not any(allowed[i, j] for i in text for j in text if j > i)  # text never sees later text
+    with torch.no_grad():
+        a = model.lm(**{k: v for k, v in inputs.items() if k != "labels"}).logits[0]
+        plain = causal.prepare_inputs([QA], video)
+        b = causal.lm(**{k: v for k, v in plain.items() if k != "labels"}).logits[0]
+    torch.testing.assert_close(a[:first], b[:first])  # nothing before the clip changes
+    assert not torch.allclose(a[first], b[first], atol=1e-4)  # the first visual token now reads the whole clip
+
+
+def test_clip_causal_hides_earlier_clips(lms):
+    model = build(lms["llama"], visual_attention="clip_causal")
+    conv = [{"role": "user", "content": "<video><video> what changed?"}, {"role": "assistant", "content": "red"}]
+    video = clips(2)
+    inputs = model.prepare_inputs([conv], video, clips_per_sample=[2])
+    mask = inputs["attention_mask"][0, 0] == 0
+    tokens = model.front_end(video).tokens
+    first = [_position(inputs, tokens[c, 0]) for c in range(2)]
+    m = tokens.shape[1]
+    assert not mask[first[1], first[0]]  # the second clip does not see the first
+    assert mask[first[1], first[1] + m - 1]  # but sees all of itself
+    assert mask[first[1] + m, first[0]]  # text after both clips sees both
+
+
+def test_lora_training_reduces_the_loss_and_trains_only_adapters_and_connector(lms):
+    model = build(lms["llama"], lora=True).train()
+    batch = {"video": clips(2), "text": ["a red square moves left", "a blue circle"], "question": [None, "what?"]}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("front_end.") for n in trainable)
+    assert not any(n.startswith("front_end.tower.") for n in trainable)  # the tower is frozen
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model(batch)["lm_loss"]
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+
+
+def test_checkpoint_stores_only_what_trained_and_checks_the_base(lms, tmp_path):
+    lm_dir = tmp_path / "lm"
+    shutil.copytree(lms["llama"], lm_dir)
+    model = build(lm_dir, lora=True).train()
+    batch = {"video": clips(2), "text": ["a red square", "a blue circle"]}
+    model(batch)["lm_loss"].backward()
+    model.save_pretrained(tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert saved and all(".lora_" in k or k.startswith(("front_end.pooler", "front_end.connector", "front_end.tower"))
+                         for k in saved)  # fmt: skip
+    assert not any(k.startswith("lm.") and ".lora_" not in k for k in saved)
+    restored = load(tmp_path / "run").eval()
+    model.eval()
+    with torch.no_grad():
+        assert restored.generate(clips(2), questions=["what color is it?", None]) == model.generate(
+            clips(2), questions=["what color is it?", None]
+        )
+        torch.testing.assert_close(restored(batch)["lm_loss"], model(batch)["lm_loss"])
+    # another base under the same path is refused, naming the base
+    from safetensors.torch import load_file as lf
+    from safetensors.torch import save_file
+
+    weights = lf(str(lm_dir / "model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1
+    save_file(weights, str(lm_dir / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="lm.source: .* different base"):
+        load(tmp_path / "run")
+
+
+def test_a_trained_block_of_a_pretrained_tower_is_stored(lms, tmp_path):
+    """A stage that unfreezes part of a pretrained base makes the checkpoint store exactly that part, and the
+    restored model is the trained one."""
+    from tests.models.frontend_kinds import make_sources, tower_configs
+
+    tower = tower_configs(make_sources(tmp_path / "sources"))["pretrained_hf"]
+    model = build(lms["llama"])
+    model = LlavaModel(
+        dataclasses.replace(model.config, front_end=dataclasses.replace(model.config.front_end, tower=tower))
+    )
+    model.train()
+    block = model.front_end.tower.blocks[-1]
+    for p in block.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    batch = {"video": clips(2), "text": ["a red square", "a blue circle"]}
+    model(batch)["lm_loss"].backward()
+    opt.step()
+    for p in block.parameters():  # a later stage freezes it again: it trained, so it is stored
+        p.requires_grad_(False)
+    model.save_pretrained(tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    stored = {k for k in saved if k.startswith("front_end.tower.")}
+    last = f"front_end.tower.blocks.{len(model.front_end.tower.blocks) - 1}."
+    assert stored and all(k.startswith(last) for k in stored)
+    model.eval()
+    restored = load(tmp_path / "run").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored.visual_tokens(clips(2))[0], model.visual_tokens(clips(2))[0])
+
+
+def test_export_merges_lora_and_loads_without_the_base(lms, tmp_path):
+    lm_dir = tmp_path / "lm"
+    shutil.copytree(lms["qwen2"], lm_dir)
+    model = build(lm_dir, lora=True)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)  # non-zero adapters, so merging changes the weights
+    batch = {"video": clips(2), "text": ["a red square", "a blue circle"]}
+    with torch.no_grad():
+        before = model.lm(**{k: v for k, v in model.prepare_inputs(model._conversations(batch), batch["video"]).items()
+                             if k != "labels"}).logits  # fmt: skip
+    model.export(tmp_path / "standalone")
+    shutil.rmtree(lm_dir)
+    exported = load(tmp_path / "standalone").eval()
+    assert exported.config.lm.lora is None
+    with torch.no_grad():
+        after = exported.lm(
+            **{
+                k: v
+                for k, v in exported.prepare_inputs(exported._conversations(batch), batch["video"]).items()
+                if k != "labels"
+            }
+        )
+    torch.testing.assert_close(after.logits, before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_batched_generation_equals_one_by_one(lms, attention):
+    model = build(lms["llama"], visual_attention=attention)
+    video = clips(2)
+    questions = ["what color is it?", None]
+    greedy = DecodeConfig("greedy", max_new_tokens=6)
+    both = model.generate(video, questions=questions, decode=greedy)
+    alone = [model.generate(video[i : i + 1], questions=questions[i : i + 1], decode=greedy)[0] for i in range(2)]
+    assert both == alone and all(both)
+    beam = model.generate(video, questions=questions, decode=DecodeConfig("beam", num_beams=3, max_new_tokens=6))
+    assert len(beam) == 2
+
+
+def test_bad_lora_target_names_the_modules(lms):
+    with pytest.raises(ConfigError, match=r"lm.lora.target_modules: \['qkv'\] match no module"):
+        LlavaModel(
+            LlavaConfig.tiny(lm=LanguageModelConfig(source=str(lms["llama"]), lora=LoraSpec(target_modules=["qkv"])))
+        )
