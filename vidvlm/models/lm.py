@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.models.tokenizer import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,6 +66,8 @@ def load_causal_lm(
         _check_hf_dir(directory)
     config = _config(directory, gguf, name)
     _check_causal(config, name)
+    if not gguf and not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"{directory}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     tokenizer = _tokenizer(directory, gguf, name)
     model = _model(directory, gguf, config, torch_dtype, name)
     if tokenizer.pad_token is None:
