@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import resource
 import shutil
 import time
@@ -266,6 +267,10 @@ def test_prepare_lm_round_trip(tmp_path, kind):
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
     assert _leftovers(tmp_path) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # readable as plain files are
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
     ids = _ids(tokenizer)
     loaded, tok = load_causal_lm(out)
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,11 +142,13 @@ def prepare_lm(
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make a shared base unreadable to others
     try:
         model.save_pretrained(tmp)  # transformers v5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         (tmp / "vidvlm_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        _umask_modes(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -331,6 +333,15 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _umask_modes(directory: Path) -> None:
+    """Give every file the mode a plain ``open`` would (some writers leave 0600 from their temporary files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
