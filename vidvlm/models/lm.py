@@ -112,7 +112,8 @@ def prepare_lm(
     The directory holds ``config.json``, ``generation_config.json``, ``model.safetensors`` (sharded above 50 GB),
     the tokenizer files (chat template included) and ``vidvlm_source.json`` (source path, its ``weights_sha256``
     and the dtype). ``load_causal_lm`` and ``AutoModelForCausalLM.from_pretrained`` open it. It is written to a
-    temporary directory beside ``out_dir`` and renamed into place, so an interrupted run leaves no partial output.
+    temporary directory beside ``out_dir`` and renamed into place, so ``out_dir`` is never left half written (a killed
+    run may leave a hidden ``.NAME.*.tmp`` directory beside it).
 
     Args:
         source: as for :func:`load_causal_lm`.
