@@ -162,6 +162,12 @@ def test_beam_one_equals_greedy_and_beam_runs(model):
     assert greedy == beam1
     beam3 = model.generate(b["video"], b["frame_mask"], decode=DecodeConfig("beam", num_beams=3, max_new_tokens=8))
     assert len(beam3) == 2 and all(isinstance(s, str) for s in beam3)
+    with pytest.raises(ConfigError, match="trained on captions only"):
+        model.generate(b["video"], b["frame_mask"], questions=["what color", "which way does it go"])
+    model.train()
+    model({**b, "text": ["red", "left"], "question": ["what color", "which way does it go"]})  # a QA batch
+    model.eval()
+    assert model.config.answers_questions
     answers = model.generate(b["video"], b["frame_mask"], questions=["what color", "which way does it go"])
     assert len(answers) == 2
 

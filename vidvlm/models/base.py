@@ -38,6 +38,7 @@ EMBED_VIDEO = "embed_video"  # encode_video(video, frame_mask) -> [B, E]
 EMBED_TEXT = "embed_text"  # encode_text(texts) -> [B, E]
 GENERATE = "generate"  # generate(video, frame_mask, questions=None, decode=None) -> list[str]
 ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the video
+CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
 
@@ -46,6 +47,7 @@ ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     EMBED_TEXT: ("embed text", ("encode_text",)),
     GENERATE: ("generate text", ("generate",)),
     ANSWER: ("answer questions", ("generate",)),
+    CHAT: ("hold a multi-turn conversation", ("generate",)),
     VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
     FRONT_END: ("expose its video front-end", ()),
 }
@@ -131,6 +133,12 @@ class VLMModel(nn.Module):
     def _train_tokenizer(self, captions: list[str]) -> TextTokenizer | None:
         """A tokenizer trained on ``captions`` (default: the family has no text side, None)."""
         return None
+
+    def export(self, directory: str | Path) -> Path:
+        """A standalone copy that loads with nothing else present. A family that stores every weight is its own
+        export; one that names frozen bases (llava) writes them inside."""
+        self.save_pretrained(directory)
+        return Path(directory)
 
     def prepare_for_training(self, captions: list[str]) -> None:
         """Called by the trainer before the first step with every training caption: a model without a tokenizer
@@ -306,6 +314,7 @@ __all__ = [
     "EMBED_TEXT",
     "GENERATE",
     "ANSWER",
+    "CHAT",
     "VISUAL_TOKENS",
     "FRONT_END",
     "VLMModel",

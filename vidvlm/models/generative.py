@@ -58,6 +58,8 @@ class GenerativeConfig:
         contrastive_weight: weight of the contrastive loss (0 disables it; the default for ``prefix_lm``).
         caption_weight: weight of the captioning / answer loss.
         decode: default decoding options.
+        answers_questions: set when the model trains on question-answer data; a model trained on captions alone
+            refuses questions with a clear error instead of "answering" with a caption or nothing.
     """
 
     family: Literal["coca", "prefix_lm"] = "coca"
@@ -75,6 +77,7 @@ class GenerativeConfig:
     contrastive_weight: float = 0.1
     caption_weight: float = 1.0
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=24))
+    answers_questions: bool = False
 
     def __post_init__(self) -> None:
         if self.front_end.connector.name == "none":
@@ -250,6 +253,8 @@ class _Captioner(VLMModel):
         video = batch["video"]
         visual, mask = self.visual_tokens(video, batch.get("frame_mask"))
         questions = batch.get("question")
+        if questions is not None and self.training:
+            self.config.answers_questions = True  # saved with the model: it has learnt to answer
         ids, targets, lengths = (t.to(video.device) for t in self.build_targets(batch["text"], questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
         if self.config.contrastive_weight > 0 and questions is None:
@@ -280,6 +285,11 @@ class _Captioner(VLMModel):
             B strings.
         """
         cfg = decode or self.config.decode
+        if questions is not None and any(questions) and not self.config.answers_questions:
+            raise ConfigError(
+                f"question: this {self.family_name} model was trained on captions only, so it cannot answer "
+                "questions (train it on question-answer data, or caption without --question)"
+            )
         visual, mask = self.visual_tokens(video, frame_mask)
         layout = self.layout
         prompts = layout.prompts(questions if questions is not None else [None] * video.shape[0])

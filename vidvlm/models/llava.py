@@ -39,7 +39,7 @@ from torch import nn
 from vidvlm.config import save_config
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig
-from vidvlm.models.base import ANSWER, CONFIG_FILE, FRONT_END, GENERATE, VISUAL_TOKENS, WEIGHTS_FILE, VLMModel
+from vidvlm.models.base import ANSWER, CHAT, CONFIG_FILE, FRONT_END, GENERATE, VISUAL_TOKENS, WEIGHTS_FILE, VLMModel
 from vidvlm.models.decoding import DecodeConfig
 from vidvlm.models.frontend import (
     FrontEndConfig,
@@ -102,7 +102,8 @@ class LlavaConfig:
         visual_attention: ``causal``, ``bidirectional`` or ``clip_causal``.
         frame_times: write ``Time {t} s:`` (the decoder's real timestamp) before each frame's visual tokens.
         frame_separator: text after each frame's tokens (None: nothing).
-        max_length: the longest sequence; whole turns are dropped from the end to fit, never visual tokens.
+        max_length: the longest training sequence; whole turns are dropped from the end to fit, never visual tokens
+            (a prompt to generate from may fill the LM's context).
         caption_prompt: the user turn of a caption-only sample.
         decode: default generation options.
     """
@@ -148,13 +149,18 @@ class LlavaModel(VLMModel):
     """
 
     config_class = LlavaConfig
-    abilities = frozenset({GENERATE, ANSWER, VISUAL_TOKENS, FRONT_END})
+    abilities = frozenset({GENERATE, ANSWER, CHAT, VISUAL_TOKENS, FRONT_END})
 
     def __init__(self, config: LlavaConfig, checkpoint_dir: Path | None = None) -> None:
         super().__init__(config)
         cfg = config
         self._checkpoint_dir = checkpoint_dir
         lm_path = _resolve(cfg.lm.source, checkpoint_dir)
+        if not lm_path.exists():
+            hint = ""
+            if cfg.lm.sha256 is not None:
+                hint = " (a checkpoint names its base LM by path and sha256; tools/export_llava.py writes a copy that holds it)"
+            raise ConfigError(f"lm.source: {lm_path} does not exist{hint}")
         if cfg.lm.sha256 is not None:
             _check_hash("lm.source", lm_path, cfg.lm.gguf_file, cfg.lm.sha256)
         lm, hf_tokenizer = load_causal_lm(lm_path, gguf_file=cfg.lm.gguf_file, dtype=DTYPES[cfg.lm.dtype])
@@ -171,6 +177,7 @@ class LlavaModel(VLMModel):
         self.template = cfg.chat_template or hf_tokenizer.chat_template or PLAIN_TEMPLATE
         self.chat = ChatLayout(hf_tokenizer, self.template)
         self.stop_ids = _stop_ids(self.chat, hf_tokenizer)
+        self._context = int(getattr(lm.config, "max_position_embeddings", None) or cfg.max_length)
         self._lm_hash = cfg.lm.sha256
         self._tower_bases = tuple(pretrained_prefixes(cfg.front_end.tower, "front_end.tower."))
         # base parameters that trained in some stage are saved with the run: a training forward records them
@@ -372,14 +379,16 @@ class LlavaModel(VLMModel):
                     f"{len(clips)} clips"
                 )
             parts, labels, groups = self._expand(pieces, clips, visual, times)
-            if len(labels) <= self.config.max_length:
+            # training sequences fit max_length; a prompt to generate from fits the LM's context
+            limit = self._context if generation else self.config.max_length
+            if len(labels) <= limit:
                 return parts, labels, groups
             droppable = not generation and len(conv) > 2 and "<video>" not in conv[-2]["content"]
             droppable = droppable and "<image>" not in conv[-2]["content"]
             if not droppable:
                 raise ConfigError(
-                    f"sample {name}: {len(labels)} tokens exceed max_length {self.config.max_length} and no whole "
-                    "turn can be dropped without cutting a clip's visual tokens"
+                    f"sample {name}: {len(labels)} tokens exceed {'the LM context' if generation else 'max_length'} "
+                    f"{limit} and no whole turn can be dropped without cutting a clip's visual tokens"
                 )
             conv = conv[:-2]
 
