@@ -159,7 +159,8 @@ class LlavaModel(VLMModel):
         if not lm_path.exists():
             hint = ""
             if cfg.lm.sha256 is not None:
-                hint = " (a checkpoint names its base LM by path and sha256; tools/export_llava.py writes a copy that holds it)"
+                hint = " (a checkpoint names its base LM by path and sha256; tools/export_llava.py writes a copy "
+                hint += "that holds it)"
             raise ConfigError(f"lm.source: {lm_path} does not exist{hint}")
         if cfg.lm.sha256 is not None:
             _check_hash("lm.source", lm_path, cfg.lm.gguf_file, cfg.lm.sha256)
