@@ -270,6 +270,32 @@ def test_batched_generation_equals_one_by_one(lms, attention):
     assert len(beam) == 2
 
 
+def test_gradient_checkpointing_of_the_lm_with_a_frozen_tower(lms):
+    plain = build(lms["llama"], lora=True).train()
+    lm = dataclasses.replace(plain.config.lm, grad_checkpointing=True)
+    model = LlavaModel(dataclasses.replace(plain.config, lm=lm)).train()
+    model.load_state_dict(plain.state_dict())
+    batch = {"video": clips(2), "text": ["a red square", "a blue circle"]}
+    a, b = model(batch)["lm_loss"], plain(batch)["lm_loss"]
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    ref = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    assert grads.keys() == ref.keys() and any(".lora_" in n for n in grads)
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref[n], atol=1e-6, rtol=1e-4)
+
+
+def test_sampling_is_seeded(lms):
+    model = build(lms["llama"])
+    cfg = DecodeConfig("sample", max_new_tokens=6, temperature=1.0, top_p=0.9)
+    torch.manual_seed(3)
+    a = model.generate(clips(2), questions=["what color is it?", None], decode=cfg)
+    torch.manual_seed(3)
+    assert model.generate(clips(2), questions=["what color is it?", None], decode=cfg) == a
+
+
 def test_bad_lora_target_names_the_modules(lms):
     with pytest.raises(ConfigError, match=r"lm.lora.target_modules: \['qkv'\] match no module"):
         LlavaModel(
