@@ -226,10 +226,10 @@ def resolve_tower_config(cfg: TowerConfig, tower: nn.Module) -> TowerConfig:
 def source_sha256(cfg: TowerConfig) -> str:
     """sha256 of a tower source's weight files: a timm weights file, an HF directory's safetensors, or a vidvlm
     checkpoint's ``model.safetensors``."""
-    from vidvlm.models.lm import weights_sha256
+    from vidvlm.models.lm import file_sha256, weights_sha256
 
     if cfg.weights is not None:
-        return weights_sha256(cfg.weights)
+        return file_sha256(cfg.weights)
     return weights_sha256(cfg.source)
 
 

@@ -90,12 +90,12 @@ def weights_sha256(path: str | Path, *, gguf_file: str | None = None) -> str:
     """
     directory, gguf = _resolve(path, gguf_file)
     if gguf:
-        return _file_sha256(directory / gguf)
+        return file_sha256(directory / gguf)
     files = sorted(directory.glob("*.safetensors"), key=lambda p: p.name)
     if not files:
         _refuse_pickles(directory)
         raise ConfigError(f"{directory}: no *.safetensors weight files to hash")
-    manifest = "".join(f"{_file_sha256(f)}  {f.name}\n" for f in files)
+    manifest = "".join(f"{file_sha256(f)}  {f.name}\n" for f in files)
     return hashlib.sha256(manifest.encode()).hexdigest()
 
 
@@ -328,7 +328,8 @@ def _dequantize_gguf() -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file (a GGUF, a timm weights file), streamed in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
