@@ -46,19 +46,23 @@ def llama_tokenizer():
     return tok
 
 
-def make_hf_dir(path, layer=-2, pool="average"):
-    """Save a tiny random LlavaNextVideoForConditionalGeneration with its processor under ``path``."""
+def make_hf_dir(path, layer=-2, pool="average", tower="clip"):
+    """Save a tiny random LlavaNextVideoForConditionalGeneration with its processor under ``path`` (a CLIP tower with
+    the ``default`` feature strategy, or a SigLIP tower, which has no class token, with ``full``)."""
     import transformers as tf
     from transformers.models.llava_next_video.video_processing_llava_next_video import LlavaNextVideoVideoProcessor
 
     tok = llama_tokenizer()
     side = {"shortest_edge": 32}, {"height": 32, "width": 32}
+    strategy = "default" if tower == "clip" else "full"
+    norm = {} if tower == "clip" else {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     processor = tf.LlavaNextVideoProcessor(
-        video_processor=LlavaNextVideoVideoProcessor(size=side[0], crop_size=side[1]),
+        video_processor=LlavaNextVideoVideoProcessor(size=side[0], crop_size=side[1], **norm),
         image_processor=tf.LlavaNextImageProcessor(size=side[0], crop_size=side[1], image_grid_pinpoints=[[32, 32]]),
-        tokenizer=tok, chat_template=TEMPLATE, patch_size=8, vision_feature_select_strategy="default",
+        tokenizer=tok, chat_template=TEMPLATE, patch_size=8, vision_feature_select_strategy=strategy,
     )  # fmt: skip
-    vision = tf.CLIPVisionConfig(
+    kinds = {"clip": tf.CLIPVisionConfig, "siglip": tf.SiglipVisionConfig}
+    vision = kinds[tower](
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
     )
     text = tf.LlamaConfig(
@@ -69,7 +73,8 @@ def make_hf_dir(path, layer=-2, pool="average"):
     cfg = tf.LlavaNextVideoConfig(
         vision_config=vision, text_config=text, video_token_index=tok.convert_tokens_to_ids("<video>"),
         image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=[[32, 32]],
-        vision_feature_layer=layer, spatial_pool_mode=pool, video_seq_length=4, image_seq_length=16,
+        vision_feature_layer=layer, vision_feature_select_strategy=strategy, spatial_pool_mode=pool,
+        video_seq_length=4, image_seq_length=16,
     )  # fmt: skip
     torch.manual_seed(0)
     model = tf.LlavaNextVideoForConditionalGeneration(cfg).eval()
@@ -108,9 +113,11 @@ def reference(directory, video):
     return inputs, model, processor
 
 
-@pytest.mark.parametrize(("layer", "pool"), [(-2, "average"), ([-3, -1], "max")])
-def test_same_ids_logits_and_greedy_tokens_as_transformers(tmp_path, layer, pool):
-    directory = make_hf_dir(tmp_path / "hf", layer=layer, pool=pool)
+@pytest.mark.parametrize(
+    ("layer", "pool", "tower"), [(-2, "average", "clip"), ([-3, -1], "max", "clip"), (-2, "average", "siglip")]
+)
+def test_same_ids_logits_and_greedy_tokens_as_transformers(tmp_path, layer, pool, tower):
+    directory = make_hf_dir(tmp_path / "hf", layer=layer, pool=pool, tower=tower)
     video = frames()
     inputs, ref, processor = reference(directory, video)
     model = vidvlm.load(directory).eval()
@@ -190,6 +197,31 @@ def test_the_import_is_cached_and_saves_and_reloads_as_a_vidvlm_checkpoint(hf_di
 
 
 QA = [{"role": "user", "content": "<video>\n" + QUESTION}, {"role": "assistant", "content": "red"}]
+
+
+LAYOUTS = {  # from what save_pretrained writes today to the other names transformers has used
+    "hub-4.x": {"vision_tower.": "vision_tower.vision_model."},
+    "in-memory": {
+        "vision_tower.": "model.vision_tower.vision_model.", "language_model.model.": "model.language_model.",
+        "language_model.lm_head.": "lm_head.", "multi_modal_projector.": "model.multi_modal_projector.",
+        "image_newline": "model.image_newline",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_key_layout_imports_the_same_tensors(hf_dir, tmp_path, layout):
+    def rename(tensors):
+        for key in list(tensors):
+            old = next((o for o in LAYOUTS[layout] if key.startswith(o)), None)
+            if old is not None:
+                tensors[LAYOUTS[layout][old] + key[len(old) :]] = tensors.pop(key)
+
+    a = import_llava_next_video(hf_dir, tmp_path / "a")
+    b = import_llava_next_video(_rewrite(hf_dir, tmp_path / "renamed", rename), tmp_path / "b")
+    for name in ("model.safetensors", "lm/model.safetensors"):
+        want, got = load_file(str(a / name)), load_file(str(b / name))
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def _rewrite(src, dst, edit):

@@ -12,8 +12,9 @@ How HF's video path (``get_video_features``) maps onto the front-end:
 * the tower runs per frame and ``hidden_states[vision_feature_layer]`` is read (a list is concatenated along D):
   ``tower.layers = [vision_feature_layer]`` (the multi-level tower; index 0 is the embeddings after
   ``pre_layrnorm``, -2 the output of the second-to-last block, before any final norm, as in HF);
-* ``vision_feature_select_strategy: default`` drops the class token: the pooler's ``num_prefix_tokens = 1``
-  (``full`` is refused: HF's video pooler cannot read a patch grid with the class token in it);
+* ``vision_feature_select_strategy``: ``default`` drops the first token (CLIP's class token), ``full`` keeps all
+  (SigLIP has none): the pooler's ``num_prefix_tokens`` is 1 or 0; a strategy that leaves a non-square grid (CLIP
+  with ``full``, SigLIP with ``default``) is refused, as HF's video pooler cannot run it either;
 * ``vision_resampler`` (``LlavaNextVideoPooler``, ``average`` / ``max`` with ``spatial_pool_stride`` s), applied
   per frame before the projector: the ``spatial2d`` pooler to a ``grid / s`` side (the same windows as
   ``AvgPool2d(s, s)`` when s divides the grid, else refused; ``conv`` is refused);
@@ -40,6 +41,7 @@ import math
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,7 @@ def import_llava_next_video(source: str | Path, out_dir: str | Path, overwrite: 
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
-        _write_lm(parts["lm"], hf_cfg, src, tmp / "lm")
+        _write_lm(parts, hf_cfg, src, tmp / "lm")
         cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, sha256=weights_sha256(tmp / "lm")))
         front_end = _front_end(cfg.front_end, hf_cfg, parts, src)
         tensors = {f"front_end.{k}": v.detach().contiguous() for k, v in front_end.state_dict().items()}
@@ -171,33 +173,67 @@ def import_llava_next_video(source: str | Path, out_dir: str | Path, overwrite: 
     return out
 
 
-def split_tensors(tensors: dict[str, torch.Tensor], source: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """HF tensors by part (``vision``, ``projector``, ``lm``), renamed within the part (see ``HF_PARTS``).
+@dataclass
+class HFParts:
+    """The HF tensors by part, renamed within the part (see ``HF_PARTS``).
+
+    Attributes:
+        tensors: ``vision`` (keys relative to the vision model), ``projector`` (``linear_1.weight``, ...) and ``lm``
+            (causal-LM keys: ``model.*``, ``lm_head.*``).
+        layout: ``(part, prefix in the part) -> HF prefix`` as this directory names them (for error messages).
+    """
+
+    tensors: dict[str, dict[str, torch.Tensor]]
+    layout: dict[tuple[str, str], str]
+
+    def hf_name(self, part: str, key: str) -> str:
+        """The name a part's tensor has (or would have) in the HF directory."""
+        for (p, new), old in sorted(self.layout.items(), key=lambda kv: -len(kv[0][1])):
+            if p == part and key.startswith(new):
+                return old + key[len(new) :]
+        return key
+
+
+def split_tensors(tensors: dict[str, torch.Tensor], source: Path) -> HFParts:
+    """Split HF tensors by part with the one mapping, ``HF_PARTS``.
 
     Raises:
         CheckpointError: a tensor no prefix claims (named).
     """
     parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "projector": {}, "lm": {}}
+    # what transformers' save_pretrained writes, unless the directory shows another layout
+    layout = {(part, new): old for old, part, new in reversed(HF_PARTS) if not old.startswith("model.")}
+    seen: dict[tuple[str, str], str] = {}
     unknown = []
     for key, value in tensors.items():
-        hit = next(((part, new + key[len(old) :]) for old, part, new in HF_PARTS if key.startswith(old)), None)
-        if hit is not None:
-            parts[hit[0]][hit[1]] = value
-        elif key not in DROPPED:
-            unknown.append(key)
+        hit = next(((old, part, new) for old, part, new in HF_PARTS if key.startswith(old)), None)
+        if hit is None:
+            if key not in DROPPED:
+                unknown.append(key)
+            continue
+        old, part, new = hit
+        parts[part][new + key[len(old) :]] = value
+        seen.setdefault((part, new), old)
     if unknown:
         raise CheckpointError(f"{source}: unexpected tensors {sorted(unknown)} (not part of LLaVA-NeXT-Video)")
-    return parts
+    return HFParts(parts, {**layout, **seen})
 
 
 def llava_config(hf_cfg: Any, source: Path) -> LlavaConfig:
     """The :class:`LlavaConfig` equivalent to an HF ``LlavaNextVideoConfig`` (see the module docstring)."""
     where = source / "config.json"
     vision = hf_cfg.vision_config
-    if hf_cfg.vision_feature_select_strategy != "default":
+    layer = hf_cfg.vision_feature_layer
+    video = _video_processor(source)
+    num_frames = int(video.get("num_frames") or 8)
+    vision_cfg = hf_vision_config(vision, layout="frame", num_tubelets=num_frames)
+    # transformers' video pooler reads a square patch grid: "default" drops one token, "full" none
+    strategy = hf_cfg.vision_feature_select_strategy
+    prefix = int(vision_cfg.class_token) + vision_cfg.num_reg_tokens
+    if {"default": 1, "full": 0}.get(strategy) != prefix:
         raise CheckpointError(
-            f"{where}: vision_feature_select_strategy {hf_cfg.vision_feature_select_strategy!r} is not supported "
-            "(only 'default': transformers' video pooler cannot read a patch grid that keeps the class token)"
+            f"{where}: vision_feature_select_strategy {strategy!r} with a {vision.model_type} tower of {prefix} class "
+            f"token(s) leaves no square patch grid for the video pooler ('default' drops 1 token, 'full' none)"
         )
     mode = {"average": "avg", "max": "max"}.get(hf_cfg.spatial_pool_mode)
     if mode is None:
@@ -217,17 +253,14 @@ def llava_config(hf_cfg: Any, source: Path) -> LlavaConfig:
         raise CheckpointError(
             f"{where}: projector_hidden_act {hf_cfg.projector_hidden_act!r} is not one of {list(_ACTS)}"
         )
-    layer = hf_cfg.vision_feature_layer
-    video = _video_processor(source)
-    num_frames = int(video.get("num_frames") or 8)
     tower = TowerConfig(
         name="native",
-        vision=hf_vision_config(vision, layout="frame", num_tubelets=num_frames),
+        vision=vision_cfg,
         layers=[int(layer)] if isinstance(layer, int) else [int(i) for i in layer],
     )
     front_end = FrontEndConfig(
         tower=tower,
-        pooler=PoolerConfig("spatial2d", {"size": grid // stride, "mode": mode, "num_prefix_tokens": 1}),
+        pooler=PoolerConfig("spatial2d", {"size": grid // stride, "mode": mode, "num_prefix_tokens": prefix}),
         connector=ConnectorConfig(name="mlp", depth=2, act=act),
         freeze_tower=True,
         num_frames=num_frames,
@@ -245,16 +278,18 @@ def llava_config(hf_cfg: Any, source: Path) -> LlavaConfig:
 
 
 # -- parts ------------------------------------------------------------------------------------------------------
-def _front_end(cfg: FrontEndConfig, hf_cfg: Any, parts: dict, source: Path) -> VideoFrontEnd:
+def _front_end(cfg: FrontEndConfig, hf_cfg: Any, parts: HFParts, source: Path) -> VideoFrontEnd:
     """The front-end with the converted tower and the projector loaded strictly."""
     front_end = VideoFrontEnd(cfg, out_dim=int(hf_cfg.text_config.hidden_size))
-    converted = convert_hf_vision(parts["vision"], hf_cfg.vision_config, f"{source} (vision_tower)")
-    load_converted(front_end.base_tower, converted, f"{source} (vision_tower)")
-    projector = parts["projector"]
-    own = front_end.connector.state_dict()
-    missing = sorted(f"multi_modal_projector.{k}" for k in own.keys() - projector.keys())
-    unexpected = sorted(f"multi_modal_projector.{k}" for k in projector.keys() - own.keys())
-    shapes = [f"multi_modal_projector.{k}" for k in own.keys() & projector.keys() if own[k].shape != projector[k].shape]
+    name = f"{source} (tensors under {parts.hf_name('vision', '')!r})"
+    converted = convert_hf_vision(parts.tensors["vision"], hf_cfg.vision_config, name)
+    load_converted(front_end.base_tower, converted, name)
+    projector, own = parts.tensors["projector"], front_end.connector.state_dict()
+    missing = sorted(parts.hf_name("projector", k) for k in own.keys() - projector.keys())
+    unexpected = sorted(parts.hf_name("projector", k) for k in projector.keys() - own.keys())
+    shapes = [
+        parts.hf_name("projector", k) for k in own.keys() & projector.keys() if own[k].shape != projector[k].shape
+    ]
     if missing or unexpected or shapes:
         raise CheckpointError(
             f"{source}: projector tensors do not match; missing {missing}, unexpected {unexpected}, mis-shaped {shapes}"
@@ -263,11 +298,12 @@ def _front_end(cfg: FrontEndConfig, hf_cfg: Any, parts: dict, source: Path) -> V
     return front_end
 
 
-def _write_lm(tensors: dict[str, torch.Tensor], hf_cfg: Any, source: Path, out: Path) -> None:
+def _write_lm(parts: HFParts, hf_cfg: Any, source: Path, out: Path) -> None:
     """Write the language model as a causal-LM directory, after checking its tensors against the architecture."""
     from transformers import AutoModelForCausalLM, GenerationConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    tensors, hf_name = parts.tensors["lm"], parts.hf_name
     text_cfg = hf_cfg.text_config
     names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text_cfg.model_type)
     if not names:
@@ -279,9 +315,9 @@ def _write_lm(tensors: dict[str, torch.Tensor], hf_cfg: Any, source: Path, out: 
         shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(text_cfg).state_dict().items()}
     tied = bool(getattr(text_cfg, "tie_word_embeddings", False) or getattr(hf_cfg, "tie_word_embeddings", False))
     required = shapes.keys() - ({"lm_head.weight"} if tied else set())
-    missing = sorted(_hf_lm_name(k) for k in required - tensors.keys())
-    unexpected = sorted(_hf_lm_name(k) for k in tensors.keys() - shapes.keys())
-    wrong = [_hf_lm_name(k) for k in tensors.keys() & shapes.keys() if tensors[k].shape != shapes[k]]
+    missing = sorted(hf_name("lm", k) for k in required - tensors.keys())
+    unexpected = sorted(hf_name("lm", k) for k in tensors.keys() - shapes.keys())
+    wrong = [hf_name("lm", k) for k in tensors.keys() & shapes.keys() if tensors[k].shape != shapes[k]]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{source}: language-model tensors do not match {text_cfg.architectures[0]}; missing {missing}, "
@@ -295,11 +331,6 @@ def _write_lm(tensors: dict[str, torch.Tensor], hf_cfg: Any, source: Path, out: 
     if (source / "generation_config.json").is_file():
         GenerationConfig.from_pretrained(source, local_files_only=True).save_pretrained(out)
     _tokenizer(source).save_pretrained(out)
-
-
-def _hf_lm_name(key: str) -> str:
-    """The name an LM tensor has in the HF directory (newer layout), for error messages."""
-    return key if key.startswith("lm_head.") else "model.language_model." + key.removeprefix("model.")
 
 
 # -- reading the directory --------------------------------------------------------------------------------------
@@ -398,4 +429,4 @@ def _chat_template(source: Path) -> str | None:
     return template  # a template of string contents, used as it is
 
 
-__all__ = ["import_llava_next_video", "load_hf", "llava_config", "split_tensors", "HF_PARTS"]
+__all__ = ["import_llava_next_video", "load_hf", "llava_config", "split_tensors", "HFParts", "HF_PARTS"]
