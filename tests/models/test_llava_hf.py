@@ -101,13 +101,13 @@ def frames(t: int = 3) -> torch.Tensor:
     return torch.randint(0, 256, (t, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
 
 
-def reference(directory, video):
-    """transformers' model and processor: ``(inputs, model)`` for one video and QUESTION."""
+def reference(directory, video, question=QUESTION):
+    """transformers' model and processor: ``(inputs, model, processor)`` for one video and question."""
     from transformers import AutoProcessor, LlavaNextVideoForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(directory)
     model = LlavaNextVideoForConditionalGeneration.from_pretrained(directory).eval()
-    conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conv, add_generation_prompt=True)
     inputs = processor(text=prompt, videos=[video.permute(0, 2, 3, 1).numpy()], return_tensors="pt")
     return inputs, model, processor
@@ -154,6 +154,21 @@ def test_same_ids_logits_and_greedy_tokens_as_transformers(tmp_path, layer, pool
     text = processor.tokenizer.decode(want_ids, skip_special_tokens=True).strip()
     decode = dataclasses_replace(model.config.decode, max_new_tokens=new)
     assert model.generate(ours_pixels[None], questions=[QUESTION], decode=decode) == [text]
+
+
+def test_batched_generation_answers_each_clip_as_transformers_does_alone(hf_dir):
+    model = vidvlm.load(hf_dir).eval()
+    videos = [frames(3), torch.flip(frames(3), dims=[0, 3])]
+    questions = [QUESTION, "is it red?"]
+    want = []
+    for video, question in zip(videos, questions, strict=True):
+        inputs, ref, processor = reference(hf_dir, video, question)
+        with torch.no_grad():
+            ids = ref.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1] :]
+        want.append(processor.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    clips = torch.stack([model.transform(v) for v in videos])
+    decode = dataclasses_replace(model.config.decode, max_new_tokens=6)
+    assert model.generate(clips, questions=questions, decode=decode) == want
 
 
 def dataclasses_replace(obj, **kw):
@@ -236,11 +251,17 @@ def _rewrite(src, dst, edit):
     ("edit", "named"),
     [
         (lambda t: t.pop("multi_modal_projector.linear_2.bias"), "multi_modal_projector.linear_2.bias"),
-        (lambda t: t.pop("language_model.model.layers.1.mlp.up_proj.weight"), "layers.1.mlp.up_proj.weight"),
+        (lambda t: t.pop("language_model.model.layers.1.mlp.up_proj.weight"), "language_model.model.layers.1.mlp.up_"),
         (lambda t: t.pop("vision_tower.encoder.layers.2.mlp.fc1.bias"), "encoder.layers.2.mlp.fc1.bias"),
         (lambda t: t.update({"extra.weight": torch.zeros(2)}), "extra.weight"),
-        (lambda t: t.update({"multi_modal_projector.linear_3.weight": torch.zeros(2)}), "linear_3.weight"),
-        (lambda t: t.update({"language_model.model.layers.9.foo": torch.zeros(2)}), "layers.9.foo"),
+        (
+            lambda t: t.update({"multi_modal_projector.linear_3.weight": torch.zeros(2)}),
+            "multi_modal_projector.linear_3",
+        ),
+        (
+            lambda t: t.update({"language_model.model.layers.9.foo": torch.zeros(2)}),
+            "language_model.model.layers.9.foo",
+        ),
     ],
     ids=["missing-projector", "missing-lm", "missing-vision", "unknown", "extra-projector", "extra-lm"],
 )

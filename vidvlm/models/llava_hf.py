@@ -64,8 +64,10 @@ from vidvlm.models.lm import weights_sha256
 MODEL_TYPE = "llava_next_video"
 VERSION = 1  # of the conversion; part of the cache fingerprint
 
-# HF tensor-name prefix -> (part, prefix in that part). Both layouts transformers has saved (<= 4.51: "language_model.
-# model.*"; newer: "model.language_model.*"); the first prefix that matches wins, so longer ones come first.
+# HF tensor-name prefix -> (part, prefix in that part), for every naming transformers has used: what save_pretrained
+# writes (``vision_tower.*``, ``language_model.model.*``), the 4.x checkpoints on the Hub
+# (``vision_tower.vision_model.*``) and the module names since 4.52 (``model.vision_tower.*``,
+# ``model.language_model.*``, ``lm_head.*``). The first prefix that matches wins, so longer ones come first.
 HF_PARTS: tuple[tuple[str, str, str], ...] = (
     ("model.vision_tower.vision_model.", "vision", ""),
     ("vision_tower.vision_model.", "vision", ""),
@@ -145,18 +147,20 @@ def import_llava_next_video(source: str | Path, out_dir: str | Path, overwrite: 
         return out
     hf_cfg = _hf_config(src)
     parts = split_tensors(_read_tensors(src), src)
-    cfg = llava_config(hf_cfg, src)
+    tokenizer = _tokenizer(src)
+    cfg = llava_config(hf_cfg, src, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
         _write_lm(parts, hf_cfg, src, tmp / "lm")
+        tokenizer.save_pretrained(tmp / "lm")
         cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, sha256=weights_sha256(tmp / "lm")))
         front_end = _front_end(cfg.front_end, hf_cfg, parts, src)
         tensors = {f"front_end.{k}": v.detach().contiguous() for k, v in front_end.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         save_config(cfg, tmp / CONFIG_FILE)
-        _tokenizer(src).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         provenance = {"source": str(src.resolve()), "source_weights_sha256": weights_sha256(src), "version": VERSION}
         (tmp / "vidvlm_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
         if out.exists() and overwrite:
@@ -219,8 +223,14 @@ def split_tensors(tensors: dict[str, torch.Tensor], source: Path) -> HFParts:
     return HFParts(parts, {**layout, **seen})
 
 
-def llava_config(hf_cfg: Any, source: Path) -> LlavaConfig:
-    """The :class:`LlavaConfig` equivalent to an HF ``LlavaNextVideoConfig`` (see the module docstring)."""
+def llava_config(hf_cfg: Any, source: Path, tokenizer: Any = None) -> LlavaConfig:
+    """The :class:`LlavaConfig` equivalent to an HF ``LlavaNextVideoConfig`` (see the module docstring).
+
+    Args:
+        hf_cfg: the directory's ``LlavaNextVideoConfig``.
+        source: the directory (its processor settings and chat template are read).
+        tokenizer: its tokenizer (default: loaded from ``source``).
+    """
     where = source / "config.json"
     vision = hf_cfg.vision_config
     layer = hf_cfg.vision_feature_layer
@@ -270,7 +280,7 @@ def llava_config(hf_cfg: Any, source: Path) -> LlavaConfig:
     return LlavaConfig(
         front_end=front_end,
         lm=LanguageModelConfig(source="lm"),
-        chat_template=_chat_template(source),
+        chat_template=_chat_template(source, tokenizer or _tokenizer(source)),
         max_length=int(getattr(hf_cfg.text_config, "max_position_embeddings", 4096) or 4096),
         prompt_tokens="whole",
         decode=DecodeConfig(strategy="greedy", max_new_tokens=32),
@@ -314,6 +324,7 @@ def _write_lm(parts: HFParts, hf_cfg: Any, source: Path, out: Path) -> None:
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(text_cfg).state_dict().items()}
     tied = bool(getattr(text_cfg, "tie_word_embeddings", False) or getattr(hf_cfg, "tie_word_embeddings", False))
+    text_cfg.tie_word_embeddings = tied  # the LM alone ties as the whole model did
     required = shapes.keys() - ({"lm_head.weight"} if tied else set())
     missing = sorted(hf_name("lm", k) for k in required - tensors.keys())
     unexpected = sorted(hf_name("lm", k) for k in tensors.keys() - shapes.keys())
@@ -330,7 +341,6 @@ def _write_lm(parts: HFParts, hf_cfg: Any, source: Path, out: Path) -> None:
     text_cfg.save_pretrained(out)
     if (source / "generation_config.json").is_file():
         GenerationConfig.from_pretrained(source, local_files_only=True).save_pretrained(out)
-    _tokenizer(source).save_pretrained(out)
 
 
 # -- reading the directory --------------------------------------------------------------------------------------
@@ -403,7 +413,7 @@ def _normalize(video: dict[str, Any], vision: Any, source: Path) -> str:
     )
 
 
-def _chat_template(source: Path) -> str | None:
+def _chat_template(source: Path, tokenizer: Any) -> str | None:
     """The processor's chat template, wrapped for string turns (``STRING_TURNS``) when it reads typed contents; None
     when the directory has none (the tokenizer's own is used)."""
     if (source / "chat_template.jinja").is_file():
@@ -414,7 +424,6 @@ def _chat_template(source: Path) -> str | None:
         template = _processor_config(source).get("chat_template")
     if not template:
         return None
-    tokenizer = _tokenizer(source)
 
     def render(content: Any, chat_template: str) -> str:
         turn = [{"role": "user", "content": content}]
