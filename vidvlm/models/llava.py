@@ -403,27 +403,25 @@ class LlavaModel(VLMModel):
         labels: list[int] = []
         groups: list[int] = []
 
-        def text(s: str, target: bool = False) -> None:
-            ids = self.tokenizer.hf(s, add_special_tokens=False)["input_ids"]
+        def add(ids: list[int], target: bool = False) -> None:
             parts.ids.extend(ids)
             labels.extend(ids if target else [IGNORE] * len(ids))
             groups.extend([-1] * len(ids))
 
+        def text(s: str, target: bool = False) -> None:
+            add(self.tokenizer.hf(s, add_special_tokens=False)["input_ids"], target)
+
+        # prompt_tokens "whole": the ids come from one tokenization of the rendering (see _tokenize_whole)
         whole = None if self._mark is None else _tokenize_whole(self.tokenizer.hf, pieces, self._mark)
         if whole is not None:
+            add(whole[0])
             text_ids = iter(whole[1])
-            parts.ids.extend(whole[0])
-            labels.extend([IGNORE] * len(whole[0]))
-            groups.extend([-1] * len(whole[0]))
         for piece in pieces:
             if piece.clip is None:
                 if whole is None:
                     text(piece.text, piece.target)
                 else:
-                    ids = next(text_ids)
-                    parts.ids.extend(ids)
-                    labels.extend(ids if piece.target else [IGNORE] * len(ids))
-                    groups.extend([-1] * len(ids))
+                    add(next(text_ids), piece.target)
                 continue
             clip = clips[piece.clip]
             keep = torch.ones(visual.tokens.shape[1], dtype=torch.bool) if visual.mask is None else visual.mask[clip]
@@ -446,9 +444,7 @@ class LlavaModel(VLMModel):
             if previous is not None and self.config.frame_separator:
                 text(self.config.frame_separator)
         if whole is not None:
-            parts.ids.extend(whole[2])
-            labels.extend([IGNORE] * len(whole[2]))
-            groups.extend([-1] * len(whole[2]))
+            add(whole[2])
         return parts, labels, groups
 
     def _mask(self, real: torch.Tensor, group: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -607,7 +603,9 @@ def _tokenize_whole(tokenizer: Any, pieces: list, mark: str) -> tuple[list[int],
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     full = tokenizer(text)["input_ids"]
-    at = next(k for k in range(len(full) - len(ids) + 1) if full[k : k + len(ids)] == ids)
+    at = next((k for k in range(len(full) - len(ids) + 1) if full[k : k + len(ids)] == ids), None)
+    if at is None:
+        raise ConfigError("prompt_tokens: 'whole' needs a tokenizer that only adds special tokens around the text")
     per_piece: list[list[int]] = [[] for _ in pieces]
     for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
         per_piece[min(bisect.bisect_right(ends, max(a, b - 1)), len(pieces) - 1)].append(tid)

@@ -432,10 +432,15 @@ def _chat_template(source: Path, tokenizer: Any) -> str | None:
         )
 
     typed = render([{"type": "video"}, {"type": "text", "text": "q"}], template)
+    if "<video>" not in typed:
+        return template  # a template of string contents, used as it is
     wrapped = STRING_TURNS + template
-    if "<video>" in typed and render("<video>\nq", wrapped) == typed:
-        return wrapped
-    return template  # a template of string contents, used as it is
+    if render("<video>\nq", wrapped) != typed:
+        raise CheckpointError(
+            f"{source}: the processor's chat template does not render a string turn '<video>\\nq' as the typed one "
+            f"({typed!r}), so vidvlm's conversations cannot use it"
+        )
+    return wrapped
 
 
 __all__ = ["import_llava_next_video", "load_hf", "llava_config", "split_tensors", "HFParts", "HF_PARTS"]
