@@ -295,3 +295,27 @@ def test_a_directory_that_is_neither_is_still_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="config.yaml"):
         vidvlm.load(tmp_path)
+
+
+def test_caption_video_answers_from_the_hf_directory_as_transformers_does(hf_dir, tmp_path, capsys):
+    """The real entry point on an image (a one-frame video; PNG keeps the pixels exact)."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("caption_video", root / "tools" / "caption_video.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    image = frames(1)
+    Image.fromarray(image[0].permute(1, 2, 0).numpy()).save(tmp_path / "still.png")
+    inputs, ref, processor = reference(hf_dir, image)
+    new = vidvlm.load(hf_dir).config.decode.max_new_tokens
+    with torch.no_grad():
+        ids = ref.generate(**inputs, do_sample=False, max_new_tokens=new)[0, inputs["input_ids"].shape[1] :]
+    want = processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    argv = [str(tmp_path / "still.png"), "--model", str(hf_dir), "--question", QUESTION, "--format", "json"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert want and row["segments"][0]["text"] == want
