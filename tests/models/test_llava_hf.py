@@ -5,9 +5,12 @@ are refused by key."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import shutil
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,7 +155,7 @@ def test_same_ids_logits_and_greedy_tokens_as_transformers(tmp_path, layer, pool
         )[0]  # fmt: skip
     assert got_ids.tolist() == want_ids.tolist()
     text = processor.tokenizer.decode(want_ids, skip_special_tokens=True).strip()
-    decode = dataclasses_replace(model.config.decode, max_new_tokens=new)
+    decode = dataclasses.replace(model.config.decode, max_new_tokens=new)
     assert model.generate(ours_pixels[None], questions=[QUESTION], decode=decode) == [text]
 
 
@@ -167,14 +170,8 @@ def test_batched_generation_answers_each_clip_as_transformers_does_alone(hf_dir)
             ids = ref.generate(**inputs, do_sample=False, max_new_tokens=6)[0, inputs["input_ids"].shape[1] :]
         want.append(processor.tokenizer.decode(ids, skip_special_tokens=True).strip())
     clips = torch.stack([model.transform(v) for v in videos])
-    decode = dataclasses_replace(model.config.decode, max_new_tokens=6)
+    decode = dataclasses.replace(model.config.decode, max_new_tokens=6)
     assert model.generate(clips, questions=questions, decode=decode) == want
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 def test_training_labels_are_the_answer_tokens_as_the_processor_tokenizes_them(hf_dir):
@@ -299,9 +296,6 @@ def test_a_directory_that_is_neither_is_still_refused(tmp_path):
 
 def test_caption_video_answers_from_the_hf_directory_as_transformers_does(hf_dir, tmp_path, capsys):
     """The real entry point on an image (a one-frame video; PNG keeps the pixels exact)."""
-    import importlib.util
-    from pathlib import Path
-
     from PIL import Image
 
     root = Path(__file__).resolve().parents[2]
