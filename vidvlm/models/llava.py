@@ -25,6 +25,7 @@ Module-name prefixes for training stages: ``front_end.tower.``, ``front_end.pool
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 from collections.abc import Sequence
@@ -104,6 +105,12 @@ class LlavaConfig:
         frame_separator: text after each frame's tokens (None: nothing).
         max_length: the longest training sequence; whole turns are dropped from the end to fit, never visual tokens
             (a prompt to generate from may fill the LM's context).
+        prompt_tokens: how the rendered conversation becomes token ids: ``pieces`` tokenizes each run of text
+            between placeholders and answers on its own; ``whole`` tokenizes the whole rendering at once with the
+            tokenizer's own special tokens (BOS) added, each placeholder written as one ``<video>`` (or ``<image>``)
+            token of the tokenizer, as transformers' LLaVA processors do (the text after a placeholder is then not
+            tokenized as the start of a string). ``whole`` needs that token and no ``frame_times`` or
+            ``frame_separator``.
         caption_prompt: the user turn of a caption-only sample.
         decode: default generation options.
     """
@@ -118,6 +125,7 @@ class LlavaConfig:
     frame_times: bool = False
     frame_separator: str | None = None
     max_length: int = 512
+    prompt_tokens: Literal["pieces", "whole"] = "pieces"
     caption_prompt: str = "Describe the video."
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=32))
 
@@ -128,6 +136,10 @@ class LlavaConfig:
             raise ConfigError("front_end.connector: the LM needs a connector to its width (linear or mlp)")
         if self.max_length < 8:
             raise ConfigError(f"max_length: must be >= 8, got {self.max_length}")
+        if self.prompt_tokens == "whole" and (self.frame_times or self.frame_separator):
+            raise ConfigError(
+                "prompt_tokens: 'whole' allows no text between a clip's tokens (frame_times, frame_separator)"
+            )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> LlavaConfig:
@@ -179,6 +191,7 @@ class LlavaModel(VLMModel):
         self.chat = ChatLayout(hf_tokenizer, self.template)
         self.stop_ids = _stop_ids(self.chat, hf_tokenizer)
         self._context = int(getattr(lm.config, "max_position_embeddings", None) or cfg.max_length)
+        self._mark = _placeholder_token(hf_tokenizer) if cfg.prompt_tokens == "whole" else None
         self._lm_hash = cfg.lm.sha256
         self._tower_bases = tuple(pretrained_prefixes(cfg.front_end.tower, "front_end.tower."))
         # base parameters that trained in some stage are saved with the run: a training forward records them
@@ -400,15 +413,25 @@ class LlavaModel(VLMModel):
         labels: list[int] = []
         groups: list[int] = []
 
-        def text(s: str, target: bool = False) -> None:
-            ids = self.tokenizer.hf(s, add_special_tokens=False)["input_ids"]
+        def add(ids: list[int], target: bool = False) -> None:
             parts.ids.extend(ids)
             labels.extend(ids if target else [IGNORE] * len(ids))
             groups.extend([-1] * len(ids))
 
+        def text(s: str, target: bool = False) -> None:
+            add(self.tokenizer.hf(s, add_special_tokens=False)["input_ids"], target)
+
+        # prompt_tokens "whole": the ids come from one tokenization of the rendering (see _tokenize_whole)
+        whole = None if self._mark is None else _tokenize_whole(self.tokenizer.hf, pieces, self._mark)
+        if whole is not None:
+            add(whole[0])
+            text_ids = iter(whole[1])
         for piece in pieces:
             if piece.clip is None:
-                text(piece.text, piece.target)
+                if whole is None:
+                    text(piece.text, piece.target)
+                else:
+                    add(next(text_ids), piece.target)
                 continue
             clip = clips[piece.clip]
             keep = torch.ones(visual.tokens.shape[1], dtype=torch.bool) if visual.mask is None else visual.mask[clip]
@@ -430,6 +453,8 @@ class LlavaModel(VLMModel):
                 groups.append(clip)
             if previous is not None and self.config.frame_separator:
                 text(self.config.frame_separator)
+        if whole is not None:
+            add(whole[2])
         return parts, labels, groups
 
     def _mask(self, real: torch.Tensor, group: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -563,6 +588,42 @@ def _stop_ids(chat: ChatLayout, tokenizer: Any) -> list[int]:
         if tail_ids and tail_ids[0] not in ids:
             ids.append(int(tail_ids[0]))
     return ids
+
+
+def _placeholder_token(tokenizer: Any) -> str:
+    """The placeholder that is one token of ``tokenizer`` (``prompt_tokens: whole`` writes every clip so)."""
+    for mark in ("<video>", "<image>"):
+        ids = tokenizer(mark, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
+            return mark
+    raise ConfigError("prompt_tokens: 'whole' needs <video> or <image> as one token of the LM tokenizer")
+
+
+def _tokenize_whole(tokenizer: Any, pieces: list, mark: str) -> tuple[list[int], list[list[int]], list[int]]:
+    """Tokenize a conversation's pieces in one call, each placeholder written as ``mark``.
+
+    Returns:
+        the ids the tokenizer adds before the text (BOS), the ids of each text piece in order (a token belongs to
+        the piece holding its last character), and the ids it adds after the text.
+    """
+    text, ends = "", []
+    for piece in pieces:
+        text += mark if piece.clip is not None else piece.text
+        ends.append(len(text))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    full = tokenizer(text)["input_ids"]
+    at = next((k for k in range(len(full) - len(ids) + 1) if full[k : k + len(ids)] == ids), None)
+    if at is None:
+        raise ConfigError("prompt_tokens: 'whole' needs a tokenizer that only adds special tokens around the text")
+    per_piece: list[list[int]] = [[] for _ in pieces]
+    for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
+        per_piece[min(bisect.bisect_right(ends, max(a, b - 1)), len(pieces) - 1)].append(tid)
+    for piece, got in zip(pieces, per_piece, strict=True):
+        if piece.clip is not None and len(got) != 1:
+            raise ConfigError(f"prompt_tokens: the placeholder {mark} did not tokenize to one token in {text!r}")
+    texts = [got for piece, got in zip(pieces, per_piece, strict=True) if piece.clip is None]
+    return full[:at], texts, full[at + len(ids) :]
 
 
 def _sample_name(batch: dict[str, Any], i: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vidvlm.models.masking",
     "vidvlm.models.llava",
 )
+
+# HF model_type -> module whose ``load_hf(directory, map_location)`` imports such a transformers directory.
+HF_IMPORTERS: dict[str, str] = {"llava_next_video": "vidvlm.models.llava_hf"}
 
 _FAMILIES: dict[str, type[VLMModel]] = {}
 
@@ -110,13 +114,17 @@ def build_model(cfg: Any, where: str = "model") -> VLMModel:
 
 
 def load(directory: str | Path, map_location: str = "cpu") -> VLMModel:
-    """Restore any family's checkpoint directory (``config.yaml`` names the family).
+    """Restore any family's checkpoint directory (``config.yaml`` names the family), or import a transformers
+    directory whose ``config.json`` has a ``model_type`` in ``HF_IMPORTERS``.
 
     Raises:
         CheckpointError: not a checkpoint directory, unknown family, or weights that do not match.
     """
     path = Path(directory)
     if not (path / CONFIG_FILE).is_file():
+        importer = HF_IMPORTERS.get(_hf_model_type(path))
+        if importer is not None:
+            return importlib.import_module(importer).load_hf(path, map_location=map_location)
         raise CheckpointError(f"{path}: no {CONFIG_FILE} (not a vidvlm checkpoint directory)")
     family = read_mapping(path / CONFIG_FILE).get("family")
     if not isinstance(family, str):
@@ -126,6 +134,15 @@ def load(directory: str | Path, map_location: str = "cpu") -> VLMModel:
     except ConfigError as e:
         raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from e
     return cls.from_pretrained(path, map_location=map_location)
+
+
+def _hf_model_type(path: Path) -> str | None:
+    """The ``model_type`` of an HF directory's ``config.json`` (None: no such file or key)."""
+    try:
+        value = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 __all__ = ["register_family", "build_model", "load", "get_family", "list_families", "import_families"]
