@@ -285,7 +285,7 @@ def make_synthetic(
 
 
 def all_captions(images: bool = False) -> list[str]:
-    """Every caption the generator can write, in a fixed order (for zero-shot classification)."""
+    """Every caption of the default single-shape clips (or stills), in a fixed order (for zero-shot classification)."""
     a = SHAPES_ATTRIBUTES
     base = [f"a {s} {c} {sh}" for s in a["size"] for c in a["color"] for sh in a["shape"]]
     return base if images else [f"{b} moves {d}" for b in base for d in a["direction"]]

@@ -17,10 +17,16 @@ starts moving at ``t`` has one position at every frame up to ``t`` and a new pos
 stops at ``t`` changed position at every frame up to ``t`` and keeps the position of ``t`` afterwards; one that
 appears at ``t`` is first drawn at ``t``; one that disappears at ``t`` is last drawn one frame before ``t``.
 
-As in the single-shape clips, the middle frame (``F // 2``) does not tell the motion: every shape's position there
-is drawn uniformly from the same square whatever its story and direction, and the whole path stays in the frame.
-Shapes of one scene have different colours and different kinds (so "the red one" and "the square" name one
-shape each) and never overlap in a frame where both are drawn (one pixel apart at least).
+Shapes of one scene have different colours and different kinds (so "the red one" and "the square" name one shape
+each) and never overlap in a frame where both are drawn (one pixel apart at least). The whole path stays in the frame.
+
+As in the single-shape clips, the middle frame (``F // 2``) should not tell the motion: a shape's position there is
+drawn uniformly from the same square whatever its story and direction, among the positions that keep it apart from
+the shapes placed before it. With one shape that is exact. With several, keeping apart leaves a small dependence:
+over 3000 scenes of 1-3 shapes (64 px, 16 frames) the mean middle-frame column of big left-movers and right-movers
+differed by 1.4 px, against a spread of 27 px. Several big shapes often do not fit together; their sizes are then
+redrawn, so a three-shape scene holds 0/1/2/3 big shapes about 14/41/35/10 % of the time (12.5/37.5/37.5/12.5 %
+when drawn independently). Small frames with many frames per clip (32 px, 16 frames) are crowded: use <= 8 frames.
 """
 
 from __future__ import annotations
@@ -279,13 +285,14 @@ def sample_scene(
     if frames == 1:
         reach = 0
     lo, hi = max(1, frames // 4), min(frames - 2, frames - 1 - frames // 4)
+    menu = ("still",) if frames == 1 else STORIES if events else ("moves",)
     n = int(rng.integers(count[0], count[1] + 1))
     for _ in range(_SCENE_TRIES):  # sizes are redrawn only when no motion fits them (several big shapes may not)
         looks = [(c, s, str(SHAPES_ATTRIBUTES["size"][rng.integers(2)])) for c, s in _pick_shapes(rng, n, pairs)]
         for _ in range(_MOTION_TRIES):
             tracks: list[Track] = []
             for color, shape, size_name in looks:
-                story = "still" if frames == 1 else str(STORIES[rng.integers(len(STORIES))]) if events else "moves"
+                story = str(menu[rng.integers(len(menu))])
                 directions: tuple[str, ...] = ()
                 if story != "still":
                     first = str(SHAPES_ATTRIBUTES["direction"][rng.integers(4)])
