@@ -216,3 +216,19 @@ def test_compositional_text_corpus_never_names_a_held_out_pair(tmp_path: Path) -
     assert any(mentions_held_out(t) for t in everything)
     with pytest.raises(ConfigError, match="num"):
         make_text_corpus(tmp_path, 0, seed=0)
+
+
+def test_scene_manifest_reads_with_the_new_fields_kept(tmp_path: Path) -> None:
+    """Today's reader keeps the new fields in ``ManifestRow.extra`` and decodes the clips (datasets.py unchanged)."""
+    from vidvlm.data.datasets import VideoTextDataset, read_manifest
+    from vidvlm.data.sampling import UniformSampler
+
+    keywords = {"frames": FRAMES, "size": 32, "fps": FPS, "shapes": (2, 2), "events": True, "conversations": True}
+    manifest = make_synthetic(tmp_path, 2, seed=0, **keywords)
+    for parsed, row in zip(read_manifest(manifest), read_rows(manifest), strict=True):
+        assert parsed.captions == (row["caption"],) and parsed.label == -1 and parsed.attributes == {"count": 2}
+        assert {k: parsed.extra[k] for k in ("shapes", "events", "conversation", "qa")} == {
+            k: row[k] for k in ("shapes", "events", "conversation", "qa")
+        }
+    sample = VideoTextDataset(manifest, UniformSampler(4))[0]
+    assert tuple(sample["video"].shape) == (4, 3, 32, 32) and sample["text"] == read_rows(manifest)[0]["caption"]
