@@ -9,8 +9,8 @@ Every answer is read off the scene's ground truth (:class:`~vidvlm.data.syntheti
     direction  "which way does the red square move?"                "left" (a turn: "left then up")
     count      "how many shapes are there?"                         "2"    (every shape that is drawn at some frame)
     when       "when does the red square start moving?"             "at 1.5 seconds"
-    after      "what happens after the red square stops moving?"    "the blue circle appears"
-               "what does the red square do after moving left?"     "it moves up"
+    after      "what happens after the red square stops moving?"    "the blue circle appears" (the next event)
+               "what does the red square do after moving left?"     "it moves up" (the rest of its story)
 
 A shape is named so that the name fits one shape of the scene: shapes of a scene differ in colour and in kind, so
 "the square" and "the red one" are enough. Several phrasings of each question and of the caption request are drawn
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vidvlm.data.synthetic import SHAPES_ATTRIBUTES, allowed_pairs
-from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, Scene, Track, clause
+from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, Scene, Track, clause, pick_shapes
 from vidvlm.errors import ConfigError
 
 QUESTION_TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
@@ -235,11 +235,7 @@ def _text_row(rng: np.random.Generator, pairs: list[tuple[str, str]]) -> str:
         return f"at {fps} frames per second, frame {k} is shown {seconds(k / fps)}"
     # A scene told in words: its caption, its events with their times, and a question about it with the answer.
     n = int(rng.integers(1, 4))
-    picks = [pairs[int(k)] for k in rng.permutation(len(pairs))]
-    chosen: list[tuple[str, str]] = []
-    for color, shape in picks:
-        if len(chosen) < n and all(color != c and shape != s for c, s in chosen):
-            chosen.append((color, shape))
+    chosen = pick_shapes(rng, n, pairs)
     parts, timed = [], []
     for color, shape in chosen:
         size, story, d = _pick(rng, a["size"]), _pick(rng, STORIES), _pick(rng, a["direction"])

@@ -212,7 +212,7 @@ def check_scene_size(frames: int, size: int) -> None:
         raise ConfigError(f"make_synthetic: frames={frames} is too many for size={size} in scenes; use fewer frames")
 
 
-def _pick_shapes(rng: np.random.Generator, n: int, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def pick_shapes(rng: np.random.Generator, n: int, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """``n`` (colour, shape) pairs from ``pairs`` with distinct colours and distinct shapes."""
     chosen: list[tuple[str, str]] = []
     for k in rng.permutation(len(pairs)):
@@ -288,7 +288,7 @@ def sample_scene(
     menu = ("still",) if frames == 1 else STORIES if events else ("moves",)
     n = int(rng.integers(count[0], count[1] + 1))
     for _ in range(_SCENE_TRIES):  # sizes are redrawn only when no motion fits them (several big shapes may not)
-        looks = [(c, s, str(SHAPES_ATTRIBUTES["size"][rng.integers(2)])) for c, s in _pick_shapes(rng, n, pairs)]
+        looks = [(c, s, str(SHAPES_ATTRIBUTES["size"][rng.integers(2)])) for c, s in pick_shapes(rng, n, pairs)]
         for _ in range(_MOTION_TRIES):
             tracks: list[Track] = []
             for color, shape, size_name in looks:
