@@ -9,6 +9,12 @@ step. Only comparing frames tells the motion.
 
 The image variant writes PNG stills captioned without motion ("a big red square").
 
+Opt-in, so that the default clips stay byte for byte what they were: scenes of one to three shapes with timed events
+(``shapes=``, ``events=True``; :mod:`vidvlm.data.synthetic_scenes`) and their ground truth in the manifest, and
+conversations and per-type questions for instruction tuning (``conversations=True``; :mod:`vidvlm.data.synthetic_qa`,
+which also writes the text-only corpus). A compositional held-out split keeps the colour-shape pairs of
+:data:`HELD_OUT_PAIRS` out of training (``compositional=True``) and draws only them (``split="compositional"``).
+
 Colours are fully saturated on a near-black background so that they survive yuv420p chroma subsampling.
 """
 
@@ -18,6 +24,7 @@ import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -45,7 +52,17 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 # Shape side as a fraction of the frame side, and the total travel over the clip.
 _SIZE_FRACTION = {"big": 0.34, "small": 0.2}
 _TRAVEL_FRACTION = 0.4
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "compositional": 3}
+# Colour i with shape i mod 4: one pair per colour, every shape at least once. Training keeps three shapes of every
+# colour and four or five colours of every shape, so every word of a held-out caption is seen in training.
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red", "square"),
+    ("green", "circle"),
+    ("blue", "triangle"),
+    ("yellow", "cross"),
+    ("magenta", "square"),
+    ("cyan", "circle"),
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,25 @@ def write_png(path: Path, frame: np.ndarray) -> None:
     Image.fromarray(frame).save(path)
 
 
+def allowed_pairs(split: str, compositional: bool) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs a split draws from: :data:`HELD_OUT_PAIRS` for ``"compositional"``, the other
+    pairs for the other splits with ``compositional=True``, every pair otherwise."""
+    every = [(c, s) for c in SHAPES_ATTRIBUTES["color"] for s in SHAPES_ATTRIBUTES["shape"]]
+    if split == "compositional":
+        return list(HELD_OUT_PAIRS)
+    return [p for p in every if p not in HELD_OUT_PAIRS] if compositional else every
+
+
+def _shape_count(shapes: int | tuple[int, int] | list[int] | None, events: bool) -> tuple[int, int] | None:
+    """``shapes`` as an inclusive (min, max) range, or None for the single-shape clips of the default."""
+    if shapes is None:
+        return (1, 1) if events else None
+    low, high = (shapes, shapes) if isinstance(shapes, int) else tuple(shapes) if len(shapes) == 2 else (0, 0)
+    if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 3):
+        raise ConfigError(f"shapes: expected a count or a (min, max) range within 1..3, got {shapes!r}")
+    return low, high
+
+
 def make_synthetic(
     out_dir: str | Path,
     num: int,
@@ -158,16 +194,27 @@ def make_synthetic(
     split: str = "train",
     fps: int = 8,
     manifest_name: str = "manifest.jsonl",
+    shapes: int | tuple[int, int] | list[int] | None = None,
+    events: bool = False,
+    conversations: bool = False,
+    compositional: bool = False,
 ) -> Path:
     """Write ``num`` moving-shape clips (or stills with ``images=True``) and their manifest into ``out_dir``.
 
-    The same ``(num, seed, frames, size, images, split)`` gives the same files. Splits draw from separate random
-    streams of the same seed (``split`` is one of ``"train"``, ``"val"``, ``"test"``), so a train and a
-    validation set made with one seed do not share clips.
+    The same arguments give the same files. Splits draw from separate random streams of the same seed, so a train
+    and a validation set made with one seed do not share clips.
 
     Each manifest line is ``{"path": "<split>_00000.mp4", "caption": "...", "attributes": {...}, "label": k}``
     with ``path`` relative to ``out_dir`` and ``label`` the index of the direction in
-    ``SHAPES_ATTRIBUTES["direction"]`` (-1 for stills).
+    ``SHAPES_ATTRIBUTES["direction"]`` (-1 for stills). With ``shapes`` or ``events`` the clips are scenes
+    (:func:`vidvlm.data.synthetic_scenes.sample_scene`, a random stream apart from the default clips'), and the row
+    adds ``shapes`` (per shape: ``color``, ``shape``, ``size``, ``direction`` and ``motion`` for videos, and
+    ``boxes``: per frame ``[x0, y0, x1, y1]`` in pixels, x1 and y1 exclusive, or null while hidden) and, for videos,
+    ``events`` (``{"shape": i, "event": ..., "frame": k, "time": k / fps}``, turns add ``direction``);
+    ``attributes`` then holds ``count`` and, for one shape, its attributes; ``label`` is -1 unless the clip has one
+    shape. ``conversations=True`` adds ``conversation`` (turns ``{"role", "content"}``, the first user turn starting
+    with ``<video>`` or ``<image>``) and ``qa`` (``{"question", "answer", "type", "value"}``, one per question type
+    the clip answers), drawn from a stream of their own: the clips are those made without it.
 
     Args:
         out_dir: the folder to write into (created when missing).
@@ -176,40 +223,69 @@ def make_synthetic(
         frames: frames per clip.
         size: frame side in pixels (at least 32).
         images: write PNG stills with motion-free captions instead of videos.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"compositional"`` (only :data:`HELD_OUT_PAIRS`).
         fps: the clips' frame rate.
         manifest_name: the manifest's file name inside ``out_dir``.
+        shapes: shapes per scene, a count or an inclusive ``(min, max)`` range within 1..3; None (and no
+            ``events``) writes the default single-shape clips.
+        events: give each shape a story with a timed event (appears, disappears, starts or stops moving, changes
+            direction; videos of at least 4 frames only).
+        conversations: add ``conversation`` and ``qa`` to each row.
+        compositional: ``"train"``, ``"val"`` and ``"test"`` draw only pairs outside :data:`HELD_OUT_PAIRS`.
 
     Returns:
         The manifest's path.
     """
+    from vidvlm.data.synthetic_qa import conversation, scene_qa
+    from vidvlm.data.synthetic_scenes import check_scene_size, sample_scene, scene_of_clip
+
     if split not in _SPLIT_STREAM:
         raise ConfigError(f"split: {split!r} is not one of {list(_SPLIT_STREAM)}")
     if num < 1 or frames < 2 or size < 32 or size % 2:
         raise ConfigError(
             f"make_synthetic: need num >= 1, frames >= 2, an even size >= 32; got {num}, {frames}, {size}"
         )
+    count = _shape_count(shapes, events)
+    if events and (images or frames < 4):
+        raise ConfigError(f"events: need videos of at least 4 frames, got images={images}, frames={frames}")
+    if count is not None and not images:
+        check_scene_size(frames, size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, _SPLIT_STREAM[split], int(images)])
+    stream = [seed, _SPLIT_STREAM[split], int(images)]
+    rng = np.random.default_rng(stream if count is None else [*stream, 1])
+    pairs = allowed_pairs(split, compositional)
     rows = []
     for i in range(num):
-        clip = sample_clip(rng, 1 if images else frames, size, still=images)
-        pixels = render(clip, size)
         name = f"{split}_{i:05d}.{'png' if images else 'mp4'}"
+        if count is None:
+            clip = sample_clip(rng, 1 if images else frames, size, still=images)
+            while (clip.color, clip.shape) not in pairs:  # only a restricted split redraws
+                clip = sample_clip(rng, 1 if images else frames, size, still=images)
+            pixels = render(clip, size)
+            label = -1 if clip.direction is None else SHAPES_ATTRIBUTES["direction"].index(clip.direction)
+            row: dict[str, Any] = {"path": name, "caption": clip.caption, "attributes": clip.attributes, "label": label}
+            scene = scene_of_clip(clip, size, fps) if conversations else None
+        else:
+            scene = sample_scene(rng, 1 if images else frames, size, fps, count=count, events=events, pairs=pairs)
+            pixels = scene.render(size)
+            row = {"path": name, "caption": scene.caption, **scene.manifest()}
         if images:
             write_png(out / name, pixels[0])
         else:
             write_mp4(out / name, pixels, fps=fps)
-        label = -1 if clip.direction is None else SHAPES_ATTRIBUTES["direction"].index(clip.direction)
-        rows.append({"path": name, "caption": clip.caption, "attributes": clip.attributes, "label": label})
+        if scene is not None and conversations:
+            talk = np.random.default_rng([*stream, 2, i])
+            qa = scene_qa(scene, talk)
+            row.update(conversation=conversation(scene, qa, talk), qa=qa)
+        rows.append(row)
     manifest = out / manifest_name
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
 
 
 def all_captions(images: bool = False) -> list[str]:
-    """Every caption the generator can write, in a fixed order (for zero-shot classification)."""
+    """Every caption of the default single-shape clips (or stills), in a fixed order (for zero-shot classification)."""
     a = SHAPES_ATTRIBUTES
     base = [f"a {s} {c} {sh}" for s in a["size"] for c in a["color"] for sh in a["shape"]]
     return base if images else [f"{b} moves {d}" for b in base for d in a["direction"]]
