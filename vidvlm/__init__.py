@@ -42,6 +42,9 @@ _LAZY = {
     "load_vision_tower": "vidvlm.models.towers",
     "FrameWiseTower": "vidvlm.models.towers",
     "TowerEnsemble": "vidvlm.models.towers",
+    "VideoFrontEnd": "vidvlm.models.frontend",
+    "FrontEndConfig": "vidvlm.models.frontend",
+    "TowerConfig": "vidvlm.models.frontend",
     # families
     "load": "vidvlm.models.registry",
     "build_model": "vidvlm.models.registry",
@@ -49,6 +52,10 @@ _LAZY = {
     "list_families": "vidvlm.models.registry",
     "ContrastiveConfig": "vidvlm.models.contrastive",
     "ContrastiveModel": "vidvlm.models.contrastive",
+    "LlavaConfig": "vidvlm.models.llava",
+    "LlavaModel": "vidvlm.models.llava",
+    "load_causal_lm": "vidvlm.models.lm",
+    "import_llava_next_video": "vidvlm.models.llava_hf",
     # training and evaluation
     "Trainer": "vidvlm.train.trainer",
     "load_train_config": "vidvlm.train.config",
@@ -91,6 +98,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from vidvlm.layers.connectors import ConnectorConfig, build_connector  # noqa: F401
     from vidvlm.layers.pooling import PoolerConfig, build_pooler, fit_token_budget  # noqa: F401
     from vidvlm.models.contrastive import ContrastiveConfig, ContrastiveModel  # noqa: F401
+    from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd  # noqa: F401
+    from vidvlm.models.llava import LlavaConfig, LlavaModel  # noqa: F401
+    from vidvlm.models.llava_hf import import_llava_next_video  # noqa: F401
+    from vidvlm.models.lm import load_causal_lm  # noqa: F401
     from vidvlm.models.registry import build_model, list_families, load, register_family  # noqa: F401
     from vidvlm.models.towers import FrameWiseTower, TowerEnsemble, load_vision_tower  # noqa: F401
     from vidvlm.models.vision import VideoViT, VisionConfig, VisionOutput  # noqa: F401
