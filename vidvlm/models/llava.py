@@ -262,7 +262,7 @@ class LlavaModel(VLMModel):
     @torch.no_grad()
     def generate(
         self,
-        video: torch.Tensor,
+        video: torch.Tensor | None,
         frame_mask: torch.Tensor | None = None,
         questions: Sequence[str | None] | None = None,
         decode: DecodeConfig | None = None,
