@@ -11,17 +11,22 @@ A source that cannot be read does not stop the run: its result carries ``error``
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import multiprocessing
 import os
+import select
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidvlm.data.sampling import SamplerConfig, UniformSampler, build_sampler
+from vidvlm.data.reader import read_clips
+from vidvlm.data.sampling import SamplerConfig, UniformSampler, build_sampler, equal_windows
 from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError
 from vidvlm.extract.encoders import Encoder, resolve_model
@@ -45,12 +50,6 @@ def _build_sampler(sampler: Any) -> Callable:
     raise ConfigError(f"sampler: expected None, a frame count, a SamplerConfig or a callable, got {sampler!r}")
 
 
-def clip_windows(num_frames: int, num_clips: int) -> list[tuple[int, int]]:
-    """``num_clips`` consecutive, equal frame windows ``[first, last)`` tiling the video (empty ones dropped)."""
-    bounds = [k * num_frames // num_clips for k in range(num_clips + 1)]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
 class _DecodeSet(Dataset):
     """Decodes one source per item: a list of clips (float ``[T, 3, H, W]``) and their timestamps, or an error."""
 
@@ -68,23 +67,10 @@ class _DecodeSet(Dataset):
         src = self.sources[i]
         try:
             with open_video(src, num_threads=1) as video:
-                meta = video.metadata
-                stamps = np.asarray(meta.timestamps, dtype=np.float64)
-                clips, times = [], []
-                for first, last in clip_windows(meta.num_frames, self.num_clips):
-                    # Any sampler works on a window: give it the window's metadata and shift its indices back.
-                    # The window lasts until the next window's first frame (or the end of the video).
-                    end = float(stamps[last]) if last < meta.num_frames else max(float(meta.duration), stamps[-1])
-                    sub = dataclasses.replace(
-                        meta,
-                        num_frames=last - first,
-                        timestamps=tuple(float(t) for t in stamps[first:last] - stamps[first]),
-                        duration=max(end - float(stamps[first]), 0.0),
-                    )
-                    idx = np.asarray(self.sampler(sub, None), dtype=np.int64) + first
-                    clips.append(self.transform(video.get_frames(idx, size=self.size)))
-                    times.append(torch.from_numpy(stamps[idx]))
-            return {"index": i, "source": src, "clips": clips, "timestamps": times, "error": None}
+                windows = equal_windows(video.metadata, self.num_clips)
+                clips = read_clips(video, self.sampler, windows, size=self.size)
+            return {"index": i, "source": src, "clips": [self.transform(c.frames) for c in clips],
+                    "timestamps": [c.timestamps for c in clips], "error": None}  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a collection run records every unreadable file and goes on
             return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}"}
 
@@ -94,9 +80,70 @@ class _DecodeSet(Dataset):
 _DEFAULT_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(main_pid: int, _worker_id: int) -> None:
     # Workers decode; one intra-op thread each keeps N workers from oversubscribing the cores the encoder uses.
     torch.set_num_threads(1)
+    exit_with(main_pid)
+
+
+def exit_with(pid: int) -> None:
+    """End this process as soon as process ``pid`` ends (a DataLoader worker watching the main process).
+
+    A forkserver worker is the forkserver's child, not the main process's, and it holds the forkserver's and the
+    resource tracker's pipes open: when the main process is killed, neither the worker (whose parent is still
+    alive) nor those two (whose pipes are still open) notice. A daemon thread waits on a pidfd of ``pid`` (readable
+    when it exits, zombie or not; a 0.5 s poll where pidfds are missing) and exits the process; then the
+    forkserver and the resource tracker see their pipes close and exit too.
+    """
+    threading.Thread(target=_watch, args=(pid,), name="vidvlm-exit-with-parent", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a killed, not yet reaped process is a zombie: gone for us
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _watch(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd here, or the process is already gone
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while _alive(pid):
+            time.sleep(0.5)
+    os._exit(1)
+
+
+def _refuse_custom_code(model: Any) -> None:
+    """A ``--model`` HF directory whose config needs its own Python code is refused: nothing in a model directory
+    is ever executed (``trust_remote_code`` stays off)."""
+    if not isinstance(model, (str, os.PathLike)) or not (Path(model) / "config.json").is_file():
+        return
+    path = Path(model) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the model config: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the model config must be a JSON object")
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg.get("model_type")
+    if cfg.get("auto_map") or (model_type is not None and model_type not in CONFIG_MAPPING):
+        what = "its auto_map names" if cfg.get("auto_map") else f"model_type {model_type!r} is not in transformers:"
+        raise ConfigError(f"{path}: this model needs custom code ({what} Python files of the model directory); "
+                          "vidvlm never runs code from a model directory (trust_remote_code stays off)")  # fmt: skip
 
 
 def _encode_batch(encoder: Encoder, items: list[dict[str, Any]], batch_size: int) -> dict[int, list[torch.Tensor]]:
@@ -151,7 +198,7 @@ def _run(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
-        worker_init_fn=_worker_init if num_workers else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if num_workers else None,
         pin_memory=encoder.device.type == "cuda",
         multiprocessing_context=(worker_start or _DEFAULT_START) if num_workers else None,
         persistent_workers=False,
@@ -187,6 +234,7 @@ def iter_features(
     Takes the same arguments as :func:`extract_features`; use it when the results do not fit in memory.
     """
     _check(level, layers, num_clips, batch_size, num_workers)
+    _refuse_custom_code(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, level, layers, device, weights, transform)
     yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start)
@@ -286,29 +334,32 @@ def extract_to_dir(
         raise TypeError(f"extract_to_dir() got unexpected keyword arguments {sorted(unknown)}")
     opts.update(kwargs)
     _check(opts["level"], opts["layers"], opts["num_clips"], opts["batch_size"], opts["num_workers"])
+    _refuse_custom_code(model)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # before loading the model
+        raise ConfigError(f"{out_dir}: the output must be a directory, and this is an existing file")
     device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, opts["level"], opts["layers"], device, opts["weights"], opts["transform"])
     ident = {k: opts[k] for k in ("level", "size", "num_clips", "layers")}
     ident["sampler"] = repr(_build_sampler(opts["sampler"]))
     ident["model"] = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     ident.update(settings or {})
-    writer = ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed)
-    all_sources = list_sources(sources)
-    skipped = sum(s in writer.done for s in all_sources)
-    todo = [s for s in all_sources if s not in writer.done]
-    start = time.perf_counter()
-    results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
-                   opts["num_clips"], opts["worker_start"])  # fmt: skip
     from tqdm import tqdm
 
     shards = failed = 0
-    with writer, tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
-        for result in results:
-            if writer.add(result):
-                shards += 1
-                if on_shard is not None:
-                    on_shard(shards)
-            failed += not result.ok
-            bar.update(1)
-            bar.set_postfix(failed=failed, refresh=False)
+    start = time.perf_counter()
+    with ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed) as writer:
+        all_sources = list_sources(sources)
+        skipped = sum(s in writer.done for s in all_sources)
+        todo = [s for s in all_sources if s not in writer.done]
+        results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
+                       opts["num_clips"], opts["worker_start"])  # fmt: skip
+        with tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
+            for result in results:
+                if writer.add(result):
+                    shards += 1
+                    if on_shard is not None:
+                        on_shard(shards)
+                failed += not result.ok
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
     return ExtractSummary(writer.written, skipped, writer.failed, time.perf_counter() - start)

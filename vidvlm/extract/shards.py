@@ -3,6 +3,7 @@
 Layout of an output directory::
 
     extract.json              the run's settings (model, level, frames, ...); a rerun must match them
+    extract.lock              held (``flock``) by the run writing into the directory; names its pid and host
     shard-00000.safetensors   rows of several sources: ``features`` [R, ...] (or ``layer.<k>`` per chosen layer)
     index.jsonl               one object per source: {"source", "shard", "rows": [start, end], "timestamps"}
                               or {"source", "error"} for a source that could not be read
@@ -11,12 +12,22 @@ Crash safety: a shard is written to ``*.tmp``, fsynced and renamed; only then ar
 fsynced. A source is done exactly when its index line is complete, so an interrupted run loses at most the shard in
 progress, and a rerun skips every indexed source (failed ones too, unless asked to retry them). A shard file
 that never reached the index is simply overwritten by the next run.
+
+One writer at a time: a :class:`ShardWriter` holds an exclusive ``flock`` on ``extract.lock`` until it is closed,
+and a second writer into the same directory (another process, or another run on the same host) is refused with the
+holder's pid and host. The lock dies with its process, so a killed run never leaves the directory locked.
+
+An index is data, not a path to follow: a ``shard`` entry must be a plain ``shard-NNNNN.safetensors`` name of a file
+inside the directory; ``../x``, absolute paths and symlinks leading out of the directory are refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +41,8 @@ from vidvlm.extract.result import FeatureResult, from_rows, to_rows
 
 INDEX = "index.jsonl"
 SETTINGS = "extract.json"
+LOCK = "extract.lock"
+SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,23 +69,72 @@ def read_index(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     A torn last line (the process died while appending) is ignored: that source simply is not done yet.
 
     Raises:
-        ConfigError: a line other than the last is not valid JSON (the index was edited or damaged).
+        ConfigError: a line other than the last is not valid JSON (the index was edited or damaged), or an entry's
+            ``shard`` is not a shard file inside ``out_dir`` (see the module docstring).
     """
     path = Path(out_dir) / INDEX
     if not path.exists():
         return []
     lines = path.read_text().split("\n")
     entries = []
+    checked: set[str] = set()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:  # torn final write, no newline after it
                 break
             raise ConfigError(f"{path}:{i + 1}: damaged index line: {e}") from e
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise ConfigError(f"{path}:{i + 1}: an index line must be an object with a 'source'")
+        if "shard" in entry and entry["shard"] not in checked:
+            _check_shard(Path(out_dir), entry["shard"], f"{path}:{i + 1}")
+            checked.add(entry["shard"])
+        entries.append(entry)
     return entries
+
+
+def _check_shard(out_dir: Path, name: object, where: str) -> None:
+    """Refuse a ``shard`` entry that is not a plain shard name, or whose file resolves outside ``out_dir``."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: shard {name!r} is not a shard file name (shard-NNNNN.safetensors) of this "
+                          "directory; the index was edited or damaged")  # fmt: skip
+    real = os.path.realpath(out_dir / name)
+    if os.path.dirname(real) != os.path.realpath(out_dir):
+        raise ConfigError(f"{where}: shard {name!r} leads outside {out_dir} (to {real}); refusing to read it")
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``folder/extract.lock``, held until :meth:`release` (or the process ends).
+
+    Raises:
+        ConfigError: another writer holds the folder; the message names its pid and host.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 256, 0).decode(errors="replace").strip() or "a writer that is starting"
+            os.close(self._fd)
+            self._fd = None
+            raise ConfigError(
+                f"{folder}: another extraction is writing into this directory ({holder}); wait for it to finish "
+                "or use another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Unlock (the file stays: removing it would let two writers lock two different files)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def _drop_torn_tail(index: Path) -> None:
@@ -98,7 +160,8 @@ class ShardWriter:
         retry_failed: treat sources that failed before as not done.
 
     Raises:
-        ConfigError: ``settings`` differ from the ones stored in ``out_dir``.
+        ConfigError: ``out_dir`` is an existing file, another writer holds it (see :class:`FolderLock`), or
+            ``settings`` differ from the ones stored in it.
     """
 
     def __init__(
@@ -107,9 +170,25 @@ class ShardWriter:
         if shard_size < 1:
             raise ConfigError(f"shard_size: must be at least 1, got {shard_size}")
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.level = settings["level"]
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"{self.out_dir}: the output must be a directory, and this is an existing file")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.out_dir}: cannot create the output directory: {e.strerror}") from e
+        self._lock = FolderLock(self.out_dir)
+        try:
+            self._open(settings, retry_failed)
+        except BaseException:
+            self._lock.release()
+            raise
         self.shard_size = shard_size
+        self._pending: list[FeatureResult] = []
+        self.written = 0
+        self.failed = 0
+
+    def _open(self, settings: dict[str, Any], retry_failed: bool) -> None:
+        self.level = settings["level"]
         settings_path = self.out_dir / SETTINGS
         settings = json.loads(json.dumps(settings))  # normalise tuples to lists for the comparison
         if settings_path.exists():
@@ -127,11 +206,8 @@ class ShardWriter:
         _drop_torn_tail(self.out_dir / INDEX)
         entries = read_index(self.out_dir)
         self.done: set[str] = {e["source"] for e in entries if retry_failed is False or "error" not in e}
-        shard_ids = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries if "shard" in e]
+        shard_ids = [int(SHARD_NAME.fullmatch(e["shard"]).group(1)) for e in entries if "shard" in e]
         self._next_shard = max(shard_ids, default=-1) + 1
-        self._pending: list[FeatureResult] = []
-        self.written = 0
-        self.failed = 0
 
     def add(self, result: FeatureResult) -> bool:
         """Queue one result; returns True when this call committed a shard."""
@@ -176,7 +252,11 @@ class ShardWriter:
         self._pending = []
 
     def close(self) -> None:
-        self.flush()
+        """Commit what is pending and release the directory."""
+        try:
+            self.flush()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -186,6 +266,8 @@ class ShardWriter:
         # describe shards that are fully on disk, and a rerun recomputes them.
         if exc_type is None:
             self.close()
+        else:
+            self._lock.release()
 
 
 def iter_stored(out_dir: str | os.PathLike) -> Iterator[FeatureResult]:
