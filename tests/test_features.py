@@ -275,3 +275,43 @@ def test_hf_clip_directory_matches_transformers(tmp_path, media):
     with torch.no_grad():
         expect = hf(pixel_values=pixels).pooler_output.mean(0)
     torch.testing.assert_close(r.features, expect, atol=1e-4, rtol=1e-4)
+
+
+def test_background_shard_writer_matches_the_synchronous_one_and_reports_errors(tmp_path, media, tower, monkeypatch):
+    import vidvlm.extract.shards as shards
+
+    results = extract_features(tower, media, transform=TF, level="frames")
+    commits: dict[str, list[int]] = {"sync": [], "background": []}
+    for mode in commits:
+        with shards.ShardWriter(tmp_path / mode, {"level": "frames"}, shard_size=2, background=mode == "background",
+                                on_commit=commits[mode].append) as writer:  # fmt: skip
+            for r in results:
+                writer.add(r)
+        assert (writer.written, writer.failed) == (6, 1)
+    assert commits["sync"] == commits["background"] == [1, 2, 3, 4]
+    assert (tmp_path / "sync" / "index.jsonl").read_text() == (tmp_path / "background" / "index.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "background").glob("shard-*")) == [f"shard-0000{i}.safetensors"
+                                                                                 for i in range(4)]  # fmt: skip
+    for a, b in zip(load_features(tmp_path / "sync"), load_features(tmp_path / "background"), strict=True):
+        assert a.source == b.source and a.error == b.error
+        assert a.features is None or torch.equal(a.features, b.features)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards, "save_file", disk_full)
+    writer = shards.ShardWriter(tmp_path / "full", {"level": "frames"}, shard_size=2, background=True)
+    with pytest.raises(OSError, match="No space left"), writer:
+        for r in results:
+            writer.add(r)  # the writer thread's error comes back here, at the next shard
+    assert read_index(tmp_path / "full") == [] and writer.written == 0
+    shards.FolderLock(tmp_path / "full").release()  # the directory was released
+
+
+def test_extract_to_dir_times_every_stage(tmp_path, media, tower):
+    timings: dict[str, float] = {}
+    extract_to_dir(tower, media, tmp_path / "feats", transform=TF, timings=timings, shard_size=3, batch_size=2)
+    assert set(timings) == {"startup", "wait_for_data", "decode", "transform", "copy", "forward", "write_shards",
+                            "wait_for_writer"}  # fmt: skip
+    assert all(v >= 0 for v in timings.values()) and timings["decode"] > 0 and timings["forward"] > 0
+    assert timings["write_shards"] > 0

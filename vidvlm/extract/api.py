@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import multiprocessing
 import os
@@ -65,14 +66,19 @@ class _DecodeSet(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         src = self.sources[i]
+        start = time.perf_counter()
         try:
             with open_video(src, num_threads=1) as video:
                 windows = equal_windows(video.metadata, self.num_clips)
                 clips = read_clips(video, self.sampler, windows, size=self.size)
-            return {"index": i, "source": src, "clips": [self.transform(c.frames) for c in clips],
-                    "timestamps": [c.timestamps for c in clips], "error": None}  # fmt: skip
+            decoded = time.perf_counter()
+            frames = [self.transform(c.frames) for c in clips]
+            seconds = {"decode": decoded - start, "transform": time.perf_counter() - decoded}
+            return {"index": i, "source": src, "clips": frames, "timestamps": [c.timestamps for c in clips],
+                    "error": None, "seconds": seconds}  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a collection run records every unreadable file and goes on
-            return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}"}
+            return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}",
+                    "seconds": {"decode": time.perf_counter() - start}}  # fmt: skip
 
 
 # Workers start from a clean forkserver process by default: a forked worker inherits the caller's threads and
@@ -146,19 +152,43 @@ def _refuse_custom_code(model: Any) -> None:
                           "vidvlm never runs code from a model directory (trust_remote_code stays off)")  # fmt: skip
 
 
-def _encode_batch(encoder: Encoder, items: list[dict[str, Any]], batch_size: int) -> dict[int, list[torch.Tensor]]:
+def _add(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+def _stack(clips: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``[B, T, 3, H, W]`` of equal-shape clips; in pinned memory when they go to a GPU (an asynchronous copy)."""
+    if device.type != "cuda":
+        return torch.stack(clips)
+    out = torch.empty((len(clips), *clips[0].shape), dtype=clips[0].dtype, pin_memory=True)
+    return torch.stack(clips, out=out)
+
+
+def _encode_batch(
+    encoder: Encoder, items: list[dict[str, Any]], batch_size: int, timings: dict[str, float] | None = None
+) -> dict[int, list[torch.Tensor]]:
     """Run every clip of ``items`` through the encoder, batching only clips of equal shape; per item, per clip."""
     by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for pos, item in enumerate(items):
         for k, clip in enumerate(item["clips"] or []):
             by_shape.setdefault(tuple(clip.shape), []).append((pos, k))
     out: dict[int, list[torch.Tensor]] = {pos: [None] * len(it["clips"] or []) for pos, it in enumerate(items)}
+    sync = timings is not None and encoder.device.type == "cuda"
     for units in by_shape.values():
         for s in range(0, len(units), batch_size):
             chunk = units[s : s + batch_size]
-            video = torch.stack([items[p]["clips"][k] for p, k in chunk])
-            for (p, k), feats in zip(chunk, encoder(video), strict=True):
-                out[p][k] = feats
+            start = time.perf_counter()
+            video = _stack([items[p]["clips"][k] for p, k in chunk], encoder.device)
+            video = video.to(encoder.device, non_blocking=True)
+            if sync:  # only to attribute time to the copy; without timings the copy overlaps the host's work
+                torch.cuda.synchronize(encoder.device)
+            copied = time.perf_counter()
+            feats = encoder(video)  # float32 CPU tensors: waits for the device
+            _add(timings, "copy", copied - start)
+            _add(timings, "forward", time.perf_counter() - copied)
+            for (p, k), f in zip(chunk, feats, strict=True):
+                out[p][k] = f
     return out
 
 
@@ -190,8 +220,14 @@ def _run(
     num_workers: int,
     num_clips: int,
     worker_start: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[FeatureResult]:
-    """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order."""
+    """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order.
+
+    With ``timings``, seconds are added per stage: ``startup`` (until the first batch arrives: worker start-up and
+    its decoding), ``wait_for_data`` (the main process waiting for later batches), ``decode`` and ``transform``
+    (summed over sources, in whichever process decoded them), ``copy`` (host to device), ``forward``.
+    """
     data = _DecodeSet(todo, _build_sampler(sampler), encoder.transform, size, num_clips)
     loader = DataLoader(
         data,
@@ -199,18 +235,28 @@ def _run(
         num_workers=num_workers,
         collate_fn=list,
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if num_workers else None,
-        pin_memory=encoder.device.type == "cuda",
+        pin_memory=False,  # batches are stacked into pinned memory by shape (_stack), after the workers
         multiprocessing_context=(worker_start or _DEFAULT_START) if num_workers else None,
         persistent_workers=False,
     )
+    asked = time.perf_counter()
+    batches = iter(loader)
     with torch.inference_mode():
-        for items in loader:
-            feats = _encode_batch(encoder, items, batch_size)
+        for n in itertools.count():
+            items = next(batches, None)
+            if items is None:
+                break
+            _add(timings, "wait_for_data" if n else "startup", time.perf_counter() - asked)
+            for item in items:
+                for stage, seconds in item["seconds"].items():
+                    _add(timings, stage, seconds)
+            feats = _encode_batch(encoder, items, batch_size, timings)
             for pos, item in enumerate(items):
                 if item["error"] is not None:
                     yield FeatureResult(item["source"], None, None, item["error"])
                     continue
                 yield FeatureResult(item["source"], _combine(feats[pos], encoder.level), torch.cat(item["timestamps"]))
+            asked = time.perf_counter()
 
 
 def iter_features(
@@ -228,6 +274,7 @@ def iter_features(
     transform: Callable | None = None,
     weights: str | None = None,
     worker_start: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[FeatureResult]:
     """Stream features of a collection, one :class:`FeatureResult` per source, in source order.
 
@@ -237,7 +284,8 @@ def iter_features(
     _refuse_custom_code(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, level, layers, device, weights, transform)
-    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start)
+    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start,
+                    timings)  # fmt: skip
 
 
 def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[FeatureResult]:
@@ -266,6 +314,8 @@ def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[Featur
             a few seconds to start: they import torch), or ``"fork"`` (instant, but a forked worker inherits the
             caller's threads; we saw workers SIGSEGV after a transformers ``load_video`` + CLIP loop had run in
             the same process), or ``"spawn"``. Except with fork, ``sampler`` and ``transform`` must be picklable.
+        timings: a dict to which the seconds of each stage are added (``startup``, ``wait_for_data``, ``decode``,
+            ``transform``, ``copy``, ``forward``; see ``benchmarks/bench_extract.py``), or None.
 
     Returns:
         One :class:`FeatureResult` per source, in order; unreadable sources have ``error`` set and no features.
@@ -324,11 +374,14 @@ def extract_to_dir(
         shard_size: sources per shard (an interruption loses at most one shard's work).
         retry_failed: recompute sources whose earlier attempt failed.
         progress: show a progress bar (tqdm, videos/s).
-        on_shard: called with the number of shards committed so far, after each commit.
+        on_shard: called with the number of shards committed so far, after each commit (shards are written in a
+            background thread; the call comes in this thread when the commit is collected: at the next shard or at
+            the end).
         settings: extra identifying settings stored in ``extract.json`` (e.g. the model path as typed).
     """
     opts = {"level": "pooled", "sampler": None, "size": None, "batch_size": 8, "num_workers": 0, "device": None,
-            "num_clips": 1, "layers": None, "transform": None, "weights": None, "worker_start": None}  # fmt: skip
+            "num_clips": 1, "layers": None, "transform": None, "weights": None, "worker_start": None,
+            "timings": None}  # fmt: skip
     unknown = set(kwargs) - set(opts)
     if unknown:
         raise TypeError(f"extract_to_dir() got unexpected keyword arguments {sorted(unknown)}")
@@ -345,21 +398,22 @@ def extract_to_dir(
     ident.update(settings or {})
     from tqdm import tqdm
 
-    shards = failed = 0
+    failed = 0
     start = time.perf_counter()
-    with ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed) as writer:
+    # Shards are committed in a writer thread: the encoder does not wait for serialisation and fsync.
+    with ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed, background=True,
+                     on_commit=on_shard) as writer:  # fmt: skip
         all_sources = list_sources(sources)
         skipped = sum(s in writer.done for s in all_sources)
         todo = [s for s in all_sources if s not in writer.done]
         results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
-                       opts["num_clips"], opts["worker_start"])  # fmt: skip
+                       opts["num_clips"], opts["worker_start"], opts["timings"])  # fmt: skip
         with tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
             for result in results:
-                if writer.add(result):
-                    shards += 1
-                    if on_shard is not None:
-                        on_shard(shards)
+                writer.add(result)
                 failed += not result.ok
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
+    _add(opts["timings"], "write_shards", writer.seconds_writing)
+    _add(opts["timings"], "wait_for_writer", writer.seconds_waiting)
     return ExtractSummary(writer.written, skipped, writer.failed, time.perf_counter() - start)

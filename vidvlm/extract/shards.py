@@ -23,12 +23,15 @@ inside the directory; ``../x``, absolute paths and symlinks leading out of the d
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +161,10 @@ class ShardWriter:
             the same directory with different settings raises rather than mixing incompatible features.
         shard_size: sources per shard (failed sources count too, so that errors reach the index promptly).
         retry_failed: treat sources that failed before as not done.
+        background: commit shards in a writer thread, off the caller's critical path (one shard in flight at a
+            time: memory holds at most two shards of results).
+        on_commit: called with the number of shards committed so far, after each commit, in the caller's thread
+            (with ``background=True``: when the commit is collected, at the next flush or at close).
 
     Raises:
         ConfigError: ``out_dir`` is an existing file, another writer holds it (see :class:`FolderLock`), or
@@ -165,7 +172,14 @@ class ShardWriter:
     """
 
     def __init__(
-        self, out_dir: str | os.PathLike, settings: dict[str, Any], shard_size: int = 1000, retry_failed: bool = False
+        self,
+        out_dir: str | os.PathLike,
+        settings: dict[str, Any],
+        shard_size: int = 1000,
+        retry_failed: bool = False,
+        *,
+        background: bool = False,
+        on_commit: Callable[[int], None] | None = None,
     ):
         if shard_size < 1:
             raise ConfigError(f"shard_size: must be at least 1, got {shard_size}")
@@ -183,9 +197,15 @@ class ShardWriter:
             self._lock.release()
             raise
         self.shard_size = shard_size
+        self.on_commit = on_commit
         self._pending: list[FeatureResult] = []
+        self._inflight: tuple[Future, list[FeatureResult]] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vidvlm-shards") if background else None
         self.written = 0
         self.failed = 0
+        self.commits = 0
+        self.seconds_writing = 0.0  # spent committing shards (in the writer thread with background=True)
+        self.seconds_waiting = 0.0  # the caller spent waiting for the writer thread
 
     def _open(self, settings: dict[str, Any], retry_failed: bool) -> None:
         self.level = settings["level"]
@@ -210,7 +230,7 @@ class ShardWriter:
         self._next_shard = max(shard_ids, default=-1) + 1
 
     def add(self, result: FeatureResult) -> bool:
-        """Queue one result; returns True when this call committed a shard."""
+        """Queue one result; returns True when this call handed a full shard over to be committed."""
         self._pending.append(result)
         if len(self._pending) >= self.shard_size:
             self.flush()
@@ -218,15 +238,31 @@ class ShardWriter:
         return False
 
     def flush(self) -> None:
-        """Commit the pending results: the shard file first (atomically), then their index lines (fsynced)."""
+        """Commit the pending results: the shard file first (atomically), then their index lines (fsynced).
+
+        With ``background=True`` the commit runs in the writer thread and this returns at once, after waiting for
+        the previous shard's commit: at most one shard is in flight, and shards reach the index in order.
+        """
+        self._collect()
         if not self._pending:
             return
-        ok = [r for r in self._pending if r.ok]
-        name = f"shard-{self._next_shard:05d}.safetensors"
+        batch, self._pending = self._pending, []
+        name = None
+        if any(r.ok for r in batch):
+            name = f"shard-{self._next_shard:05d}.safetensors"
+            self._next_shard += 1
+        if self._pool is None:
+            self._commit(batch, name)
+            self._committed(batch)
+        else:
+            self._inflight = (self._pool.submit(self._commit, batch, name), batch)
+
+    def _commit(self, batch: list[FeatureResult], name: str | None) -> None:
+        start_time = time.perf_counter()
         parts: dict[str, list[torch.Tensor]] = {}
         lines = []  # in source order, so that the index reads like the input list
         start = 0
-        for r in self._pending:
+        for r in batch:
             if not r.ok:
                 lines.append({"source": r.source, "error": r.error})
                 continue
@@ -237,24 +273,54 @@ class ShardWriter:
             lines.append({"source": r.source, "shard": name, "rows": [start, start + n],
                           "timestamps": [float(t) for t in r.timestamps]})  # fmt: skip
             start += n
-        if ok:
+        if name is not None:
             tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
             meta = {"level": self.level, "format": "vidvlm-features-1"}
             _write_atomic(self.out_dir / name, lambda p: save_file(tensors, str(p), metadata=meta))
-            self._next_shard += 1
         with open(self.out_dir / INDEX, "a") as f:
             f.write("".join(json.dumps(line) + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
-        self.written += len(ok)
-        self.failed += len(self._pending) - len(ok)
-        self.done.update(r.source for r in self._pending)
-        self._pending = []
+        self.seconds_writing += time.perf_counter() - start_time
+
+    def _collect(self, report: bool = True) -> None:
+        """Wait for the shard in flight (re-raising its error here) and count it as committed."""
+        if self._inflight is None:
+            return
+        future, batch = self._inflight
+        self._inflight = None
+        start = time.perf_counter()
+        try:
+            future.result()
+        finally:
+            self.seconds_waiting += time.perf_counter() - start
+        self._committed(batch, report)
+
+    def _committed(self, batch: list[FeatureResult], report: bool = True) -> None:
+        ok = sum(r.ok for r in batch)
+        self.written += ok
+        self.failed += len(batch) - ok
+        self.done.update(r.source for r in batch)
+        self.commits += 1
+        if report and self.on_commit is not None:
+            self.on_commit(self.commits)
 
     def close(self) -> None:
-        """Commit what is pending and release the directory."""
+        """Commit what is pending, wait for the writer thread and release the directory."""
         try:
             self.flush()
+            self._collect()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            if self._inflight is not None:  # an error stopped the run: let the shard in flight finish, quietly
+                with contextlib.suppress(Exception):
+                    self._collect(report=False)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         finally:
             self._lock.release()
 
@@ -262,12 +328,13 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # On an exception the pending (uncommitted) results are dropped on purpose: the index must only ever
-        # describe shards that are fully on disk, and a rerun recomputes them.
+        # On an exception the pending (not yet handed over) results are dropped on purpose: the index must only ever
+        # describe shards that are fully on disk, and a rerun recomputes them. A shard already being written is
+        # finished first: the writer thread cannot be stopped half-way, and the lock must outlive it.
         if exc_type is None:
             self.close()
         else:
-            self._lock.release()
+            self._shutdown()
 
 
 def iter_stored(out_dir: str | os.PathLike) -> Iterator[FeatureResult]:
