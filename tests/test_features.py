@@ -315,3 +315,27 @@ def test_extract_to_dir_times_every_stage(tmp_path, media, tower):
                             "wait_for_writer"}  # fmt: skip
     assert all(v >= 0 for v in timings.values()) and timings["decode"] > 0 and timings["forward"] > 0
     assert timings["write_shards"] > 0
+
+
+class _PidRecordingSampler:
+    """Uniform sampling that notes which process decoded each source (a file per process id)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, metadata, rng=None):
+        (self.folder / str(os.getpid())).touch()
+        return UniformSampler(2, short_policy="fewer")(metadata, rng)
+
+
+def test_workers_share_one_encoder_batch(tmp_path, media, tower):
+    """Each worker decodes single sources: a batch of 4 sources with 2 workers keeps both busy (one worker used to
+    decode the whole batch while the other waited)."""
+    videos = sorted(str(p) for p in media.glob("*.mp4") if p.name != "broken.mp4")
+    got = extract_features(tower, videos, sampler=_PidRecordingSampler(tmp_path), transform=TF, batch_size=4,
+                           num_workers=2, worker_start="fork")  # fmt: skip
+    assert [r.source for r in got] == videos and all(r.ok for r in got)
+    assert len(list(tmp_path.iterdir())) == 2 and str(os.getpid()) not in {p.name for p in tmp_path.iterdir()}
+    ref = extract_features(tower, videos, sampler=2, transform=TF, batch_size=4)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)

@@ -152,6 +152,22 @@ def _refuse_custom_code(model: Any) -> None:
                           "vidvlm never runs code from a model directory (trust_remote_code stays off)")  # fmt: skip
 
 
+def _identity(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of ``n`` consecutive items, the last one shorter (``itertools.batched`` needs Python 3.12)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _add(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
     if timings is not None:
         timings[stage] = timings.get(stage, 0.0) + seconds
@@ -229,18 +245,22 @@ def _run(
     (summed over sources, in whichever process decoded them), ``copy`` (host to device), ``forward``.
     """
     data = _DecodeSet(todo, _build_sampler(sampler), encoder.transform, size, num_clips)
+    # Workers decode one source at a time and the main process groups them into encoder batches: with a DataLoader
+    # batch of `batch_size` sources, one worker decoded a whole batch while the others waited (8 long videos in a
+    # batch of 8 kept one of two workers busy). Each worker may run two encoder batches ahead.
     loader = DataLoader(
         data,
-        batch_size=batch_size,
+        batch_size=None,
         num_workers=num_workers,
-        collate_fn=list,
+        collate_fn=_identity,
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if num_workers else None,
         pin_memory=False,  # batches are stacked into pinned memory by shape (_stack), after the workers
         multiprocessing_context=(worker_start or _DEFAULT_START) if num_workers else None,
         persistent_workers=False,
+        prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
     )
     asked = time.perf_counter()
-    batches = iter(loader)
+    batches = _batched(loader, batch_size)
     with torch.inference_mode():
         for n in itertools.count():
             items = next(batches, None)
