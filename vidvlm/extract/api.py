@@ -14,10 +14,7 @@ import dataclasses
 import functools
 import itertools
 import json
-import multiprocessing
 import os
-import select
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +31,7 @@ from vidvlm.extract.encoders import Encoder, resolve_model
 from vidvlm.extract.result import LEVELS, FeatureResult
 from vidvlm.extract.shards import ShardWriter
 from vidvlm.extract.sources import list_sources
+from vidvlm.extract.workers import loader_context, worker_init
 
 Sources = str | os.PathLike | Iterable[str | os.PathLike]
 
@@ -79,69 +77,6 @@ class _DecodeSet(Dataset):
         except Exception as e:  # noqa: BLE001 - a collection run records every unreadable file and goes on
             return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}",
                     "seconds": {"decode": time.perf_counter() - start}}  # fmt: skip
-
-
-# Workers start from a clean forkserver process by default: a forked worker inherits the caller's threads and
-# crashed (SIGSEGV) on CPU and on GPU after a transformers load_video + CLIP loop had run in the same process.
-_DEFAULT_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
-# What the forkserver imports once, so that each worker forked from it starts in milliseconds instead of importing
-# torch (seconds per worker, every run). The server only imports: it runs no torch op and starts no thread, which is
-# what makes forking it safe. "__main__" stays first, as in multiprocessing's default (samplers defined in a script).
-FORKSERVER_PRELOAD = ["__main__", "torch", "vidvlm.extract.api"]
-
-
-def _loader_context(worker_start: str | None, num_workers: int) -> str | None:
-    if not num_workers:
-        return None
-    method = worker_start or _DEFAULT_START
-    if method == "forkserver":  # no effect once the process's forkserver runs (then it was preloaded already)
-        multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-    return method
-
-
-def _worker_init(main_pid: int, _worker_id: int) -> None:
-    # Workers decode; one intra-op thread each keeps N workers from oversubscribing the cores the encoder uses.
-    torch.set_num_threads(1)
-    exit_with(main_pid)
-
-
-def exit_with(pid: int) -> None:
-    """End this process as soon as process ``pid`` ends (a DataLoader worker watching the main process).
-
-    A forkserver worker is the forkserver's child, not the main process's, and it holds the forkserver's and the
-    resource tracker's pipes open: when the main process is killed, neither the worker (whose parent is still
-    alive) nor those two (whose pipes are still open) notice. A daemon thread waits on a pidfd of ``pid`` (readable
-    when it exits, zombie or not; a 0.5 s poll where pidfds are missing) and exits the process; then the
-    forkserver and the resource tracker see their pipes close and exit too.
-    """
-    threading.Thread(target=_watch, args=(pid,), name="vidvlm-exit-with-parent", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a killed, not yet reaped process is a zombie: gone for us
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _watch(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # no pidfd here, or the process is already gone
-        fd = None
-    if fd is not None:
-        select.select([fd], [], [])
-    else:
-        while _alive(pid):
-            time.sleep(0.5)
-    os._exit(1)
 
 
 def _refuse_custom_code(model: Any) -> None:
@@ -266,9 +201,9 @@ def _run(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if num_workers else None,
+        worker_init_fn=functools.partial(worker_init, os.getpid()) if num_workers else None,
         pin_memory=False,  # batches are stacked into pinned memory by shape (_stack), after the workers
-        multiprocessing_context=_loader_context(worker_start, num_workers),
+        multiprocessing_context=loader_context(worker_start, num_workers),
         persistent_workers=False,
         prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
     )
