@@ -12,7 +12,8 @@ preprocessed clips (decoding of the video files excluded), median of ``--repeats
 Memory: ``--memory 15 60 600`` writes a clip of each length with PyAV (``--frame-size 1920x1080``, ``--fps 25``, H.264
 ultrafast, a moving patch on grey, into ``--clip-dir``; reused when present) and runs ``tools/caption_video.py CLIP
 --segment 1`` of the checkout ``--tool-root`` (default: this one) in a child process each, reporting its peak RSS
-(``ru_maxrss``) and wall time. Compare two checkouts by running it twice with different ``--tool-root``.
+(``ru_maxrss``), wall time and when its first caption line came out. Compare two checkouts by running it twice
+with different ``--tool-root``.
 """
 
 from __future__ import annotations
@@ -101,16 +102,24 @@ def write_clip(path: Path, seconds: float, width: int, height: int, fps: int) ->
     tmp.replace(path)
 
 
-_PEAK = "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
-_PEAK += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+_PEAK = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
+first = child.stdout.readline() and time.perf_counter() - start
+child.stdout.read()
+rc = child.wait()
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc, first or -1)
+"""
 
 
-def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """Peak RSS (MB) and wall seconds of ``cmd`` run alone in a child, and its exit status."""
+def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, float]:
+    """Peak RSS (MB), wall seconds and exit status of ``cmd`` run alone in a child, and when it printed its first
+    line (seconds)."""
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", _PEAK, *cmd], env=env, capture_output=True, text=True, check=True)
-    kb, rc = res.stdout.split()
-    return int(kb) / 1024, time.perf_counter() - start, int(rc)
+    kb, rc, first = res.stdout.split()
+    return int(kb) / 1024, time.perf_counter() - start, int(rc), float(first)
 
 
 def memory(args: argparse.Namespace) -> list[dict]:
@@ -127,9 +136,10 @@ def memory(args: argparse.Namespace) -> list[dict]:
         cmd = [sys.executable, str(root / "tools" / "caption_video.py"), str(clip), "--segment", "1", "--no-progress"]
         if args.model:
             cmd += ["--model", args.model]
-        mb, wall, rc = peak_rss(cmd, env)
+        mb, wall, rc, first = peak_rss(cmd, env)
         rows.append({"seconds": seconds, "frame_size": args.frame_size, "fps": args.fps, "peak_rss_mb": round(mb),
-                     "wall_s": round(wall, 1), "exit": rc, "tool_root": str(root)})  # fmt: skip
+                     "wall_s": round(wall, 1), "first_line_s": round(first, 1), "exit": rc,
+                     "tool_root": str(root)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
