@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from vidvlm.data.collate import collate_video_text
 from vidvlm.data.datasets import VideoTextDataset
+from vidvlm.data.reader import transform_short_side
 from vidvlm.data.sampling import SamplerConfig, build_sampler
 from vidvlm.data.synthetic import SHAPES_ATTRIBUTES
 from vidvlm.eval.captions import caption_metrics
@@ -66,7 +67,7 @@ def quality(model, manifest: str, num_frames: int, batch_size: int = 32) -> dict
 
 
 def speed(model, num_frames: int, batch: int, decode: DecodeConfig, repeats: int) -> float:
-    size = model.config.image_size
+    size = transform_short_side(model.transform)  # the model's input side
     video = torch.randn(batch, num_frames, 3, size, size)
     model.generate(video, decode=decode)  # warm-up
     times = []
@@ -164,7 +165,7 @@ def main() -> None:
         p.error("--model is required (except with --memory)")
     torch.manual_seed(0)
     model = load(args.model).eval()
-    n = args.num_frames or model.config.num_frames
+    n = args.num_frames or model.num_frames
     result: dict = {"model": args.model, "num_frames": n, "threads": torch.get_num_threads()}
     if args.manifest:
         result["quality"] = quality(model, args.manifest, n)

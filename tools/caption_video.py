@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
+    if args.segment is not None and not 0 < args.segment < float("inf"):
+        print(f"error: --segment must be a number of seconds > 0, got {args.segment}", file=sys.stderr)
+        return 2
 
     import torch
     from tqdm import tqdm

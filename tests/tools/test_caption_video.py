@@ -134,11 +134,14 @@ def test_default_model_captions_held_out_clips(tmp_path, capsys):
     assert "moves" not in words and words[:3] == still.split()[:3]
 
 
-def test_num_frames_zero_is_a_one_line_error(clips, model_dir, capsys):
+def test_num_frames_and_segment_zero_are_one_line_errors(clips, model_dir, capsys):
     # it used to fall back silently to the model's frame count ("0 or default")
     rc = cli.main([str(clips / "test_00000.mp4"), "--model", str(model_dir), "--num-frames", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and err == "error: --num-frames must be >= 1, got 0\n"
+    rc = cli.main([str(clips / "test_00000.mp4"), "--model", str(model_dir), "--segment", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --segment must be a number of seconds > 0, got 0.0\n"
     with pytest.raises(ConfigError, match="num_frames: must be >= 1, got 0"):
         Captioner(model_dir, num_frames=0)
 
