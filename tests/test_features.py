@@ -15,7 +15,15 @@ from vidvlm.data.synthetic import make_synthetic
 from vidvlm.data.transforms import build_transform
 from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError
-from vidvlm.extract import extract_features, extract_to_dir, iter_features, list_sources, load_features, read_index
+from vidvlm.extract import (
+    extract_features,
+    extract_text_features,
+    extract_to_dir,
+    iter_features,
+    list_sources,
+    load_features,
+    read_index,
+)
 from vidvlm.models.vision import VideoViT, VisionConfig
 
 torch.set_num_threads(1)
@@ -339,3 +347,15 @@ def test_workers_share_one_encoder_batch(tmp_path, media, tower):
     ref = extract_features(tower, videos, sampler=2, transform=TF, batch_size=4)
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)
+
+
+def test_text_features_ask_the_declared_ability(tower):
+    from vidvlm.models.base import EMBED_VIDEO, VLMModel
+
+    class VideoOnly(VLMModel):  # inherits VLMModel.encode_text (which raises): hasattr said it could embed text
+        abilities = frozenset({EMBED_VIDEO})
+
+    with pytest.raises(ConfigError, match="cannot embed text \\(needed to extract text features\\)"):
+        extract_text_features(VideoOnly(None), ["a red square"])
+    with pytest.raises(ConfigError, match="VideoViT is not a vidvlm family"):
+        extract_text_features(tower, ["a red square"])

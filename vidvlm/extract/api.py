@@ -32,6 +32,7 @@ from vidvlm.extract.result import LEVELS, FeatureResult
 from vidvlm.extract.shards import ShardWriter
 from vidvlm.extract.sources import list_sources
 from vidvlm.extract.workers import loader_context, worker_init
+from vidvlm.models.base import EMBED_TEXT, VLMModel
 
 Sources = str | os.PathLike | Iterable[str | os.PathLike]
 
@@ -300,8 +301,9 @@ def extract_text_features(model: Any, texts: Sequence[str], batch_size: int = 64
         import vidvlm.models.registry as registry
 
         model = registry.load(model)
-    if not hasattr(model, "encode_text"):
-        raise ConfigError(f"model: {type(model).__name__} has no encode_text; text features need a vidvlm family")
+    if not isinstance(model, VLMModel):
+        raise ConfigError(f"model: {type(model).__name__} is not a vidvlm family; text features need one")
+    model.require(EMBED_TEXT, "extract text features")
     model.eval()
     texts = list(texts)
     return torch.cat([model.encode_text(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts),
