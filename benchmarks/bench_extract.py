@@ -8,6 +8,15 @@ Both produce one pooled vector per video; the script checks they agree (allclose
 
     python benchmarks/bench_extract.py --num-videos 16 --runs 5            # CPU
     python benchmarks/bench_extract.py --device cuda --num-videos 256 --num-workers 8 --batch-size 32
+    python benchmarks/bench_extract.py --clip-seconds 60 --clip-wh 1280x720 --tower tiny --num-videos 8   # decode-bound
+
+``--clip-seconds`` writes long clips (H.264, 25 fps, a moving patch; ``bench_caption.write_clip``) instead of the
+synthetic shapes; ``--tower tiny`` is a 2-layer, 64-wide CLIP vision tower, so that decoding decides.
+
+Both sides print where their time goes: the peer per stage of its loop; vidvlm through ``extract_features(...,
+timings=)``: ``startup`` (until the first batch: worker start-up and its decoding), ``wait_for_data`` (the main
+process waiting for later batches), ``decode`` and ``transform`` (summed over videos, in the workers), ``copy``
+(host to device), ``forward``. Shard writing is timed by ``--shards``, which also runs ``extract_to_dir``.
 
 Model loading is excluded for both (each loads once). Runs alternate the order of the two methods, so that load
 from other processes on a shared machine hits both alike; the median of the runs is reported.
@@ -24,19 +33,41 @@ from pathlib import Path
 
 import torch
 
+TOWERS = {
+    "b32": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2},
+}
 
-def make_inputs(work: Path, num_videos: int, clip_frames: int, size: int) -> tuple[Path, Path]:
-    """Synthetic H.264 clips and a random ViT-B/32 CLIP vision model saved as an HF directory."""
+
+def make_inputs(
+    work: Path,
+    num_videos: int,
+    clip_frames: int,
+    size: int,
+    tower: str = "b32",
+    seconds: float | None = None,
+    wh: str = "1280x720",
+) -> tuple[Path, Path]:
+    """H.264 clips (synthetic shapes, or ``seconds``-long ``wh`` clips) and a random CLIP vision tower (HF dir)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from vidvlm.data.synthetic import make_synthetic
 
-    clips = work / "clips"
-    make_synthetic(clips, num_videos, seed=0, frames=clip_frames, size=size)
-    (clips / "manifest.jsonl").unlink()  # only the videos
-    model_dir = work / "clip-b32"
-    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           patch_size=32, image_size=224)  # fmt: skip
+    if seconds is None:
+        clips = work / "clips"
+        make_synthetic(clips, num_videos, seed=0, frames=clip_frames, size=size)
+        (clips / "manifest.jsonl").unlink()  # only the videos
+    else:
+        from bench_caption import write_clip  # benchmarks/ is on sys.path when this script runs
+
+        width, height = (int(v) for v in wh.split("x"))
+        clips = work / f"clips_{wh}_{seconds:g}s"
+        clips.mkdir(parents=True, exist_ok=True)
+        for i in range(num_videos):
+            if not (clips / f"clip_{i:04d}.mp4").exists():
+                write_clip(clips / f"clip_{i:04d}.mp4", seconds, width, height, 25)
+    model_dir = work / f"clip-{tower}"
+    cfg = CLIPVisionConfig(**TOWERS[tower], patch_size=32, image_size=224)
     torch.manual_seed(0)
     CLIPVisionModel(cfg).save_pretrained(model_dir)
     CLIPImageProcessor().save_pretrained(model_dir)
@@ -66,14 +97,20 @@ def run_peer(
 
 
 def run_vidvlm(
-    paths: list[Path], encoder, num_frames: int, batch_size: int, num_workers: int, worker_start: str | None
+    paths: list[Path],
+    encoder,
+    num_frames: int,
+    batch_size: int,
+    num_workers: int,
+    worker_start: str | None,
+    timings: dict[str, float] | None = None,
 ) -> list[torch.Tensor]:
     from vidvlm.data.sampling import UniformSampler
     from vidvlm.extract import extract_features
 
     sampler = UniformSampler(num_frames, anchor="start", short_policy="fewer")
     res = extract_features(encoder, [str(p) for p in paths], sampler=sampler, batch_size=batch_size,
-                           num_workers=num_workers, worker_start=worker_start)  # fmt: skip
+                           num_workers=num_workers, worker_start=worker_start, timings=timings)  # fmt: skip
     assert all(r.ok for r in res), [r.error for r in res if not r.ok]
     return [r.features for r in res]
 
@@ -90,6 +127,10 @@ def main() -> None:
     ap.add_argument("--worker-start", default="forkserver", help="DataLoader start method (fork, forkserver, spawn)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", help="reuse this folder for clips and model (default: a temp dir)")
+    ap.add_argument("--tower", default="b32", choices=sorted(TOWERS), help="CLIP vision tower size (random init)")
+    ap.add_argument("--clip-seconds", type=float, default=None, help="long clips of this length instead of shapes")
+    ap.add_argument("--clip-wh", default="1280x720", help="WxH of the --clip-seconds clips")
+    ap.add_argument("--shards", action="store_true", help="also time extract_to_dir (shard writing) once")
     args = ap.parse_args()
 
     from transformers import CLIPImageProcessor, CLIPVisionModel
@@ -97,8 +138,9 @@ def main() -> None:
     from vidvlm.extract.encoders import resolve_model
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_extract_"))
-    clips, model_dir = make_inputs(work, args.num_videos, args.clip_frames, args.clip_size)
-    paths = sorted(clips.glob("*.mp4"))
+    clips, model_dir = make_inputs(work, args.num_videos, args.clip_frames, args.clip_size, args.tower,
+                                   args.clip_seconds, args.clip_wh)  # fmt: skip
+    paths = sorted(clips.glob("*.mp4"))[: args.num_videos]
     device = torch.device(args.device)
     peer_model = CLIPVisionModel.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
     processor = CLIPImageProcessor.from_pretrained(model_dir)
@@ -115,6 +157,7 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"peer": [], "vidvlm": []}
     split: dict[str, float] = {}  # where the peer's time goes, summed over its timed runs
+    stages: dict[str, float] = {}  # where vidvlm's time goes, summed over its timed runs
     for r in range(args.runs):
         order = ["peer", "vidvlm"] if r % 2 == 0 else ["vidvlm", "peer"]
         for name in order:
@@ -124,7 +167,8 @@ def main() -> None:
             if name == "peer":
                 run_peer(paths, peer_model, processor, args.num_frames, args.device, split)
             else:
-                run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers, args.worker_start)
+                run_vidvlm(paths, encoder, args.num_frames, args.batch_size, args.num_workers, args.worker_start,
+                           stages)  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
@@ -133,8 +177,10 @@ def main() -> None:
     vps = {k: args.num_videos / statistics.median(v) for k, v in times.items()}
     dev = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     print(f"\nmachine: {platform.node()} {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"videos: {args.num_videos} x {args.clip_frames} frames {args.clip_size}x{args.clip_size} H.264; "
-          f"{args.num_frames} frames/video; model ViT-B/32 (random init) at 224")  # fmt: skip
+    what = (f"{args.clip_frames} frames {args.clip_size}x{args.clip_size}" if args.clip_seconds is None
+            else f"{args.clip_seconds:g} s {args.clip_wh} 25 fps")  # fmt: skip
+    print(f"videos: {args.num_videos} x {what} H.264; {args.num_frames} frames/video; "
+          f"model CLIP vision {args.tower} /32 (random init) at 224")  # fmt: skip
     print(f"same features: max |diff| {max_diff:.2e}, min cosine {cos:.6f}")
     print("| method | median videos/s | runs (videos/s) |")
     print("|---|---|---|")
@@ -150,6 +196,25 @@ def main() -> None:
     )
     print(f"peer time split: {shares}; the input pipeline alone can speed the peer up at most "
           f"{total / split['model']:.2f}x")  # fmt: skip
+    per = args.runs * args.num_videos
+    wall = statistics.mean(times["vidvlm"]) * args.runs
+    print("vidvlm stages (ms per video; decode and transform are summed over the workers, the rest is the main "
+          "process's wall time): " + ", ".join(f"{k} {1000 * v / per:.1f}" for k, v in stages.items())
+          + f"; wall {1000 * wall / per:.1f}; decode-bound ceiling {max(args.num_workers, 1)} workers x one worker's "
+          f"rate = {max(args.num_workers, 1) * per / stages['decode']:.2f} videos/s")  # fmt: skip
+    if args.shards:
+        from vidvlm.extract import extract_to_dir
+
+        timings: dict[str, float] = {}
+        out = Path(tempfile.mkdtemp(prefix="bench_extract_shards_"))
+        t0 = time.perf_counter()
+        extract_to_dir(encoder, [str(p) for p in paths], out, shard_size=max(1, args.num_videos // 4),
+                       sampler=args.num_frames, batch_size=args.batch_size, num_workers=args.num_workers,
+                       worker_start=args.worker_start, timings=timings)  # fmt: skip
+        total_s = time.perf_counter() - t0
+        print(f"extract_to_dir: {args.num_videos / total_s:.2f} videos/s; shard writing "
+              f"{1000 * timings['write_shards'] / args.num_videos:.2f} ms/video in the writer thread, of which the "
+              f"main process waited {1000 * timings['wait_for_writer'] / args.num_videos:.2f} ms/video")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from vidvlm.data.sampling import UniformSampler
+from vidvlm.data.sampling import UniformSampler, clip_windows
 from vidvlm.data.synthetic import make_synthetic
 from vidvlm.data.transforms import build_transform
 from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError
-from vidvlm.extract import extract_features, extract_to_dir, iter_features, list_sources, load_features, read_index
-from vidvlm.extract.api import clip_windows
+from vidvlm.extract import (
+    extract_features,
+    extract_text_features,
+    extract_to_dir,
+    iter_features,
+    list_sources,
+    load_features,
+    read_index,
+)
 from vidvlm.models.vision import VideoViT, VisionConfig
 
 torch.set_num_threads(1)
@@ -24,7 +31,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    """A folder of 4 videos (12 and 6 frames), 2 PNG images, a corrupt MP4 and a text file."""
+    """A folder of 4 videos (12 and 6 frames), 2 PNG images, a corrupt MP4 and a text file (not a source)."""
     root = tmp_path_factory.mktemp("media")
     make_synthetic(root, 2, seed=0, frames=12, size=32, manifest_name="a.jsonl")
     make_synthetic(root, 2, seed=0, frames=6, size=32, split="val", manifest_name="b.jsonl")
@@ -43,7 +50,7 @@ def tower():
 
 
 TF = build_transform(32)
-BAD = {"broken.mp4", "notes.txt"}
+BAD = {"broken.mp4"}
 
 
 def by_name(results):
@@ -121,7 +128,7 @@ def test_iter_features_streams_in_order(media, tower):
     it = iter_features(tower, media, transform=TF, batch_size=2)
     first = next(it)
     assert first.source == list_sources(media)[0]
-    assert len([first, *it]) == 8
+    assert len([first, *it]) == 7
 
 
 def test_bad_arguments(media, tower):
@@ -147,6 +154,68 @@ def test_list_sources_manifests(tmp_path, media):
         list_sources(tmp_path / "bad.jsonl")
 
 
+def test_list_sources_folder_keeps_media_by_extension(tmp_path):
+    """A folder gives its media files only (the generator's manifest.jsonl beside the clips is not a source); a file
+    named directly is a source whatever its extension, and a manifest named directly is the list of sources."""
+    manifest = make_synthetic(tmp_path / "clips", 2, seed=0, frames=4, size=32)
+    sub = tmp_path / "clips" / "more"
+    sub.mkdir()
+    for name in ("B.MP4", "a.gif", "c.JPG", "notes.txt", "data.csv", ".hidden.mp4", "readme.md"):
+        (sub / name).write_bytes(b"x")
+    got = [os.path.relpath(p, tmp_path / "clips") for p in list_sources(tmp_path / "clips")]
+    assert got == ["train_00000.mp4", "train_00001.mp4", "more/B.MP4", "more/a.gif", "more/c.JPG"]
+    assert list_sources(sub / "readme.md") == [str(sub / "readme.md")]
+    assert list_sources(manifest) == [str(tmp_path / "clips" / f"train_0000{i}.mp4") for i in range(2)]
+
+
+def _write_index(out, shard: str) -> None:
+    (out / "extract.json").write_text(json.dumps({"level": "pooled"}))
+    (out / "index.jsonl").write_text(json.dumps({"source": "/v.mp4", "shard": shard, "rows": [0, 1],
+                                                 "timestamps": [0.0]}) + "\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/tmp/x.safetensors", "sub/shard-00000.safetensors", "evil"])
+def test_index_pointing_outside_the_folder_is_refused(tmp_path, shard):
+    out = tmp_path / "feats"
+    out.mkdir()
+    _write_index(out, shard)
+    with pytest.raises(ConfigError, match=r"index.jsonl:1: shard .* (not a shard file|leads outside)"):
+        load_features(out)
+
+
+def test_index_shard_symlink_escaping_the_folder_is_refused(tmp_path, media, tower):
+    out = tmp_path / "feats"
+    extract_to_dir(tower, [media / "train_00000.mp4"], out, transform=TF, sampler=2)
+    assert len(load_features(out)) == 1
+    outside = tmp_path / "elsewhere.safetensors"
+    (out / "shard-00000.safetensors").rename(outside)
+    (out / "shard-00000.safetensors").symlink_to(outside)
+    with pytest.raises(ConfigError, match="leads outside"):
+        load_features(out)
+    with pytest.raises(ConfigError, match="leads outside"):  # a rerun into the folder refuses it too
+        extract_to_dir(tower, [media / "train_00001.mp4"], out, transform=TF, sampler=2)
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, media, tower):
+    out = tmp_path / "feats.safetensors"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ConfigError, match="feats.safetensors: the output must be a directory"):
+        extract_to_dir(tower, media, out, transform=TF)
+    assert out.read_bytes() == b"keep me"
+
+
+def test_hf_directory_needing_custom_code_is_refused(tmp_path, media):
+    for name, cfg in {"mapped": {"model_type": "clip_vision_model", "auto_map": {"AutoModel": "modeling_x.XModel"}},
+                      "unknown": {"model_type": "my_custom_tower"}}.items():  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        (tmp_path / name / "modeling_x.py").write_text("raise SystemExit('executed')\n")
+        with pytest.raises(ConfigError, match=r"config.json: this model needs custom code .*trust_remote_code"):
+            extract_features(str(tmp_path / name), media)
+        with pytest.raises(ConfigError, match="custom code"):
+            extract_to_dir(str(tmp_path / name), media, tmp_path / f"out_{name}")
+
+
 class Interrupt(Exception):
     pass
 
@@ -167,10 +236,10 @@ def test_resume_after_interruption(tmp_path, media, tower):
     with open(out / "index.jsonl", "a") as f:
         f.write('{"source": "/x", "sha')
     summary = extract_to_dir(tower, media, out, shard_size=3, transform=TF, level="frames", batch_size=5)
-    assert (summary.done, summary.skipped, summary.failed) == (5, 3, 0)  # the bad files were in shard 0
+    assert (summary.done, summary.skipped, summary.failed) == (4, 3, 0)  # the bad file was in shard 0
     assert not list(out.glob("*.tmp"))
     index = read_index(out)
-    assert len(index) == 8 and len({e["source"] for e in index}) == 8
+    assert len(index) == 7 and len({e["source"] for e in index}) == 7
     stored = load_features(out)
     assert {r.source for r in stored} == set(ref)
     for r in stored:
@@ -179,7 +248,7 @@ def test_resume_after_interruption(tmp_path, media, tower):
             torch.testing.assert_close(r.features, ref[r.source].features, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(r.timestamps, ref[r.source].timestamps)
     again = extract_to_dir(tower, media, out, shard_size=3, transform=TF, level="frames")
-    assert (again.done, again.skipped) == (0, 8)
+    assert (again.done, again.skipped) == (0, 7)
     with pytest.raises(ConfigError, match="other settings"):
         extract_to_dir(tower, media, out, transform=TF, level="pooled")
 
@@ -190,7 +259,7 @@ def test_failed_sources_are_indexed_and_retried_on_request(tmp_path, media, towe
     errors = {os.path.basename(e["source"]): e["error"] for e in read_index(out) if "error" in e}
     assert set(errors) == BAD and all("VideoDecodeError" in e for e in errors.values())
     summary = extract_to_dir(tower, media, out, transform=TF, sampler=2, retry_failed=True)
-    assert (summary.done, summary.failed, summary.skipped) == (0, 2, 6)
+    assert (summary.done, summary.failed, summary.skipped) == (0, 1, 6)
 
 
 def test_hf_clip_directory_matches_transformers(tmp_path, media):
@@ -214,3 +283,79 @@ def test_hf_clip_directory_matches_transformers(tmp_path, media):
     with torch.no_grad():
         expect = hf(pixel_values=pixels).pooler_output.mean(0)
     torch.testing.assert_close(r.features, expect, atol=1e-4, rtol=1e-4)
+
+
+def test_background_shard_writer_matches_the_synchronous_one_and_reports_errors(tmp_path, media, tower, monkeypatch):
+    import vidvlm.extract.shards as shards
+
+    results = extract_features(tower, media, transform=TF, level="frames")
+    commits: dict[str, list[int]] = {"sync": [], "background": []}
+    for mode in commits:
+        with shards.ShardWriter(tmp_path / mode, {"level": "frames"}, shard_size=2, background=mode == "background",
+                                on_commit=commits[mode].append) as writer:  # fmt: skip
+            for r in results:
+                writer.add(r)
+        assert (writer.written, writer.failed) == (6, 1)
+    assert commits["sync"] == commits["background"] == [1, 2, 3, 4]
+    assert (tmp_path / "sync" / "index.jsonl").read_text() == (tmp_path / "background" / "index.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "background").glob("shard-*")) == [f"shard-0000{i}.safetensors"
+                                                                                 for i in range(4)]  # fmt: skip
+    for a, b in zip(load_features(tmp_path / "sync"), load_features(tmp_path / "background"), strict=True):
+        assert a.source == b.source and a.error == b.error
+        assert a.features is None or torch.equal(a.features, b.features)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards, "save_file", disk_full)
+    writer = shards.ShardWriter(tmp_path / "full", {"level": "frames"}, shard_size=2, background=True)
+    with pytest.raises(OSError, match="No space left"), writer:
+        for r in results:
+            writer.add(r)  # the writer thread's error comes back here, at the next shard
+    assert read_index(tmp_path / "full") == [] and writer.written == 0
+    shards.FolderLock(tmp_path / "full").release()  # the directory was released
+
+
+def test_extract_to_dir_times_every_stage(tmp_path, media, tower):
+    timings: dict[str, float] = {}
+    extract_to_dir(tower, media, tmp_path / "feats", transform=TF, timings=timings, shard_size=3, batch_size=2)
+    assert set(timings) == {"startup", "wait_for_data", "decode", "transform", "copy", "forward", "write_shards",
+                            "wait_for_writer"}  # fmt: skip
+    assert all(v >= 0 for v in timings.values()) and timings["decode"] > 0 and timings["forward"] > 0
+    assert timings["write_shards"] > 0
+
+
+class _PidRecordingSampler:
+    """Uniform sampling that notes which process decoded each source (a file per process id)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, metadata, rng=None):
+        (self.folder / str(os.getpid())).touch()
+        return UniformSampler(2, short_policy="fewer")(metadata, rng)
+
+
+def test_workers_share_one_encoder_batch(tmp_path, media, tower):
+    """Each worker decodes single sources: a batch of 4 sources with 2 workers keeps both busy (one worker used to
+    decode the whole batch while the other waited)."""
+    videos = sorted(str(p) for p in media.glob("*.mp4") if p.name != "broken.mp4")
+    got = extract_features(tower, videos, sampler=_PidRecordingSampler(tmp_path), transform=TF, batch_size=4,
+                           num_workers=2, worker_start="fork")  # fmt: skip
+    assert [r.source for r in got] == videos and all(r.ok for r in got)
+    assert len(list(tmp_path.iterdir())) == 2 and str(os.getpid()) not in {p.name for p in tmp_path.iterdir()}
+    ref = extract_features(tower, videos, sampler=2, transform=TF, batch_size=4)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)
+
+
+def test_text_features_ask_the_declared_ability(tower):
+    from vidvlm.models.base import EMBED_VIDEO, VLMModel
+
+    class VideoOnly(VLMModel):  # inherits VLMModel.encode_text (which raises): hasattr said it could embed text
+        abilities = frozenset({EMBED_VIDEO})
+
+    with pytest.raises(ConfigError, match="cannot embed text \\(needed to extract text features\\)"):
+        extract_text_features(VideoOnly(None), ["a red square"])
+    with pytest.raises(ConfigError, match="VideoViT is not a vidvlm family"):
+        extract_text_features(tower, ["a red square"])

@@ -4,7 +4,13 @@
         --num-frames 8 --variant-words left right up down [--classes left right up down] [--out metrics.json]
 
 The checkpoint is any directory ``vidvlm.load`` opens (``final/`` or a ``checkpoint-*`` of a run). Frames are taken
-with a uniform sampler (deterministic) and the model's own evaluation transform. Prints the metrics as JSON.
+with a uniform sampler (deterministic, ``model.num_frames`` unless --num-frames) and the model's own evaluation
+transform. Prints the metrics as JSON.
+
+Evaluation never substitutes one video for another: a row whose file is missing or unreadable is left out, named on
+stderr, and counted (``num_missing``, ``missing``); metrics are over the ``num_videos`` readable rows of the
+``num_rows`` in the manifest. Exit status: 0; 1 when some rows were left out (the metrics are still printed); 2 for
+bad arguments, an unusable checkpoint or manifest, or no readable row at all.
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-from vidvlm.errors import VidVLMError
+from vidvlm.errors import ConfigError, VidVLMError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a directory vidvlm.load opens")
     parser.add_argument("--manifest", required=True, help="JSONL or CSV manifest")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the tower's)")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -32,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         import torch
+        from torch.utils.data import DataLoader
 
+        from vidvlm.data.collate import collate_video_text
         from vidvlm.data.datasets import VideoTextDataset
         from vidvlm.data.sampling import SamplerConfig, build_sampler
         from vidvlm.eval.retrieval import (
@@ -49,14 +57,36 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.checkpoint).to(args.device).eval()
         model.require(EMBED_VIDEO, "evaluate retrieval")
         model.require(EMBED_TEXT, "evaluate retrieval")
+        if args.num_frames is not None and args.num_frames < 1:
+            raise ConfigError(f"--num-frames: must be >= 1, got {args.num_frames}")
         frames = args.num_frames or model.num_frames
         sampler = build_sampler(SamplerConfig(name="uniform", num_frames=frames))
-        dataset = VideoTextDataset(args.manifest, sampler, model.transform, train=False)
+        dataset = VideoTextDataset(args.manifest, sampler, model.transform, train=False, on_error="mark")
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                            collate_fn=collate_video_text)  # fmt: skip
+        kept: list[int] = []
+        missing: list[dict] = []
+
+        def readable_batches():
+            for batch in loader:
+                missing.extend(batch["failed"])
+                for f in batch["failed"]:
+                    print(f"error: {f['error']}", file=sys.stderr)
+                if batch["video"] is not None:
+                    kept.extend(batch["index"].tolist())
+                    yield batch
+
         with torch.no_grad():
-            emb = embed_dataset(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers)
-            metrics = {"num_videos": len(dataset), "num_frames": frames}
+            try:
+                emb = embed_dataset(model, readable_batches())
+            except ValueError as e:  # embed_dataset's "empty": every row was left out
+                if kept or isinstance(e, VidVLMError):
+                    raise
+                raise ConfigError(f"{args.manifest}: no row of the manifest could be read") from None
+            metrics = {"num_videos": len(kept), "num_rows": len(dataset), "num_missing": len(missing),
+                       "missing": [f["path"] for f in missing], "num_frames": frames}  # fmt: skip
             metrics.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
-            caps = [list(row.captions) for row in dataset.rows]
+            caps = [list(dataset.rows[i].captions) for i in kept]
             metrics.update(caption_recall(emb["video"], emb["text"], caps))
             if args.variant_words:
                 metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
@@ -72,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    if metrics["num_missing"]:
+        print(f"{metrics['num_missing']} of {metrics['num_rows']} row(s) could not be read and were left out",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -2,9 +2,14 @@
 
     python tools/extract_features.py VIDEOS/ --out feats/ --model CKPT_DIR [--level pooled] [--num-frames 8]
 
-SOURCE may be files, folders (recursive), a .txt file list or a .jsonl/.csv manifest. The output directory holds
-``shard-*.safetensors``, ``index.jsonl`` (one line per source: shard, rows, timestamps, or error) and
-``extract.json`` (the settings). Rerunning the same command skips every source already indexed.
+SOURCE may be files, folders (their video, GIF and image files, recursively), a .txt file list or a .jsonl/.csv
+manifest. The output directory holds ``shard-*.safetensors``, ``index.jsonl`` (one line per source: shard, rows,
+timestamps, or error), ``extract.json`` (the settings) and ``extract.lock`` (held while a run writes: a second run
+into the same directory is refused). Rerunning the same command skips every source already indexed.
+
+Exit status: 0 when every source of this run was extracted; 1 when some failed (everything that worked is written,
+and the failures are listed with their reason in index.jsonl); 2 for bad arguments, an unusable model or output
+directory. Workers exit with the main process, also when it is killed.
 """
 
 from __future__ import annotations
@@ -68,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.seconds:.1f} s, {summary.videos_per_second:.2f} videos/s -> {args.out}/index.jsonl"
     )
     if summary.failed:
-        print(f"failed sources are listed with their reason in {args.out}/index.jsonl (key 'error')")
+        print(f"{summary.failed} source(s) failed; they are listed with their reason in {args.out}/index.jsonl "
+              "(key 'error')", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

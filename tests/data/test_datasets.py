@@ -209,3 +209,26 @@ def test_decode_size_and_eval_is_deterministic(media: Path) -> None:
     a, b = ds[2], ds[2]
     assert a["video"].shape == (3, 3, 32, 40) and a["video"].dtype == torch.uint8
     assert torch.equal(a["video"], b["video"]) and a["timestamps"].tolist() == [0.25, 1.0, 1.625]  # frames 2, 8, 13
+
+
+def test_evaluation_never_substitutes_mark_and_raise(media: Path) -> None:
+    """on_error="mark" returns the failed row marked (collate leaves it out and lists it); "raise" stops at it."""
+    rows = synthetic_rows(media)[:2] + [{"path": "gone.mp4", "caption": "x"}, {"path": "corrupt.mp4", "caption": "y"}]
+    manifest = write_jsonl(media / "eval_bad.jsonl", rows)
+    marked = VideoTextDataset(manifest, UniformSampler(2), build_transform(16), on_error="mark")
+    gone = marked[2]
+    assert gone["video"] is None and gone["index"] == 2 and gone["path"] == str(media / "gone.mp4")
+    assert "gone.mp4: file does not exist" in gone["error"] and marked[0]["error"] is None
+    assert marked.stats()["replacements"] == 0
+    loader = DataLoader(marked, batch_size=4, num_workers=1, collate_fn=collate_video_text)
+    (batch,) = list(loader)
+    assert batch["index"].tolist() == [0, 1] and batch["video"].shape == (2, 2, 3, 16, 16)
+    assert [f["index"] for f in batch["failed"]] == [2, 3] and "corrupt.mp4" in batch["failed"][1]["path"]
+    empty = collate_video_text([marked[2], marked[3]])
+    assert empty["video"] is None and empty["index"].numel() == 0 and len(empty["failed"]) == 2
+    strict = VideoTextDataset(manifest, UniformSampler(2), on_error="raise")
+    with pytest.raises(VideoDecodeError, match="gone.mp4: file does not exist"):
+        strict[2]
+    assert strict.stats()["replacements"] == 0
+    with pytest.raises(ConfigError, match="on_error: 'skip' is not one of"):
+        VideoTextDataset(manifest, UniformSampler(2), on_error="skip")

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidvlm.captioning import DEFAULT_MODEL_DIR, caption
+from vidvlm.captioning import DEFAULT_MODEL_DIR, Captioner, caption
 from vidvlm.data.synthetic import make_synthetic
+from vidvlm.errors import ConfigError
+from vidvlm.models.contrastive import ContrastiveConfig, ContrastiveModel
 from vidvlm.models.generative import CoCaCaptioner, GenerativeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +134,67 @@ def test_default_model_captions_held_out_clips(tmp_path, capsys):
     still = json.loads(image.read_text().splitlines()[0])["caption"]
     words = got[str(image.parent / "train_00000.png")].split()
     assert "moves" not in words and words[:3] == still.split()[:3]
+
+
+def test_num_frames_and_segment_zero_are_one_line_errors(clips, model_dir, capsys):
+    # it used to fall back silently to the model's frame count ("0 or default")
+    rc = cli.main([str(clips / "test_00000.mp4"), "--model", str(model_dir), "--num-frames", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --num-frames must be >= 1, got 0\n"
+    rc = cli.main([str(clips / "test_00000.mp4"), "--model", str(model_dir), "--segment", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --segment must be a number of seconds > 0, got 0.0\n"
+    with pytest.raises(ConfigError, match="num_frames: must be >= 1, got 0"):
+        Captioner(model_dir, num_frames=0)
+
+
+def test_unwritable_contact_sheet_is_reported_and_the_other_files_go_on(clips, model_dir, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    files = [str(clips / "test_00000.mp4"), str(clips / "test_00001.mp4")]
+    rc = cli.main([*files, "--model", str(model_dir), "--contact-sheet", str(blocker / "sheet.png"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in out.err
+    assert [Path(line.split("\t")[0]).name for line in out.out.strip().splitlines()] == ["test_00000.mp4",
+                                                                                       "test_00001.mp4"]  # fmt: skip
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("cannot write the contact sheet" in e and "a_file" in e for e in errors)
+    assert "2 of 2 file(s) failed" in out.err
+
+
+def test_a_family_that_cannot_generate_is_refused(tmp_path, clips, capsys):
+    torch.manual_seed(0)
+    ContrastiveModel(ContrastiveConfig.tiny()).save_pretrained(tmp_path / "clip")
+    with pytest.raises(ConfigError, match="family 'contrastive' cannot generate text \\(needed to caption videos\\)"):
+        Captioner(tmp_path / "clip")
+    assert cli.main([str(clips), "--model", str(tmp_path / "clip")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_windows_are_decoded_at_model_size_captioned_in_bounded_batches_and_streamed(tmp_path, model_dir):
+    """A long video used to be decoded at full size and captioned as one batch of every window."""
+    make_synthetic(tmp_path, 1, seed=3, frames=48, size=64, fps=8)  # 6 s at 64x64; the model takes 32x32
+    path = tmp_path / "train_00000.mp4"
+    cap = Captioner(model_dir, batch_size=3)
+    batches: list[int] = []
+    generate = cap.model.generate
+
+    def spy(video, *args, **kwargs):
+        batches.append(video.shape[0])
+        return generate(video, *args, **kwargs)
+
+    cap.model.generate = spy
+    stream = cap.iter_segments(path, segment=0.5)
+    first, frames = next(stream)
+    assert batches == [3] and (first.start, first.end) == (0.0, 0.5)  # the first batch is out before the rest
+    assert frames.shape[-2:] == (32, 32) and frames.dtype == torch.uint8
+    rest = list(stream)
+    assert batches == [3, 3, 3, 3] and len(rest) == 11
+    one_batch = Captioner(model_dir, batch_size=100)
+    assert [s.text for s in one_batch.caption_file(path, segment=0.5)[0]] == [first.text] + [s.text for s, _ in rest]
+
+
+def test_manifest_is_a_list_of_sources(clips, model_dir, capsys):
+    assert cli.main([str(clips / "manifest.jsonl"), "--model", str(model_dir), "--no-progress"]) == 0
+    names = [Path(line.split("\t")[0]).name for line in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["test_00000.mp4", "test_00001.mp4", "test_00002.mp4"]

@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,11 +66,13 @@ def test_cli_matches_api_across_batch_and_workers(setup, tmp_path, capsys, level
     argv = [str(media), "--model", ckpt, "--level", level, "--num-frames", "4", "--no-progress"]
     # pooled: one worker started the default way (forkserver, slow to start); frames: two forked workers.
     workers = ["--num-workers", "1"] if level == "pooled" else ["--num-workers", "2", "--worker-start", "fork"]
-    assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--batch-size", "1", *workers]) == 0
-    assert "done 5, skipped 0, failed 2" in capsys.readouterr().out  # manifest.jsonl and the corrupt file
+    # exit 1: the corrupt file failed (the folder's manifest.jsonl is not a source); everything else is written
+    assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--batch-size", "1", *workers]) == 1
+    out = capsys.readouterr()
+    assert "done 5, skipped 0, failed 1" in out.out and "1 source(s) failed" in out.err
     _assert_same(api, load_features(tmp_path / "a"))
     assert extract_cli.main([*argv, "--out", str(tmp_path / "a"), "--shard-size", "2"]) == 0
-    assert "done 0, skipped 7, failed 0" in capsys.readouterr().out
+    assert "done 0, skipped 6, failed 0" in capsys.readouterr().out
 
 
 def test_cli_file_list_manifest_and_failures(setup, tmp_path, capsys):
@@ -77,7 +82,7 @@ def test_cli_file_list_manifest_and_failures(setup, tmp_path, capsys):
     out = tmp_path / "out"
     code = extract_cli.main([str(listing), str(manifest), "--out", str(out), "--model", str(root / "ckpt"),
                              "--num-workers", "0", "--shard-size", "2", "--no-progress"])  # fmt: skip
-    assert code == 0
+    assert code == 1  # two sources failed
     index = read_index(out)
     assert [Path(e["source"]).name for e in index if "shard" in e] == [f"train_0000{i}.mp4" for i in range(4)]
     errors = {Path(e["source"]).name: e["error"] for e in index if "error" in e}
@@ -114,3 +119,53 @@ def test_search_ranks_by_cosine(setup, tmp_path, capsys):
     assert float(lines[0].split()[1]) == pytest.approx(scores[best[0]].item(), abs=1e-4)
     with pytest.raises(SystemExit):
         search_cli.main([str(out)])  # the query is required
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from vidvlm.extract.shards import FolderLock
+Path(sys.argv[1]).mkdir()
+lock = FolderLock(Path(sys.argv[1]))  # what a running extract_features.py holds
+print("locked", flush=True)
+sys.stdin.read()  # hold the directory until the test closes our stdin (or kills us)
+"""
+
+
+def test_second_writer_into_one_folder_is_refused_and_a_killed_holder_frees_it(setup, tmp_path, capsys):
+    """Two runs into one --out corrupted it silently (both wrote shard-00000...). Now the folder is locked by the
+    first writer (another process here), the second run refuses naming the holder, and a killed holder frees it."""
+    root, media, _ = setup
+    out = tmp_path / "shared"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = [str(media / "train_00000.mp4"), "--out", str(out), "--model", str(root / "ckpt"), "--num-workers",
+                "0", "--no-progress"]  # fmt: skip
+        assert extract_cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another extraction is writing into this directory" in err
+        assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        assert not (out / "index.jsonl").exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+        holder.wait()
+    assert extract_cli.main(argv) == 0
+    assert [Path(e["source"]).name for e in read_index(out)] == ["train_00000.mp4"]
+
+
+def test_out_naming_a_file_and_custom_code_model_are_one_line_errors(setup, tmp_path, capsys):
+    root, media, _ = setup
+    existing = tmp_path / "features.bin"
+    existing.write_bytes(b"data")
+    assert extract_cli.main([str(media), "--out", str(existing), "--model", str(root / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "features.bin: the output must be a directory" in err
+    assert existing.read_bytes() == b"data"
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "config.json").write_text(json.dumps({"model_type": "clip", "auto_map": {"AutoModel": "m.M"}}))
+    assert extract_cli.main([str(media), "--out", str(tmp_path / "o"), "--model", str(custom)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs custom code" in err and "trust_remote_code stays off" in err

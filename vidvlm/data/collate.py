@@ -13,16 +13,25 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Args:
         samples: dicts with ``video`` ``[T_i,3,H,W]`` (one ``H, W`` for the batch), ``text``, ``captions``,
-            ``label``, ``index``, ``path``, ``timestamps`` ``[T_i]`` and optionally ``replaced_from``.
+            ``label``, ``index``, ``path``, ``timestamps`` ``[T_i]`` and optionally ``replaced_from`` and ``error``.
+            A sample whose ``error`` is set (a dataset with ``on_error="mark"``) is left out of the batch.
 
     Returns:
         ``video`` ``[B,Tmax,3,H,W]`` (zeros past each clip's end), ``frame_mask`` bool ``[B,Tmax]`` (True = real
         frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
-        (-1 where the sample was not a replacement).
+        (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
+        left out). When every sample failed, ``video``, ``frame_mask`` and ``timestamps`` are None and the lists
+        are empty.
     """
     if not samples:
         raise ValueError("collate_video_text: empty batch")
+    failed = [{"index": int(s["index"]), "path": s["path"], "error": s["error"]} for s in samples if s.get("error")]
+    samples = [s for s in samples if not s.get("error")]
+    if not samples:
+        empty = torch.zeros(0, dtype=torch.long)
+        return {"video": None, "frame_mask": None, "text": [], "captions": [], "label": empty, "index": empty,
+                "path": [], "timestamps": None, "replaced_from": empty, "failed": failed}  # fmt: skip
     videos = [s["video"] for s in samples]
     frame_shape = videos[0].shape[1:]
     for s, v in zip(samples, videos, strict=True):
@@ -50,4 +59,5 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "path": [s["path"] for s in samples],
         "timestamps": timestamps,
         "replaced_from": torch.tensor([int(s.get("replaced_from", -1)) for s in samples], dtype=torch.long),
+        "failed": failed,
     }

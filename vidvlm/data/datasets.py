@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidvlm.data.sampling import Sampler, window_metadata
+from vidvlm.data.reader import read_clips
+from vidvlm.data.sampling import Sampler
 from vidvlm.data.transforms import ClipTransform
-from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
 _KNOWN_KEYS = {"path", "caption", "captions", "start", "end", "label", "attributes"}
+ON_ERROR = ("replace", "raise", "mark")
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,19 @@ class VideoTextDataset(Dataset):
     Call :meth:`set_epoch` at the start of each epoch (with DataLoader workers, before the iterator is created;
     ``persistent_workers=True`` would keep the workers' copies at their old epoch).
 
-    A sample whose file fails to decode (:class:`~vidvlm.errors.VideoDecodeError`) is logged once per file, counted,
-    and replaced by another row chosen from ``(seed, epoch, index, attempt)``; after ``max_retries`` failed
-    replacements a ``VideoDecodeError`` is raised. Counts in :meth:`stats` are per process: in DataLoader workers
-    they stay in the workers, so each sample also carries ``replaced_from`` (the requested index, or -1) for the
-    main process to count.
+    A sample whose file fails to decode (:class:`~vidvlm.errors.VideoDecodeError`) is logged once per file and
+    counted; then ``on_error`` decides. ``"replace"`` (training): another row chosen from ``(seed, epoch, index,
+    attempt)`` is loaded instead, and after ``max_retries`` failed replacements a ``VideoDecodeError`` is raised.
+    ``"raise"``: the ``VideoDecodeError`` naming the file is raised at once. ``"mark"`` (evaluation, which must never
+    substitute): a marked sample is returned, ``{"index", "path", "error", "video": None, ...}``, which
+    :func:`~vidvlm.data.collate.collate_video_text` leaves out of the batch and lists under ``failed``. Counts in
+    :meth:`stats` are per process: in DataLoader workers they stay in the workers, so each sample also carries
+    ``replaced_from`` (the requested index, or -1) and ``error`` (None, or why it is marked) for the main process.
 
     Sample keys: ``video`` float ``[T,3,H,W]`` (uint8 when there is no transform), ``text`` (one caption: random
     in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
-    loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int).
+    loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int), ``error``
+    (None, or the reason with ``on_error="mark"``).
 
     Args:
         manifest: a JSONL or CSV manifest.
@@ -168,6 +173,7 @@ class VideoTextDataset(Dataset):
         backend: ``open_video`` backend.
         num_threads: decoder threads per sample (keep 1 with many workers).
         max_retries: replacements tried after a failure before giving up.
+        on_error: ``"replace"``, ``"raise"`` or ``"mark"`` (see above).
     """
 
     def __init__(
@@ -182,7 +188,10 @@ class VideoTextDataset(Dataset):
         backend: str = "auto",
         num_threads: int = 1,
         max_retries: int = 10,
+        on_error: str = "replace",
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise ConfigError(f"on_error: {on_error!r} is not one of {list(ON_ERROR)}")
         self.manifest = Path(manifest)
         self.rows = read_manifest(self.manifest)
         self.sampler = sampler
@@ -193,6 +202,7 @@ class VideoTextDataset(Dataset):
         self.backend = backend
         self.num_threads = num_threads
         self.max_retries = max_retries
+        self.on_error = on_error
         self.epoch = 0
         self._failures = 0
         self._replacements = 0
@@ -232,32 +242,39 @@ class VideoTextDataset(Dataset):
                 sample = self.load(candidate, rng)
             except VideoDecodeError as e:
                 self._record_failure(self.rows[candidate], e)
+                if self.on_error == "raise":
+                    raise
+                if self.on_error == "mark":
+                    return self._marked(index, str(e))
                 errors.append(f"{self.rows[candidate].path}: {e}")
                 continue
             sample["replaced_from"] = index if attempt else -1
+            sample["error"] = None
             return sample
         raise VideoDecodeError(
             f"{self.manifest}: sample {index} and {self.max_retries} replacements all failed to decode; "
             f"the manifest may point at missing or corrupt files. Last errors: {errors[-3:]}"
         )
 
+    def _marked(self, index: int, error: str) -> dict[str, Any]:
+        row = self.rows[index]
+        return {"video": None, "text": row.captions[0], "captions": list(row.captions), "label": row.label,
+                "index": index, "path": row.path, "timestamps": None, "replaced_from": -1, "error": error}  # fmt: skip
+
     def _record_failure(self, row: ManifestRow, error: Exception) -> None:
         self._failures += 1
         if row.path not in self._failed_paths:
             self._failed_paths.add(row.path)
-            logger.warning(
-                "%s:%d: cannot decode %s, replacing the sample: %s", self.manifest, row.line, row.path, error
-            )
+            action = {"replace": "replacing the sample", "raise": "stopping", "mark": "leaving it out"}[self.on_error]
+            logger.warning("%s:%d: cannot decode %s, %s: %s", self.manifest, row.line, row.path, action, error)
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """Decode row ``index`` with the given generator, without replacement on failure."""
         row = self.rows[index]
-        with open_video(row.path, backend=self.backend, num_threads=self.num_threads) as video:
-            meta, offset = window_metadata(video.metadata, row.start, row.end)
-            indices = np.asarray(self.sampler(meta, rng if self.train else None), dtype=np.int64) + offset
-            frames = video.get_frames(indices, size=self.decode_size)
-            all_ts = video.metadata.timestamps
-        timestamps = torch.tensor([all_ts[i] for i in indices], dtype=torch.float32)
+        windows = None if row.start is None and row.end is None else [(row.start, row.end)]
+        (clip,) = read_clips(row.path, self.sampler, windows, size=self.decode_size, rng=rng if self.train else None,
+                             backend=self.backend, num_threads=self.num_threads)  # fmt: skip
+        frames, timestamps = clip.frames, clip.timestamps.to(torch.float32)
         if self.transform is not None:
             if isinstance(self.transform, ClipTransform):
                 generator = None

@@ -322,3 +322,39 @@ def build_sampler(cfg: SamplerConfig) -> Sampler:
     if cfg.name == "all":
         return AllFramesSampler(cfg.max_frames)
     raise ConfigError(f"sampler.name: {cfg.name!r} is not one of ['uniform', 'strided', 'fps', 'all']")
+
+
+# -- windows: where in a video a sampler is applied -------------------------------------------------------------------
+Window = tuple[float | None, float | None]
+
+
+def clip_windows(num_frames: int, num_clips: int) -> list[tuple[int, int]]:
+    """``num_clips`` consecutive, equal frame windows ``[first, last)`` tiling the video (empty ones dropped)."""
+    bounds = [k * num_frames // num_clips for k in range(num_clips + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def equal_windows(metadata: VideoMetadata, num_clips: int) -> list[Window]:
+    """``num_clips`` equal time windows ``(start, end)`` tiling the video's frames (test-time clips).
+
+    Window ``k`` holds the frames :func:`clip_windows` gives and lasts until the next window's first frame; the last
+    window's ``end`` is ``None`` (the end of the video). An image (one frame) gives one window.
+    """
+    if num_clips < 1:
+        raise ConfigError(f"num_clips: must be >= 1, got {num_clips}")
+    stamps = metadata.timestamps
+    frames = clip_windows(int(metadata.num_frames), num_clips)
+    return [(float(stamps[a]), float(stamps[b]) if b < len(stamps) else None) for a, b in frames]
+
+
+def segment_windows(duration: float, segment: float | None) -> list[Window]:
+    """Consecutive ``[start, end)`` windows of ``segment`` seconds over ``duration`` seconds (the last one shorter).
+
+    ``segment=None`` gives one window, ``(None, None)``: the whole video.
+    """
+    if segment is None:
+        return [(None, None)]
+    if not segment > 0 or not np.isfinite(segment):
+        raise ConfigError(f"segment: must be a finite number of seconds > 0, got {segment}")
+    starts = np.arange(0.0, max(float(duration), 1e-9), segment)
+    return [(float(s), float(min(s + segment, duration))) for s in starts]

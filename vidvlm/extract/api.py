@@ -11,23 +11,28 @@ A source that cannot be read does not stop the run: its result carries ``error``
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+import functools
+import itertools
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidvlm.data.sampling import SamplerConfig, UniformSampler, build_sampler
+from vidvlm.data.reader import read_clips
+from vidvlm.data.sampling import SamplerConfig, UniformSampler, build_sampler, equal_windows
 from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError
 from vidvlm.extract.encoders import Encoder, resolve_model
 from vidvlm.extract.result import LEVELS, FeatureResult
 from vidvlm.extract.shards import ShardWriter
 from vidvlm.extract.sources import list_sources
+from vidvlm.extract.workers import loader_context, worker_init
+from vidvlm.models.base import EMBED_TEXT, VLMModel
 
 Sources = str | os.PathLike | Iterable[str | os.PathLike]
 
@@ -45,12 +50,6 @@ def _build_sampler(sampler: Any) -> Callable:
     raise ConfigError(f"sampler: expected None, a frame count, a SamplerConfig or a callable, got {sampler!r}")
 
 
-def clip_windows(num_frames: int, num_clips: int) -> list[tuple[int, int]]:
-    """``num_clips`` consecutive, equal frame windows ``[first, last)`` tiling the video (empty ones dropped)."""
-    bounds = [k * num_frames // num_clips for k in range(num_clips + 1)]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
 class _DecodeSet(Dataset):
     """Decodes one source per item: a list of clips (float ``[T, 3, H, W]``) and their timestamps, or an error."""
 
@@ -66,52 +65,95 @@ class _DecodeSet(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         src = self.sources[i]
+        start = time.perf_counter()
         try:
             with open_video(src, num_threads=1) as video:
-                meta = video.metadata
-                stamps = np.asarray(meta.timestamps, dtype=np.float64)
-                clips, times = [], []
-                for first, last in clip_windows(meta.num_frames, self.num_clips):
-                    # Any sampler works on a window: give it the window's metadata and shift its indices back.
-                    # The window lasts until the next window's first frame (or the end of the video).
-                    end = float(stamps[last]) if last < meta.num_frames else max(float(meta.duration), stamps[-1])
-                    sub = dataclasses.replace(
-                        meta,
-                        num_frames=last - first,
-                        timestamps=tuple(float(t) for t in stamps[first:last] - stamps[first]),
-                        duration=max(end - float(stamps[first]), 0.0),
-                    )
-                    idx = np.asarray(self.sampler(sub, None), dtype=np.int64) + first
-                    clips.append(self.transform(video.get_frames(idx, size=self.size)))
-                    times.append(torch.from_numpy(stamps[idx]))
-            return {"index": i, "source": src, "clips": clips, "timestamps": times, "error": None}
+                windows = equal_windows(video.metadata, self.num_clips)
+                clips = read_clips(video, self.sampler, windows, size=self.size)
+            decoded = time.perf_counter()
+            frames = [self.transform(c.frames) for c in clips]
+            seconds = {"decode": decoded - start, "transform": time.perf_counter() - decoded}
+            return {"index": i, "source": src, "clips": frames, "timestamps": [c.timestamps for c in clips],
+                    "error": None, "seconds": seconds}  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a collection run records every unreadable file and goes on
-            return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}"}
+            return {"index": i, "source": src, "clips": None, "timestamps": None, "error": f"{type(e).__name__}: {e}",
+                    "seconds": {"decode": time.perf_counter() - start}}  # fmt: skip
 
 
-# Workers start from a clean forkserver process by default: a forked worker inherits the caller's threads and
-# crashed (SIGSEGV) on CPU and on GPU after a transformers load_video + CLIP loop had run in the same process.
-_DEFAULT_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+def _refuse_custom_code(model: Any) -> None:
+    """A ``--model`` HF directory whose config needs its own Python code is refused: nothing in a model directory
+    is ever executed (``trust_remote_code`` stays off)."""
+    if not isinstance(model, (str, os.PathLike)) or not (Path(model) / "config.json").is_file():
+        return
+    path = Path(model) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the model config: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the model config must be a JSON object")
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg.get("model_type")
+    if cfg.get("auto_map") or (model_type is not None and model_type not in CONFIG_MAPPING):
+        what = "its auto_map names" if cfg.get("auto_map") else f"model_type {model_type!r} is not in transformers:"
+        raise ConfigError(f"{path}: this model needs custom code ({what} Python files of the model directory); "
+                          "vidvlm never runs code from a model directory (trust_remote_code stays off)")  # fmt: skip
 
 
-def _worker_init(_: int) -> None:
-    # Workers decode; one intra-op thread each keeps N workers from oversubscribing the cores the encoder uses.
-    torch.set_num_threads(1)
+def _identity(item: dict[str, Any]) -> dict[str, Any]:
+    return item
 
 
-def _encode_batch(encoder: Encoder, items: list[dict[str, Any]], batch_size: int) -> dict[int, list[torch.Tensor]]:
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of ``n`` consecutive items, the last one shorter (``itertools.batched`` needs Python 3.12)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _add(timings: dict[str, float] | None, stage: str, seconds: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+def _stack(clips: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``[B, T, 3, H, W]`` of equal-shape clips; in pinned memory when they go to a GPU (an asynchronous copy)."""
+    if device.type != "cuda":
+        return torch.stack(clips)
+    out = torch.empty((len(clips), *clips[0].shape), dtype=clips[0].dtype, pin_memory=True)
+    return torch.stack(clips, out=out)
+
+
+def _encode_batch(
+    encoder: Encoder, items: list[dict[str, Any]], batch_size: int, timings: dict[str, float] | None = None
+) -> dict[int, list[torch.Tensor]]:
     """Run every clip of ``items`` through the encoder, batching only clips of equal shape; per item, per clip."""
     by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for pos, item in enumerate(items):
         for k, clip in enumerate(item["clips"] or []):
             by_shape.setdefault(tuple(clip.shape), []).append((pos, k))
     out: dict[int, list[torch.Tensor]] = {pos: [None] * len(it["clips"] or []) for pos, it in enumerate(items)}
+    sync = timings is not None and encoder.device.type == "cuda"
     for units in by_shape.values():
         for s in range(0, len(units), batch_size):
             chunk = units[s : s + batch_size]
-            video = torch.stack([items[p]["clips"][k] for p, k in chunk])
-            for (p, k), feats in zip(chunk, encoder(video), strict=True):
-                out[p][k] = feats
+            start = time.perf_counter()
+            video = _stack([items[p]["clips"][k] for p, k in chunk], encoder.device)
+            video = video.to(encoder.device, non_blocking=True)
+            if sync:  # only to attribute time to the copy; without timings the copy overlaps the host's work
+                torch.cuda.synchronize(encoder.device)
+            copied = time.perf_counter()
+            feats = encoder(video)  # float32 CPU tensors: waits for the device
+            _add(timings, "copy", copied - start)
+            _add(timings, "forward", time.perf_counter() - copied)
+            for (p, k), f in zip(chunk, feats, strict=True):
+                out[p][k] = f
     return out
 
 
@@ -143,27 +185,47 @@ def _run(
     num_workers: int,
     num_clips: int,
     worker_start: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[FeatureResult]:
-    """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order."""
+    """Decode ``todo`` (already expanded paths) in workers and encode it, yielding results in order.
+
+    With ``timings``, seconds are added per stage: ``startup`` (until the first batch arrives: worker start-up and
+    its decoding), ``wait_for_data`` (the main process waiting for later batches), ``decode`` and ``transform``
+    (summed over sources, in whichever process decoded them), ``copy`` (host to device), ``forward``.
+    """
     data = _DecodeSet(todo, _build_sampler(sampler), encoder.transform, size, num_clips)
+    # Workers decode one source at a time and the main process groups them into encoder batches: with a DataLoader
+    # batch of `batch_size` sources, one worker decoded a whole batch while the others waited (8 long videos in a
+    # batch of 8 kept one of two workers busy). Each worker may run two encoder batches ahead.
     loader = DataLoader(
         data,
-        batch_size=batch_size,
+        batch_size=None,
         num_workers=num_workers,
-        collate_fn=list,
-        worker_init_fn=_worker_init if num_workers else None,
-        pin_memory=encoder.device.type == "cuda",
-        multiprocessing_context=(worker_start or _DEFAULT_START) if num_workers else None,
+        collate_fn=_identity,
+        worker_init_fn=functools.partial(worker_init, os.getpid()) if num_workers else None,
+        pin_memory=False,  # batches are stacked into pinned memory by shape (_stack), after the workers
+        multiprocessing_context=loader_context(worker_start, num_workers),
         persistent_workers=False,
+        prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
     )
+    asked = time.perf_counter()
+    batches = _batched(loader, batch_size)
     with torch.inference_mode():
-        for items in loader:
-            feats = _encode_batch(encoder, items, batch_size)
+        for n in itertools.count():
+            items = next(batches, None)
+            if items is None:
+                break
+            _add(timings, "wait_for_data" if n else "startup", time.perf_counter() - asked)
+            for item in items:
+                for stage, seconds in item["seconds"].items():
+                    _add(timings, stage, seconds)
+            feats = _encode_batch(encoder, items, batch_size, timings)
             for pos, item in enumerate(items):
                 if item["error"] is not None:
                     yield FeatureResult(item["source"], None, None, item["error"])
                     continue
                 yield FeatureResult(item["source"], _combine(feats[pos], encoder.level), torch.cat(item["timestamps"]))
+            asked = time.perf_counter()
 
 
 def iter_features(
@@ -181,15 +243,18 @@ def iter_features(
     transform: Callable | None = None,
     weights: str | None = None,
     worker_start: str | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[FeatureResult]:
     """Stream features of a collection, one :class:`FeatureResult` per source, in source order.
 
     Takes the same arguments as :func:`extract_features`; use it when the results do not fit in memory.
     """
     _check(level, layers, num_clips, batch_size, num_workers)
+    _refuse_custom_code(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, level, layers, device, weights, transform)
-    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start)
+    yield from _run(encoder, list_sources(sources), sampler, size, batch_size, num_workers, num_clips, worker_start,
+                    timings)  # fmt: skip
 
 
 def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[FeatureResult]:
@@ -218,6 +283,8 @@ def extract_features(model: Any, sources: Sources, **kwargs: Any) -> list[Featur
             a few seconds to start: they import torch), or ``"fork"`` (instant, but a forked worker inherits the
             caller's threads; we saw workers SIGSEGV after a transformers ``load_video`` + CLIP loop had run in
             the same process), or ``"spawn"``. Except with fork, ``sampler`` and ``transform`` must be picklable.
+        timings: a dict to which the seconds of each stage are added (``startup``, ``wait_for_data``, ``decode``,
+            ``transform``, ``copy``, ``forward``; see ``benchmarks/bench_extract.py``), or None.
 
     Returns:
         One :class:`FeatureResult` per source, in order; unreadable sources have ``error`` set and no features.
@@ -234,8 +301,9 @@ def extract_text_features(model: Any, texts: Sequence[str], batch_size: int = 64
         import vidvlm.models.registry as registry
 
         model = registry.load(model)
-    if not hasattr(model, "encode_text"):
-        raise ConfigError(f"model: {type(model).__name__} has no encode_text; text features need a vidvlm family")
+    if not isinstance(model, VLMModel):
+        raise ConfigError(f"model: {type(model).__name__} is not a vidvlm family; text features need one")
+    model.require(EMBED_TEXT, "extract text features")
     model.eval()
     texts = list(texts)
     return torch.cat([model.encode_text(texts[i : i + batch_size]).float().cpu() for i in range(0, len(texts),
@@ -276,39 +344,46 @@ def extract_to_dir(
         shard_size: sources per shard (an interruption loses at most one shard's work).
         retry_failed: recompute sources whose earlier attempt failed.
         progress: show a progress bar (tqdm, videos/s).
-        on_shard: called with the number of shards committed so far, after each commit.
+        on_shard: called with the number of shards committed so far, after each commit (shards are written in a
+            background thread; the call comes in this thread when the commit is collected: at the next shard or at
+            the end).
         settings: extra identifying settings stored in ``extract.json`` (e.g. the model path as typed).
     """
     opts = {"level": "pooled", "sampler": None, "size": None, "batch_size": 8, "num_workers": 0, "device": None,
-            "num_clips": 1, "layers": None, "transform": None, "weights": None, "worker_start": None}  # fmt: skip
+            "num_clips": 1, "layers": None, "transform": None, "weights": None, "worker_start": None,
+            "timings": None}  # fmt: skip
     unknown = set(kwargs) - set(opts)
     if unknown:
         raise TypeError(f"extract_to_dir() got unexpected keyword arguments {sorted(unknown)}")
     opts.update(kwargs)
     _check(opts["level"], opts["layers"], opts["num_clips"], opts["batch_size"], opts["num_workers"])
+    _refuse_custom_code(model)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # before loading the model
+        raise ConfigError(f"{out_dir}: the output must be a directory, and this is an existing file")
     device = torch.device(opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = resolve_model(model, opts["level"], opts["layers"], device, opts["weights"], opts["transform"])
     ident = {k: opts[k] for k in ("level", "size", "num_clips", "layers")}
     ident["sampler"] = repr(_build_sampler(opts["sampler"]))
     ident["model"] = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     ident.update(settings or {})
-    writer = ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed)
-    all_sources = list_sources(sources)
-    skipped = sum(s in writer.done for s in all_sources)
-    todo = [s for s in all_sources if s not in writer.done]
-    start = time.perf_counter()
-    results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
-                   opts["num_clips"], opts["worker_start"])  # fmt: skip
     from tqdm import tqdm
 
-    shards = failed = 0
-    with writer, tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
-        for result in results:
-            if writer.add(result):
-                shards += 1
-                if on_shard is not None:
-                    on_shard(shards)
-            failed += not result.ok
-            bar.update(1)
-            bar.set_postfix(failed=failed, refresh=False)
+    failed = 0
+    start = time.perf_counter()
+    # Shards are committed in a writer thread: the encoder does not wait for serialisation and fsync.
+    with ShardWriter(out_dir, ident, shard_size=shard_size, retry_failed=retry_failed, background=True,
+                     on_commit=on_shard) as writer:  # fmt: skip
+        all_sources = list_sources(sources)
+        skipped = sum(s in writer.done for s in all_sources)
+        todo = [s for s in all_sources if s not in writer.done]
+        results = _run(encoder, todo, opts["sampler"], opts["size"], opts["batch_size"], opts["num_workers"],
+                       opts["num_clips"], opts["worker_start"], opts["timings"])  # fmt: skip
+        with tqdm(total=len(todo), unit="video", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
+            for result in results:
+                writer.add(result)
+                failed += not result.ok
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+    _add(opts["timings"], "write_shards", writer.seconds_writing)
+    _add(opts["timings"], "wait_for_writer", writer.seconds_waiting)
     return ExtractSummary(writer.written, skipped, writer.failed, time.perf_counter() - start)

@@ -3,6 +3,7 @@
 Layout of an output directory::
 
     extract.json              the run's settings (model, level, frames, ...); a rerun must match them
+    extract.lock              held (``flock``) by the run writing into the directory; names its pid and host
     shard-00000.safetensors   rows of several sources: ``features`` [R, ...] (or ``layer.<k>`` per chosen layer)
     index.jsonl               one object per source: {"source", "shard", "rows": [start, end], "timestamps"}
                               or {"source", "error"} for a source that could not be read
@@ -11,13 +12,26 @@ Crash safety: a shard is written to ``*.tmp``, fsynced and renamed; only then ar
 fsynced. A source is done exactly when its index line is complete, so an interrupted run loses at most the shard in
 progress, and a rerun skips every indexed source (failed ones too, unless asked to retry them). A shard file
 that never reached the index is simply overwritten by the next run.
+
+One writer at a time: a :class:`ShardWriter` holds an exclusive ``flock`` on ``extract.lock`` until it is closed,
+and a second writer into the same directory (another process, or another run on the same host) is refused with the
+holder's pid and host. The lock dies with its process, so a killed run never leaves the directory locked.
+
+An index is data, not a path to follow: a ``shard`` entry must be a plain ``shard-NNNNN.safetensors`` name of a file
+inside the directory; ``../x``, absolute paths and symlinks leading out of the directory are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Iterator
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +44,8 @@ from vidvlm.extract.result import FeatureResult, from_rows, to_rows
 
 INDEX = "index.jsonl"
 SETTINGS = "extract.json"
+LOCK = "extract.lock"
+SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,23 +72,72 @@ def read_index(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     A torn last line (the process died while appending) is ignored: that source simply is not done yet.
 
     Raises:
-        ConfigError: a line other than the last is not valid JSON (the index was edited or damaged).
+        ConfigError: a line other than the last is not valid JSON (the index was edited or damaged), or an entry's
+            ``shard`` is not a shard file inside ``out_dir`` (see the module docstring).
     """
     path = Path(out_dir) / INDEX
     if not path.exists():
         return []
     lines = path.read_text().split("\n")
     entries = []
+    checked: set[str] = set()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:  # torn final write, no newline after it
                 break
             raise ConfigError(f"{path}:{i + 1}: damaged index line: {e}") from e
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise ConfigError(f"{path}:{i + 1}: an index line must be an object with a 'source'")
+        if "shard" in entry and entry["shard"] not in checked:
+            _check_shard(Path(out_dir), entry["shard"], f"{path}:{i + 1}")
+            checked.add(entry["shard"])
+        entries.append(entry)
     return entries
+
+
+def _check_shard(out_dir: Path, name: object, where: str) -> None:
+    """Refuse a ``shard`` entry that is not a plain shard name, or whose file resolves outside ``out_dir``."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: shard {name!r} is not a shard file name (shard-NNNNN.safetensors) of this "
+                          "directory; the index was edited or damaged")  # fmt: skip
+    real = os.path.realpath(out_dir / name)
+    if os.path.dirname(real) != os.path.realpath(out_dir):
+        raise ConfigError(f"{where}: shard {name!r} leads outside {out_dir} (to {real}); refusing to read it")
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``folder/extract.lock``, held until :meth:`release` (or the process ends).
+
+    Raises:
+        ConfigError: another writer holds the folder; the message names its pid and host.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 256, 0).decode(errors="replace").strip() or "a writer that is starting"
+            os.close(self._fd)
+            self._fd = None
+            raise ConfigError(
+                f"{folder}: another extraction is writing into this directory ({holder}); wait for it to finish "
+                "or use another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Unlock (the file stays: removing it would let two writers lock two different files)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def _drop_torn_tail(index: Path) -> None:
@@ -96,20 +161,54 @@ class ShardWriter:
             the same directory with different settings raises rather than mixing incompatible features.
         shard_size: sources per shard (failed sources count too, so that errors reach the index promptly).
         retry_failed: treat sources that failed before as not done.
+        background: commit shards in a writer thread, off the caller's critical path (one shard in flight at a
+            time: memory holds at most two shards of results).
+        on_commit: called with the number of shards committed so far, after each commit, in the caller's thread
+            (with ``background=True``: when the commit is collected, at the next flush or at close).
 
     Raises:
-        ConfigError: ``settings`` differ from the ones stored in ``out_dir``.
+        ConfigError: ``out_dir`` is an existing file, another writer holds it (see :class:`FolderLock`), or
+            ``settings`` differ from the ones stored in it.
     """
 
     def __init__(
-        self, out_dir: str | os.PathLike, settings: dict[str, Any], shard_size: int = 1000, retry_failed: bool = False
+        self,
+        out_dir: str | os.PathLike,
+        settings: dict[str, Any],
+        shard_size: int = 1000,
+        retry_failed: bool = False,
+        *,
+        background: bool = False,
+        on_commit: Callable[[int], None] | None = None,
     ):
         if shard_size < 1:
             raise ConfigError(f"shard_size: must be at least 1, got {shard_size}")
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.level = settings["level"]
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"{self.out_dir}: the output must be a directory, and this is an existing file")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.out_dir}: cannot create the output directory: {e.strerror}") from e
+        self._lock = FolderLock(self.out_dir)
+        try:
+            self._open(settings, retry_failed)
+        except BaseException:
+            self._lock.release()
+            raise
         self.shard_size = shard_size
+        self.on_commit = on_commit
+        self._pending: list[FeatureResult] = []
+        self._inflight: tuple[Future, list[FeatureResult]] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vidvlm-shards") if background else None
+        self.written = 0
+        self.failed = 0
+        self.commits = 0
+        self.seconds_writing = 0.0  # spent committing shards (in the writer thread with background=True)
+        self.seconds_waiting = 0.0  # the caller spent waiting for the writer thread
+
+    def _open(self, settings: dict[str, Any], retry_failed: bool) -> None:
+        self.level = settings["level"]
         settings_path = self.out_dir / SETTINGS
         settings = json.loads(json.dumps(settings))  # normalise tuples to lists for the comparison
         if settings_path.exists():
@@ -127,14 +226,11 @@ class ShardWriter:
         _drop_torn_tail(self.out_dir / INDEX)
         entries = read_index(self.out_dir)
         self.done: set[str] = {e["source"] for e in entries if retry_failed is False or "error" not in e}
-        shard_ids = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries if "shard" in e]
+        shard_ids = [int(SHARD_NAME.fullmatch(e["shard"]).group(1)) for e in entries if "shard" in e]
         self._next_shard = max(shard_ids, default=-1) + 1
-        self._pending: list[FeatureResult] = []
-        self.written = 0
-        self.failed = 0
 
     def add(self, result: FeatureResult) -> bool:
-        """Queue one result; returns True when this call committed a shard."""
+        """Queue one result; returns True when this call handed a full shard over to be committed."""
         self._pending.append(result)
         if len(self._pending) >= self.shard_size:
             self.flush()
@@ -142,15 +238,31 @@ class ShardWriter:
         return False
 
     def flush(self) -> None:
-        """Commit the pending results: the shard file first (atomically), then their index lines (fsynced)."""
+        """Commit the pending results: the shard file first (atomically), then their index lines (fsynced).
+
+        With ``background=True`` the commit runs in the writer thread and this returns at once, after waiting for
+        the previous shard's commit: at most one shard is in flight, and shards reach the index in order.
+        """
+        self._collect()
         if not self._pending:
             return
-        ok = [r for r in self._pending if r.ok]
-        name = f"shard-{self._next_shard:05d}.safetensors"
+        batch, self._pending = self._pending, []
+        name = None
+        if any(r.ok for r in batch):
+            name = f"shard-{self._next_shard:05d}.safetensors"
+            self._next_shard += 1
+        if self._pool is None:
+            self._commit(batch, name)
+            self._committed(batch)
+        else:
+            self._inflight = (self._pool.submit(self._commit, batch, name), batch)
+
+    def _commit(self, batch: list[FeatureResult], name: str | None) -> None:
+        start_time = time.perf_counter()
         parts: dict[str, list[torch.Tensor]] = {}
         lines = []  # in source order, so that the index reads like the input list
         start = 0
-        for r in self._pending:
+        for r in batch:
             if not r.ok:
                 lines.append({"source": r.source, "error": r.error})
                 continue
@@ -161,31 +273,68 @@ class ShardWriter:
             lines.append({"source": r.source, "shard": name, "rows": [start, start + n],
                           "timestamps": [float(t) for t in r.timestamps]})  # fmt: skip
             start += n
-        if ok:
+        if name is not None:
             tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
             meta = {"level": self.level, "format": "vidvlm-features-1"}
             _write_atomic(self.out_dir / name, lambda p: save_file(tensors, str(p), metadata=meta))
-            self._next_shard += 1
         with open(self.out_dir / INDEX, "a") as f:
             f.write("".join(json.dumps(line) + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
-        self.written += len(ok)
-        self.failed += len(self._pending) - len(ok)
-        self.done.update(r.source for r in self._pending)
-        self._pending = []
+        self.seconds_writing += time.perf_counter() - start_time
+
+    def _collect(self, report: bool = True) -> None:
+        """Wait for the shard in flight (re-raising its error here) and count it as committed."""
+        if self._inflight is None:
+            return
+        future, batch = self._inflight
+        self._inflight = None
+        start = time.perf_counter()
+        try:
+            future.result()
+        finally:
+            self.seconds_waiting += time.perf_counter() - start
+        self._committed(batch, report)
+
+    def _committed(self, batch: list[FeatureResult], report: bool = True) -> None:
+        ok = sum(r.ok for r in batch)
+        self.written += ok
+        self.failed += len(batch) - ok
+        self.done.update(r.source for r in batch)
+        self.commits += 1
+        if report and self.on_commit is not None:
+            self.on_commit(self.commits)
 
     def close(self) -> None:
-        self.flush()
+        """Commit what is pending, wait for the writer thread and release the directory."""
+        try:
+            self.flush()
+            self._collect()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            if self._inflight is not None:  # an error stopped the run: let the shard in flight finish, quietly
+                with contextlib.suppress(Exception):
+                    self._collect(report=False)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # On an exception the pending (uncommitted) results are dropped on purpose: the index must only ever
-        # describe shards that are fully on disk, and a rerun recomputes them.
+        # On an exception the pending (not yet handed over) results are dropped on purpose: the index must only ever
+        # describe shards that are fully on disk, and a rerun recomputes them. A shard already being written is
+        # finished first: the writer thread cannot be stopped half-way, and the lock must outlive it.
         if exc_type is None:
             self.close()
+        else:
+            self._shutdown()
 
 
 def iter_stored(out_dir: str | os.PathLike) -> Iterator[FeatureResult]:

@@ -1,7 +1,13 @@
 """Turn what a user points at (files, folders, file lists, manifests) into an ordered list of media paths.
 
-Folders are listed recursively in sorted order and every regular file is kept, whatever its extension: a file that
-is not a video or an image is reported by the extractor as a failed source with the reason, not silently dropped.
+This is the one source lister of every tool (``extract_features.py``, ``caption_video.py``):
+
+- a folder contributes its media files, recursively, in sorted order: files whose extension is a video, GIF or
+  image extension (:data:`MEDIA_SUFFIXES`, any case); other files (a ``manifest.jsonl`` beside the clips, notes)
+  and hidden files are not sources;
+- a ``.txt`` file list, a ``.jsonl`` or a ``.csv`` manifest named directly is the list of its entries;
+- any other file named directly is a source whatever its extension, and a path that does not exist is kept, so
+  that the tool reports it as a failure with the reason.
 """
 
 from __future__ import annotations
@@ -14,8 +20,18 @@ from pathlib import Path
 
 from vidvlm.errors import ConfigError
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
+                  ".wmv", ".3gp", ".ogv", ".gif")  # fmt: skip
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+LIST_SUFFIXES = (".txt", ".jsonl", ".csv")
 # Keys a manifest row may use for the media path, in order of preference.
 PATH_KEYS = ("path", "video", "source", "file", "image")
+
+
+def is_media(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a video, GIF or image extension (case-insensitive)."""
+    return os.fspath(path).lower().endswith(MEDIA_SUFFIXES)
 
 
 def _resolve(entry: str, base: Path) -> str:
@@ -26,10 +42,11 @@ def _resolve(entry: str, base: Path) -> str:
 def _manifest_paths(path: Path) -> list[str]:
     """Paths from a ``.txt`` (one per line), ``.jsonl`` or ``.csv`` manifest, relative to the manifest's folder."""
     base = path.parent
-    if path.suffix == ".txt":
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
         lines = [ln.strip() for ln in path.read_text().splitlines()]
         return [_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")]
-    if path.suffix == ".jsonl":
+    if suffix == ".jsonl":
         rows = []
         for i, ln in enumerate(path.read_text().splitlines(), 1):
             if not ln.strip():
@@ -54,16 +71,15 @@ def list_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     """Expand ``sources`` into absolute media paths, in a stable order, without duplicates.
 
     Args:
-        sources: one path or several. A folder contributes every file below it (sorted, hidden files skipped);
-            a ``.txt`` file list, ``.jsonl`` or ``.csv`` manifest contributes its entries (column ``path``,
-            ``video``, ``source``, ``file`` or ``image``; relative paths are relative to the manifest); any other
-            path is a media file. A path that does not exist is kept, so that it is reported as a failure.
+        sources: one path or several (see the module docstring). A manifest's relative paths are relative to the
+            manifest; a ``.jsonl``/``.csv`` row names its media under ``path``, ``video``, ``source``, ``file`` or
+            ``image``.
 
     Returns:
         The absolute paths, first occurrence order.
 
     Raises:
-        ConfigError: a manifest cannot be parsed.
+        ConfigError: a manifest cannot be parsed (the message names the file and the row).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -73,8 +89,9 @@ def list_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> li
         if p.is_dir():
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend(os.path.abspath(os.path.join(root, f)) for f in sorted(files) if not f.startswith("."))
-        elif p.is_file() and p.suffix in (".txt", ".jsonl", ".csv"):
+                out.extend(os.path.abspath(os.path.join(root, f)) for f in sorted(files)
+                           if not f.startswith(".") and is_media(f))  # fmt: skip
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             out.extend(_manifest_paths(p))
         else:
             out.append(os.path.abspath(p))
