@@ -34,7 +34,7 @@ def clips(tmp_path_factory):
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("model") / "tiny"
-    model = CoCaCaptioner(GenerativeConfig.tiny())
+    model = CoCaCaptioner(GenerativeConfig.tiny(answers_questions=True))  # as if trained on question-answer data
     model.prepare_for_training([])  # a tokenizer of the synthetic vocabulary
     model.save_pretrained(d)
     return d
@@ -116,6 +116,14 @@ def test_python_api_matches_cli(clips, model_dir, capsys):
     assert len(segs) == 1 and segs[0].end == pytest.approx(2.0)
     cli.main([str(clips / "test_00002.mp4"), "--model", str(model_dir), "--question", "what color is it"])
     assert capsys.readouterr().out.rstrip("\n").split("\t")[1:] == [segs[0].text]
+
+
+def test_a_model_trained_on_captions_only_says_it_cannot_answer(clips, capsys):
+    """The embedded default never saw a question: it says so, instead of printing an empty or made-up answer."""
+    rc = cli.main([str(clips / "test_00002.mp4"), "--question", "what color is it", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 1 and not out.out.strip()
+    assert "trained on captions only, so it cannot answer questions" in out.err
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no embedded default model")

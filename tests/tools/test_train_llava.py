@@ -133,3 +133,28 @@ def test_chat_refuses_a_family_that_cannot_chat(tmp_path, capsys):
     assert chat_cli.main([str(tmp_path / "train_00000.mp4"), "--model", "vidvlm/assets/default_captioner",
                           "--question", "what?"]) == 2  # fmt: skip
     assert "family 'coca' cannot hold a multi-turn conversation" in capsys.readouterr().err
+
+
+def test_instruction_manifests_reach_the_family(tmp_path):
+    """A manifest with conversations (make_synthetic(conversations=True)) gives the llava family its turns."""
+    import torch
+
+    from vidvlm.data.collate import collate_video_text
+    from vidvlm.data.datasets import VideoTextDataset
+    from vidvlm.data.sampling import SamplerConfig, build_sampler
+    from vidvlm.data.synthetic import make_synthetic
+    from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel
+    from vidvlm.models.prompting import IGNORE
+
+    manifest = make_synthetic(tmp_path / "qa", 2, seed=0, frames=4, size=32, conversations=True)
+    torch.manual_seed(0)
+    model = LlavaModel(LlavaConfig.tiny(lm=LanguageModelConfig(source=str(make_tiny_lm(tmp_path / "lms"))))).eval()
+    dataset = VideoTextDataset(manifest, build_sampler(SamplerConfig(num_frames=4)), model.transform)
+    batch = collate_video_text([dataset[0], dataset[1]])
+    assert batch["conversation"] == [dataset.rows[i].extra["conversation"] for i in range(2)]
+    inputs = model.prepare_inputs(batch["conversation"], batch["video"], batch["frame_mask"])
+    answers = [[t["content"] for t in conv if t["role"] == "assistant"] for conv in batch["conversation"]]
+    tok = model.tokenizer.hf
+    for row, texts in zip(inputs["labels"], answers, strict=True):
+        expected = [i for a in texts for i in tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]]
+        assert row[row != IGNORE].tolist() == expected

@@ -21,8 +21,8 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
-        left out). When every sample failed, ``video``, ``frame_mask`` and ``timestamps`` are None and the lists
-        are empty.
+        left out), ``conversation`` (every sample's turns when all have them, else None). When every sample failed,
+        ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty.
     """
     if not samples:
         raise ValueError("collate_video_text: empty batch")
@@ -60,4 +60,6 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "timestamps": timestamps,
         "replaced_from": torch.tensor([int(s.get("replaced_from", -1)) for s in samples], dtype=torch.long),
         "failed": failed,
+        # instruction data: every sample's conversation, or None when the batch has none
+        "conversation": [s["conversation"] for s in samples] if all("conversation" in s for s in samples) else None,
     }

@@ -7,7 +7,8 @@ A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
 - optional ``start`` / ``end`` (seconds): sample only inside this window of the video;
 - optional ``label`` (int, -1 when absent) and ``attributes`` (a mapping, kept for evaluation).
 
-Other keys are kept in :attr:`ManifestRow.extra`.
+Other keys are kept in :attr:`ManifestRow.extra`; a ``conversation`` (a list of ``{"role", "content"}`` turns, the
+first user turn holding the clip's ``<video>`` / ``<image>`` placeholder) is passed on with the sample.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ class VideoTextDataset(Dataset):
             else:
                 frames = self.transform(frames)
         text = row.captions[int(rng.integers(len(row.captions)))] if self.train else row.captions[0]
-        return {
+        sample = {
             "video": frames,
             "text": text,
             "captions": list(row.captions),
@@ -293,3 +294,6 @@ class VideoTextDataset(Dataset):
             "path": row.path,
             "timestamps": timestamps,
         }
+        if "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
+            sample["conversation"] = row.extra["conversation"]
+        return sample
