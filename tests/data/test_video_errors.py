@@ -108,6 +108,19 @@ def test_bad_indices_name_index_and_count(corpus):
         open_video(corpus["h264"], backend="ffmpeg")
 
 
+def test_symlink_loop_is_named(tmp_path):
+    os.symlink(tmp_path / "b.mp4", tmp_path / "a.mp4")
+    os.symlink(tmp_path / "a.mp4", tmp_path / "b.mp4")
+    assert_fails(str(tmp_path / "a.mp4"), "symbolic link loop")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    assert_fails(str(tmp_path / "loop" / "clip.mp4"), "symbolic link loop")  # the loop is a folder on the way
+
+
+def test_broken_symlink_names_its_target(tmp_path):
+    os.symlink(tmp_path / "gone.mp4", tmp_path / "link.mp4")
+    assert_fails(str(tmp_path / "link.mp4"), f"broken symbolic link (its target '{tmp_path / 'gone.mp4'}' is missing)")
+
+
 def test_directory_is_not_a_video(tmp_path):
     os.makedirs(tmp_path / "clip.mp4")
     assert_fails(str(tmp_path / "clip.mp4"), "not a regular file")
