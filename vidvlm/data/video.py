@@ -2,7 +2,7 @@
 
 Every file gets an exact frame index at open (PyAV demux, no decoding, plus a decode of the last GOP unless the sample
 table shows the file intact), so ``metadata.num_frames`` counts frames that really decode and ``metadata.timestamps``
-are the true presentation times.
+are the true presentation times. The index is kept per file version (``_index_cache``): reopening costs a ``stat``.
 Frames are then decoded by PyAV (planned seeks, independent GOPs on up to ``num_threads`` threads) or decord (clamped
 to the PyAV index, rotation applied here). An image is a one-frame video decoded by Pillow.
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from vidvlm.data import _image, _pyav
+from vidvlm.data import _image, _index_cache, _pyav
 from vidvlm.errors import VideoDecodeError
 
 BACKENDS = ("auto", "pyav", "decord")
@@ -238,8 +238,9 @@ def open_video(
     backend: str = "auto",
     num_threads: int = 1,
     stream: int | None = None,
+    index_cache: str | os.PathLike[str] | None = None,
 ) -> Video:
-    """Opens a video, GIF or image and measures it (exact frame index; the last GOP is decoded to verify it).
+    """Opens a video, GIF or image and measures it (exact frame index, kept per file version for the next open).
 
     Args:
         path: the file.
@@ -253,6 +254,8 @@ def open_video(
         stream: None for FFmpeg's best video stream (``av_find_best_stream``, as the ffmpeg tools and torchcodec
             choose: the default-disposition stream first), or an index among all the file's streams as ffprobe
             numbers them (``-map 0:<stream>``), which must be a video stream. ``metadata.stream`` says which.
+        index_cache: a directory that keeps frame indexes across processes (created if missing); None reads
+            ``$VIDVLM_INDEX_CACHE``; ``""`` for none. Indexes are always kept in memory for this process.
 
     Raises:
         VideoDecodeError: missing, empty, unreadable or corrupt file, a symbolic link loop or a broken link, no video
@@ -268,15 +271,21 @@ def open_video(
         raise VideoDecodeError(f"{path}: file is empty")
     if path.lower().endswith(_image.IMAGE_SUFFIXES):
         return _open_image(path, num_threads, stream)
-    container, chosen_stream = _pyav.open_container(path, num_threads, stream)
-    try:
-        if container.format.name in _STILL_FORMATS:
+    cache_dir = _index_cache.directory(index_cache)
+    stamp = _index_cache.Stamp.of(path, stream, st)
+    index = _index_cache.lookup(stamp, cache_dir)
+    container = None
+    if index is None:
+        container, chosen_stream = _pyav.open_container(path, num_threads, stream)
+        try:
+            if container.format.name in _STILL_FORMATS:
+                container.close()
+                return _open_image(path, num_threads, stream)
+            index = _pyav.build_index(path, container, chosen_stream)
+        except BaseException:
             container.close()
-            return _open_image(path, num_threads, stream)
-        index = _pyav.build_index(path, container, chosen_stream)
-    except BaseException:
-        container.close()
-        raise
+            raise
+        _index_cache.store(stamp, index, cache_dir)
     decord_safe = (
         index.complete
         and index.num_video_streams == 1
@@ -290,9 +299,9 @@ def open_video(
     fps = num / index.duration if index.duration > 0 else 0.0
     meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps, index.stream)
     video = Video(meta, num_threads, index)
-    if chosen == "pyav":
+    if container is not None and chosen == "pyav":
         video._container = container  # reuse the indexing container for the first get_frames (saves an open)
-    else:
+    elif container is not None:
         container.close()
     return video
 
