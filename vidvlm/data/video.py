@@ -204,10 +204,17 @@ class Video:
 
                 self._decord = DecordReader(m.path, self._index, self.num_threads, self._reference_frame)
             return self._decord.get(wanted, stored_wh)
-        if self._container is None:
-            self._container = _pyav.open_container(m.path, self.num_threads, self._index.stream)[0]
         runs = _pyav.plan_runs(self._index, wanted)
-        return np.stack(_pyav.decode_runs(m.path, [self._container], self._index, runs, stored_wh))
+        if self.num_threads > 1 and len(runs) > 1:
+            # Independent GOPs on up to num_threads single-threaded decoders (kept open for the next request).
+            while len(self._workers) < min(self.num_threads, len(runs)):
+                self._workers.append(_pyav.open_container(m.path, 1, self._index.stream)[0])
+            containers = self._workers[: min(self.num_threads, len(runs))]
+        else:
+            if self._container is None:
+                self._container = _pyav.open_container(m.path, self.num_threads, self._index.stream)[0]
+            containers = [self._container]
+        return np.stack(_pyav.decode_runs(m.path, containers, self._index, runs, stored_wh))
 
     def _reference_frame(self) -> np.ndarray:
         """Frame 0 at native size in display orientation, decoded by PyAV: uint8 [H, W, 3]."""
