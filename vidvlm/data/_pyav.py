@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from vidvlm.data import _index_mp4
 from vidvlm.errors import VideoDecodeError
 
 
@@ -115,7 +116,10 @@ def _frame_time(frame: av.VideoFrame) -> int | None:
 
 
 def build_index(path: str, container: av.container.InputContainer, stream_index: int) -> FrameIndex:
-    """Demuxes every packet of one video stream (no decoding) and proves which frames decode.
+    """Lists every packet of one video stream (no decoding) and proves which frames decode.
+
+    MP4/MOV files are listed from their sample table (``_index_mp4``: the tables checked packet for packet against
+    the first packets and the whole last GOP); other files, and MP4s whose tables do not check out, are demuxed.
 
     When the container is intact - every packet the sample table lists came back whole, within the file, with no
     demux error - only the first frame is decoded (for the rotation and to prove the stream decodes at all).
@@ -126,29 +130,18 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         VideoDecodeError: when no frame decodes.
     """
     stream = container.streams[stream_index]
-    times: list[int] = []
-    keys: list[bool] = []
-    durations: list[int] = []
-    end = last_size = 0
-    discarded = 0
-    clean = True  # no demux error, no corrupt packet
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the flush packet at end of stream
-            if packet.is_corrupt:
-                clean = False
-                continue
-            end, last_size = max(end, (packet.pos or 0) + packet.size), packet.size
-            if packet.is_discard:
-                discarded += 1  # before an edit list's start: decoded as a reference, never shown
-                continue
-            times.append(_packet_time(packet, len(times)))
-            keys.append(bool(packet.is_keyframe))
-            durations.append(int(packet.duration or 0))
-    except av.error.FFmpegError:
-        clean = False  # a damaged tail: keep the packets read so far; the tail decode below decides what is real
-    if not times:
+    table = _index_mp4.read(path, container, stream) if container.format.name == _index_mp4.FORMAT else None
+    if table is not None:  # the MP4 sample table, checked against the first packets and the whole last GOP
+        times, keys, durations = table.pts, table.keyframes, table.durations
+        clean, discarded, end, last_size = True, 0, table.end, int(stream.index_entries[-1].size)
+    elif container.format.name == _index_mp4.FORMAT:
+        # The table reader may have moved this demuxer (seeking back is unreliable on damaged files): scan afresh.
+        with av.open(path, metadata_errors="ignore") as fresh:
+            scan = _demux_scan(fresh, fresh.streams[stream_index])
+        times, keys, durations, clean, discarded, end, last_size = scan
+    else:
+        times, keys, durations, clean, discarded, end, last_size = _demux_scan(container, stream)
+    if not len(times):
         raise VideoDecodeError(f"{path}: video stream holds no frames")
     order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
     pts = np.asarray(times, dtype=np.int64)[order]
@@ -156,7 +149,7 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
-    last_duration = durations[order[-1]]
+    last_duration = int(durations[order[-1]])
     time_base = float(stream.time_base) if stream.time_base else 1.0
 
     # The sample table (MP4/MOV: one entry per sample) says what the file should hold; truncation cuts the end, so
@@ -194,6 +187,40 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         rotation=rotation,
         complete=complete,
     )
+
+
+def _demux_scan(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[list[int], list[bool], list[int], bool, int, int, int]:
+    """Demuxes every packet of ``stream`` (no decoding).
+
+    Returns:
+        (pts, keyframe flags, durations) of each shown packet in decode order, whether no demux error or corrupt
+        packet was met, how many packets an edit list discards, the end offset of the furthest packet, and the size
+        of the last packet read.
+    """
+    times: list[int] = []
+    keys: list[bool] = []
+    durations: list[int] = []
+    end = last_size = discarded = 0
+    clean = True
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the flush packet at end of stream
+            if packet.is_corrupt:
+                clean = False
+                continue
+            end, last_size = max(end, (packet.pos or 0) + packet.size), packet.size
+            if packet.is_discard:
+                discarded += 1  # before an edit list's start: decoded as a reference, never shown
+                continue
+            times.append(_packet_time(packet, len(times)))
+            keys.append(bool(packet.is_keyframe))
+            durations.append(int(packet.duration or 0))
+    except av.error.FFmpegError:
+        clean = False  # a damaged tail: keep the packets read so far; the tail decode decides what is real
+    return times, keys, durations, clean, discarded, end, last_size
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
