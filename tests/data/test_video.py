@@ -187,6 +187,7 @@ def test_concurrent_gops_give_the_serial_frames(corpus, name, monkeypatch):
 
     def spy(path, container, index, run, out_wh):
         threads.add(threading.get_ident())
+        time.sleep(0.02)  # tiny clips decode in microseconds: give the other threads time to take a run
         return original(path, container, index, run, out_wh)
 
     n = VIDEOS[name]
