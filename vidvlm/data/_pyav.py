@@ -293,10 +293,28 @@ def _decode_from(
                     ctx.skip_frame = mode = want
             elif mode != "DEFAULT":
                 ctx.skip_frame = mode = "DEFAULT"  # the flush packet drains every buffered frame
-            yield from packet.decode()
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                # A damaged packet (a truncated file's last one). Skipping unreferenced frames makes the decoder hold
+                # wanted frames longer than the full decode of the open-time check did, so frames it counted may
+                # still be inside: they come from whole packets before this one, so give them out, then the error.
+                if keep is not None:
+                    ctx.skip_frame = mode = "DEFAULT"
+                    yield from _drain(ctx)
+                raise
+            yield from frames
     finally:
         if mode != "DEFAULT":
             ctx.skip_frame = "DEFAULT"
+
+
+def _drain(ctx: av.video.codeccontext.VideoCodecContext) -> list[av.VideoFrame]:
+    """The frames a decoder holds (end-of-stream flush); none when flushing fails too."""
+    try:
+        return ctx.decode(None)
+    except av.error.FFmpegError:
+        return []
 
 
 def plan_runs(index: FrameIndex, wanted: np.ndarray) -> list[np.ndarray]:
