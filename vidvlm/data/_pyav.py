@@ -1,9 +1,10 @@
 """PyAV decoding: stream choice, the exact frame index built at open, and planned (seek-once-per-GOP) decoding.
 
-The index is built by demuxing packets without decoding them, so it costs one pass over the file's bytes. When the
-container's sample table shows the file intact only the first frame is decoded; otherwise the last GOP is decoded, to
-prove that the frames the index lists really decode (headers and truncated files over-report frames). Packets an edit
-list marks as discarded decode but are never shown, so they are not frames.
+The index lists packets without decoding them: an MP4's sample table (``_index_mp4``, checked against real packets)
+or one demux pass over the file's bytes. When the container's sample table shows the file intact only the first frame
+is decoded; otherwise the last GOP is decoded, to prove that the frames the index lists really decode (headers and
+truncated files over-report frames). Packets an edit list marks as discarded decode but are never shown, so they are
+not frames. A request is decoded as runs (one seek each), concurrently on several decoders when the caller gives some.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Opening videos, GIFs and images as frame sequences: ``open_video(path) -> Video``.
 
-Every file gets an exact frame index at open (PyAV demux, no decoding, plus a decode of the last GOP unless the sample
-table shows the file intact), so ``metadata.num_frames`` counts frames that really decode and ``metadata.timestamps``
-are the true presentation times. The index is kept per file version (``_index_cache``): reopening costs a ``stat``.
+Every file gets an exact frame index at open (an MP4's sample table checked against its first packets and last GOP,
+or a PyAV demux of every packet; no decoding, plus a decode of the last GOP unless the file is intact), so
+``metadata.num_frames`` counts frames that really decode and ``metadata.timestamps`` are the true presentation times.
+The index is kept per file version (``_index_cache``): reopening costs a ``stat``.
 Frames are then decoded by PyAV (planned seeks, independent GOPs on up to ``num_threads`` threads) or decord (clamped
 to the PyAV index, rotation applied here). An image is a one-frame video decoded by Pillow.
 
