@@ -88,7 +88,16 @@ def _packets(container: av.container.InputContainer, stream: av.video.stream.Vid
             yield packet
 
 
-def _matches(packet: av.Packet, i: int, table: SampleTable, dts: np.ndarray, sizes: np.ndarray, shift) -> bool:
+Container = av.container.InputContainer
+Stream = av.video.stream.VideoStream
+# (stts deltas [N], ctts offsets [N] or None, stsz sizes [N], stss sync sample numbers or None, end of the furthest
+# sample in the file)
+Tables = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, int]
+
+
+def _matches(
+    packet: av.Packet, i: int, table: SampleTable, dts: np.ndarray, sizes: np.ndarray, shift: tuple[int, int]
+) -> bool:
     return (
         not packet.is_discard
         and not packet.is_corrupt
@@ -102,7 +111,9 @@ def _matches(packet: av.Packet, i: int, table: SampleTable, dts: np.ndarray, siz
     )
 
 
-def _check_head(container, stream, table: SampleTable, dts: np.ndarray, sizes: np.ndarray) -> tuple[int, int] | None:
+def _check_head(
+    container: Container, stream: Stream, table: SampleTable, dts: np.ndarray, sizes: np.ndarray
+) -> tuple[int, int] | None:
     """Demuxes the first packets; returns the (pts, dts) shifts FFmpeg applied, or None when they do not match."""
     container.seek(0, stream=stream, backward=True, any_frame=False)
     shift: tuple[int, int] | None = None
@@ -118,7 +129,9 @@ def _check_head(container, stream, table: SampleTable, dts: np.ndarray, sizes: n
     return shift
 
 
-def _check_tail(container, stream, table: SampleTable, dts: np.ndarray, sizes: np.ndarray, shift) -> bool:
+def _check_tail(
+    container: Container, stream: Stream, table: SampleTable, dts: np.ndarray, sizes: np.ndarray, shift: tuple[int, int]
+) -> bool:
     """Demuxes from the last sync sample to the end: every packet must be the table's, and none may be missing."""
     last_key = int(np.flatnonzero(table.keyframes)[-1])
     container.seek(int(table.pts[last_key]) + shift[0], stream=stream, backward=True, any_frame=False)
@@ -170,9 +183,8 @@ def _full_box(f: BinaryIO, start: int, end: int) -> tuple[int, bytes]:
     return data[0], data[4:]
 
 
-def _track_tables(f: BinaryIO, file_size: int, track_id: int):
-    """(stts deltas [N], ctts offsets [N] or None, stsz sizes [N], stss sync sample numbers or None, end of the
-    furthest sample in the file) of the track."""
+def _track_tables(f: BinaryIO, file_size: int, track_id: int) -> Tables | None:
+    """The sample tables of the track whose ``tkhd`` id is ``track_id`` (FFmpeg's ``stream.id``), None without one."""
     moov = _child(f, 0, file_size, b"moov")
     if moov is None:
         return None
@@ -202,7 +214,7 @@ def _track_tables(f: BinaryIO, file_size: int, track_id: int):
     return None
 
 
-def _sample_tables(f: BinaryIO, stbl: tuple[int, int]):
+def _sample_tables(f: BinaryIO, stbl: tuple[int, int]) -> Tables:
     boxes = {k: (s, e) for k, s, e in _boxes(f, *stbl)}
     if b"stts" not in boxes or b"stsz" not in boxes:
         raise _Unsupported("no stts or stsz")
