@@ -177,7 +177,7 @@ def main() -> None:
             continue
         try:
             methods[name] = factory()
-        except ImportError as err:
+        except (ImportError, RuntimeError, OSError) as err:  # torchcodec without FFmpeg's libraries: RuntimeError
             print(f"skipping {name}: {err}")
     if "vidvlm first open" not in methods:
         parser.error("--methods must keep 'vidvlm first open' (the reference for frames and ratios)")

@@ -161,7 +161,7 @@ def main() -> None:
         ):
             try:
                 pipelines[name] = (cls(paths), stack)
-            except ImportError as err:
+            except (ImportError, RuntimeError, OSError) as err:  # torchcodec without FFmpeg's libraries
                 print(f"skipping {name}: {err}")
         for workers in args.workers:
             rates: dict[str, list[float]] = {p: [] for p in pipelines}
