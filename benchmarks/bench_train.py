@@ -176,8 +176,11 @@ def param_parts(name: str, model: torch.nn.Module) -> dict[str, int]:
         parts = {"vision": ("visual.",), "proj": ("visual.proj", "text_projection"), "logit": ("logit_",)}
         extra = {"ln_pre": "visual.ln_pre."}
     else:
-        parts = {"vision": ("vision.", "pooler."), "proj": ("video_proj.", "text_proj."), "logit": ("logit_",)}
-        extra = {"patch_bias": "vision.patch_embed.proj.bias", "temporal_pos": "vision.pos_embed.temporal"}
+        parts = {"vision": ("front_end.",), "proj": ("video_proj.", "text_proj."), "logit": ("logit_",)}
+        extra = {
+            "patch_bias": "front_end.tower.patch_embed.proj.bias",
+            "temporal_pos": "front_end.tower.pos_embed.temporal",
+        }
     out = {"total": 0, "vision": 0, "text": 0, "proj": 0, "logit": 0}
     for n, p in model.named_parameters():
         part = "text"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 
 import av
 import numpy as np
@@ -12,6 +14,7 @@ from corpus import H, W, pattern, read_index
 
 from vidvlm.data import _pyav
 from vidvlm.data.video import VideoMetadata, open_video
+from vidvlm.errors import VideoDecodeError
 
 VIDEOS = {"h264": 75, "vp9": 40, "mpeg4": 50, "hevc": 45, "vfr": 40, "rot90": 30, "rot270": 20, "one": 1, "gif": 12}
 IMAGES = ["img_jpg", "img_png", "img_webp", "img_bmp", "img_grey", "img_rgba"]
@@ -174,3 +177,43 @@ def test_decord_is_not_imported_until_used():
 
     code = "import sys, vidvlm.data.video as v; assert 'decord' not in sys.modules, 'decord imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["h264", "vp9", "hevc", "mpeg4", "vfr", "rot90"])
+def test_concurrent_gops_give_the_serial_frames(corpus, name, monkeypatch):
+    """num_threads > 1 decodes independent GOPs on several threads: the same pixels as one thread, in order."""
+    threads: set[int] = set()
+    original = _pyav._decode_run
+
+    def spy(path, container, index, run, out_wh):
+        threads.add(threading.get_ident())
+        time.sleep(0.02)  # tiny clips decode in microseconds: give the other threads time to take a run
+        return original(path, container, index, run, out_wh)
+
+    n = VIDEOS[name]
+    picks = np.random.default_rng(7).permutation(n)[: max(8, n // 2)].tolist() + [n - 1, 0]
+    with open_video(corpus[name], backend="pyav") as serial:
+        want = serial.get_frames(picks, size=24)
+    monkeypatch.setattr(_pyav, "_decode_run", spy)
+    with open_video(corpus[name], backend="pyav", num_threads=3) as video:
+        assert len(_pyav.plan_runs(video._index, np.unique(picks))) > 1
+        got = video.get_frames(picks, size=24)
+        assert torch.equal(got, want) and indices_of(got) == picks
+        assert len(video._workers) == 3 and len(threads) > 1
+        assert torch.equal(video.get_frames(picks, size=24), want)  # the workers are reused
+
+
+def test_concurrent_runs_report_the_first_error_in_frame_order(corpus, monkeypatch):
+    """Whichever thread fails first, the error raised is the one a serial decode would have met first."""
+    original = _pyav._decode_run
+
+    def failing(path, container, index, run, out_wh):
+        if run[0] >= 30:
+            time.sleep(0.2 if run[0] < 60 else 0.0)  # the later run fails first
+            raise VideoDecodeError(f"{path}: frame {int(run[0])} does not decode")
+        return original(path, container, index, run, out_wh)
+
+    monkeypatch.setattr(_pyav, "_decode_run", failing)
+    for threads in (1, 3):
+        with open_video(corpus["h264"], num_threads=threads) as video, pytest.raises(VideoDecodeError, match="35"):
+            video.get_frames([1, 35, 70])

@@ -108,6 +108,37 @@ def test_bad_indices_name_index_and_count(corpus):
         open_video(corpus["h264"], backend="ffmpeg")
 
 
+def test_symlink_loop_is_named(tmp_path):
+    os.symlink(tmp_path / "b.mp4", tmp_path / "a.mp4")
+    os.symlink(tmp_path / "a.mp4", tmp_path / "b.mp4")
+    assert_fails(str(tmp_path / "a.mp4"), "symbolic link loop")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    assert_fails(str(tmp_path / "loop" / "clip.mp4"), "symbolic link loop")  # the loop is a folder on the way
+
+
+def test_broken_symlink_names_its_target(tmp_path):
+    os.symlink(tmp_path / "gone.mp4", tmp_path / "link.mp4")
+    assert_fails(str(tmp_path / "link.mp4"), f"broken symbolic link (its target '{tmp_path / 'gone.mp4'}' is missing)")
+
+
 def test_directory_is_not_a_video(tmp_path):
     os.makedirs(tmp_path / "clip.mp4")
     assert_fails(str(tmp_path / "clip.mp4"), "not a regular file")
+
+
+@pytest.mark.parametrize("options", [{"g": "10", "bf": "3"}, {"g": "15", "bf": "2"}])
+def test_every_frame_of_a_truncated_file_decodes(tmp_path, options):
+    """Cut anywhere, every frame the index lists decodes, alone or with others: the frames a decoder still holds
+    when it meets the cut packet are real (a cut at 85 % listed frame 32, which then failed to decode)."""
+    full = write_video(
+        str(tmp_path / "full.mp4"), "libx264", 60, options=options, container_options={"movflags": "faststart"}
+    )
+    with open(full, "rb") as f:
+        data = f.read()
+    for fraction in (0.7, 0.8, 0.83, 0.85, 0.89, 0.95):
+        path = write(tmp_path / f"cut{fraction}.mp4", data[: int(len(data) * fraction)])
+        with open_video(path) as video:
+            n = video.metadata.num_frames
+            batch = [read_index(f.numpy()) for f in video.get_frames(list(range(n))[::-1])][::-1]
+            alone = [read_index(video.get_frames([i])[0].numpy()) for i in range(n)]
+            assert batch == alone and all(b > a for a, b in zip(batch, batch[1:], strict=False)), (fraction, batch)

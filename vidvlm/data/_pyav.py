@@ -1,19 +1,24 @@
-"""PyAV decoding: the exact frame index built at open, and planned (seek-once-per-GOP) decoding.
+"""PyAV decoding: stream choice, the exact frame index built at open, and planned (seek-once-per-GOP) decoding.
 
-The index is built by demuxing packets without decoding them, so it costs one pass over the file's bytes. Only the
-last GOP is decoded at open, to prove that the frames the index lists really decode (headers and truncated files
-over-report frames).
+The index lists packets without decoding them: an MP4's sample table (``_index_mp4``, checked against real packets)
+or one demux pass over the file's bytes. When the container's sample table shows the file intact only the first frame
+is decoded; otherwise the last GOP is decoded, to prove that the frames the index lists really decode (headers and
+truncated files over-report frames). Packets an edit list marks as discarded decode but are never shown, so they are
+not frames. A request is decoded as runs (one seek each), concurrently on several decoders when the caller gives some.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
+from vidvlm.data import _index_mp4
 from vidvlm.errors import VideoDecodeError
 
 
@@ -22,6 +27,10 @@ class FrameIndex:
     """Presentation-ordered description of every decodable frame of a video stream.
 
     Attributes:
+        stream: the stream's index among all the container's streams (ffprobe's ``index``, ``-map 0:<index>``).
+        num_video_streams: how many video streams the container holds.
+        codec: FFmpeg's name of the stream's codec (``"h264"``, ``"av1"``, ...).
+        container_format: FFmpeg's name of the container format (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
         pts: int64 [N], stream time-base units, sorted (presentation order).
         keyframes: int64 [K], positions (into ``pts``) of keyframes, sorted; the first is 0.
         time_base: seconds per pts unit.
@@ -29,10 +38,15 @@ class FrameIndex:
         width: stored (coded) width, before rotation.
         height: stored (coded) height, before rotation.
         rotation: counter-clockwise display rotation in degrees, one of 0, 90, 180, 270.
-        complete: False when the file lists more frames than decode (a demux error, undecodable tail frames, or a
-            header frame count above the decodable count): decoders that trust the header must not read it.
+        complete: False when the file lists more frames than decode (a demux error, undecodable tail frames, packets
+            an edit list discards, or a header frame count above the decodable count): decoders that trust the
+            header must not read it.
     """
 
+    stream: int
+    num_video_streams: int
+    codec: str
+    container_format: str
     pts: np.ndarray
     keyframes: np.ndarray
     time_base: float
@@ -43,25 +57,49 @@ class FrameIndex:
     complete: bool
 
 
-def open_container(path: str, num_threads: int) -> av.container.InputContainer:
-    """Opens ``path`` with a single-stream decoder bounded to ``num_threads`` threads."""
+def open_container(path: str, num_threads: int, stream: int | None) -> tuple[av.container.InputContainer, int]:
+    """Opens ``path`` and readies one video stream's decoder, bounded to ``num_threads`` threads.
+
+    Args:
+        path: the file.
+        num_threads: decoder threads.
+        stream: None for FFmpeg's best video stream (``av_find_best_stream``: what the ffmpeg tools and torchcodec
+            pick), else the stream's index among all the container's streams (ffprobe's numbering).
+
+    Returns:
+        The container and the index of the chosen stream.
+    """
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
         raise VideoDecodeError(f"{path}: not a readable video or image ({err})") from err
-    if not container.streams.video:
+    try:
+        chosen = _choose_stream(path, container, stream)
+        ctx = chosen.codec_context
+        if ctx is None:
+            raise VideoDecodeError(f"{path}: video stream has no usable codec (corrupt header or unsupported format)")
+        ctx.thread_count = max(1, int(num_threads))
+        # SLICE threading never reorders output and is not affected by the FRAME-threading hangs on an early break
+        # (PyAV issues 1849/1861); with the default single thread the choice does not matter.
+        ctx.thread_type = "SLICE"
+    except BaseException:
         container.close()
+        raise
+    return container, chosen.index
+
+
+def _choose_stream(path: str, container: av.container.InputContainer, stream: int | None) -> av.video.VideoStream:
+    videos = container.streams.video
+    if not videos:
         raise VideoDecodeError(f"{path}: has no video stream")
-    stream = container.streams.video[0]
-    ctx = stream.codec_context
-    if ctx is None:
-        container.close()
-        raise VideoDecodeError(f"{path}: video stream has no usable codec (corrupt header or unsupported format)")
-    ctx.thread_count = max(1, int(num_threads))
-    # SLICE threading never reorders output and is not affected by the FRAME-threading hangs on an early break
-    # (PyAV issues 1849/1861); with the default single thread the choice does not matter.
-    ctx.thread_type = "SLICE"
-    return container
+    if stream is None:
+        return container.streams.best("video") or videos[0]
+    if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)):
+        raise VideoDecodeError(f"{path}: stream must be None or an int stream index, got {stream!r}")
+    if not 0 <= stream < len(container.streams) or container.streams[stream].type != "video":
+        found = ", ".join(str(v.index) for v in videos)
+        raise VideoDecodeError(f"{path}: stream {stream} is not a video stream (video streams: {found})")
+    return container.streams[int(stream)]
 
 
 def _packet_time(packet: av.Packet, fallback: int) -> int:
@@ -78,8 +116,11 @@ def _frame_time(frame: av.VideoFrame) -> int | None:
     return None if frame.dts is None else int(frame.dts)
 
 
-def build_index(path: str, container: av.container.InputContainer) -> FrameIndex:
-    """Demuxes every packet of the first video stream (no decoding) and proves which frames decode.
+def build_index(path: str, container: av.container.InputContainer, stream_index: int) -> FrameIndex:
+    """Lists every packet of one video stream (no decoding) and proves which frames decode.
+
+    MP4/MOV files are listed from their sample table (``_index_mp4``: the tables checked packet for packet against
+    the first packets and the whole last GOP); other files, and MP4s whose tables do not check out, are demuxed.
 
     When the container is intact - every packet the sample table lists came back whole, within the file, with no
     demux error - only the first frame is decoded (for the rotation and to prove the stream decodes at all).
@@ -89,28 +130,19 @@ def build_index(path: str, container: av.container.InputContainer) -> FrameIndex
     Raises:
         VideoDecodeError: when no frame decodes.
     """
-    stream = container.streams.video[0]
-    times: list[int] = []
-    keys: list[bool] = []
-    durations: list[int] = []
-    sizes: list[int] = []
-    end = 0
-    clean = True  # no demux error, no corrupt packet
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the flush packet at end of stream
-            if packet.is_corrupt:
-                clean = False
-                continue
-            times.append(_packet_time(packet, len(times)))
-            keys.append(bool(packet.is_keyframe))
-            durations.append(int(packet.duration or 0))
-            sizes.append(packet.size)
-            end = max(end, (packet.pos or 0) + packet.size)
-    except av.error.FFmpegError:
-        clean = False  # a damaged tail: keep the packets read so far; the tail decode below decides what is real
-    if not times:
+    stream = container.streams[stream_index]
+    table = _index_mp4.read(path, container, stream) if container.format.name == _index_mp4.FORMAT else None
+    if table is not None:  # the MP4 sample table, checked against the first packets and the whole last GOP
+        times, keys, durations = table.pts, table.keyframes, table.durations
+        clean, discarded, end, last_size = True, 0, table.end, int(stream.index_entries[-1].size)
+    elif container.format.name == _index_mp4.FORMAT:
+        # The table reader may have moved this demuxer (seeking back is unreliable on damaged files): scan afresh.
+        with av.open(path, metadata_errors="ignore") as fresh:
+            scan = _demux_scan(fresh, fresh.streams[stream_index])
+        times, keys, durations, clean, discarded, end, last_size = scan
+    else:
+        times, keys, durations, clean, discarded, end, last_size = _demux_scan(container, stream)
+    if not len(times):
         raise VideoDecodeError(f"{path}: video stream holds no frames")
     order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
     pts = np.asarray(times, dtype=np.int64)[order]
@@ -118,7 +150,7 @@ def build_index(path: str, container: av.container.InputContainer) -> FrameIndex
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
-    last_duration = durations[order[-1]]
+    last_duration = int(durations[order[-1]])
     time_base = float(stream.time_base) if stream.time_base else 1.0
 
     # The sample table (MP4/MOV: one entry per sample) says what the file should hold; truncation cuts the end, so
@@ -126,23 +158,70 @@ def build_index(path: str, container: av.container.InputContainer) -> FrameIndex
     entries = stream.index_entries or []
     intact = (
         clean
-        and len(entries) == len(sizes)
-        and entries[-1].size == sizes[-1]
+        and len(entries) == len(times) + discarded
+        and entries[-1].size == last_size
         and max(end, entries[-1].pos + entries[-1].size) <= os.path.getsize(path)
-        and (stream.frames or 0) in (0, len(sizes))
+        and (stream.frames or 0) in (0, len(times) + discarded)
     )
     head = _first_frame(container, stream) if intact else None
     if head is not None:
         num_frames, rotation, size = len(pts), int(round(head.rotation or 0)) % 360, (head.width, head.height)
     else:
-        num_frames, rotation, size = _verify_tail(path, container, pts, keyframes)
+        num_frames, rotation, size = _verify_tail(path, container, stream, pts, keyframes)
     pts, keyframes = pts[:num_frames], keyframes[keyframes < num_frames]
     if last_duration <= 0 or num_frames < len(order):
         steps = np.diff(pts)
         last_duration = int(np.median(steps)) if steps.size else 0
     duration = float(pts[-1] - pts[0] + last_duration) * time_base
-    complete = clean and num_frames == len(order) and (stream.frames or 0) <= num_frames
-    return FrameIndex(pts, keyframes, time_base, duration, size[0], size[1], rotation, complete)
+    complete = clean and not discarded and num_frames == len(order) and (stream.frames or 0) <= num_frames
+    return FrameIndex(
+        stream=stream_index,
+        num_video_streams=len(container.streams.video),
+        codec=stream.codec_context.name,
+        container_format=container.format.name,
+        pts=pts,
+        keyframes=keyframes,
+        time_base=time_base,
+        duration=duration,
+        width=size[0],
+        height=size[1],
+        rotation=rotation,
+        complete=complete,
+    )
+
+
+def _demux_scan(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[list[int], list[bool], list[int], bool, int, int, int]:
+    """Demuxes every packet of ``stream`` (no decoding).
+
+    Returns:
+        (pts, keyframe flags, durations) of each shown packet in decode order, whether no demux error or corrupt
+        packet was met, how many packets an edit list discards, the end offset of the furthest packet, and the size
+        of the last packet read.
+    """
+    times: list[int] = []
+    keys: list[bool] = []
+    durations: list[int] = []
+    end = last_size = discarded = 0
+    clean = True
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the flush packet at end of stream
+            if packet.is_corrupt:
+                clean = False
+                continue
+            end, last_size = max(end, (packet.pos or 0) + packet.size), packet.size
+            if packet.is_discard:
+                discarded += 1  # before an edit list's start: decoded as a reference, never shown
+                continue
+            times.append(_packet_time(packet, len(times)))
+            keys.append(bool(packet.is_keyframe))
+            durations.append(int(packet.duration or 0))
+    except av.error.FFmpegError:
+        clean = False  # a damaged tail: keep the packets read so far; the tail decode decides what is real
+    return times, keys, durations, clean, discarded, end, last_size
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> av.VideoFrame | None:
@@ -157,14 +236,17 @@ def _first_frame(container: av.container.InputContainer, stream: av.video.stream
 
 
 def _verify_tail(
-    path: str, container: av.container.InputContainer, pts: np.ndarray, keyframes: np.ndarray
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    pts: np.ndarray,
+    keyframes: np.ndarray,
 ) -> tuple[int, int, tuple[int, int]]:
     """Decodes from the last keyframe to the end; returns (decodable frame count, rotation, (width, height)).
 
     Frames after the first one missing from the decoded tail are dropped. When the last keyframe itself does not
     decode, the GOP before it is tried, and so on: each try ends at end of file, so this never hangs.
     """
-    stream = container.streams.video[0]
     for start in keyframes[::-1]:
         wanted = set(pts[start:].tolist())
         seen: set[int] = set()
@@ -212,50 +294,116 @@ def _decode_from(
                     ctx.skip_frame = mode = want
             elif mode != "DEFAULT":
                 ctx.skip_frame = mode = "DEFAULT"  # the flush packet drains every buffered frame
-            yield from packet.decode()
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                # A damaged packet (a truncated file's last one). Skipping unreferenced frames makes the decoder hold
+                # wanted frames longer than the full decode of the open-time check did, so frames it counted may
+                # still be inside: they come from whole packets before this one, so give them out, then the error.
+                if keep is not None:
+                    ctx.skip_frame = mode = "DEFAULT"
+                    yield from _drain(ctx)
+                raise
+            yield from frames
     finally:
         if mode != "DEFAULT":
             ctx.skip_frame = "DEFAULT"
 
 
-def decode_frames(
+def _drain(ctx: av.video.codeccontext.VideoCodecContext) -> list[av.VideoFrame]:
+    """The frames a decoder holds (end-of-stream flush); none when flushing fails too."""
+    try:
+        return ctx.decode(None)
+    except av.error.FFmpegError:
+        return []
+
+
+def plan_runs(index: FrameIndex, wanted: np.ndarray) -> list[np.ndarray]:
+    """Splits sorted unique positions into runs: each run starts with one seek and is then one forward decode.
+
+    A new run starts only where the next wanted frame's keyframe lies beyond the previous wanted frame, so runs never
+    share a GOP's decoding work and can be decoded independently (one seek per GOP at most, never backwards).
+
+    Args:
+        index: the stream's frame index.
+        wanted: int64 [U], sorted unique positions.
+
+    Returns:
+        int64 arrays whose concatenation is ``wanted``.
+    """
+    kf_for = index.keyframes[np.searchsorted(index.keyframes, wanted, side="right") - 1]
+    starts = np.flatnonzero(kf_for[1:] > wanted[:-1]) + 1
+    return np.split(wanted, starts)
+
+
+def decode_runs(
+    path: str,
+    containers: Sequence[av.container.InputContainer],
+    index: FrameIndex,
+    runs: list[np.ndarray],
+    out_wh: tuple[int, int] | None,
+) -> list[np.ndarray]:
+    """Decodes the runs of :func:`plan_runs`; returns one HWC uint8 RGB array per position, in order.
+
+    With one container the runs are decoded in order on this thread. With several, one thread per container takes
+    runs from a shared queue (PyAV releases the GIL while decoding and scaling); the error reported is the one the
+    serial order would meet first. Scaling to ``out_wh`` (stored orientation) happens in the colour conversion
+    (sws_scale), never on a full-size copy.
+    """
+    if len(containers) == 1 or len(runs) == 1:
+        return [frame for run in runs for frame in _decode_run(path, containers[0], index, run, out_wh)]
+    results: list[list[np.ndarray] | BaseException | None] = [None] * len(runs)
+    queue = iter(range(len(runs)))  # next() on a shared iterator hands each run to exactly one thread
+    lock = threading.Lock()
+
+    def work(container: av.container.InputContainer) -> None:
+        while True:
+            with lock:
+                r = next(queue, None)
+            if r is None:
+                return
+            try:
+                results[r] = _decode_run(path, container, index, runs[r], out_wh)
+            except (VideoDecodeError, av.error.FFmpegError) as err:
+                results[r] = err
+
+    with ThreadPoolExecutor(len(containers), thread_name_prefix="vidvlm-decode") as pool:
+        for future in [pool.submit(work, c) for c in containers]:
+            future.result()
+    out: list[np.ndarray] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        out.extend(result)
+    return out
+
+
+def _decode_run(
     path: str,
     container: av.container.InputContainer,
     index: FrameIndex,
-    wanted: np.ndarray,
+    run: np.ndarray,
     out_wh: tuple[int, int] | None,
 ) -> list[np.ndarray]:
-    """Decodes the frames at sorted unique positions ``wanted``; returns one HWC uint8 RGB array per position.
-
-    The plan: for each wanted frame, find the keyframe before it; seek only when that keyframe lies beyond the frames
-    already decoded (so never backwards, and at most once per GOP); stop right after the last wanted frame.
-    Scaling to ``out_wh`` (stored orientation) happens in the colour conversion (sws_scale), never on a full-size copy.
-    """
-    stream = container.streams.video[0]
-    want_pts = index.pts[wanted].tolist()
-    kf_for = index.keyframes[np.searchsorted(index.keyframes, wanted, side="right") - 1].tolist()
+    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run."""
+    stream = container.streams[index.stream]
+    want_pts = index.pts[run].tolist()
+    key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
     width, height = out_wh if out_wh is not None else (None, None)
-    keep_pts = set(want_pts)
     out: list[np.ndarray] = []
-    while len(out) < len(wanted):
-        i = len(out)
-        seek = int(index.pts[kf_for[i]]) if kf_for[i] > 0 else None
-        frames = _decode_from(container, stream, seek, keep_pts)
-        try:
-            for frame in frames:
-                t = _frame_time(frame)
-                if t is None or t < want_pts[i]:
-                    continue
-                if t > want_pts[i]:
-                    raise VideoDecodeError(f"{path}: frame {int(wanted[i])} does not decode")
-                out.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-                i += 1
-                if i == len(wanted) or kf_for[i] > wanted[i - 1]:
-                    break  # done, or the next wanted frame lies past a keyframe not yet reached: seek forward
-            else:
-                raise VideoDecodeError(f"{path}: frame {int(wanted[i])} does not decode (end of stream reached)")
-        except av.error.FFmpegError as err:
-            raise VideoDecodeError(f"{path}: decoding failed near frame {int(wanted[i])} ({err})") from err
-        finally:
-            frames.close()
-    return out
+    frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want_pts))
+    try:
+        for frame in frames:
+            t = _frame_time(frame)
+            if t is None or t < want_pts[len(out)]:
+                continue
+            if t > want_pts[len(out)]:
+                raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode")
+            out.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+            if len(out) == len(run):
+                return out
+        raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
+    finally:
+        frames.close()

@@ -1,9 +1,11 @@
 """Opening videos, GIFs and images as frame sequences: ``open_video(path) -> Video``.
 
-Every file gets an exact frame index at open (PyAV demux, no decoding, plus a decode of the last GOP), so
+Every file gets an exact frame index at open (an MP4's sample table checked against its first packets and last GOP,
+or a PyAV demux of every packet; no decoding, plus a decode of the last GOP unless the file is intact), so
 ``metadata.num_frames`` counts frames that really decode and ``metadata.timestamps`` are the true presentation times.
-Frames are then decoded by PyAV (planned seeks) or decord (clamped to the PyAV index, rotation applied here).
-An image is a one-frame video decoded by Pillow.
+The index is kept per file version (``_index_cache``): reopening costs a ``stat``.
+Frames are then decoded by PyAV (planned seeks, independent GOPs on up to ``num_threads`` threads) or decord (clamped
+to the PyAV index, rotation applied here). An image is a one-frame video decoded by Pillow.
 
 Decoders are opened lazily and dropped when a :class:`Video` is pickled, so a ``Video`` built in the main process can
 be sent to DataLoader workers: each worker reopens the file on its first ``get_frames``.
@@ -12,8 +14,10 @@ be sent to DataLoader workers: each worker reopens the file on its first ``get_f
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,18 +27,24 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from vidvlm.data import _image, _pyav
+from vidvlm.data import _image, _index_cache, _pyav
 from vidvlm.errors import VideoDecodeError
 
 BACKENDS = ("auto", "pyav", "decord")
 # FFmpeg demuxers that read a single still image; such files are decoded by Pillow like any other image.
 _STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "jpegls_pipe"}
-# Inputs decord gets wrong, served by PyAV even when decord is asked for: it cannot read GIFs; on AVI (no pts, only
-# dts) with B-frames its random access returns frames shifted by several positions (seen on this corpus); VP8 WebM
-# returns frames from the start whatever the index (dmlc/decord#91); on HEVC (x265 default open GOPs) its random
-# access returned wrong frames in 2 of 5 random index sets on this corpus.
+# decord serves only what the tests prove it right on: H.264 (8 and 10 bit) and VP9, in one-video-stream files that are
+# not AVI and whose index is complete. Everything else goes to PyAV, even when decord is asked for, because decord
+# - cannot open codecs its bundled FFmpeg lacks (AV1: "cannot find video stream", dmlc/decord#262);
+# - cannot be told which stream to decode, and its older FFmpeg picks another "best" stream than PyAV's on files with
+#   several video streams (it returned the 480x270 stream of a file whose default stream is 320x180);
+# - reads GIFs wrongly or not at all; on AVI (no pts, only dts) with B-frames its random access returns frames
+#   shifted by several positions; VP8 WebM returns frames from the start whatever the index (dmlc/decord#91); on HEVC
+#   (x265 default open GOPs) its random access returned wrong frames in 2 of 5 random index sets on this corpus;
+# - counts frames an edit list discards and then returns shifted frames; trusts header frame counts and can hang past
+#   the real end (dmlc/decord#373): such indexes are not ``complete``.
+_DECORD_CODECS = {"h264", "vp9"}
 _DECORD_UNSAFE_FORMATS = {"gif", "avi"}
-_DECORD_UNSAFE_CODECS = {"gif", "vp8", "hevc"}
 
 Size = int | tuple[int, int] | None
 
@@ -53,6 +63,8 @@ class VideoMetadata:
         height: display height (after rotation).
         rotation: counter-clockwise display rotation in degrees (0, 90, 180 or 270), already applied to frames.
         timestamps: presentation time in seconds of each frame, in presentation order; ``len == num_frames``.
+        stream: index, among all the file's streams (ffprobe's numbering), of the video stream the frames come from;
+            0 for an image.
     """
 
     path: str
@@ -64,6 +76,7 @@ class VideoMetadata:
     height: int
     rotation: int
     timestamps: tuple[float, ...]
+    stream: int = 0
 
 
 class Video:
@@ -78,16 +91,17 @@ class Video:
         self.num_threads = num_threads
         self._index = index
         self._container: av.container.InputContainer | None = None
+        self._workers: list[av.container.InputContainer] = []  # single-threaded decoders for concurrent GOPs
         self._decord: Any = None
         self._pid = os.getpid()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Closes any open decoder; the Video stays usable and reopens the file when frames are asked for."""
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-        self._decord = None
+        for container in [self._container, *self._workers]:
+            if container is not None:
+                container.close()
+        self._container, self._workers, self._decord = None, [], None
 
     def __enter__(self) -> Video:
         return self
@@ -98,8 +112,7 @@ class Video:
     def __getstate__(self) -> dict[str, Any]:
         # Live decoders hold file handles and native threads; a worker reopens the file instead of sharing them.
         state = self.__dict__.copy()
-        state["_container"] = None
-        state["_decord"] = None
+        state["_container"], state["_workers"], state["_decord"] = None, [], None
         return state
 
     def __del__(self) -> None:
@@ -183,7 +196,7 @@ class Video:
         if self._pid != os.getpid():
             # Forked (not pickled) into a DataLoader worker: the parent's decoder shares its file offset with this
             # process, so using it here would read garbage. Drop it without closing and open a private one.
-            self._container, self._decord, self._pid = None, None, os.getpid()
+            self._container, self._workers, self._decord, self._pid = None, [], None, os.getpid()
         if m.backend == "pillow":
             return _image.load_image(m.path, None if stored_wh is None else out_hw)[None]
         if m.backend == "decord":
@@ -192,13 +205,21 @@ class Video:
 
                 self._decord = DecordReader(m.path, self._index, self.num_threads, self._reference_frame)
             return self._decord.get(wanted, stored_wh)
-        if self._container is None:
-            self._container = _pyav.open_container(m.path, self.num_threads)
-        return np.stack(_pyav.decode_frames(m.path, self._container, self._index, wanted, stored_wh))
+        runs = _pyav.plan_runs(self._index, wanted)
+        if self.num_threads > 1 and len(runs) > 1:
+            # Independent GOPs on up to num_threads single-threaded decoders (kept open for the next request).
+            while len(self._workers) < min(self.num_threads, len(runs)):
+                self._workers.append(_pyav.open_container(m.path, 1, self._index.stream)[0])
+            containers = self._workers[: min(self.num_threads, len(runs))]
+        else:
+            if self._container is None:
+                self._container = _pyav.open_container(m.path, self.num_threads, self._index.stream)[0]
+            containers = [self._container]
+        return np.stack(_pyav.decode_runs(m.path, containers, self._index, runs, stored_wh))
 
     def _reference_frame(self) -> np.ndarray:
         """Frame 0 at native size in display orientation, decoded by PyAV: uint8 [H, W, 3]."""
-        with open_video(self.metadata.path, backend="pyav", num_threads=self.num_threads) as ref:
+        with open_video(self.metadata.path, "pyav", self.num_threads, stream=self.metadata.stream) as ref:
             return rearrange(ref.get_frames([0]), "1 c h w -> h w c").numpy()
 
 
@@ -220,60 +241,97 @@ def _resolve_size(size: Size, height: int, width: int, path: str) -> tuple[int, 
     raise VideoDecodeError(f"{path}: size must be None, an int short side or an (H, W) pair, got {size!r}")
 
 
-def open_video(path: str | os.PathLike[str], backend: str = "auto", num_threads: int = 1) -> Video:
-    """Opens a video, GIF or image and measures it (exact frame index; the last GOP is decoded to verify it).
+def open_video(
+    path: str | os.PathLike[str],
+    backend: str = "auto",
+    num_threads: int = 1,
+    stream: int | None = None,
+    index_cache: str | os.PathLike[str] | None = None,
+) -> Video:
+    """Opens a video, GIF or image and measures it (exact frame index, kept per file version for the next open).
 
     Args:
         path: the file.
-        backend: ``"auto"`` (PyAV), ``"pyav"`` or ``"decord"``; images always use Pillow, and GIF, AVI, VP8 and
-            HEVC files use PyAV even when decord is asked for (decord returns wrong frames on them).
-            ``metadata.backend`` says which decoder serves the frames.
-        num_threads: decoder threads per opened file (keep 1 with many DataLoader workers).
+        backend: ``"auto"`` (PyAV), ``"pyav"`` or ``"decord"``. Images always use Pillow. decord serves only H.264
+            and VP9 from files with one video stream (not AVI, no edit list, frame count as the header says); every
+            other file is served by PyAV even when decord is asked for, because decord decodes it wrongly, cannot
+            open it (AV1) or cannot be pointed at the chosen stream. ``metadata.backend`` says which decoder serves.
+        num_threads: decoding threads for this file. PyAV decodes up to this many independent GOPs of one request at
+            once (one single-threaded decoder each); a request within one GOP uses FFmpeg slice threads. Keep 1 in
+            DataLoader workers.
+        stream: None for FFmpeg's best video stream (``av_find_best_stream``, as the ffmpeg tools and torchcodec
+            choose: the default-disposition stream first), or an index among all the file's streams as ffprobe
+            numbers them (``-map 0:<stream>``), which must be a video stream. ``metadata.stream`` says which.
+        index_cache: a directory that keeps frame indexes across processes (created if missing); None reads
+            ``$VIDVLM_INDEX_CACHE``; ``""`` for none. Indexes are always kept in memory for this process.
 
     Raises:
-        VideoDecodeError: missing, empty, unreadable or corrupt file, no video stream, or no decodable frame.
+        VideoDecodeError: missing, empty, unreadable or corrupt file, a symbolic link loop or a broken link, no video
+            stream or no such stream, or no decodable frame.
     """
     path = os.fspath(path)
     if backend not in BACKENDS:
         raise VideoDecodeError(f"{path}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not os.path.exists(path):
-        raise VideoDecodeError(f"{path}: file does not exist")
-    if not os.path.isfile(path):
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
         raise VideoDecodeError(f"{path}: not a regular file")
-    if os.path.getsize(path) == 0:
+    if st.st_size == 0:
         raise VideoDecodeError(f"{path}: file is empty")
     if path.lower().endswith(_image.IMAGE_SUFFIXES):
-        return _open_image(path, num_threads)
-    container = _pyav.open_container(path, num_threads)
-    try:
-        if container.format.name in _STILL_FORMATS:
+        return _open_image(path, num_threads, stream)
+    cache_dir = _index_cache.directory(index_cache)
+    stamp = _index_cache.Stamp.of(path, stream, st)
+    index = _index_cache.lookup(stamp, cache_dir)
+    container = None
+    if index is None:
+        container, chosen_stream = _pyav.open_container(path, num_threads, stream)
+        try:
+            if container.format.name in _STILL_FORMATS:
+                container.close()
+                return _open_image(path, num_threads, stream)
+            index = _pyav.build_index(path, container, chosen_stream)
+        except BaseException:
             container.close()
-            return _open_image(path, num_threads)
-        index = _pyav.build_index(path, container)
-        # decord trusts the header's frame count and can hang past the real end (decord#373): never on such files.
-        decord_safe = (
-            index.complete
-            and container.format.name not in _DECORD_UNSAFE_FORMATS
-            and (container.streams.video[0].codec_context.name not in _DECORD_UNSAFE_CODECS)
-        )
-    except BaseException:
-        container.close()
-        raise
+            raise
+        _index_cache.store(stamp, index, cache_dir)
+    decord_safe = (
+        index.complete
+        and index.num_video_streams == 1
+        and index.container_format not in _DECORD_UNSAFE_FORMATS
+        and index.codec in _DECORD_CODECS
+    )
     chosen = "decord" if backend == "decord" and decord_safe else "pyav"
-    stamps = tuple(float(t) for t in (index.pts * index.time_base))
+    stamps = tuple((index.pts * index.time_base).tolist())
     num = len(index.pts)
     width, height = (index.height, index.width) if index.rotation in (90, 270) else (index.width, index.height)
     fps = num / index.duration if index.duration > 0 else 0.0
-    meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps)
+    meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps, index.stream)
     video = Video(meta, num_threads, index)
-    if chosen == "pyav":
+    if container is not None and chosen == "pyav":
         video._container = container  # reuse the indexing container for the first get_frames (saves an open)
-    else:
+    elif container is not None:
         container.close()
     return video
 
 
-def _open_image(path: str, num_threads: int) -> Video:
+def _stat(path: str) -> os.stat_result:
+    """``os.stat`` with the reason a path cannot be opened spelled out (a loop is not a missing file)."""
+    try:
+        return os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise VideoDecodeError(f"{path}: symbolic link loop (too many levels of symbolic links)") from err
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            target = os.readlink(path)
+            raise VideoDecodeError(f"{path}: broken symbolic link (its target {target!r} is missing)") from err
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise VideoDecodeError(f"{path}: file does not exist") from err
+        raise VideoDecodeError(f"{path}: cannot be read ({err.strerror})") from err
+
+
+def _open_image(path: str, num_threads: int, stream: int | None) -> Video:
+    if stream not in (None, 0):
+        raise VideoDecodeError(f"{path}: an image has a single stream (0), got stream={stream!r}")
     width, height, rotation = _image.probe_image(path)
     meta = VideoMetadata(path, "pillow", 1, 0.0, 0.0, width, height, rotation, (0.0,))
     return Video(meta, num_threads, None)
