@@ -44,14 +44,6 @@ class ProbeModel(VLMModel):
         self.front_end = VideoFrontEnd(config.front_end)
         self.head = nn.Linear(self.front_end.width, config.num_classes)
 
-    @property
-    def transform(self):
-        return self.front_end.transform()
-
-    @property
-    def num_frames(self) -> int:
-        return self.front_end.cfg.num_frames
-
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``video [B, T, 3, H, W]`` -> L2-normalised ``[B, D]``."""
         out = self.front_end(video, frame_mask)

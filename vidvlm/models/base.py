@@ -110,13 +110,19 @@ class VLMModel(nn.Module):
 
     @property
     def transform(self):
-        """The evaluation transform: uint8 ``[T, 3, H, W]`` -> float ``[T, 3, H, W]`` as ``encode_video`` expects."""
-        raise NotImplementedError
+        """The evaluation transform: uint8 ``[T, 3, H, W]`` -> float ``[T, 3, H, W]`` as ``encode_video`` expects
+        (a family with a front-end: the front-end's, at the model's size and normalisation)."""
+        if self.can(FRONT_END):
+            return self.front_end.transform()
+        raise NotImplementedError(f"{type(self).__name__} has no video input")
 
     @property
     def num_frames(self) -> int:
-        """Frames per clip the model is built for (frames, not tubelets); samplers draw this many."""
-        raise NotImplementedError
+        """Frames per clip the model is built for (frames, not tubelets); samplers draw this many (a family with a
+        front-end: its ``front_end.num_frames``)."""
+        if self.can(FRONT_END):
+            return self.front_end.cfg.num_frames
+        raise NotImplementedError(f"{type(self).__name__} has no video input")
 
     # -- tokenizer: one lifecycle for every family -------------------------------------------------------------
     # A family's constructor may load a tokenizer its config names; otherwise the trainer's call to

@@ -177,19 +177,6 @@ class ContrastiveModel(VLMModel):
             self.text.eval()
         return self
 
-    @property
-    def transform(self):
-        """Eval transform: uint8 ``[T, 3, H, W]`` -> resized, centre-cropped, normalised float ``[T, 3, S, S]``."""
-        return self.front_end.transform()
-
-    def train_transform(self, **kwargs: Any):
-        """Training transform (random resized crop) at the model's input size; ``kwargs`` go to ``build_transform``."""
-        return self.front_end.transform(train=True, **kwargs)
-
-    @property
-    def num_frames(self) -> int:
-        return self.front_end.cfg.num_frames
-
     # -- encoders ----------------------------------------------------------------------------------------------
     def video_features(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised video embeddings: ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]`` -> ``[B, E]``."""

@@ -194,14 +194,6 @@ class _Captioner(VLMModel):
         }
         return data
 
-    @property
-    def transform(self):
-        return self.front_end.transform()
-
-    @property
-    def num_frames(self) -> int:
-        return self.front_end.cfg.num_frames
-
     def build_targets(
         self, answers: Sequence[str], questions: Sequence[str | None] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

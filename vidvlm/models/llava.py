@@ -199,13 +199,6 @@ class LlavaModel(VLMModel):
         self._trained: set[str] = set()
 
     # -- the family's contract ---------------------------------------------------------------------------------
-    @property
-    def transform(self):
-        return self.front_end.transform()
-
-    @property
-    def num_frames(self) -> int:
-        return self.front_end.cfg.num_frames
 
     def visual_tokens(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None
