@@ -42,7 +42,7 @@ def test_compiled_video_vit_matches_eager() -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compile_blocks_finds_every_region_and_passes_options(monkeypatch) -> None:
+def test_compile_blocks_finds_every_region_and_passes_options() -> None:
     graphs: list[torch.fx.GraphModule] = []
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
@@ -52,12 +52,16 @@ def test_compile_blocks_finds_every_region_and_passes_options(monkeypatch) -> No
     torch.manual_seed(0)
     model = torch.nn.ModuleList([TransformerBlock(16, 2), TemporalAttention(16, 2, True, 1e-6), torch.nn.Linear(16, 4)])
     torch._dynamo.reset()
-    # compile_blocks raises a process-wide limit: set it through monkeypatch so the suite gets its value back
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    assert compile_blocks(model, backend=backend) == 2  # the Linear is not a block
-    assert torch._dynamo.config.recompile_limit == 64  # room for every kind of block call (see the docstring)
-    x = torch.randn(2, 5, 16)
-    ref = model[1].forward(model[0].forward(x), None)  # forward() itself is the eager code
-    out = model[1](model[0](x), None)
-    assert len(graphs) == 2  # one graph per region, each through the given backend
-    torch.testing.assert_close(out, ref)
+    # compile_blocks raises a process-wide limit: the suite gets its value back whatever happens here
+    saved = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 8
+    try:
+        assert compile_blocks(model, backend=backend) == 2  # the Linear is not a block
+        assert torch._dynamo.config.recompile_limit == 64  # room for every kind of block call (see the docstring)
+        x = torch.randn(2, 5, 16)
+        ref = model[1].forward(model[0].forward(x), None)  # forward() itself is the eager code
+        out = model[1](model[0](x), None)
+        assert len(graphs) == 2  # one graph per region, each through the given backend
+        torch.testing.assert_close(out, ref)
+    finally:
+        torch._dynamo.config.recompile_limit = saved
