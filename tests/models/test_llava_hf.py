@@ -133,7 +133,7 @@ def test_same_ids_logits_and_greedy_tokens_as_transformers(tmp_path, layer, pool
     # the same prompt ids, the visual tokens where the processor put its <video> tokens
     conv = [{"role": "user", "content": "<video>\n" + QUESTION}]
     ours = model.prepare_inputs([conv], ours_pixels[None], generation=True)
-    parts, _, _ = model._sequence(conv, [0], model.front_end(ours_pixels[None]), None, True, "0")
+    parts, _, _ = model.sequences.sequence(conv, [0], model.front_end(ours_pixels[None]), None, True, "0")
     video_id = ref.config.video_token_id
     assert [video_id if i < 0 else i for i in parts.ids] == inputs["input_ids"][0].tolist()
     after = parts.ids[parts.visual_pos[-1] + 1 :]  # tokenized on its own, the text would start with a space mark

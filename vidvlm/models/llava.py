@@ -25,7 +25,6 @@ Module-name prefixes for training stages: ``front_end.tower.``, ``front_end.pool
 
 from __future__ import annotations
 
-import bisect
 import copy
 import dataclasses
 from collections.abc import Sequence
@@ -48,11 +47,11 @@ from vidvlm.models.frontend import (
     TowerConfig,
     VideoFrontEnd,
     pretrained_prefixes,
-    token_times,
     with_source_hashes,
 )
+from vidvlm.models.llava_sequence import SequenceBuilder
 from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
-from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE, ChatLayout
+from vidvlm.models.prompting import PLAIN_TEMPLATE, ChatLayout
 from vidvlm.models.registry import register_family
 from vidvlm.models.tokenizer import TextTokenizer
 from vidvlm.models.vision import VisionConfig
@@ -190,8 +189,8 @@ class LlavaModel(VLMModel):
         self.template = cfg.chat_template or hf_tokenizer.chat_template or PLAIN_TEMPLATE
         self.chat = ChatLayout(hf_tokenizer, self.template)
         self.stop_ids = _stop_ids(self.chat, hf_tokenizer)
-        self._context = int(getattr(lm.config, "max_position_embeddings", None) or cfg.max_length)
-        self._mark = _placeholder_token(hf_tokenizer) if cfg.prompt_tokens == "whole" else None
+        context = int(getattr(lm.config, "max_position_embeddings", None) or cfg.max_length)
+        self.sequences = SequenceBuilder(cfg, hf_tokenizer, self.chat, self.lm.get_input_embeddings, context)
         self._lm_hash = cfg.lm.sha256
         self._tower_bases = tuple(pretrained_prefixes(cfg.front_end.tower, "front_end.tower."))
         # base parameters that trained in some stage are saved with the run: a training forward records them
@@ -231,7 +230,7 @@ class LlavaModel(VLMModel):
         generation: bool = False,
         paths: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The LM's keyword arguments for B conversations and their clips (see :meth:`_assemble`).
+        """The LM's keyword arguments for B conversations and their clips (see :meth:`SequenceBuilder.assemble`).
 
         Args:
             conversations: B lists of turns; for generation each ends with a user turn.
@@ -250,7 +249,7 @@ class LlavaModel(VLMModel):
         else:
             visual = self.front_end(video, frame_mask)
         batch = {"timestamps": timestamps, "clips_per_sample": clips_per_sample, "path": paths}
-        return self._assemble(list(conversations), visual, batch, generation=generation)
+        return self.sequences.assemble(list(conversations), visual, batch, generation=generation)
 
     @torch.no_grad()
     def generate(
@@ -319,152 +318,6 @@ class LlavaModel(VLMModel):
             [{"role": "user", "content": self._user_turn(q)}, {"role": "assistant", "content": a}]
             for q, a in zip(questions, batch["text"], strict=True)
         ]
-
-    def _assemble(
-        self, convs: list[list[dict[str, str]]], visual: FrontEndOutput, batch: dict[str, Any], generation: bool
-    ) -> dict[str, torch.Tensor]:
-        """Embeddings, masks, positions (and labels for training) of a batch of conversations.
-
-        Returns:
-            ``inputs_embeds [B, L, D]``, ``attention_mask`` (``[B, L]`` for causal attention, else additive
-            ``[B, 1, L, L]``), ``position_ids [B, L]``, ``labels [B, L]`` (training) and ``attention_mask_2d``
-            (generation). Training pads on the right, generation on the left.
-        """
-        counts = list(batch.get("clips_per_sample") or [1] * len(convs))
-        if sum(counts) != visual.tokens.shape[0] or len(counts) != len(convs):
-            raise ConfigError(f"batch: {visual.tokens.shape[0]} clips for clips_per_sample {list(counts)}")
-        times = batch.get("timestamps")
-        embed = self.lm.get_input_embeddings()
-        rows, start = [], 0
-        for i, (conv, n) in enumerate(zip(convs, counts, strict=True)):
-            clips = list(range(start, start + n))
-            start += n
-            rows.append(self._sequence(conv, clips, visual, times, generation, _sample_name(batch, i)))
-        device = visual.tokens.device
-        length = max(len(r[1]) for r in rows)
-        b, d = len(rows), visual.tokens.shape[-1]
-        embeds = torch.zeros(b, length, d, dtype=embed.weight.dtype, device=device)
-        labels = torch.full((b, length), IGNORE, dtype=torch.long, device=device)
-        group = torch.full((b, length), -1, dtype=torch.long, device=device)
-        real = torch.zeros(b, length, dtype=torch.bool, device=device)
-        for i, (parts, lab, grp) in enumerate(rows):
-            n = len(lab)
-            at = slice(length - n, length) if generation else slice(0, n)
-            ids = torch.tensor([p if p >= 0 else 0 for p in parts.ids], dtype=torch.long, device=device)
-            row = embed(ids).to(embeds.dtype)
-            vis = torch.tensor(parts.visual_pos, dtype=torch.long, device=device)
-            if len(vis):
-                row = row.index_put((vis,), parts.visual_tokens(visual).to(row.dtype))
-            embeds[i, at], real[i, at] = row, True
-            labels[i, at] = torch.tensor(lab, dtype=torch.long, device=device)
-            group[i, at] = torch.tensor(grp, dtype=torch.long, device=device)
-        positions = (real.long().cumsum(1) - 1).masked_fill(~real, 1)
-        out = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": self._mask(real, group, embeds)}
-        if generation:
-            out["attention_mask_2d"] = real.long()
-        else:
-            out["labels"] = labels
-        return out
-
-    def _sequence(
-        self,
-        conv: list[dict[str, str]],
-        clips: list[int],
-        visual: FrontEndOutput,
-        times: torch.Tensor | None,
-        generation: bool,
-        name: str,
-    ) -> tuple[_Parts, list[int], list[int]]:
-        """One sample's token ids (-1 where a visual token goes), labels and visual group per position; whole turns
-        are dropped from the end while it is longer than ``max_length``."""
-        while True:
-            pieces = self.chat.pieces(conv, generation=generation)
-            holders = [p.clip for p in pieces if p.clip is not None]
-            if len(holders) != len(clips):
-                raise ConfigError(
-                    f"sample {name}: the conversation has {len(holders)} <video>/<image> placeholders for "
-                    f"{len(clips)} clips"
-                )
-            parts, labels, groups = self._expand(pieces, clips, visual, times)
-            # training sequences fit max_length; a prompt to generate from fits the LM's context
-            limit = self._context if generation else self.config.max_length
-            if len(labels) <= limit:
-                return parts, labels, groups
-            droppable = not generation and len(conv) > 2 and "<video>" not in conv[-2]["content"]
-            droppable = droppable and "<image>" not in conv[-2]["content"]
-            if not droppable:
-                raise ConfigError(
-                    f"sample {name}: {len(labels)} tokens exceed {'the LM context' if generation else 'max_length'} "
-                    f"{limit} and no whole turn can be dropped without cutting a clip's visual tokens"
-                )
-            conv = conv[:-2]
-
-    def _expand(
-        self, pieces: list, clips: list[int], visual: FrontEndOutput, times: torch.Tensor | None
-    ) -> tuple[_Parts, list[int], list[int]]:
-        parts = _Parts()
-        labels: list[int] = []
-        groups: list[int] = []
-
-        def add(ids: list[int], target: bool = False) -> None:
-            parts.ids.extend(ids)
-            labels.extend(ids if target else [IGNORE] * len(ids))
-            groups.extend([-1] * len(ids))
-
-        def text(s: str, target: bool = False) -> None:
-            add(self.tokenizer.hf(s, add_special_tokens=False)["input_ids"], target)
-
-        # prompt_tokens "whole": the ids come from one tokenization of the rendering (see _tokenize_whole)
-        whole = None if self._mark is None else _tokenize_whole(self.tokenizer.hf, pieces, self._mark)
-        if whole is not None:
-            add(whole[0])
-            text_ids = iter(whole[1])
-        for piece in pieces:
-            if piece.clip is None:
-                if whole is None:
-                    text(piece.text, piece.target)
-                else:
-                    add(next(text_ids), piece.target)
-                continue
-            clip = clips[piece.clip]
-            keep = torch.ones(visual.tokens.shape[1], dtype=torch.bool) if visual.mask is None else visual.mask[clip]
-            frames = visual.frame_index[clip]
-            stamps = None if times is None else token_times(frames[None], times[clip : clip + 1].cpu())[0]
-            previous = None
-            for m in torch.nonzero(keep.cpu()).flatten().tolist():
-                frame = int(frames[m])
-                if frame != previous:
-                    if previous is not None and self.config.frame_separator:
-                        text(self.config.frame_separator)
-                    if self.config.frame_times and frame >= 0 and stamps is not None:
-                        text(f"Time {float(stamps[m]):.1f} s:")
-                    previous = frame
-                parts.visual_pos.append(len(parts.ids))
-                parts.visual_src.append((clip, m))
-                parts.ids.append(-1)
-                labels.append(IGNORE)
-                groups.append(clip)
-            if previous is not None and self.config.frame_separator:
-                text(self.config.frame_separator)
-        if whole is not None:
-            add(whole[2])
-        return parts, labels, groups
-
-    def _mask(self, real: torch.Tensor, group: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` for causal attention, else an additive ``[B, 1, L, L]`` mask (see the module docstring)."""
-        if self.config.visual_attention == "causal":
-            return real.long()
-        length = real.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
-        gq, gk = group[:, :, None], group[:, None, :]
-        same_clip = (gq == gk) & (gq >= 0)
-        allowed = causal[None] | same_clip
-        if self.config.visual_attention == "clip_causal":
-            allowed = allowed & ~((gq >= 0) & (gk >= 0) & (gq != gk))
-        allowed = allowed & real[:, None, :]
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)[None]  # padded rows see one key
-        zero = torch.zeros((), dtype=like.dtype, device=like.device)
-        return torch.where(allowed, zero, torch.finfo(like.dtype).min)[:, None]
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _is_base(self, name: str) -> bool:
@@ -543,20 +396,6 @@ class LlavaModel(VLMModel):
         return path
 
 
-@dataclass
-class _Parts:
-    """A sample's token ids (-1 at visual positions) and where each visual token comes from."""
-
-    ids: list[int] = field(default_factory=list)
-    visual_pos: list[int] = field(default_factory=list)
-    visual_src: list[tuple[int, int]] = field(default_factory=list)  # (clip, token)
-
-    def visual_tokens(self, visual: FrontEndOutput) -> torch.Tensor:
-        clips = torch.tensor([c for c, _ in self.visual_src], device=visual.tokens.device)
-        tokens = torch.tensor([m for _, m in self.visual_src], device=visual.tokens.device)
-        return visual.tokens[clips, tokens]
-
-
 def _with_lora(lm: nn.Module, spec: LoraSpec) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -581,47 +420,6 @@ def _stop_ids(chat: ChatLayout, tokenizer: Any) -> list[int]:
         if tail_ids and tail_ids[0] not in ids:
             ids.append(int(tail_ids[0]))
     return ids
-
-
-def _placeholder_token(tokenizer: Any) -> str:
-    """The placeholder that is one token of ``tokenizer`` (``prompt_tokens: whole`` writes every clip so)."""
-    for mark in ("<video>", "<image>"):
-        ids = tokenizer(mark, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
-            return mark
-    raise ConfigError("prompt_tokens: 'whole' needs <video> or <image> as one token of the LM tokenizer")
-
-
-def _tokenize_whole(tokenizer: Any, pieces: list, mark: str) -> tuple[list[int], list[list[int]], list[int]]:
-    """Tokenize a conversation's pieces in one call, each placeholder written as ``mark``.
-
-    Returns:
-        the ids the tokenizer adds before the text (BOS), the ids of each text piece in order (a token belongs to
-        the piece holding its last character), and the ids it adds after the text.
-    """
-    text, ends = "", []
-    for piece in pieces:
-        text += mark if piece.clip is not None else piece.text
-        ends.append(len(text))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    full = tokenizer(text)["input_ids"]
-    at = next((k for k in range(len(full) - len(ids) + 1) if full[k : k + len(ids)] == ids), None)
-    if at is None:
-        raise ConfigError("prompt_tokens: 'whole' needs a tokenizer that only adds special tokens around the text")
-    per_piece: list[list[int]] = [[] for _ in pieces]
-    for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
-        per_piece[min(bisect.bisect_right(ends, max(a, b - 1)), len(pieces) - 1)].append(tid)
-    for piece, got in zip(pieces, per_piece, strict=True):
-        if piece.clip is not None and len(got) != 1:
-            raise ConfigError(f"prompt_tokens: the placeholder {mark} did not tokenize to one token in {text!r}")
-    texts = [got for piece, got in zip(pieces, per_piece, strict=True) if piece.clip is None]
-    return full[:at], texts, full[at + len(ids) :]
-
-
-def _sample_name(batch: dict[str, Any], i: int) -> str:
-    paths = batch.get("path")
-    return f"{i} ({paths[i]})" if paths and i < len(paths) and paths[i] else str(i)
 
 
 def _resolve(source: str, checkpoint_dir: Path | None) -> Path:
