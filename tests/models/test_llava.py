@@ -328,3 +328,22 @@ def test_real_smollm2_through_the_family():
     answer = model.generate(None, conversations=[text_only], clips_per_sample=[0])[0]
     assert "Paris" in answer, answer
     assert model.generate(clips(1), questions=["what color is it?"])[0].strip()
+
+
+def test_frame_times_and_separators_come_from_the_real_timestamps(lms):
+    model = build(lms["llama"], frame_times=True, frame_separator=",")
+    video = clips(1, t=3)
+    times = torch.tensor([[0.0, 0.5, 1.5]])  # as a decoder reports them (not evenly spaced)
+    inputs = model.prepare_inputs([QA], video, timestamps=times)
+    tok = model.tokenizer.hf
+    parts, _, _ = model.sequences.sequence(QA, [0], model.front_end(video), times, False, "0")
+    ids = parts.ids
+    per_frame = model.front_end(video).tokens.shape[1] // 3
+    for t in ("0.0", "0.5", "1.5"):
+        marker = tok(f"Time {t} s:", add_special_tokens=False)["input_ids"]
+        at = next(i for i in range(len(ids)) if ids[i : i + len(marker)] == marker)  # the time text is there
+        after = ids[at + len(marker) : at + len(marker) + per_frame]
+        assert after == [-1] * per_frame  # followed by that frame's visual tokens
+    separator = tok(",", add_special_tokens=False)["input_ids"]
+    assert sum(ids[i : i + len(separator)] == separator for i in range(len(ids))) >= 3
+    assert inputs["inputs_embeds"].shape[1] == len(ids)
