@@ -10,6 +10,9 @@ sorted ascending within a step (so a 0 % mask keeps the original order and chang
 
 At ``T' = 1`` (an image) both kinds are the same random patch mask. The encoder gathers the visible tokens
 (:func:`gather_tokens`) before its blocks, so dropped tokens cost nothing; nothing is hidden by an attention mask.
+
+Text is masked BERT's way (:func:`mask_text`): an exact share of each caption's real, non-special tokens is chosen;
+of those 80 % become the mask id, 10 % a random id and 10 % stay, and all are predicted.
 """
 
 from __future__ import annotations
@@ -103,4 +106,48 @@ def scatter_tokens(visible: Tensor, keep: Tensor, num_tokens: int, fill: Tensor)
     return out.scatter(2, repeat(keep, "b t k -> b t k d", d=d), visible)
 
 
-__all__ = ["MASK_KINDS", "num_visible", "make_keep", "full_keep", "gather_tokens", "visible_mask", "scatter_tokens"]
+def mask_text(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    ratio: float,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Hide tokens for masked language modelling (see the module docstring).
+
+    Args:
+        input_ids: long ``[B, L]``.
+        attention_mask: bool ``[B, L]``, True for real tokens.
+        ratio: share of each caption's maskable tokens to predict, in ``(0, 1]``; at least one per caption that
+            has a maskable token.
+        mask_id: the id that replaces a hidden token.
+        vocab_size: random replacements are drawn from ``[0, vocab_size)``.
+        special_ids: ids never hidden (bos, eos, pad).
+        generator: random generator (None: the global one of the ids' device).
+
+    Returns:
+        ``ids`` long ``[B, L]`` (the corrupted input) and ``labels`` long ``[B, L]`` (the original id where a token
+        is predicted, -100 elsewhere).
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"mlm ratio: must lie in (0, 1], got {ratio}")
+    dev = input_ids.device
+    maskable = attention_mask.to(torch.bool) & ~torch.isin(input_ids, torch.tensor(special_ids, device=dev))
+    n = maskable.sum(1)
+    count = torch.where(n > 0, (n.float() * ratio).round().long().clamp(min=1), n)
+    scores = torch.rand(input_ids.shape, device=dev, generator=generator).masked_fill(~maskable, 2.0)
+    rank = scores.argsort(1).argsort(1)
+    picked = (rank < count[:, None]) & maskable
+    labels = torch.where(picked, input_ids, torch.full_like(input_ids, -100))
+    how = torch.rand(input_ids.shape, device=dev, generator=generator)
+    noise = torch.randint(0, vocab_size, input_ids.shape, device=dev, generator=generator)
+    ids = torch.where(picked & (how < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    ids = torch.where(picked & (how >= 0.8) & (how < 0.9), noise, ids)
+    return ids, labels
+
+
+__all__ = [
+    "mask_text",
+    "MASK_KINDS", "num_visible", "make_keep", "full_keep", "gather_tokens", "visible_mask", "scatter_tokens"]
