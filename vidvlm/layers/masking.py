@@ -150,4 +150,11 @@ def mask_text(
 
 __all__ = [
     "mask_text",
-    "MASK_KINDS", "num_visible", "make_keep", "full_keep", "gather_tokens", "visible_mask", "scatter_tokens"]
+    "MASK_KINDS",
+    "num_visible",
+    "make_keep",
+    "full_keep",
+    "gather_tokens",
+    "visible_mask",
+    "scatter_tokens",
+]
