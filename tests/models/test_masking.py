@@ -14,7 +14,7 @@ from vidvlm.layers.masking import full_keep, make_keep, mask_text, visible_mask
 from vidvlm.losses import clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
 from vidvlm.models.frontend import FrontEndConfig, TokenDropConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.masking import MaskingConfig, MaskingModel, XFMConfig, XFMModel
-from vidvlm.models.registry import build_model
+from vidvlm.models.registry import build_model, load
 from vidvlm.models.text import TextConfig
 from vidvlm.models.tokenizer import TextTokenizer
 from vidvlm.models.vision import VideoViT, VisionConfig
@@ -302,3 +302,57 @@ class _Stub:
     def __init__(self, cfg):
         self.config = cfg
         self.front_end = VideoFrontEnd(dataclasses.replace(cfg.front_end, tower=TowerConfig()), tower=_NoKeepTower())
+
+
+# -- a masked run resumes exactly through tools/train.py ---------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_masked_run_resumes_exactly(tmp_path):
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tools"))
+    import train as train_cli  # tools/ is not a package
+
+    data = tmp_path / "shapes"
+
+    def overrides(out: Path) -> list[str]:
+        return [
+            f"output_dir={out}",
+            f"data.synthetic.out_dir={data}",
+            f"data.datasets.shapes.manifest={data}/train/manifest.jsonl",
+            f"data.val.manifest={data}/val/manifest.jsonl",
+            "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32}",
+            "data.synthetic.sets.val={num: 8, seed: 0, split: val, frames: 4, size: 32}",
+            "data.sampler.num_frames=4",
+            "model.front_end.num_frames=4",
+            "model.front_end.tower.vision.num_tubelets=1",
+            "data.batch_size=4",
+            "stages.0.steps=4",
+            "schedule.warmup_steps=1",
+            "checkpoint_every=2",
+            "eval_every=0",
+            "log_every=1",
+            "trackers=[]",
+        ]
+
+    def losses(out: Path) -> dict[int, dict[str, float]]:
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: {k: v for k, v in r.items() if k.endswith("loss")} for r in rows if "grad_norm" in r}
+
+    config = root / "configs" / "masking_tiny_8f_shapes.yaml"
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train_cli.main(["--config", str(config), *overrides(full)]) == 0
+    part.mkdir()
+    shutil.copytree(full / "checkpoint-00000002", part / "checkpoint-00000002")
+    assert train_cli.main(["--config", str(config), *overrides(part), "--resume"]) == 0
+    a, b = losses(full), losses(part)
+    assert sorted(b) == [3, 4] and {"loss"} < set(a[3])
+    for step in (3, 4):
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    model = load(full / "final")
+    assert type(model) is MaskingModel and model.decoder is not None
