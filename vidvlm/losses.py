@@ -23,6 +23,10 @@ local batch (default ``arange(B)``, one caption each). Every caption of a video 
 Processes may hold different numbers of videos and texts (a ragged last batch): the gather pads to the largest
 and cuts the padding off. With ``local_loss`` and ragged batches the mean of the ranks' losses weights every rank
 equally, so it differs slightly from the global loss.
+
+The masking family's objectives (``vidvlm.models.masking``) are local to a process: :func:`hard_negatives` mines
+ITM negatives from in-batch similarities, :func:`itm_loss` scores matched / not matched pairs, :func:`mlm_loss`
+predicts hidden text tokens and :func:`masked_pixel_loss` hidden tubelets' (normalised) pixels.
 """
 
 from __future__ import annotations
