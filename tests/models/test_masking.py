@@ -356,3 +356,21 @@ def test_masked_run_resumes_exactly(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
     model = load(full / "final")
     assert type(model) is MaskingModel and model.decoder is not None
+
+
+def test_itm_scores_and_tower_reuse(tmp_path):
+    """ITM scores pairs for re-ranking; a saved masking model serves as another family's tower (``checkpoint``)."""
+    from vidvlm.models.contrastive import ContrastiveConfig
+
+    model = family(mvm_weight=1.0).eval()
+    batch = make_batch(model)
+    scores = model.itm_scores(batch["video"], batch["frame_mask"], batch["text"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    with pytest.raises(ConfigError, match="^itm_weight"):
+        family(itm_weight=0.0).itm_scores(batch["video"], batch["frame_mask"], batch["text"])
+    model.save_pretrained(tmp_path / "masking")
+    cfg = ContrastiveConfig.tiny()
+    tower = TowerConfig("checkpoint", source=str(tmp_path / "masking"))
+    other = build_model(dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, tower=tower)))
+    state = model.front_end.base_tower.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in other.front_end.tower.state_dict().items())
