@@ -59,6 +59,8 @@ class TokenDropConfig:
     Attributes:
         ratio: fraction of each time step's patch tokens dropped, in ``[0, 1)``; 0 = off.
         kind: ``random`` (independent positions per time step, FLIP) or ``tube`` (the same positions in every step).
+            The ``divided`` and ``factorised`` layouts attend over time between the k-th visible tokens of the
+            steps, which are one position only with ``tube``: use ``tube`` with them.
     """
 
     ratio: float = 0.0
