@@ -23,6 +23,10 @@ local batch (default ``arange(B)``, one caption each). Every caption of a video 
 Processes may hold different numbers of videos and texts (a ragged last batch): the gather pads to the largest
 and cuts the padding off. With ``local_loss`` and ragged batches the mean of the ranks' losses weights every rank
 equally, so it differs slightly from the global loss.
+
+The masking family's objectives (``vidvlm.models.masking``) are local to a process: :func:`hard_negatives` mines
+ITM negatives from in-batch similarities, :func:`itm_loss` scores matched / not matched pairs, :func:`mlm_loss`
+predicts hidden text tokens and :func:`masked_pixel_loss` hidden tubelets' (normalised) pixels.
 """
 
 from __future__ import annotations
@@ -178,6 +182,70 @@ def siglip_loss(
     return -F.logsigmoid(labels * logits).sum() / rows_v.shape[0]
 
 
+def hard_negatives(
+    similarity: Tensor, positive: Tensor, *, sample: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    """One hard negative column per row, mined from in-batch similarities (ALBEF / X-FM ITM).
+
+    Args:
+        similarity: ``[R, C]`` scores (e.g. the ITC logits); higher = more similar.
+        positive: bool ``[R, C]``, True where column j is a positive of row i (never chosen).
+        sample: draw the negative with probability ``softmax(similarity)`` over the negatives (ALBEF); False takes
+            the most similar negative.
+        generator: random generator for ``sample`` (None: the global one).
+
+    Returns:
+        long ``[R]``, the chosen column of each row, or -1 where a row has no negative.
+    """
+    scores = similarity.detach().float().masked_fill(positive, float("-inf"))
+    has = ~positive.all(1)
+    if sample:
+        probs = torch.softmax(scores.masked_fill(~has[:, None], 0.0), dim=1)
+        choice = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    else:
+        choice = scores.argmax(1)
+    return torch.where(has, choice, torch.full_like(choice, -1))
+
+
+def itm_loss(logits: Tensor, matched: Tensor) -> Tensor:
+    """Image/video-text matching: cross-entropy of ``logits [N, 2]`` (column 1 = matched) against bool ``[N]``."""
+    return F.cross_entropy(logits, matched.long().to(logits.device))
+
+
+def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Masked language modelling: cross-entropy of ``logits [B, L, V]`` at the positions where ``labels`` long
+    ``[B, L]`` is not -100 (the hidden tokens' ids); 0 (with gradient) when nothing is hidden."""
+    picked = labels != -100
+    if not bool(picked.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[picked], labels[picked])
+
+
+def masked_pixel_loss(
+    pred: Tensor, target: Tensor, hidden: Tensor, *, norm_pix: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """Masked video modelling (VideoMAE): mean squared error on the hidden tubelets only.
+
+    Args:
+        pred: ``[B, T', N, K]`` predicted pixels of every tubelet (K = tubelet frames x P x P x C).
+        target: ``[B, T', N, K]`` the tubelets' pixels.
+        hidden: bool ``[B, T', N]``, True for the tubelets scored (hidden from the encoder, in real time steps).
+        norm_pix: normalise each target tubelet by its own mean and variance (VideoMAE's ``normlize_target``).
+        eps: variance floor of that normalisation.
+
+    Returns:
+        scalar: the mean over scored tubelets of the per-tubelet mean squared error (0 when none is scored).
+    """
+    target = target.to(pred.dtype)
+    if norm_pix:
+        mean = target.mean(-1, keepdim=True)
+        var = target.var(-1, keepdim=True, unbiased=True) if target.shape[-1] > 1 else torch.zeros_like(mean)
+        target = (target - mean) / (var + eps).sqrt()
+    err = ((pred - target) ** 2).mean(-1)
+    w = hidden.to(err.dtype)
+    return (err * w).sum() / w.sum().clamp(min=1)
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {"clip": clip_loss, "siglip": siglip_loss}
 
 
@@ -188,4 +256,14 @@ def get_loss(name: str) -> Callable[..., Tensor]:
     return LOSSES[name]
 
 
-__all__ = ["clip_loss", "siglip_loss", "gather_with_grad", "get_loss", "LOSSES"]
+__all__ = [
+    "clip_loss",
+    "siglip_loss",
+    "hard_negatives",
+    "itm_loss",
+    "mlm_loss",
+    "masked_pixel_loss",
+    "gather_with_grad",
+    "get_loss",
+    "LOSSES",
+]

@@ -14,6 +14,12 @@ One typed config (:class:`FrontEndConfig`) chooses every part the same way, ``na
 * the pooler (``vidvlm.layers.pooling``: ``name`` + ``params``) over all tokens or the per-frame embeddings;
 * the connector (``vidvlm.layers.connectors``: ``name`` + parameters) to the family's width, or none.
 
+Token dropping (``token_drop``, FLIP / open_clip patch dropout; off by default): in training only, a fraction
+``ratio`` of every time step's patch tokens is dropped before the tower's blocks (``random``: other positions in
+every step; ``tube``: the same positions in every step), through the video ViT's visible-token path (the visible
+tokens are gathered, so dropped ones cost nothing). Evaluation always sees every token. It needs a video-ViT tower
+(``native``, ``pretrained``, ``checkpoint``, also multi-level) and a pooler that does not read the patch grid.
+
 The front-end also owns what the model's input is: frames per clip (``num_frames``, in frames), the input side
 (``image_size``) and normalisation (``normalize``). Datasets and samplers inherit them (``vidvlm.train.data``).
 
@@ -37,11 +43,34 @@ from torch import nn
 from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig, build_connector
+from vidvlm.layers.masking import MASK_KINDS, MaskKind, make_keep
 from vidvlm.layers.pooling import PoolerConfig, build_pooler
 from vidvlm.models.base import FRONT_END
 from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput
 
 TOWERS = ("native", "pretrained", "framewise", "checkpoint", "ensemble")
+GRID_POOLERS = ("adaptive3d", "spatial2d")  # poolers that read the full patch grid
+
+
+@dataclass
+class TokenDropConfig:
+    """Token dropping in training (see the module docstring).
+
+    Attributes:
+        ratio: fraction of each time step's patch tokens dropped, in ``[0, 1)``; 0 = off.
+        kind: ``random`` (independent positions per time step, FLIP) or ``tube`` (the same positions in every step).
+            The ``divided`` and ``factorised`` layouts attend over time between the k-th visible tokens of the
+            steps, which are one position only with ``tube``: use ``tube`` with them.
+    """
+
+    ratio: float = 0.0
+    kind: MaskKind = "random"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"front_end.token_drop.ratio: must lie in [0, 1), got {self.ratio}")
+        if self.kind not in MASK_KINDS:
+            raise ConfigError(f"front_end.token_drop.kind: expected one of {list(MASK_KINDS)}, got {self.kind!r}")
 
 
 @dataclass
@@ -103,6 +132,7 @@ class FrontEndConfig:
         num_frames: frames per clip the model is built for (frames, not tubelets); samplers draw this many.
         image_size: input side of the transforms (None: the tower's training resolution).
         normalize: normalisation preset (``clip``, ``siglip``, ``imagenet``, ``none``).
+        token_drop: token dropping in training (:class:`TokenDropConfig`; off by default).
     """
 
     tower: TowerConfig = field(default_factory=TowerConfig)
@@ -113,6 +143,7 @@ class FrontEndConfig:
     num_frames: int = 8
     image_size: int | None = None
     normalize: str = "clip"
+    token_drop: TokenDropConfig = field(default_factory=TokenDropConfig)
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -125,6 +156,11 @@ class FrontEndConfig:
             raise ConfigError(
                 "front_end.pool_input: 'frame' pools the per-frame embeddings, which have one level; multi-level "
                 "features (front_end.tower.layers) need pool_input: tokens"
+            )
+        if self.token_drop.ratio > 0 and self.pool_input == "tokens" and self.pooler.name in GRID_POOLERS:
+            raise ConfigError(
+                f"front_end.token_drop: pooler {self.pooler.name!r} reads the full patch grid; use another pooler, "
+                "pool_input: frame, or ratio 0"
             )
 
 
@@ -169,13 +205,18 @@ class MultiLevelTower(nn.Module):
         self.image_size, self.tubelet_size = tower.image_size, tower.tubelet_size
 
     def forward(
-        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: Any = False
+        self,
+        video: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        output_hidden_states: Any = False,
+        **visible: torch.Tensor,
     ) -> VisionOutput:
         """``video [B, T, C, H, W]`` -> :class:`VisionOutput` with multi-level tokens (``output_hidden_states``
-        asks the wrapped tower for its own hidden states instead)."""
+        asks the wrapped tower for its own hidden states instead). ``visible`` (``keep``) goes to the wrapped
+        tower's visible-token path."""
         if output_hidden_states is not False:
-            return self.tower(video, frame_mask, output_hidden_states=output_hidden_states)
-        out = self.tower(video, frame_mask, output_hidden_states=self.layers)
+            return self.tower(video, frame_mask, output_hidden_states=output_hidden_states, **visible)
+        out = self.tower(video, frame_mask, output_hidden_states=self.layers, **visible)
         tokens = torch.cat(list(out.hidden_states), dim=-1)
         return dataclasses.replace(out, last_hidden_state=tokens, hidden_states=None)
 
@@ -300,6 +341,11 @@ class VideoFrontEnd(nn.Module):
         if cfg.freeze_tower:
             for p in self.tower.parameters():
                 p.requires_grad_(False)
+        if cfg.token_drop.ratio > 0 and not self.can_drop_tokens:
+            raise ConfigError(
+                f"front_end.token_drop: a {cfg.tower.name!r} tower has no visible-token path; use a video-ViT tower "
+                "(native, pretrained, checkpoint) or ratio 0"
+            )
 
     # -- input -------------------------------------------------------------------------------------------------
     @property
@@ -324,6 +370,15 @@ class VideoFrontEnd(nn.Module):
         return self.tower.tower if isinstance(self.tower, MultiLevelTower) else self.tower
 
     @property
+    def can_drop_tokens(self) -> bool:
+        """Whether the tower encodes only chosen visible tokens (``keep``): a video ViT, multi-level or not."""
+        return isinstance(self.base_tower, VideoViT)
+
+    def token_grid(self, video: torch.Tensor) -> tuple[int, int]:
+        """``(T', N)`` of ``video [B, T, C, H, W]``: the leading dims of a ``keep`` index (video-ViT towers)."""
+        return self.base_tower.token_grid(video.shape[1], video.shape[-2], video.shape[-1])
+
+    @property
     def tower_frozen(self) -> bool:
         """True when no tower parameter trains: the tower then runs without autograd, in eval mode."""
         return not any(p.requires_grad for p in self.tower.parameters())
@@ -334,12 +389,28 @@ class VideoFrontEnd(nn.Module):
             self.tower.eval()
         return self
 
-    def encode(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> VisionOutput:
-        """The tower alone: ``video [B, T, 3, H, W]`` -> :class:`VisionOutput` (no autograd when frozen)."""
+    def encode(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> VisionOutput:
+        """The tower alone: ``video [B, T, 3, H, W]`` -> :class:`VisionOutput` (no autograd when frozen).
+
+        ``keep`` long ``[B, T', K]`` encodes only those patch tokens of each time step (see
+        :meth:`VideoViT.forward <vidvlm.models.vision.VideoViT.forward>`; needs :attr:`can_drop_tokens`).
+        """
+        visible = {} if keep is None else {"keep": keep}
         if self.tower_frozen:
             with torch.no_grad():
-                return self.tower(video, frame_mask)
-        return self.tower(video, frame_mask)
+                return self.tower(video, frame_mask, **visible)
+        return self.tower(video, frame_mask, **visible)
+
+    def drop_keep(self, video: torch.Tensor) -> torch.Tensor | None:
+        """The visible tokens ``keep [B, T', K]`` that ``token_drop`` leaves of ``video [B, T, 3, H, W]`` in
+        training; None in evaluation or with ratio 0."""
+        drop = self.cfg.token_drop
+        if not self.training or drop.ratio == 0:
+            return None
+        steps, n = self.token_grid(video)
+        return make_keep(video.shape[0], steps, n, drop.ratio, drop.kind, device=video.device)
 
     def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> FrontEndOutput:
         """Visual tokens of a batch of clips.
@@ -348,10 +419,12 @@ class VideoFrontEnd(nn.Module):
             video: float ``[B, T, 3, H, W]`` after :meth:`transform` (an image is ``T = 1``).
             frame_mask: bool ``[B, T]``, True for real frames (real frames first), None = all real.
 
+        In training with ``token_drop`` the tower encodes only the visible tokens (fewer tokens per time step).
+
         Returns:
             :class:`FrontEndOutput` with ``tokens [B, M, D]``, ``mask [B, M]`` or None, ``frame_index [B, M]``.
         """
-        out = self.encode(video, frame_mask)
+        out = self.encode(video, frame_mask, self.drop_keep(video))
         if self.cfg.pool_input == "frame":
             tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
         else:
@@ -379,6 +452,7 @@ class VideoFrontEnd(nn.Module):
 
 __all__ = [
     "TowerConfig",
+    "TokenDropConfig",
     "FrontEndConfig",
     "FrontEndOutput",
     "VideoFrontEnd",

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from vidvlm.errors import ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import PatchEmbed, SpaceTimePosEmbed
+from vidvlm.layers.masking import gather_tokens
 from vidvlm.layers.transformer import CrossAttention, Mlp, SelfAttention, TemporalAttention, TransformerBlock
 
 Layout = Literal["frame", "divided", "joint", "factorised"]
@@ -308,6 +309,7 @@ class VideoViT(nn.Module):
         video: torch.Tensor,
         frame_mask: torch.Tensor | None = None,
         output_hidden_states: bool | Sequence[int] = False,
+        keep: torch.Tensor | None = None,
     ) -> VisionOutput:
         """Encode a batch of clips.
 
@@ -316,9 +318,14 @@ class VideoViT(nn.Module):
             frame_mask: bool ``[B, T]``, True for real frames (None = all real), real frames first (as collate
                 pads at the end). Each clip needs one real frame.
             output_hidden_states: True for all hidden states, or indices into them (negative allowed).
+            keep: long ``[B, T', K]``, the patch tokens of each time step that stay visible (indices into the
+                step's ``N`` patches, prefix tokens excluded; :func:`vidvlm.layers.masking.make_keep`, shape from
+                :meth:`token_grid`). Only those (and the prefix tokens) are gathered and go through the blocks;
+                None = every token.
 
         Returns:
-            :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)`` (plus one with ``keyframe_stream``).
+            :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)`` (plus one with ``keyframe_stream``); with
+            ``keep`` the tokens are ``[B, T', P + K, D]``, the visible ones in ``keep``'s order.
         """
         if video.ndim != 5:
             raise ValueError(f"video: expected [B, T, C, H, W], got shape {tuple(video.shape)}")
@@ -331,6 +338,9 @@ class VideoViT(nn.Module):
             if bool(frame_mask.all()):
                 frame_mask = None  # no padding: unmasked attention can use the fastest (flash) kernels
         x, frame_mask = self.embed(video, frame_mask)
+        if keep is not None:
+            p = self.num_prefix_tokens
+            x = torch.cat([x[:, :, :p], gather_tokens(x[:, :, p:], keep.to(x.device))], dim=2)
         b, t, n, _ = x.shape
         layout = self.cfg.layout
         keep_all = output_hidden_states is not False
@@ -374,6 +384,12 @@ class VideoViT(nn.Module):
         if keep_all:
             hidden = tuple(states) if output_hidden_states is True else tuple(states[i] for i in output_hidden_states)
         return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden, frame_mask=frame_mask)
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
+        """``(T', N)``: output time steps and patch tokens per step of a ``[B, num_frames, C, height, width]``
+        clip (the leading dims of a ``keep`` index)."""
+        steps = -(-num_frames // self.cfg.tubelet_size) + int(self.keyframe_embed is not None)
+        return steps, (height // self.cfg.patch_size) * (width // self.cfg.patch_size)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool each frame: ``[B, T', N', D] -> [B, T', D]`` (before ``fc_norm``)."""

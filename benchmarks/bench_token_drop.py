@@ -1,0 +1,150 @@
+"""Training throughput (samples/s) and peak memory of the contrastive tiny recipe with token dropping (FLIP).
+
+Cases (``--cases``): ``drop-0`` (every token: how every peer trains video CLIP), ``drop-50`` and ``drop-75``
+(``front_end.token_drop`` with ratio 0.5 / 0.75, ``--kind`` random or tube): the model of
+``configs/contrastive_tiny_8f_shapes.yaml`` (8 frames as two 4-frame tubelets of 8 x 8 patches, joint attention
+over 2 x 65 tokens, 3 blocks of width 96; text 2 blocks of width 64), built as ``tools/train.py`` builds it, with
+only ``model.front_end.token_drop`` changed. With dropping the tower gathers ``K = 32`` or ``16`` of each step's 64
+patches before its blocks; the patch embedding still sees every pixel.
+
+One training step = forward + loss + backward + AdamW step + ``zero_grad`` on random inputs (clips
+``[B, 8, 3, 32, 32]``, token ids ``[B, 12]``; decoding, augmentation and tokenisation excluded), as in
+``benchmarks/bench_train.py``, whose measurement it reuses: every (case, round) in a fresh subprocess, cases
+interleaved round by round, the median step over all rounds; peak memory = the growth of peak RSS over the
+full-batch steps above the RSS after one batch-1 step (a lower bound: memory the allocator kept is reused unseen).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_token_drop.py --threads 1 --rounds 3 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import load_config, peak_rss_kib, rss_baseline  # noqa: E402  (benchmarks/ is not a package)
+
+CONFIG = "vidvlm-8f"  # bench_train's name for configs/contrastive_tiny_8f_shapes.yaml
+CASES = {"drop-0": 0.0, "drop-50": 0.5, "drop-75": 0.75}
+
+
+def build(ratio: float, kind: str, batch: int):
+    """Model and ``step(b)`` of the recipe with ``front_end.token_drop = {ratio, kind}``."""
+    from vidvlm.models.registry import build_model
+    from vidvlm.train.optim import apply_stage_trainable, build_optimizer
+
+    cfg, model_cfg = load_config(CONFIG)
+    data = dict(cfg.model)
+    data["front_end"] = {**data["front_end"], "token_drop": {"ratio": ratio, "kind": kind}}
+    model = build_model(data).train()
+    stage = cfg.stages[0]
+    apply_stage_trainable(model, stage)
+    opt = build_optimizer(model, cfg.optim, stage)
+    size, length, vocab = model.front_end.image_size, model_cfg.text.context_length, model_cfg.text.vocab_size
+    inputs = {}
+    for b in {1, batch}:
+        video = torch.randn(b, model.num_frames, 3, size, size)
+        ids = torch.randint(1, vocab, (b, length))
+        inputs[b] = ({"video": video, "text": [""] * b}, ids, torch.ones(b, length, dtype=torch.bool))
+
+    def step(b: int) -> None:
+        batch_dict, ids, mask = inputs[b]
+        model.tokenize = lambda texts: (ids, mask)  # pre-made random ids instead of string tokenisation
+        out = model(batch_dict)
+        sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def run_case(name: str, args: argparse.Namespace) -> dict:
+    """Warm-up, then ``steps`` timed steps: seconds per step, peak memory (MiB), tokens the tower encoded."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, step = build(CASES[name], args.kind, args.batch)
+    seen = []
+    model.front_end.tower.register_forward_hook(lambda m, a, o: seen.append(tuple(o.last_hidden_state.shape[1:3])))
+    step(1)  # library start-up and AdamW state, outside the RSS baseline
+    base = rss_baseline()
+    for _ in range(args.warmup):
+        step(args.batch)
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step(args.batch)
+        times.append(time.perf_counter() - start)
+    steps, tokens = seen[-1]
+    return {
+        "name": name, "times": times, "peak_mib": (peak_rss_kib() - base) / 1024, "tokens": steps * tokens,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--kind", default="random", choices=["random", "tube"], help="token_drop.kind")
+    parser.add_argument("--batch", type=int, default=None, help="samples per step (default: the config's batch)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case per round")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    args = parser.parse_args()
+    if args.batch is None:
+        args.batch = load_config(CONFIG)[0].data.batch_size
+    if args.case:
+        print(json.dumps(run_case(args.case, args)))
+        return
+    results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
+    for r in range(args.rounds):
+        for name in args.cases:
+            cmd = [sys.executable, __file__, "--case", name, "--kind", args.kind, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"case {name} failed:\n{proc.stderr}")
+            res = json.loads(proc.stdout.splitlines()[-1])
+            entry = results[name]
+            entry["times"] += res["times"]
+            entry["peaks"].append(res["peak_mib"])
+            entry.update(tokens=res["tokens"], threads=res["threads"])
+            ms = statistics.median(res["times"]) * 1e3
+            print(f"round {r} {name:8s} {ms:8.1f} ms/step  peak {res['peak_mib']:.0f} MiB", file=sys.stderr)
+    print(render(results, args))
+
+
+def render(results: dict, args: argparse.Namespace) -> str:
+    threads = next(iter(results.values()))["threads"]
+    ref = results.get("drop-0")
+    lines = [
+        f"CPU ({threads} threads); batch {args.batch}; token_drop.kind {args.kind}; median step of {args.rounds} "
+        f"rounds x {args.steps} steps ({args.warmup} warm-up steps per round excluded); peak = peak RSS growth.",
+        "",
+        "| case | tower tokens / clip | median step ms | samples/s | peak MiB | speed vs drop-0 | memory vs drop-0 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, res in results.items():
+        step, mib = statistics.median(res["times"]), statistics.median(res["peaks"])
+        speed = memory = ""
+        if ref is not None:
+            speed = f"{statistics.median(ref['times']) / step:.2f}x"
+            memory = f"{mib / max(statistics.median(ref['peaks']), 1e-9):.2f}x"
+        row = [name, res["tokens"], f"{step * 1e3:.1f}", f"{args.batch / step:.0f}", f"{mib:.1f}", speed, memory]
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

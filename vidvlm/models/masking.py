@@ -1,0 +1,398 @@
+"""Masking family over video (FLAVA, X-FM): a video encoder, a text encoder and a fusion encoder, trained by
+hiding part of the input and predicting it, plus contrastive and matching objectives.
+
+    video [B,T,3,H,W] ──VideoFrontEnd──▶ tokens [B,M,Dv] ──mean──▶ video_proj ──L2──▶ video embedding [B,E]
+    captions ──tokenizer──▶ ids [B,L] ──text encoder (bidirectional)──▶ tokens [B,L,Dt] ──text_proj──▶ [B,E]
+    text tokens [B,L,Dt] (detached with ``stop_gradient``) ──fusion: self-attn + cross-attn to video──▶ [B,L,Dt]
+
+Objectives (``vidvlm.losses``; each its own ``*_loss`` scaled by its ``*_weight``; weight 0 = not computed, its
+head not built):
+
+* ``itc_loss``: symmetric InfoNCE between the embeddings (:func:`~vidvlm.losses.clip_loss`).
+* ``itm_loss``: matched / not matched from the fusion encoder's first token; for every video one hard negative
+  caption and for every caption one hard negative video, drawn from the in-batch ITC similarities
+  (:func:`~vidvlm.losses.hard_negatives`; captions equal to the positive are never negatives).
+* ``mlm_loss``: masked language modelling on the text encoder alone (``mlm_ratio``, 15 %).
+* ``video_mlm_loss``: masked language modelling through the fusion encoder, the video as context
+  (``video_mlm_ratio``: FLAVA 15 %, X-FM 50 %).
+* ``mvm_loss``: masked video modelling (VideoMAE): a tube mask hides ``mvm_ratio`` of the patch positions in every
+  time step, the video encoder encodes only the visible tokens (the video ViT's visible-token path), and a light
+  decoder predicts the per-tubelet normalised pixels of the hidden tubelets. It needs a video-ViT tower.
+
+``stop_gradient`` (X-FM): the fusion encoder reads a detached copy of the text encoder's output, so the language
+encoder learns only from its own objectives (ITC, MLM) and stays a language model. FLAVA (``flava``) trains through
+the fusion; X-FM (``xfm``, :class:`XFMConfig`) detaches and masks half of the text in ``video_mlm``.
+
+Retrieval uses the ITC embeddings (``encode_video`` / ``encode_text``); :meth:`MaskingModel.itm_scores` scores
+(video, caption) pairs for re-ranking. The text encoder reserves its last embedding row for the mask id.
+Module-name prefixes for training stages: ``front_end.``, ``text.``, ``video_proj.``, ``text_proj.``,
+``logit_scale``, ``fusion.``, ``itm_head.``, ``mlm_head.``, ``decoder.``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidvlm.errors import ConfigError
+from vidvlm.layers.masking import MASK_KINDS, MaskKind, make_keep, mask_text, visible_mask
+from vidvlm.layers.pooling import PoolerConfig, masked_mean
+from vidvlm.losses import clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel
+from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
+from vidvlm.models.masking_heads import FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
+from vidvlm.models.registry import register_family
+from vidvlm.models.text import NativeTextEncoder, TextConfig, build_text_tower, save_text_tower_config
+from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
+from vidvlm.models.vision import VisionConfig
+
+WEIGHTS = ("itc_weight", "itm_weight", "mlm_weight", "video_mlm_weight", "mvm_weight")
+
+
+def _front_end() -> FrontEndConfig:
+    # T per-frame means + per-position temporal means: the fusion encoder reads space and time
+    return FrontEndConfig(pool_input="tokens", pooler=PoolerConfig("video_chatgpt", {"num_prefix_tokens": 1}))
+
+
+@dataclass
+class MaskingConfig:
+    """A FLAVA-style masking model (see the module docstring); :class:`XFMConfig` holds X-FM's defaults.
+
+    Attributes:
+        family: ``"flava"`` (``"xfm"`` in :class:`XFMConfig`).
+        front_end: the video front-end; its pooler's tokens are the fusion encoder's context.
+        text: the text encoder (bidirectional for MLM).
+        embed_dim: width E of the ITC space.
+        fusion_depth: fusion blocks (self-attention, cross-attention to the video, MLP).
+        fusion_heads: their attention heads.
+        itc_weight: weight of ``itc_loss``.
+        itm_weight: weight of ``itm_loss``.
+        mlm_weight: weight of ``mlm_loss`` (text alone).
+        video_mlm_weight: weight of ``video_mlm_loss`` (text with the video as context).
+        mvm_weight: weight of ``mvm_loss`` (masked video modelling; needs a video-ViT tower).
+        mlm_ratio: share of each caption's tokens predicted by ``mlm_loss``.
+        video_mlm_ratio: share predicted by ``video_mlm_loss``.
+        mvm_ratio: share of patch positions hidden from the encoder in ``mvm_loss`` (VideoMAE: 0.9).
+        mvm_mask: ``tube`` (the same positions in every time step) or ``random``.
+        mvm_norm_pix: predict per-tubelet normalised pixels.
+        decoder_width: width of the ``mvm`` decoder.
+        decoder_depth: its blocks.
+        decoder_heads: its attention heads.
+        stop_gradient: the fusion encoder reads a detached copy of the text encoder's output (X-FM).
+        itm_sample: draw hard negatives in proportion to ``softmax(similarity)`` (ALBEF); False takes the hardest.
+        logit_scale_init: initial ``log`` of the ITC logit scale.
+        tokenizer: a local tokenizer directory, or None (``text.source`` for hf towers, else trained on captions).
+        tokenizer_kind: kind of tokenizer trained on captions (``bpe``, ``wordpiece``, ``word``).
+    """
+
+    family: Literal["flava", "xfm"] = "flava"
+    front_end: FrontEndConfig = field(default_factory=_front_end)
+    text: TextConfig = field(default_factory=lambda: TextConfig(causal=False, pooling="cls"))
+    embed_dim: int = 256
+    fusion_depth: int = 6
+    fusion_heads: int = 8
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    video_mlm_weight: float = 1.0
+    mvm_weight: float = 1.0
+    mlm_ratio: float = 0.15
+    video_mlm_ratio: float = 0.15
+    mvm_ratio: float = 0.9
+    mvm_mask: MaskKind = "tube"
+    mvm_norm_pix: bool = True
+    decoder_width: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+    stop_gradient: bool = False
+    itm_sample: bool = True
+    logit_scale_init: float = math.log(1 / 0.07)
+    tokenizer: str | None = None
+    tokenizer_kind: TokenizerKind = "bpe"
+
+    def __post_init__(self) -> None:
+        preset = type(self).__dataclass_fields__["family"].default
+        if self.family != preset:
+            raise ConfigError(f"family: {type(self).__name__} is for {preset!r}, got {self.family!r}")
+        for name in WEIGHTS:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not any(getattr(self, name) > 0 for name in WEIGHTS):
+            raise ConfigError(f"{'/'.join(WEIGHTS)}: at least one objective needs a weight above 0")
+        for name in ("mlm_ratio", "video_mlm_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must lie in (0, 1], got {getattr(self, name)}")
+        if not 0 <= self.mvm_ratio < 1:
+            raise ConfigError(f"mvm_ratio: must lie in [0, 1), got {self.mvm_ratio}")
+        if self.mvm_mask not in MASK_KINDS:
+            raise ConfigError(f"mvm_mask: expected one of {list(MASK_KINDS)}, got {self.mvm_mask!r}")
+        masked_text = self.mlm_weight > 0 or self.video_mlm_weight > 0
+        if masked_text and self.text.kind == "native" and self.text.causal:
+            raise ConfigError("text.causal: masked language modelling needs a bidirectional text encoder (false)")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> MaskingConfig:
+        """A minute model for tests. ``mvm_weight`` is 0 here because the contract tests also put frame-wise and
+        ensemble towers (which have no visible-token path) in front; tests of ``mvm`` set it."""
+        vision = VisionConfig(image_size=32, patch_size=8, width=32, depth=2, num_heads=2, num_tubelets=4)
+        front = dataclasses.replace(_front_end(), tower=TowerConfig(vision=vision), num_frames=4)
+        base: dict[str, Any] = dict(
+            front_end=front,
+            text=TextConfig(vocab_size=64, context_length=16, width=32, depth=1, num_heads=2, causal=False),
+            embed_dim=16,
+            fusion_depth=1,
+            fusion_heads=2,
+            mvm_weight=0.0,
+            decoder_width=16,
+            decoder_depth=1,
+            decoder_heads=2,
+            tokenizer_kind="word",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass
+class XFMConfig(MaskingConfig):
+    """:class:`MaskingConfig` with X-FM's defaults: the fusion reads detached text, half the text is masked when
+    the video is its context."""
+
+    family: Literal["flava", "xfm"] = "xfm"
+    video_mlm_ratio: float = 0.5
+    stop_gradient: bool = True
+
+
+@register_family("flava")
+class MaskingModel(VLMModel):
+    """FLAVA / X-FM over video (see the module docstring).
+
+    Args:
+        config: the :class:`MaskingConfig`.
+        tokenizer: an already loaded tokenizer (else resolved from the config, or trained later).
+    """
+
+    config_class = MaskingConfig
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END})
+
+    def __init__(self, config: MaskingConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
+        super().__init__(config)
+        cfg = config
+        self.front_end = VideoFrontEnd(cfg.front_end)
+        width = self.front_end.width
+        self.text = build_text_tower(cfg.text, checkpoint_dir=_restore)
+        self.video_proj = nn.Linear(width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(self.text.width, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.video_proj.weight, std=width**-0.5)
+        nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        # only the parts an objective uses exist: an unused parameter would break DDP
+        fused = cfg.itm_weight > 0 or cfg.video_mlm_weight > 0
+        self.fusion = FusionEncoder(self.text.width, cfg.fusion_depth, cfg.fusion_heads, width) if fused else None
+        self.itm_head = nn.Linear(self.text.width, 2) if cfg.itm_weight > 0 else None
+        masked_text = cfg.mlm_weight > 0 or cfg.video_mlm_weight > 0
+        self.mlm_head = MLMHead(self.text.width, self.text.vocab_rows) if masked_text else None
+        if masked_text and not isinstance(self.text, NativeTextEncoder):
+            raise ConfigError("text.kind: masked language modelling needs the native text encoder (its mask row)")
+        self.decoder = self._build_decoder() if cfg.mvm_weight > 0 else None
+        if tokenizer is None and _restore is None:
+            source = cfg.tokenizer or (cfg.text.source if cfg.text.kind == "hf" else None)
+            tokenizer = TextTokenizer.load(source) if source is not None else None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+    def _build_decoder(self) -> PixelDecoder:
+        cfg, front = self.config, self.front_end
+        if not front.can_drop_tokens:
+            raise ConfigError(
+                f"mvm_weight: masked video modelling needs a video-ViT tower (native, pretrained, checkpoint), not "
+                f"{cfg.front_end.tower.name!r}; set mvm_weight: 0"
+            )
+        if cfg.front_end.freeze_tower:
+            raise ConfigError("mvm_weight: masked video modelling trains the tower; unset front_end.freeze_tower")
+        vision = front.base_tower.cfg
+        if vision.keyframe_stream:
+            raise ConfigError("mvm_weight: masked video modelling has no pixel target for the keyframe stream")
+        out_dim = vision.tubelet_size * vision.patch_size**2 * vision.in_chans
+        return PixelDecoder(
+            front.base_tower.width, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads, vision.grid(),
+            vision.num_tubelets, out_dim,
+        )  # fmt: skip
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    @property
+    def mask_id(self) -> int:
+        """The id of a hidden text token: the text encoder's last embedding row, which no tokenizer id uses."""
+        return self.text.vocab_rows - 1
+
+    def _check_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        rows = self.text.vocab_rows - 1  # the last row is the mask id
+        if tokenizer.vocab_size > rows:
+            raise ConfigError(
+                f"text.vocab_size: the tokenizer has {tokenizer.vocab_size} ids but the text encoder leaves {rows} "
+                "(its last row is the mask id)"
+            )
+
+    def _train_tokenizer(self, captions: list[str]) -> TextTokenizer:
+        return TextTokenizer.train(captions, vocab_size=self.text.vocab_rows - 1, kind=self.config.tokenizer_kind)
+
+    @property
+    def transform(self):
+        """Eval transform: uint8 ``[T, 3, H, W]`` -> float ``[T, 3, S, S]``."""
+        return self.front_end.transform()
+
+    def train_transform(self, **kwargs: Any):
+        """Training transform at the model's input size; ``kwargs`` go to ``build_transform``."""
+        return self.front_end.transform(train=True, **kwargs)
+
+    @property
+    def num_frames(self) -> int:
+        return self.front_end.cfg.num_frames
+
+    # -- encoders ----------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` long ``[B, L]`` and ``attention_mask`` bool ``[B, L]`` on the model's device."""
+        ids, mask = self.require_tokenizer().encode(texts, self.config.text.context_length)
+        device = self.text_proj.weight.device
+        return ids.to(device), mask.to(device)
+
+    def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised ITC embeddings ``[B, E]`` of ``video [B, T, 3, H, W]`` (after :attr:`transform`)."""
+        out = self.front_end(video, frame_mask)
+        return F.normalize(self.video_proj(masked_mean(out.tokens, out.mask)), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised ITC embeddings ``[B, E]`` of B strings."""
+        _, pooled = self.text(*self.tokenize(texts))
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def _fuse(self, text: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor | None):
+        """Fusion of ``text [B, L, Dt]`` with ``video [B, M, Dv]`` -> ``[B, L, Dt]`` (detached text when
+        ``stop_gradient``)."""
+        if self.fusion is None:
+            raise ConfigError("itm_weight/video_mlm_weight: this model was built without a fusion encoder (both 0)")
+        if self.config.stop_gradient:
+            text = text.detach()
+        return self.fusion(text, text_mask, video, video_mask)
+
+    @torch.no_grad()
+    def itm_scores(self, video: torch.Tensor, frame_mask: torch.Tensor | None, texts: list[str]) -> torch.Tensor:
+        """Log-odds that caption i matches clip i (for re-ranking retrieval): ``video [B, T, 3, H, W]`` -> ``[B]``."""
+        if self.itm_head is None:
+            raise ConfigError("itm_weight: this model has no matching head (itm_weight was 0)")
+        vis = self.front_end(video, frame_mask)
+        ids, mask = self.tokenize(texts)
+        tokens, _ = self.text(ids, mask)
+        logits = self.itm_head(self._fuse(tokens, mask, vis.tokens, vis.mask)[:, 0])
+        return logits[:, 1] - logits[:, 0]
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The weighted objectives of a collated batch.
+
+        Args:
+            batch: ``video [B, T, 3, H, W]``, optional ``frame_mask`` bool ``[B, T]``, ``text`` (B strings).
+
+        Returns:
+            each objective with a weight above 0 as ``<name>_loss`` (already weighted), and ``logit_scale``.
+        """
+        cfg = self.config
+        texts = list(batch["text"])
+        video, frame_mask = batch["video"], batch.get("frame_mask")
+        if len(texts) != video.shape[0]:
+            raise ValueError(f"batch: {len(texts)} texts for {video.shape[0]} videos")
+        ids, amask = self.tokenize(texts)
+        vis = self.front_end(video, frame_mask)
+        tokens, pooled = self.text(ids, amask)
+        v_emb = F.normalize(self.video_proj(masked_mean(vis.tokens, vis.mask)), dim=-1)
+        t_emb = F.normalize(self.text_proj(pooled), dim=-1)
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        out: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
+        if cfg.itc_weight > 0:
+            out["itc_loss"] = cfg.itc_weight * clip_loss(v_emb, t_emb, scale)
+        if cfg.itm_weight > 0:
+            same = torch.tensor([[a == b for b in texts] for a in texts], device=v_emb.device)
+            out["itm_loss"] = cfg.itm_weight * self._itm(scale * v_emb @ t_emb.T, same, tokens, amask, vis)
+        if cfg.mlm_weight > 0:
+            masked, labels = self._mask_text(ids, amask, cfg.mlm_ratio)
+            out["mlm_loss"] = cfg.mlm_weight * mlm_loss(self.mlm_head(self.text(masked, amask)[0]), labels)
+        if cfg.video_mlm_weight > 0:
+            masked, labels = self._mask_text(ids, amask, cfg.video_mlm_ratio)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.stop_gradient):
+                text_tokens, _ = self.text(masked, amask)
+            fused = self._fuse(text_tokens, amask, vis.tokens, vis.mask)
+            out["video_mlm_loss"] = cfg.video_mlm_weight * mlm_loss(self.mlm_head(fused), labels)
+        if cfg.mvm_weight > 0:
+            out["mvm_loss"] = cfg.mvm_weight * self.mvm_loss(video, frame_mask)
+        return out
+
+    def _itm(self, sim: torch.Tensor, same: torch.Tensor, tokens: torch.Tensor, amask: torch.Tensor, vis: Any):
+        """ITM over the B matched pairs, a hard negative caption per clip and a hard negative clip per caption.
+
+        ``sim [B, B]`` video-by-text similarities, ``same`` bool ``[B, B]`` equal captions, ``tokens [B, L, Dt]``.
+        """
+        b = sim.shape[0]
+        arange = torch.arange(b, device=sim.device)
+        neg_text = hard_negatives(sim, same, sample=self.config.itm_sample)  # [B] a caption for each clip
+        neg_video = hard_negatives(sim.T, same.T, sample=self.config.itm_sample)  # [B] a clip for each caption
+        has_t, has_v = neg_text >= 0, neg_video >= 0
+        video_idx = torch.cat([arange, arange[has_t], neg_video[has_v]])
+        text_idx = torch.cat([arange, neg_text[has_t], arange[has_v]])
+        matched = torch.zeros(video_idx.shape[0], dtype=torch.bool, device=sim.device)
+        matched[:b] = True
+        v_mask = None if vis.mask is None else vis.mask[video_idx]
+        fused = self._fuse(tokens[text_idx], amask[text_idx], vis.tokens[video_idx], v_mask)
+        return itm_loss(self.itm_head(fused[:, 0]), matched)
+
+    def _mask_text(self, ids: torch.Tensor, amask: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT-masked ``ids`` long ``[B, L]`` and their labels (-100 where nothing is predicted)."""
+        tok = self.require_tokenizer()
+        special = tuple(int(i) for i in tok.hf.all_special_ids)
+        return mask_text(ids, amask, ratio, self.mask_id, tok.vocab_size, special)
+
+    def mvm_loss(self, video: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Masked video modelling (unweighted): the tower encodes only the visible tube positions, the decoder
+        predicts every hidden tubelet's pixels. ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]``."""
+        if self.decoder is None:
+            raise ConfigError("mvm_weight: this model was built without the masked video decoder (mvm_weight was 0)")
+        tower = self.front_end.base_tower
+        vision = tower.cfg
+        steps, n = self.front_end.token_grid(video)
+        keep = make_keep(video.shape[0], steps, n, self.config.mvm_ratio, self.config.mvm_mask, device=video.device)
+        enc = tower(video, frame_mask, keep=keep)
+        grid = (video.shape[-2] // vision.patch_size, video.shape[-1] // vision.patch_size)
+        pred = self.decoder(enc.last_hidden_state[:, :, tower.num_prefix_tokens :], keep, grid, enc.frame_mask)
+        target, steps_real = tubelet_pixels(video, frame_mask, vision.patch_size, vision.tubelet_size)
+        hidden = ~visible_mask(keep, n)
+        if steps_real is not None:
+            hidden = hidden & steps_real[:, :, None]
+        return masked_pixel_loss(pred, target, hidden, norm_pix=self.config.mvm_norm_pix)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def config_for_save(self) -> MaskingConfig:
+        """The config with the resolved front-end (no pretrained source, which the weights replace)."""
+        return dataclasses.replace(self.config, front_end=self.front_end.resolved_config(), tokenizer=None)
+
+    def _save_extra(self, directory: Path) -> None:
+        super()._save_extra(directory)
+        save_text_tower_config(self.text, directory)
+
+    @classmethod
+    def _build_for_restore(cls, config: MaskingConfig, directory: Path) -> MaskingModel:
+        return cls._restore_tokenizer(cls(config, _restore=directory), directory)
+
+
+@register_family("xfm")
+class XFMModel(MaskingModel):
+    """X-FM over video: :class:`MaskingModel` with :class:`XFMConfig` (stop-gradient fusion, 50 % video MLM)."""
+
+    config_class = XFMConfig
+
+
+__all__ = ["MaskingConfig", "XFMConfig", "MaskingModel", "XFMModel"]

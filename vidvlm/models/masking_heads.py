@@ -1,0 +1,154 @@
+"""Parts of the masking family (``vidvlm.models.masking``): the fusion encoder, the MLM head, and the light decoder
+of masked video modelling with its tubelet targets."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from vidvlm.layers.attention import AttnMask
+from vidvlm.layers.embeddings import SpaceTimePosEmbed
+from vidvlm.layers.masking import scatter_tokens
+from vidvlm.layers.transformer import TransformerBlock
+from vidvlm.models.vision import _fill_to_tubelets
+
+
+def _padding(mask: torch.Tensor | None) -> AttnMask | None:
+    """A key-padding mask, or None when every key is real (so the fastest kernels run)."""
+    return None if mask is None or bool(mask.all()) else AttnMask(key_padding=mask)
+
+
+class FusionEncoder(nn.Module):
+    """Text tokens that read the video: blocks of self-attention over the text, cross-attention to the visual
+    tokens, and an MLP (the shared :class:`TransformerBlock`).
+
+    Args:
+        width: text width D.
+        depth: blocks.
+        num_heads: attention heads.
+        context_dim: width of the visual tokens.
+    """
+
+    def __init__(self, width: int, depth: int, num_heads: int, context_dim: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(width, num_heads, cross_attention=True, context_dim=context_dim, norm_eps=1e-5)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width, eps=1e-5)
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``text [B, L, D]`` (bool ``text_mask [B, L]``), ``video [B, M, Dv]`` (bool ``video_mask [B, M]`` or
+        None) -> fused text tokens ``[B, L, D]``."""
+        mask, context_mask = _padding(text_mask), _padding(video_mask)
+        x = text
+        for blk in self.blocks:
+            x = blk(x, mask, context=video, context_mask=context_mask)
+        return self.norm(x)
+
+
+class MLMHead(nn.Module):
+    """``[..., D] -> [..., V]`` logits over the vocabulary (dense, GELU, LayerNorm, decoder; BERT's head)."""
+
+    def __init__(self, width: int, vocab_rows: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(width, eps=1e-5)
+        self.decoder = nn.Linear(width, vocab_rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(x))))
+
+
+class PixelDecoder(nn.Module):
+    """VideoMAE's light decoder: visible encoder tokens plus a learned mask token at every hidden position, with
+    their own space-time positions, joint attention over the clip, then each tubelet's pixels.
+
+    Args:
+        encoder_width: width of the encoder tokens.
+        width: decoder width.
+        depth: decoder blocks.
+        num_heads: decoder heads.
+        grid: the encoder's patch grid ``(H/P, W/P)`` at its training size.
+        num_tubelets: length of the decoder's temporal table (longer clips resample it).
+        out_dim: pixels per tubelet (``tubelet_size * P * P * C``).
+    """
+
+    def __init__(
+        self,
+        encoder_width: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        grid: tuple[int, int],
+        num_tubelets: int,
+        out_dim: int,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(encoder_width, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.pos = SpaceTimePosEmbed(width, grid, num_tubelets)
+        nn.init.normal_(self.pos.temporal, std=0.02)  # unlike the encoder's, time is new information here
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, norm_eps=1e-6) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(
+        self, visible: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], step_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Predict every tubelet.
+
+        Args:
+            visible: ``[B, T', K, De]`` encoder outputs of the visible patch tokens (prefix tokens removed).
+            keep: long ``[B, T', K]`` their positions among the ``N = gh * gw`` patches of a step.
+            grid: ``(gh, gw)`` of this input.
+            step_mask: bool ``[B, T']`` real time steps (padded ones are never keys), or None.
+
+        Returns:
+            ``[B, T', N, out_dim]`` predicted (normalised) pixels.
+        """
+        b, t = visible.shape[:2]
+        n = grid[0] * grid[1]
+        x = scatter_tokens(self.embed(visible), keep, n, self.mask_token)
+        _, space = self.pos.spatial_table(grid)
+        x = x + space.to(x.dtype) + rearrange(self.pos.temporal_table(t).to(x.dtype), "t d -> t 1 d")
+        h = rearrange(x, "b t n d -> b (t n) d")
+        mask = None
+        if step_mask is not None and not bool(step_mask.all()):
+            mask = AttnMask(key_padding=rearrange(step_mask[:, :, None].expand(b, t, n), "b t n -> b (t n)"))
+        for blk in self.blocks:
+            h = blk(h, mask)
+        return rearrange(self.head(self.norm(h)), "b (t n) k -> b t n k", t=t)
+
+
+def tubelet_pixels(
+    video: torch.Tensor, frame_mask: torch.Tensor | None, patch_size: int, tubelet_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prediction targets: each tubelet's pixels, as the encoder cuts them.
+
+    Args:
+        video: ``[B, T, C, H, W]`` (the model's input).
+        frame_mask: bool ``[B, T]`` or None.
+        patch_size: P.
+        tubelet_size: frames per tubelet Ts (padded frames and frames beyond T repeat the last real one, as the
+            encoder fills them).
+
+    Returns:
+        ``[B, T', N, Ts * P * P * C]`` (row-major patches) and the real time steps bool ``[B, T']`` or None.
+    """
+    if tubelet_size > 1:
+        video, frame_mask = _fill_to_tubelets(video, frame_mask, tubelet_size)
+    gh, gw = video.shape[-2] // patch_size, video.shape[-1] // patch_size
+    video = video[..., : gh * patch_size, : gw * patch_size]
+    pixels = rearrange(
+        video, "b (t s) c (h p) (w q) -> b t (h w) (s p q c)", s=tubelet_size, p=patch_size, q=patch_size
+    )
+    return pixels, frame_mask
+
+
+__all__ = ["FusionEncoder", "MLMHead", "PixelDecoder", "tubelet_pixels"]
