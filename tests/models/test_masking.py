@@ -321,24 +321,9 @@ def test_masked_run_resumes_exactly(tmp_path):
     data = tmp_path / "shapes"
 
     def overrides(out: Path) -> list[str]:
-        return [
-            f"output_dir={out}",
-            f"data.synthetic.out_dir={data}",
-            f"data.datasets.shapes.manifest={data}/train/manifest.jsonl",
-            f"data.val.manifest={data}/val/manifest.jsonl",
-            "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32}",
-            "data.synthetic.sets.val={num: 8, seed: 0, split: val, frames: 4, size: 32}",
-            "data.sampler.num_frames=4",
-            "model.front_end.num_frames=4",
-            "model.front_end.tower.vision.num_tubelets=1",
-            "data.batch_size=4",
-            "stages.0.steps=4",
-            "schedule.warmup_steps=1",
-            "checkpoint_every=2",
-            "eval_every=0",
-            "log_every=1",
-            "trackers=[]",
-        ]
+        from tests.tools.tiny_run import tiny_run_overrides
+
+        return tiny_run_overrides(out, data)
 
     def losses(out: Path) -> dict[int, dict[str, float]]:
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.tiny_run import tiny_run_overrides
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -20,24 +22,7 @@ CONFIG = ROOT / "configs" / "contrastive_tiny_8f_shapes.yaml"
 
 
 def _overrides(out: Path, data: Path) -> list[str]:
-    return [
-        f"output_dir={out}",
-        f"data.synthetic.out_dir={data}",
-        f"data.datasets.shapes.manifest={data}/train/manifest.jsonl",
-        f"data.val.manifest={data}/val/manifest.jsonl",
-        "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32}",
-        "data.synthetic.sets.val={num: 8, seed: 0, split: val, frames: 4, size: 32}",
-        "data.sampler.num_frames=4",
-        "model.front_end.num_frames=4",
-        "model.front_end.tower.vision.num_tubelets=1",
-        "data.batch_size=4",
-        "stages.0.steps=4",
-        "schedule.warmup_steps=1",
-        "checkpoint_every=2",
-        "eval_every=0",
-        "log_every=1",
-        "trackers=[]",
-    ]
+    return tiny_run_overrides(out, data)
 
 
 def _losses(out: Path) -> dict[int, float]:
