@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import load_config, peak_rss_kib, rss_baseline  # noqa: E402  (benchmarks/ is not a package)
+from bench_train import load_config, peak_rss_kib, rss_baseline, run_in_subprocess  # noqa: E402  (benchmarks/ is not a package)
 
 CONFIG = "vidvlm-8f"  # bench_train's name for configs/contrastive_tiny_8f_shapes.yaml
 CASES = {"drop-0": 0.0, "drop-50": 0.5, "drop-75": 0.75}
@@ -108,14 +107,9 @@ def main() -> None:
     results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
     for r in range(args.rounds):
         for name in args.cases:
-            cmd = [sys.executable, __file__, "--case", name, "--kind", args.kind, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"case {name} failed:\n{proc.stderr}")
-            res = json.loads(proc.stdout.splitlines()[-1])
+            options = ["--kind", args.kind, "--batch", str(args.batch), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup)]  # fmt: skip
+            res = run_in_subprocess(__file__, name, options, args.threads)
             entry = results[name]
             entry["times"] += res["times"]
             entry["peaks"].append(res["peak_mib"])

@@ -264,6 +264,18 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def run_in_subprocess(script: str, name: str, options: list[str], threads: int | None) -> dict:
+    """Run case ``name`` of a benchmark ``script`` in a fresh process (so its peak RSS is its own) and return the
+    JSON its last output line holds; a failed case stops the benchmark with its error output."""
+    cmd = [sys.executable, script, "--case", name, *options]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"case {name} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -292,14 +304,9 @@ def main() -> None:
     for r in range(args.rounds):
         for name in args.cases:
             if args.device == "cpu":
-                cmd = [sys.executable, __file__, "--case", name, "--dtype", args.dtype, "--batch", str(args.batch),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode:
-                    sys.exit(f"case {name} failed:\n{proc.stderr}")
-                res = json.loads(proc.stdout.splitlines()[-1])
+                options = ["--dtype", args.dtype, "--batch", str(args.batch), "--steps", str(args.steps),
+                           "--warmup", str(args.warmup)]  # fmt: skip
+                res = run_in_subprocess(__file__, name, options, args.threads)
             else:
                 res = run_case(name, args)
                 torch.cuda.empty_cache()

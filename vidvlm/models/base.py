@@ -133,6 +133,14 @@ class VLMModel(nn.Module):
         self._check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
 
+    def _adopt_tokenizer(self, tokenizer: TextTokenizer | None, source: str | None) -> None:
+        """At construction: use ``tokenizer``, else load the local directory ``source`` (None: leave it to
+        ``prepare_for_training``)."""
+        if tokenizer is None and source is not None:
+            tokenizer = TextTokenizer.load(source)
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
     def _check_tokenizer(self, tokenizer: TextTokenizer) -> None:
         """Raise a :class:`ConfigError` when ``tokenizer`` does not fit the model (default: any fits)."""
 

@@ -41,7 +41,7 @@ from vidvlm.losses import clip_loss, siglip_loss
 from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel, lock_tower
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.registry import register_family
-from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config
+from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config, tokenizer_source
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
 from vidvlm.models.vision import VideoViT, VisionConfig, migrate_vision
 
@@ -139,11 +139,8 @@ class ContrastiveModel(VLMModel):
         self.logit_scale = nn.Parameter(torch.tensor(float(scale_init)))
         # only SigLIP has a bias: an unused parameter would break DDP without find_unused_parameters
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init))) if cfg.loss == "siglip" else None
-        if tokenizer is None and _restore is None:
-            source = cfg.tokenizer or (cfg.text.source if cfg.text.kind == "hf" else None)
-            tokenizer = TextTokenizer.load(source) if source is not None else None
-        if tokenizer is not None:
-            self.set_tokenizer(tokenizer)
+        # a restored checkpoint brings its own saved tokenizer (_build_for_restore)
+        self._adopt_tokenizer(tokenizer, None if _restore is not None else tokenizer_source(cfg.tokenizer, cfg.text))
         self.apply_locks()
 
     # -- setup -------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.masking_heads import FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
 from vidvlm.models.registry import register_family
-from vidvlm.models.text import NativeTextEncoder, TextConfig, build_text_tower, save_text_tower_config
+from vidvlm.models.text import NativeTextEncoder, TextConfig, build_text_tower, save_text_tower_config, tokenizer_source
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
 from vidvlm.models.vision import VisionConfig
 
@@ -201,11 +201,8 @@ class MaskingModel(VLMModel):
         if masked_text and not isinstance(self.text, NativeTextEncoder):
             raise ConfigError("text.kind: masked language modelling needs the native text encoder (its mask row)")
         self.decoder = self._build_decoder() if cfg.mvm_weight > 0 else None
-        if tokenizer is None and _restore is None:
-            source = cfg.tokenizer or (cfg.text.source if cfg.text.kind == "hf" else None)
-            tokenizer = TextTokenizer.load(source) if source is not None else None
-        if tokenizer is not None:
-            self.set_tokenizer(tokenizer)
+        # a restored checkpoint brings its own saved tokenizer (_build_for_restore)
+        self._adopt_tokenizer(tokenizer, None if _restore is not None else tokenizer_source(cfg.tokenizer, cfg.text))
 
     def _build_decoder(self) -> PixelDecoder:
         cfg, front = self.config, self.front_end

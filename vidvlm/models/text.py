@@ -188,6 +188,12 @@ class HFTextEncoder(nn.Module):
         return tokens, pool_tokens(tokens, attention_mask, self.cfg.pooling)
 
 
+def tokenizer_source(tokenizer: str | None, text: TextConfig) -> str | None:
+    """Where a text family's tokenizer comes from: the named directory, else an ``hf`` tower's own source, else
+    nowhere (it is trained on the training captions)."""
+    return tokenizer or (text.source if text.kind == "hf" else None)
+
+
 def build_text_tower(cfg: TextConfig, checkpoint_dir: str | Path | None = None) -> nn.Module:
     """Build the tower of ``cfg``; with ``checkpoint_dir`` an ``hf`` tower takes its architecture from the
     checkpoint's ``text_tower_config.json`` instead of ``cfg.source``."""
@@ -216,4 +222,5 @@ __all__ = [
     "build_text_tower",
     "save_text_tower_config",
     "pool_tokens",
+    "tokenizer_source",
 ]

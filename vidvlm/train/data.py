@@ -236,11 +236,11 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
 class CountingCollate:
     """Wraps a collate function to count, per dataset, the samples drawn and the substituted (unreadable) ones.
 
-    The counts travel with the batch (``num_replaced``, ``drawn_per_source``, ``replaced_per_source``: lists over
-    the mixture's datasets) so they are right with worker processes too; the trainer removes them.
+    The counts travel with the batch (``drawn_per_source``, ``replaced_per_source``: lists over the mixture's
+    datasets) so they are right with worker processes too; the trainer removes them.
     """
 
-    KEYS = ("num_replaced", "drawn_per_source", "replaced_per_source")
+    KEYS = ("drawn_per_source", "replaced_per_source")
 
     def __init__(self, collate_fn: Callable[[list[dict]], dict], num_sources: int = 1) -> None:
         self.collate_fn = collate_fn
@@ -255,7 +255,7 @@ class CountingCollate:
             replaced[source] += int(s.get("replaced_from") not in (None, -1))
             clean.append({k: v for k, v in s.items() if k != _SOURCE})
         batch = self.collate_fn(clean)
-        batch.update(num_replaced=sum(replaced), drawn_per_source=drawn, replaced_per_source=replaced)
+        batch.update(drawn_per_source=drawn, replaced_per_source=replaced)
         return batch
 
 

@@ -15,9 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel
+from vidvlm.train.data import CountingCollate
 
-# What a training collate adds to a batch that is not model input (see vidvlm.train.data.CountingCollate).
-_COUNT_KEYS = ("num_replaced", "drawn_per_source", "replaced_per_source")
+# What a training collate adds to a batch that is not model input.
+_COUNT_KEYS = CountingCollate.KEYS
 
 
 def limit(dataset: Dataset, max_batches: int, batch_size: int, world_size: int = 1) -> Dataset:

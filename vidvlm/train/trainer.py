@@ -358,7 +358,6 @@ class Trainer:
         drawn, replaced = [0] * len(self.names), [0] * len(self.names)
         for micro in range(cfg.grad_accum):
             batch = next(batches)
-            batch.pop("num_replaced", None)
             drawn = [a + b for a, b in zip(drawn, batch.pop("drawn_per_source"), strict=True)]
             replaced = [a + b for a, b in zip(replaced, batch.pop("replaced_per_source"), strict=True)]
             batch = _to_device(batch, acc.device)
