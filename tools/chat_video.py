@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         content = q if conversation else f"<video>\n{q}"  # the clip comes with the first question
         conversation.append({"role": "user", "content": content})
-        answer = model.generate(clip, None, decode=decode, timestamps=times[None], conversations=[conversation])[0]
+        try:
+            answer = model.generate(clip, None, decode=decode, timestamps=times[None], conversations=[conversation])[0]
+        except VidVLMError as e:  # e.g. the conversation outgrew the LM's context
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         conversation.append({"role": "assistant", "content": answer})
         print(f"Q: {q}\nA: {answer}", flush=True)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from vidvlm.errors import VidVLMError
@@ -37,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
         model = load(args.run)
         model.require(GENERATE, "be exported as a standalone generating model")
-        tmp = out.with_name(out.name + ".tmp-export")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.export(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a private folder beside --out, renamed into place: two exports never write into one folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            model.export(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing left behind when the export failed
     except VidVLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
