@@ -19,6 +19,8 @@ Token dropping (``token_drop``, FLIP / open_clip patch dropout; off by default):
 every step; ``tube``: the same positions in every step), through the video ViT's visible-token path (the visible
 tokens are gathered, so dropped ones cost nothing). Evaluation always sees every token. It needs a video-ViT tower
 (``native``, ``pretrained``, ``checkpoint``, also multi-level) and a pooler that does not read the patch grid.
+A training stage can set its own ratio (``stages[i].token_drop``, :meth:`VideoFrontEnd.set_token_drop`), e.g. a
+short unmasked last stage as FLIP does.
 
 The front-end also owns what the model's input is: frames per clip (``num_frames``, in frames), the input side
 (``image_size``) and normalisation (``normalize``). Datasets and samplers inherit them (``vidvlm.train.data``).
@@ -157,11 +159,15 @@ class FrontEndConfig:
                 "front_end.pool_input: 'frame' pools the per-frame embeddings, which have one level; multi-level "
                 "features (front_end.tower.layers) need pool_input: tokens"
             )
-        if self.token_drop.ratio > 0 and self.pool_input == "tokens" and self.pooler.name in GRID_POOLERS:
-            raise ConfigError(
-                f"front_end.token_drop: pooler {self.pooler.name!r} reads the full patch grid; use another pooler, "
-                "pool_input: frame, or ratio 0"
-            )
+        _check_drop_pooler(self, self.token_drop, "front_end.token_drop")
+
+
+def _check_drop_pooler(cfg: FrontEndConfig, drop: TokenDropConfig, where: str) -> None:
+    if drop.ratio > 0 and cfg.pool_input == "tokens" and cfg.pooler.name in GRID_POOLERS:
+        raise ConfigError(
+            f"{where}: pooler {cfg.pooler.name!r} reads the full patch grid; use another pooler, "
+            "pool_input: frame, or ratio 0"
+        )
 
 
 @dataclass
@@ -341,11 +347,20 @@ class VideoFrontEnd(nn.Module):
         if cfg.freeze_tower:
             for p in self.tower.parameters():
                 p.requires_grad_(False)
-        if cfg.token_drop.ratio > 0 and not self.can_drop_tokens:
+        self.token_drop = cfg.token_drop
+        self.set_token_drop(None)
+
+    def set_token_drop(self, drop: TokenDropConfig | None, where: str = "front_end.token_drop") -> None:
+        """Use ``drop`` in training from now on (a training stage's own ratio, e.g. FLIP's unmasked final stage
+        with ratio 0); None restores the configured ``cfg.token_drop``. The config itself is not changed."""
+        drop = self.cfg.token_drop if drop is None else drop
+        if drop.ratio > 0 and not self.can_drop_tokens:
             raise ConfigError(
-                f"front_end.token_drop: a {cfg.tower.name!r} tower has no visible-token path; use a video-ViT tower "
+                f"{where}: a {self.cfg.tower.name!r} tower has no visible-token path; use a video-ViT tower "
                 "(native, pretrained, checkpoint) or ratio 0"
             )
+        _check_drop_pooler(self.cfg, drop, where)
+        self.token_drop = drop
 
     # -- input -------------------------------------------------------------------------------------------------
     @property
@@ -406,7 +421,7 @@ class VideoFrontEnd(nn.Module):
     def drop_keep(self, video: torch.Tensor) -> torch.Tensor | None:
         """The visible tokens ``keep [B, T', K]`` that ``token_drop`` leaves of ``video [B, T, 3, H, W]`` in
         training; None in evaluation or with ratio 0."""
-        drop = self.cfg.token_drop
+        drop = self.token_drop
         if not self.training or drop.ratio == 0:
             return None
         steps, n = self.token_grid(video)

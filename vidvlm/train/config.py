@@ -162,6 +162,9 @@ class StageConfig:
         lr_mult: pattern -> multiplier, on top of ``optim.groups`` (the longest matching pattern wins).
         mixture: dataset name -> weight for this stage (default: ``data.mixture``).
         warmup_steps: warm-up of this stage (default: ``schedule.warmup_steps``).
+        token_drop: the video front-end's token dropping in this stage (``{ratio, kind}``, as
+            ``front_end.token_drop``; default: the model's own). ``{ratio: 0}`` in a last stage is FLIP's short
+            unmasked tuning.
     """
 
     name: str
@@ -172,6 +175,7 @@ class StageConfig:
     lr_mult: dict[str, float] = field(default_factory=dict)
     mixture: dict[str, float] | None = None
     warmup_steps: int | None = None
+    token_drop: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -129,6 +129,32 @@ def build_param_groups(model: nn.Module, optim: OptimConfig, stage: StageConfig)
     return list(buckets.values())
 
 
+def apply_stage_token_drop(model: nn.Module, stage: StageConfig) -> None:
+    """Set the video front-end's token dropping for ``stage`` (its ``token_drop``, else the model's own).
+
+    Raises:
+        ConfigError: naming ``stage <name>: token_drop`` when the value is invalid or the model has no front-end that
+            can drop tokens.
+    """
+    from vidvlm.config import from_dict  # late: keeps this module free of the model layer at import
+    from vidvlm.models.frontend import TokenDropConfig
+
+    where = f"stage {stage.name!r}: token_drop"
+    front_end = getattr(model, "front_end", None)
+    if not hasattr(front_end, "set_token_drop"):
+        if stage.token_drop is None:
+            return
+        raise ConfigError(f"{where}: the model has no video front-end to drop tokens in")
+    if stage.token_drop is None:
+        front_end.set_token_drop(None)
+        return
+    try:
+        drop = from_dict(TokenDropConfig, stage.token_drop, where)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("front_end.token_drop", where)) from None
+    front_end.set_token_drop(drop, where)
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig, stage: StageConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``model`` with the groups of :func:`build_param_groups`."""
     groups = build_param_groups(model, optim, stage)

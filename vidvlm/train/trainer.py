@@ -40,7 +40,13 @@ from vidvlm.train.data import (
     mix_seed,
     set_epoch,
 )
-from vidvlm.train.optim import apply_stage_trainable, build_optimizer, build_scheduler, check_patterns
+from vidvlm.train.optim import (
+    apply_stage_token_drop,
+    apply_stage_trainable,
+    build_optimizer,
+    build_scheduler,
+    check_patterns,
+)
 from vidvlm.train.rundir import METRICS_FILE, check_output_dir, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -276,6 +282,8 @@ class Trainer:
         resume_dir = ckpt.resolve_resume(str(resume), self.out) if resume is not None else None
         forced = check_output_dir(cfg, resume_dir, overwrite=overwrite, force_resume=force_resume)
         check_patterns(acc.unwrap_model(self.model), cfg.stages, cfg.optim.groups)
+        for stage in cfg.stages:  # every stage's token_drop is checked before anything is trained
+            apply_stage_token_drop(acc.unwrap_model(self.model), stage)
         if resume_dir is not None:
             self.state = self._read_state(resume_dir)
             ckpt.load_model_weights(self.model, resume_dir)
@@ -309,6 +317,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         raw = acc.unwrap_model(self.model)
         apply_stage_trainable(raw, stage, cfg.optim.groups)
+        apply_stage_token_drop(raw, stage)
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
         scheduler = build_scheduler(
