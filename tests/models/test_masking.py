@@ -299,6 +299,8 @@ def test_config_errors_name_the_key():
 class _Stub:
     """Just what ``_build_decoder`` reads: a config and a front-end without a visible-token path."""
 
+    _check_masked_tower = MaskingModel._check_masked_tower
+
     def __init__(self, cfg):
         self.config = cfg
         self.front_end = VideoFrontEnd(dataclasses.replace(cfg.front_end, tower=TowerConfig()), tower=_NoKeepTower())
