@@ -40,7 +40,9 @@ output, so the language encoder learns only from its own objectives (ITC, MLM) a
 which objectives they use.
 
 Retrieval uses the ITC embeddings (``encode_video`` / ``encode_text``); :meth:`MaskingModel.itm_scores` scores
-(video, caption) pairs for re-ranking. The text encoder reserves its last embedding row for the mask id.
+(video, caption) pairs for re-ranking, and ``match_video`` / ``match_text`` / ``match_scores`` (the ``MATCH``
+ability) score many pairs from cached encoder outputs (:mod:`vidvlm.eval.rerank`). The text encoder reserves its
+last embedding row for the mask id.
 Module-name prefixes for training stages: ``front_end.``, ``text.``, ``video_proj.``, ``text_proj.``,
 ``logit_scale``, ``fusion.``, ``itm_head.``, ``mlm_head.``, ``decoder.``, ``tmim_decoder.``, ``box_head.``.
 """
@@ -61,7 +63,7 @@ from vidvlm.errors import ConfigError
 from vidvlm.layers.masking import MASK_KINDS, MaskKind, make_keep, mask_text, visible_mask
 from vidvlm.layers.pooling import PoolerConfig, masked_mean
 from vidvlm.losses import box_loss, clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
-from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, MATCH, VLMModel
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.masking_heads import BoxHead, FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
 from vidvlm.models.registry import register_family
@@ -222,7 +224,7 @@ class MaskingModel(VLMModel):
     """
 
     config_class = MaskingConfig
-    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END})
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END, MATCH})
 
     def __init__(self, config: MaskingConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
         super().__init__(config)
@@ -331,12 +333,31 @@ class MaskingModel(VLMModel):
     @torch.no_grad()
     def itm_scores(self, video: torch.Tensor, frame_mask: torch.Tensor | None, texts: list[str]) -> torch.Tensor:
         """Log-odds that caption i matches clip i (for re-ranking retrieval): ``video [B, T, 3, H, W]`` -> ``[B]``."""
+        return self.match_scores(*self.match_video(video, frame_mask), *self.match_text(texts))
+
+    @torch.no_grad()
+    def match_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
+        """The matching context of clips: ``video [B, T, 3, H, W]`` -> tokens ``[B, M, Dv]`` and bool mask
+        ``[B, M]`` (every token real when the front-end gives none)."""
+        vis = self.front_end(video, frame_mask)
+        mask = vis.mask if vis.mask is not None else vis.tokens.new_ones(vis.tokens.shape[:2], dtype=torch.bool)
+        return vis.tokens, mask
+
+    @torch.no_grad()
+    def match_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's tokens ``[B, L, Dt]`` and bool mask ``[B, L]`` of B captions."""
+        ids, mask = self.tokenize(texts)
+        return self.text(ids, mask)[0], mask
+
+    @torch.no_grad()
+    def match_scores(
+        self, video: torch.Tensor, video_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """ITM log-odds of P pairs: ``video [P, M, Dv]`` / ``video_mask [P, M]`` (from :meth:`match_video`) with
+        ``text [P, L, Dt]`` / ``text_mask [P, L]`` (from :meth:`match_text`) -> ``[P]``."""
         if self.itm_head is None:
             raise ConfigError("itm_weight: this model has no matching head (itm_weight was 0)")
-        vis = self.front_end(video, frame_mask)
-        ids, mask = self.tokenize(texts)
-        tokens, _ = self.text(ids, mask)
-        logits = self.itm_head(self._fuse(tokens, mask, vis.tokens, vis.mask)[:, 0])
+        logits = self.itm_head(self._fuse(text, text_mask, video, video_mask)[:, 0])
         return logits[:, 1] - logits[:, 0]
 
     # -- training ----------------------------------------------------------------------------------------------
