@@ -6,7 +6,9 @@ Cases (``--cases``), all at one size (``--frames``, ``--size``, ``--patch``, ``-
 ``--depth``, ``--heads``; MLP 4 x width; decoder ``--decoder-width`` / ``--decoder-depth`` / ``--decoder-heads``):
 
 * ``enc-full`` / ``enc-mask``: vidvlm's ``VideoViT`` (joint space-time attention) on every patch token, or on the
-  ``1 - ratio`` share kept by a tube mask (``keep``: the visible tokens are gathered before the blocks).
+  ``1 - ratio`` share kept by a tube mask (``keep``: the visible tokens are gathered before the blocks). It adds a
+  class token to every time step (``--no-class-token`` drops it, as VideoMAE has none); the token counts reported
+  are patch tokens.
 * ``mae-enc-full`` / ``mae-enc-mask``: transformers' ``VideoMAEModel`` (SDPA attention), the same, the mask given as
   ``bool_masked_pos`` (tube: the same positions hidden in every time step).
 * ``mvm-vidvlm``: a training step of the masking family's ``mvm_loss`` (a ``flava`` model with only ``mvm`` on):
@@ -18,8 +20,11 @@ cases' loss is the mean square of the last hidden state). Each (case, round) run
 RSS is its own), cases interleaved round by round; reported: the median step over all rounds, peak memory = peak RSS
 growth over the timed steps above the RSS after a batch-1 step (``benchmarks/bench_train.py``'s measurement), and
 the FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and attention).
+``--in-process`` instead builds every case in one process and alternates single steps case by case (``--rounds``
+times ``--steps``), so that all cases see the same background load; it reports time and FLOPs only.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mvm.py --threads 1 --rounds 3 --steps 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_mvm.py --threads 1 --in-process --rounds 10 --steps 1
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def vision_config(a: argparse.Namespace):
 
     return VisionConfig(
         image_size=a.size, patch_size=a.patch, width=a.width, depth=a.depth, num_heads=a.heads, layout="joint",
-        num_tubelets=a.frames // a.tubelet, tubelet_size=a.tubelet, final_norm=True,
+        num_tubelets=a.frames // a.tubelet, tubelet_size=a.tubelet, final_norm=True, class_token=a.class_token,
+        pool="token" if a.class_token else "avg",
     )  # fmt: skip
 
 
@@ -166,6 +172,31 @@ def run_case(name: str, a: argparse.Namespace) -> dict:
             "params": params, "threads": torch.get_num_threads()}  # fmt: skip
 
 
+def interleaved(a: argparse.Namespace) -> dict:
+    """Every case in this process; one untimed step each, then ``rounds x steps`` single steps, case by case."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    built = {}
+    for name in a.cases:
+        torch.manual_seed(0)
+        model, step, tokens = build(name, a)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(a.batch)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        results = {"times": [], "peaks": [float("nan")], "flops": counter.get_total_flops(), "tokens": tokens,
+                   "params": params, "threads": torch.get_num_threads()}  # fmt: skip
+        built[name] = (step, results)
+    for _ in range(a.rounds * a.steps):
+        for step, res in built.values():
+            start = time.perf_counter()
+            step(a.batch)
+            res["times"].append(time.perf_counter() - start)
+    return {name: res for name, (_, res) in built.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
@@ -173,17 +204,24 @@ def main() -> None:
                          ("heads", 3), ("decoder_width", 96), ("decoder_depth", 2), ("decoder_heads", 3),
                          ("batch", 4)):  # fmt: skip
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=default)
+    parser.add_argument("--no-class-token", dest="class_token", action="store_false",
+                        help="vidvlm's tower without its per-step class token (VideoMAE has none)")  # fmt: skip
     parser.add_argument("--ratio", type=float, default=0.9, help="share of patch positions hidden (tube)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per case per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--in-process", action="store_true", help="one process, steps interleaved (time only)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
+    if args.in_process:
+        print(render(interleaved(args), args))
+        return
     options = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in SIZE_ARGS]
+    options += [] if args.class_token else ["--no-class-token"]
     options += [f"--steps={args.steps}", f"--warmup={args.warmup}"]
     results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
     for r in range(args.rounds):
@@ -208,7 +246,8 @@ def render(results: dict, a: argparse.Namespace) -> str:
     lines = [
         f"CPU ({threads} threads); batch {a.batch}, {a.frames} frames of {a.size}x{a.size}, patch {a.patch}, tubelet "
         f"{a.tubelet}, width {a.width}, depth {a.depth}, heads {a.heads}, decoder {a.decoder_width}/{a.decoder_depth}"
-        f"/{a.decoder_heads}; tube ratio {a.ratio}; median step of {a.rounds} rounds x {a.steps} steps.",
+        f"/{a.decoder_heads}; vidvlm class token {'on' if a.class_token else 'off'}; tube ratio {a.ratio}; median "
+        f"step of {a.rounds} rounds x {a.steps} steps.",
         "",
         "| case | encoder tokens / clip | trained params | median step ms | peak MiB | GFLOP / step |",
         "|---|---|---|---|---|---|",
