@@ -170,7 +170,8 @@ class VideoTextDataset(Dataset):
     Sample keys: ``video`` float ``[T,3,H,W]`` (uint8 when there is no transform), ``text`` (one caption: random
     in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
     loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int), ``error``
-    (None, or the reason with ``on_error="mark"``).
+    (None, or the reason with ``on_error="mark"``), and ``boxes`` float ``[T, 4]`` only when the row has boxes (see the
+    module docstring).
 
     Args:
         manifest: a JSONL or CSV manifest.

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vidvlm.eval.retrieval import _ranks_to_metrics, retrieval_ranks
+from vidvlm.eval.retrieval import ranks_to_metrics, retrieval_ranks
 from vidvlm.models.base import MATCH
 
 
@@ -113,8 +113,8 @@ def itm_rerank_metrics(
     sim = text.float() @ video.float().T
     itc, _ = retrieval_ranks(video, text, text_to_video)
     reranked = rerank_ranks(sim.cpu(), text_to_video.cpu(), k, pair_scores)
-    out = {k_: v_ for k_, v_ in _ranks_to_metrics(itc, "t2v", (1, 5, 10)).items() if "mean" not in k_}
-    out.update({k_: v_ for k_, v_ in _ranks_to_metrics(reranked, "t2v_itm", (1, 5, 10)).items() if "mean" not in k_})
+    out = {k_: v_ for k_, v_ in ranks_to_metrics(itc, "t2v", (1, 5, 10)).items() if "mean" not in k_}
+    out.update({k_: v_ for k_, v_ in ranks_to_metrics(reranked, "t2v_itm", (1, 5, 10)).items() if "mean" not in k_})
     out["itm_k"] = float(min(k, video.shape[0]))
     return out
 
