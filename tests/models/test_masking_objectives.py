@@ -30,7 +30,7 @@ def test_box_loss_hand_case():
     assert giou.item() == pytest.approx((2 / 3 + 1.875) / 2, rel=1e-5)
     l1, giou = box_loss(pred, target, valid=torch.tensor([True, False, True]))
     assert (l1.item(), giou.item()) == pytest.approx((0.025, 2 / 3), rel=1e-5)
-    none = box_loss(pred.requires_grad_(), target, valid=torch.tensor([False, True, False]) & False)
+    none = box_loss(pred.requires_grad_(), target, valid=torch.zeros(3, dtype=torch.bool))
     assert none[0].item() == 0.0 and none[0].requires_grad
 
 
