@@ -7,6 +7,9 @@ The checkpoint is any directory ``vidvlm.load`` opens (``final/`` or a ``checkpo
 with a uniform sampler (deterministic, ``model.num_frames`` unless --num-frames) and the model's own evaluation
 transform. Prints the metrics as JSON.
 
+``--itm-rerank K`` (a model with the ``match`` ability, e.g. the masking family): also text->video recall with each
+caption's top K clips by ITC re-ranked by the model's matching head (``t2v_itm_R@1`` ... beside ``t2v_R@1``).
+
 Evaluation never substitutes one video for another: a row whose file is missing or unreadable is left out, named on
 stderr, and counted (``num_missing``, ``missing``); metrics are over the ``num_videos`` readable rows of the
 ``num_rows`` in the manifest. Exit status: 0; 1 when some rows were left out (the metrics are still printed); 2 for
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant-words", nargs="*", default=[], help="e.g. left right up down")
     parser.add_argument("--classes", nargs="*", default=[], help="zero-shot class names (manifest labels index them)")
     parser.add_argument("--templates", nargs="*", default=None, help="zero-shot prompt templates with {}")
+    parser.add_argument("--itm-rerank", type=int, default=0, metavar="K",
+                        help="re-rank each caption's top K clips by the matching head (0: off)")  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     try:
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         from vidvlm.data.collate import collate_video_text
         from vidvlm.data.datasets import VideoTextDataset
         from vidvlm.data.sampling import SamplerConfig, build_sampler
+        from vidvlm.eval.rerank import VideoContexts, itm_rerank_metrics
         from vidvlm.eval.retrieval import (
             DEFAULT_TEMPLATES,
             embed_dataset,
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.checkpoint).to(args.device).eval()
         model.require(EMBED_VIDEO, "evaluate retrieval")
         model.require(EMBED_TEXT, "evaluate retrieval")
+        if args.itm_rerank < 0:
+            raise ConfigError(f"--itm-rerank: must be >= 0, got {args.itm_rerank}")
         if args.num_frames is not None and args.num_frames < 1:
             raise ConfigError(f"--num-frames: must be >= 1, got {args.num_frames}")
         frames = args.num_frames or model.num_frames
@@ -77,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                     yield batch
 
         with torch.no_grad():
+            contexts = VideoContexts(model, readable_batches()) if args.itm_rerank else None
             try:
-                emb = embed_dataset(model, readable_batches())
+                emb = embed_dataset(model, contexts if contexts is not None else readable_batches())
             except ValueError as e:  # embed_dataset's "empty": every row was left out
                 if kept or isinstance(e, VidVLMError):
                     raise
@@ -88,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
             caps = [list(dataset.rows[i].captions) for i in kept]
             metrics.update(caption_recall(emb["video"], emb["text"], caps))
+            if contexts is not None:
+                flat = [c for per_clip in caps for c in per_clip]
+                metrics.update(itm_rerank_metrics(model, contexts.gathered(), flat, emb["video"], emb["text"],
+                                                  emb["text_to_video"], k=args.itm_rerank))  # fmt: skip
             if args.variant_words:
                 metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
             if args.classes:

@@ -26,7 +26,8 @@ equally, so it differs slightly from the global loss.
 
 The masking family's objectives (``vidvlm.models.masking``) are local to a process: :func:`hard_negatives` mines
 ITM negatives from in-batch similarities, :func:`itm_loss` scores matched / not matched pairs, :func:`mlm_loss`
-predicts hidden text tokens and :func:`masked_pixel_loss` hidden tubelets' (normalised) pixels.
+predicts hidden text tokens, :func:`masked_pixel_loss` hidden tubelets' (normalised) pixels and :func:`box_loss`
+regresses a box (L1 + generalised IoU, as DETR and X-FM).
 """
 
 from __future__ import annotations
@@ -246,6 +247,37 @@ def masked_pixel_loss(
     return (err * w).sum() / w.sum().clamp(min=1)
 
 
+def box_cxcywh_to_xyxy(box: Tensor) -> Tensor:
+    """``[..., 4]`` centre, width, height -> ``[..., 4]`` corners ``x0, y0, x1, y1``."""
+    cx, cy, w, h = box.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def box_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Box regression (X-FM's bounding-box prediction): L1 and generalised IoU, each averaged over the valid boxes.
+
+    Args:
+        pred: ``[N, 4]`` predicted boxes, normalised ``cx, cy, w, h``.
+        target: ``[N, 4]`` true boxes, the same layout; rows with a NaN have no box.
+        valid: bool ``[N]`` boxes scored (None: every row without a NaN).
+
+    Returns:
+        ``(l1, giou)`` scalars: the mean absolute error per coordinate and the mean of ``1 - GIoU``; both 0 (with
+        gradient) when no box is valid.
+    """
+    from torchvision.ops import generalized_box_iou_loss
+
+    finite = ~torch.isnan(target).any(-1)
+    valid = finite if valid is None else valid & finite
+    if not bool(valid.any()):
+        zero = pred.sum() * 0.0
+        return zero, zero
+    p, t = pred[valid].float(), target[valid].float()
+    l1 = (p - t).abs().mean()
+    giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(p), box_cxcywh_to_xyxy(t), reduction="mean")
+    return l1, giou
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {"clip": clip_loss, "siglip": siglip_loss}
 
 
@@ -263,6 +295,8 @@ __all__ = [
     "itm_loss",
     "mlm_loss",
     "masked_pixel_loss",
+    "box_loss",
+    "box_cxcywh_to_xyxy",
     "gather_with_grad",
     "get_loss",
     "LOSSES",

@@ -21,7 +21,9 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
-        left out), ``conversation`` (every sample's turns when all have them, else None). When every sample failed,
+        left out), ``conversation`` (every sample's turns when all have them, else None), and only when a sample
+        has ``boxes`` ``[T_i, 4]``: ``boxes`` float ``[B,Tmax,4]`` (NaN past each clip's end and for samples without
+        boxes). When every sample failed,
         ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty.
     """
     if not samples:
@@ -49,6 +51,13 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         video[b, : v.shape[0]] = v
         timestamps[b, : v.shape[0]] = torch.as_tensor(s["timestamps"], dtype=torch.float32)
     frame_mask = torch.arange(t_max)[None, :] < lengths[:, None]
+    extra = {}
+    if any(s.get("boxes") is not None for s in samples):
+        boxes = torch.full((batch, t_max, 4), float("nan"))
+        for b, s in enumerate(samples):
+            if s.get("boxes") is not None:
+                boxes[b, : s["boxes"].shape[0]] = s["boxes"]
+        extra["boxes"] = boxes
     return {
         "video": video,
         "frame_mask": frame_mask,
@@ -62,4 +71,5 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "failed": failed,
         # instruction data: every sample's conversation, or None when the batch has none
         "conversation": [s["conversation"] for s in samples] if all("conversation" in s for s in samples) else None,
+        **extra,
     }

@@ -9,6 +9,14 @@ A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
 
 Other keys are kept in :attr:`ManifestRow.extra`; a ``conversation`` (a list of ``{"role", "content"}`` turns, the
 first user turn holding the clip's ``<video>`` / ``<image>`` placeholder) is passed on with the sample.
+
+Boxes (for box prediction): a row's per-frame boxes of the shape its caption describes are a top-level ``boxes`` list,
+or the ``boxes`` of the only entry of ``shapes`` (the synthetic scenes' layout; a row with several shapes has no box,
+since its caption names them all). Each entry is ``[x0, y0, x1, y1]`` in the file's pixels (ends exclusive) or null
+while the shape is hidden, one per frame of the file. The sample then carries ``boxes``: those of the sampled frames,
+carried through the transform (:meth:`~vidvlm.data.transforms.ClipTransform.with_boxes`: scaled by a resize, cut by a
+random or centre crop, NaN when cut away) and written as normalised ``cx, cy, w, h`` of the output frame. A transform
+that is not a :class:`~vidvlm.data.transforms.ClipTransform` cannot map boxes: the sample then has none.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidvlm.data.reader import read_clips
+from vidvlm.data.boxes import normalise_boxes, row_boxes, sampled_boxes
+from vidvlm.data.reader import Clip, read_clips
 from vidvlm.data.sampling import Sampler
 from vidvlm.data.transforms import ClipTransform
 from vidvlm.errors import ConfigError, VideoDecodeError
@@ -161,7 +170,8 @@ class VideoTextDataset(Dataset):
     Sample keys: ``video`` float ``[T,3,H,W]`` (uint8 when there is no transform), ``text`` (one caption: random
     in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
     loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int), ``error``
-    (None, or the reason with ``on_error="mark"``).
+    (None, or the reason with ``on_error="mark"``), and ``boxes`` float ``[T, 4]`` only when the row has boxes (see the
+    module docstring).
 
     Args:
         manifest: a JSONL or CSV manifest.
@@ -275,15 +285,8 @@ class VideoTextDataset(Dataset):
         windows = None if row.start is None and row.end is None else [(row.start, row.end)]
         (clip,) = read_clips(row.path, self.sampler, windows, size=self.decode_size, rng=rng if self.train else None,
                              backend=self.backend, num_threads=self.num_threads)  # fmt: skip
-        frames, timestamps = clip.frames, clip.timestamps.to(torch.float32)
-        if self.transform is not None:
-            if isinstance(self.transform, ClipTransform):
-                generator = None
-                if self.train:
-                    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                frames = self.transform(frames, generator=generator)
-            else:
-                frames = self.transform(frames)
+        timestamps = clip.timestamps.to(torch.float32)
+        frames, boxes = self._frames_and_boxes(row, clip, rng)
         text = row.captions[int(rng.integers(len(row.captions)))] if self.train else row.captions[0]
         sample = {
             "video": frames,
@@ -294,6 +297,27 @@ class VideoTextDataset(Dataset):
             "path": row.path,
             "timestamps": timestamps,
         }
+        if boxes is not None:
+            sample["boxes"] = boxes
         if "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
             sample["conversation"] = row.extra["conversation"]
         return sample
+
+    def _frames_and_boxes(self, row: ManifestRow, clip: Clip, rng: np.random.Generator):
+        """The clip's frames after the transform and, when the row has boxes, their normalised boxes ``[T, 4]``."""
+        frames = clip.frames
+        raw = row_boxes(row)
+        boxes = None
+        if raw is not None and (self.transform is None or isinstance(self.transform, ClipTransform)):
+            boxes = sampled_boxes(raw, clip, f"{self.manifest}:{row.line}")
+        if self.transform is None:
+            return frames, None if boxes is None else normalise_boxes(boxes, frames.shape[-2:])
+        if not isinstance(self.transform, ClipTransform):
+            return self.transform(frames), None
+        generator = None
+        if self.train:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        if boxes is None:
+            return self.transform(frames, generator=generator), None
+        frames, boxes = self.transform.with_boxes(frames, boxes, generator=generator)
+        return frames, normalise_boxes(boxes, frames.shape[-2:])

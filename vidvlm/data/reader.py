@@ -30,12 +30,14 @@ class Clip:
         timestamps: float64 ``[T]``, seconds of each frame in the file.
         indices: int64 ``[T]``, frame positions in the whole video.
         window: the ``(start, end)`` window it was sampled from, as given.
+        source_size: ``(H, W)`` of the file's frames before any decode-time resize (display orientation), or None.
     """
 
     frames: torch.Tensor
     timestamps: torch.Tensor
     indices: np.ndarray
     window: Window
+    source_size: tuple[int, int] | None = None
 
 
 def decode_size(metadata: VideoMetadata, size: Size = None, shrink_to: int | None = None) -> Size:
@@ -116,7 +118,7 @@ def _clips(
         sub, offset = window_metadata(meta, *window)
         indices = np.asarray(sampler(sub, rng), dtype=np.int64) + offset
         frames = video.get_frames(indices, size=at)
-        yield Clip(frames, torch.from_numpy(stamps[indices]), indices, window)
+        yield Clip(frames, torch.from_numpy(stamps[indices]), indices, window, (meta.height, meta.width))
 
 
 __all__ = ["Clip", "decode_size", "iter_clips", "read_clips", "transform_short_side"]

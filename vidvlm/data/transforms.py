@@ -4,6 +4,11 @@ A random transform draws its parameters once per call and applies them to every 
 between frames is preserved. Pixels stay ``uint8`` until :class:`Normalize`, the last step, which returns float.
 Randomness comes from the ``generator`` argument (a :class:`torch.Generator`, which the dataset seeds from
 ``(seed, epoch, index)`` for exact resume) or from torch's global RNG when it is ``None``.
+
+Boxes follow the pixels: :meth:`ClipTransform.with_boxes` transforms a clip and its per-frame boxes (float
+``[T, 4]`` pixel corners ``x0, y0, x1, y1``, ends exclusive; NaN rows = no box) with one draw of the random
+parameters, the same draw ``__call__`` makes with the same generator. A crop cuts each box to the visible part and a
+box wholly outside the crop becomes NaN; a flip mirrors it. A transform that does not know its geometry refuses.
 """
 
 from __future__ import annotations
@@ -47,9 +52,28 @@ class ClipTransform:
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def with_boxes(
+        self, video: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformed clip and its boxes: ``video [T, 3, H, W]``, ``boxes`` float ``[T, 4]`` pixel corners
+        (NaN rows = none) -> ``([T, 3, H', W'], [T, 4])`` in the output's pixels."""
+        raise ConfigError(f"{type(self).__name__}: this transform cannot carry boxes (its geometry is unknown)")
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+def _crop_boxes(boxes: torch.Tensor, top: float, left: float, h: float, w: float, out_h: int, out_w: int):
+    """Boxes ``[T, 4]`` of a frame cropped to ``(top, left, h, w)`` and resized to ``out_h x out_w``; a box left
+    with no area becomes NaN."""
+    scale = torch.tensor([out_w / w, out_h / h, out_w / w, out_h / h], dtype=boxes.dtype)
+    shift = torch.tensor([left, top, left, top], dtype=boxes.dtype)
+    out = (boxes - shift) * scale
+    limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=boxes.dtype)
+    out = torch.minimum(out.clamp(min=0), limit)
+    empty = (out[:, 2] <= out[:, 0]) | (out[:, 3] <= out[:, 1])
+    return out.masked_fill(empty[:, None], float("nan"))
 
 
 class Resize(ClipTransform):
@@ -68,6 +92,11 @@ class Resize(ClipTransform):
         _check_video(video)
         return TF.resize(video, self.size, interpolation=_INTERPOLATION[self.interpolation], antialias=True)
 
+    def with_boxes(self, video, boxes, generator=None):
+        out = self(video)
+        h, w = video.shape[-2:]
+        return out, _crop_boxes(boxes, 0, 0, h, w, out.shape[-2], out.shape[-1])
+
 
 class CenterCrop(ClipTransform):
     """Crop the centre ``(H, W)`` (or ``size x size``) of every frame."""
@@ -78,6 +107,11 @@ class CenterCrop(ClipTransform):
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_video(video)
         return TF.center_crop(video, self.size)
+
+    def with_boxes(self, video, boxes, generator=None):
+        h, w = video.shape[-2:]
+        top, left = int(round((h - self.size[0]) / 2.0)), int(round((w - self.size[1]) / 2.0))  # torchvision's
+        return self(video), _crop_boxes(boxes, top, left, *self.size, *self.size)
 
 
 class RandomResizedCrop(ClipTransform):
@@ -128,11 +162,19 @@ class RandomResizedCrop(ClipTransform):
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._crop(video, generator)[0]
+
+    def with_boxes(self, video, boxes, generator=None):
+        out, (top, left, h, w) = self._crop(video, generator)
+        return out, _crop_boxes(boxes, top, left, h, w, *self.size)
+
+    def _crop(self, video: torch.Tensor, generator: torch.Generator | None):
         _check_video(video)
         top, left, h, w = self.get_params(video.shape[-2], video.shape[-1], generator)
-        return TF.resized_crop(
+        out = TF.resized_crop(
             video, top, left, h, w, self.size, interpolation=_INTERPOLATION[self.interpolation], antialias=True
         )
+        return out, (top, left, h, w)
 
 
 class RandomHorizontalFlip(ClipTransform):
@@ -146,10 +188,17 @@ class RandomHorizontalFlip(ClipTransform):
         self.p = p
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.with_boxes(video, None, generator)[0]
+
+    def with_boxes(self, video, boxes, generator=None):
         _check_video(video)
-        if _uniform(generator) < self.p:
-            return video.flip(-1)
-        return video
+        if _uniform(generator) >= self.p:
+            return video, boxes
+        if boxes is not None:
+            boxes = torch.stack(
+                [video.shape[-1] - boxes[:, 2], boxes[:, 1], video.shape[-1] - boxes[:, 0], boxes[:, 3]], 1
+            )
+        return video.flip(-1), boxes
 
 
 class Normalize(ClipTransform):
@@ -177,6 +226,9 @@ class Normalize(ClipTransform):
         std = rearrange(torch.tensor(self.std, dtype=x.dtype, device=x.device), "c -> 1 c 1 1")
         return (x - mean) / std
 
+    def with_boxes(self, video, boxes, generator=None):
+        return self(video), boxes
+
 
 class Compose(ClipTransform):
     """Apply transforms in order, passing the same ``generator`` to each."""
@@ -188,6 +240,11 @@ class Compose(ClipTransform):
         for t in self.transforms:
             video = t(video, generator=generator)
         return video
+
+    def with_boxes(self, video, boxes, generator=None):
+        for t in self.transforms:
+            video, boxes = t.with_boxes(video, boxes, generator=generator)
+        return video, boxes
 
 
 def build_transform(

@@ -27,7 +27,8 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def _ranks_to_metrics(ranks: Tensor, prefix: str, ks: Sequence[int]) -> dict[str, float]:
+def ranks_to_metrics(ranks: Tensor, prefix: str, ks: Sequence[int]) -> dict[str, float]:
+    """``{prefix}_R@K`` (percent), ``{prefix}_median_rank`` and ``{prefix}_mean_rank`` of 1-based ``ranks [N]``."""
     ranks = ranks.double()
     out = {f"{prefix}_R@{k}": float((ranks <= k).double().mean() * 100) for k in ks}
     out[f"{prefix}_median_rank"] = float(ranks.median())  # torch.median takes the lower middle value
@@ -86,7 +87,7 @@ def retrieval_metrics(
             raise ValueError(f"retrieval: {text.shape[0]} texts for {video.shape[0]} videos needs text_to_video")
         text_to_video = torch.arange(video.shape[0])
     t2v, v2t = retrieval_ranks(video, text, text_to_video)
-    return {**_ranks_to_metrics(t2v, "t2v", ks), **_ranks_to_metrics(v2t, "v2t", ks)}
+    return {**ranks_to_metrics(t2v, "t2v", ks), **ranks_to_metrics(v2t, "v2t", ks)}
 
 
 @torch.no_grad()
@@ -193,6 +194,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "retrieval_ranks",
     "retrieval_metrics",
+    "ranks_to_metrics",
     "zero_shot_classifier",
     "zero_shot_accuracy",
     "embed_dataset",

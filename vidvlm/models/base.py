@@ -41,6 +41,7 @@ ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the 
 CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
+MATCH = "match"  # match_video / match_text -> cached inputs of match_scores(...) -> [P] video-text matching log-odds
 
 ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     EMBED_VIDEO: ("embed video", ("encode_video",)),
@@ -50,6 +51,7 @@ ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     CHAT: ("hold a multi-turn conversation", ("generate",)),
     VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
     FRONT_END: ("expose its video front-end", ()),
+    MATCH: ("score video-text pairs", ("match_video", "match_text", "match_scores")),
 }
 
 
@@ -325,6 +327,7 @@ def lock_tower(
 __all__ = [
     "ABILITIES",
     "EMBED_VIDEO",
+    "MATCH",
     "EMBED_TEXT",
     "GENERATE",
     "ANSWER",

@@ -427,19 +427,23 @@ class VideoFrontEnd(nn.Module):
         steps, n = self.token_grid(video)
         return make_keep(video.shape[0], steps, n, drop.ratio, drop.kind, device=video.device)
 
-    def forward(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> FrontEndOutput:
+    def forward(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> FrontEndOutput:
         """Visual tokens of a batch of clips.
 
         Args:
             video: float ``[B, T, 3, H, W]`` after :meth:`transform` (an image is ``T = 1``).
             frame_mask: bool ``[B, T]``, True for real frames (real frames first), None = all real.
+            keep: long ``[B, T', K]`` the patch tokens to encode (a masking objective's mask; needs
+                :attr:`can_drop_tokens`), or None for ``token_drop``'s own in training and every token otherwise.
 
         In training with ``token_drop`` the tower encodes only the visible tokens (fewer tokens per time step).
 
         Returns:
             :class:`FrontEndOutput` with ``tokens [B, M, D]``, ``mask [B, M]`` or None, ``frame_index [B, M]``.
         """
-        out = self.encode(video, frame_mask, self.drop_keep(video))
+        out = self.encode(video, frame_mask, self.drop_keep(video) if keep is None else keep)
         if self.cfg.pool_input == "frame":
             tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
         else:

@@ -18,155 +18,56 @@ head not built):
 * ``mvm_loss``: masked video modelling (VideoMAE): a tube mask hides ``mvm_ratio`` of the patch positions in every
   time step, the video encoder encodes only the visible tokens (the video ViT's visible-token path), and a light
   decoder predicts the per-tubelet normalised pixels of the hidden tubelets. It needs a video-ViT tower.
+* ``mmm_loss`` (FLAVA's masked multimodal modelling): a tube mask hides ``mmm_video_ratio`` of the video (encoded
+  through the visible-token path, then pooled by the front-end) and ``mmm_text_ratio`` of the caption at the same
+  time; the fusion encoder reads both masked inputs and predicts the hidden text tokens. The hidden tubelets'
+  pixels are not predicted here (the fusion outputs only text tokens; ``tmim_loss`` is the text-conditioned pixel
+  objective).
+* ``tmim_loss`` (X-FM's text-guided masked image modelling, on video): as ``mvm_loss`` (``tmim_ratio``, its own
+  decoder) but every decoder block also cross-attends to the caption's text-encoder tokens (detached with
+  ``stop_gradient``), so the text can tell the decoder what is hidden. It reads the text encoder, never the fusion
+  encoder: the fusion's text tokens have attended to the unmasked clip and would leak the hidden pixels.
+* ``bbox_loss`` (X-FM's bounding-box prediction): from the fusion encoder's first token for a caption with its clip
+  as context, a box head regresses the described shape's box ``cx, cy, w, h`` (normalised to the model's input
+  frame) at the clip's middle sampled frame (real frame ``n // 2`` of ``n``), with L1 + generalised IoU
+  (:func:`~vidvlm.losses.box_loss`). The batch must carry ``boxes`` float ``[B, T, 4]`` (the datasets deliver them
+  when the manifest has boxes; NaN = no box, such clips are not scored).
 
-``stop_gradient`` (X-FM): the fusion encoder reads a detached copy of the text encoder's output, so the language
-encoder learns only from its own objectives (ITC, MLM) and stays a language model. FLAVA (``flava``) trains through
-the fusion; X-FM (``xfm``, :class:`XFMConfig`) detaches and masks half of the text in ``video_mlm``.
+``stop_gradient`` (X-FM): the fusion encoder (and the ``tmim`` decoder) reads a detached copy of the text encoder's
+output, so the language encoder learns only from its own objectives (ITC, MLM) and stays a language model. FLAVA
+(``flava``) trains through the fusion; X-FM (``xfm``, :class:`XFMConfig`) detaches and masks half of the text in
+``video_mlm``. ``mmm``, ``tmim`` and ``bbox`` are off by default in both presets (weight 0); the tiny configs say
+which objectives they use.
 
 Retrieval uses the ITC embeddings (``encode_video`` / ``encode_text``); :meth:`MaskingModel.itm_scores` scores
-(video, caption) pairs for re-ranking. The text encoder reserves its last embedding row for the mask id.
+(video, caption) pairs for re-ranking, and ``match_video`` / ``match_text`` / ``match_scores`` (the ``MATCH``
+ability) score many pairs from cached encoder outputs (:mod:`vidvlm.eval.rerank`). The text encoder reserves its
+last embedding row for the mask id.
 Module-name prefixes for training stages: ``front_end.``, ``text.``, ``video_proj.``, ``text_proj.``,
-``logit_scale``, ``fusion.``, ``itm_head.``, ``mlm_head.``, ``decoder.``.
+``logit_scale``, ``fusion.``, ``itm_head.``, ``mlm_head.``, ``decoder.``, ``tmim_decoder.``, ``box_head.``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vidvlm.errors import ConfigError
-from vidvlm.layers.masking import MASK_KINDS, MaskKind, make_keep, mask_text, visible_mask
-from vidvlm.layers.pooling import PoolerConfig, masked_mean
-from vidvlm.losses import clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
-from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel
-from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
-from vidvlm.models.masking_heads import FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
+from vidvlm.layers.masking import make_keep, mask_text, visible_mask
+from vidvlm.layers.pooling import masked_mean
+from vidvlm.losses import box_loss, clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, MATCH, VLMModel
+from vidvlm.models.frontend import VideoFrontEnd
+from vidvlm.models.masking_config import MaskingConfig, XFMConfig
+from vidvlm.models.masking_heads import BoxHead, FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
 from vidvlm.models.registry import register_family
-from vidvlm.models.text import NativeTextEncoder, TextConfig, build_text_tower, save_text_tower_config, tokenizer_source
-from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
-from vidvlm.models.vision import VisionConfig
-
-WEIGHTS = ("itc_weight", "itm_weight", "mlm_weight", "video_mlm_weight", "mvm_weight")
-
-
-def _front_end() -> FrontEndConfig:
-    # T per-frame means + per-position temporal means: the fusion encoder reads space and time
-    return FrontEndConfig(pool_input="tokens", pooler=PoolerConfig("video_chatgpt", {"num_prefix_tokens": 1}))
-
-
-@dataclass
-class MaskingConfig:
-    """A FLAVA-style masking model (see the module docstring); :class:`XFMConfig` holds X-FM's defaults.
-
-    Attributes:
-        family: ``"flava"`` (``"xfm"`` in :class:`XFMConfig`).
-        front_end: the video front-end; its pooler's tokens are the fusion encoder's context.
-        text: the text encoder (bidirectional for MLM).
-        embed_dim: width E of the ITC space.
-        fusion_depth: fusion blocks (self-attention, cross-attention to the video, MLP).
-        fusion_heads: their attention heads.
-        itc_weight: weight of ``itc_loss``.
-        itm_weight: weight of ``itm_loss``.
-        mlm_weight: weight of ``mlm_loss`` (text alone).
-        video_mlm_weight: weight of ``video_mlm_loss`` (text with the video as context).
-        mvm_weight: weight of ``mvm_loss`` (masked video modelling; needs a video-ViT tower).
-        mlm_ratio: share of each caption's tokens predicted by ``mlm_loss``.
-        video_mlm_ratio: share predicted by ``video_mlm_loss``.
-        mvm_ratio: share of patch positions hidden from the encoder in ``mvm_loss`` (VideoMAE: 0.9).
-        mvm_mask: ``tube`` (the same positions in every time step) or ``random``.
-        mvm_norm_pix: predict per-tubelet normalised pixels.
-        decoder_width: width of the ``mvm`` decoder.
-        decoder_depth: its blocks.
-        decoder_heads: its attention heads.
-        stop_gradient: the fusion encoder reads a detached copy of the text encoder's output (X-FM).
-        itm_sample: draw hard negatives in proportion to ``softmax(similarity)`` (ALBEF); False takes the hardest.
-        logit_scale_init: initial ``log`` of the ITC logit scale.
-        tokenizer: a local tokenizer directory, or None (``text.source`` for hf towers, else trained on captions).
-        tokenizer_kind: kind of tokenizer trained on captions (``bpe``, ``wordpiece``, ``word``).
-    """
-
-    family: Literal["flava", "xfm"] = "flava"
-    front_end: FrontEndConfig = field(default_factory=_front_end)
-    text: TextConfig = field(default_factory=lambda: TextConfig(causal=False, pooling="cls"))
-    embed_dim: int = 256
-    fusion_depth: int = 6
-    fusion_heads: int = 8
-    itc_weight: float = 1.0
-    itm_weight: float = 1.0
-    mlm_weight: float = 1.0
-    video_mlm_weight: float = 1.0
-    mvm_weight: float = 1.0
-    mlm_ratio: float = 0.15
-    video_mlm_ratio: float = 0.15
-    mvm_ratio: float = 0.9
-    mvm_mask: MaskKind = "tube"
-    mvm_norm_pix: bool = True
-    decoder_width: int = 384
-    decoder_depth: int = 4
-    decoder_heads: int = 6
-    stop_gradient: bool = False
-    itm_sample: bool = True
-    logit_scale_init: float = math.log(1 / 0.07)
-    tokenizer: str | None = None
-    tokenizer_kind: TokenizerKind = "bpe"
-
-    def __post_init__(self) -> None:
-        preset = type(self).__dataclass_fields__["family"].default
-        if self.family != preset:
-            raise ConfigError(f"family: {type(self).__name__} is for {preset!r}, got {self.family!r}")
-        for name in WEIGHTS:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not any(getattr(self, name) > 0 for name in WEIGHTS):
-            raise ConfigError(f"{'/'.join(WEIGHTS)}: at least one objective needs a weight above 0")
-        for name in ("mlm_ratio", "video_mlm_ratio"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"{name}: must lie in (0, 1], got {getattr(self, name)}")
-        if not 0 <= self.mvm_ratio < 1:
-            raise ConfigError(f"mvm_ratio: must lie in [0, 1), got {self.mvm_ratio}")
-        if self.mvm_mask not in MASK_KINDS:
-            raise ConfigError(f"mvm_mask: expected one of {list(MASK_KINDS)}, got {self.mvm_mask!r}")
-        masked_text = self.mlm_weight > 0 or self.video_mlm_weight > 0
-        if masked_text and self.text.kind == "native" and self.text.causal:
-            raise ConfigError("text.causal: masked language modelling needs a bidirectional text encoder (false)")
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> MaskingConfig:
-        """A minute model for tests. ``mvm_weight`` is 0 here because the contract tests also put frame-wise and
-        ensemble towers (which have no visible-token path) in front; tests of ``mvm`` set it."""
-        vision = VisionConfig(image_size=32, patch_size=8, width=32, depth=2, num_heads=2, num_tubelets=4)
-        front = dataclasses.replace(_front_end(), tower=TowerConfig(vision=vision), num_frames=4)
-        base: dict[str, Any] = dict(
-            front_end=front,
-            text=TextConfig(vocab_size=64, context_length=16, width=32, depth=1, num_heads=2, causal=False),
-            embed_dim=16,
-            fusion_depth=1,
-            fusion_heads=2,
-            mvm_weight=0.0,
-            decoder_width=16,
-            decoder_depth=1,
-            decoder_heads=2,
-            tokenizer_kind="word",
-        )
-        base.update(overrides)
-        return cls(**base)
-
-
-@dataclass
-class XFMConfig(MaskingConfig):
-    """:class:`MaskingConfig` with X-FM's defaults: the fusion reads detached text, half the text is masked when
-    the video is its context."""
-
-    family: Literal["flava", "xfm"] = "xfm"
-    video_mlm_ratio: float = 0.5
-    stop_gradient: bool = True
+from vidvlm.models.text import NativeTextEncoder, build_text_tower, save_text_tower_config, tokenizer_source
+from vidvlm.models.tokenizer import TextTokenizer
 
 
 @register_family("flava")
@@ -179,7 +80,7 @@ class MaskingModel(VLMModel):
     """
 
     config_class = MaskingConfig
-    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END})
+    abilities = frozenset({EMBED_VIDEO, EMBED_TEXT, FRONT_END, MATCH})
 
     def __init__(self, config: MaskingConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
         super().__init__(config)
@@ -193,33 +94,40 @@ class MaskingModel(VLMModel):
         nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
         # only the parts an objective uses exist: an unused parameter would break DDP
-        fused = cfg.itm_weight > 0 or cfg.video_mlm_weight > 0
+        fused = cfg.fuses
         self.fusion = FusionEncoder(self.text.width, cfg.fusion_depth, cfg.fusion_heads, width) if fused else None
         self.itm_head = nn.Linear(self.text.width, 2) if cfg.itm_weight > 0 else None
-        masked_text = cfg.mlm_weight > 0 or cfg.video_mlm_weight > 0
-        self.mlm_head = MLMHead(self.text.width, self.text.vocab_rows) if masked_text else None
-        if masked_text and not isinstance(self.text, NativeTextEncoder):
+        self.mlm_head = MLMHead(self.text.width, self.text.vocab_rows) if cfg.masks_text else None
+        if cfg.masks_text and not isinstance(self.text, NativeTextEncoder):
             raise ConfigError("text.kind: masked language modelling needs the native text encoder (its mask row)")
-        self.decoder = self._build_decoder() if cfg.mvm_weight > 0 else None
+        self.decoder = self._build_decoder("mvm_weight") if cfg.mvm_weight > 0 else None
+        self.tmim_decoder = self._build_decoder("tmim_weight", self.text.width) if cfg.tmim_weight > 0 else None
+        if cfg.mmm_weight > 0:
+            self._check_masked_tower("mmm_weight")
+        self.box_head = BoxHead(self.text.width) if cfg.bbox_weight > 0 else None
         # a restored checkpoint brings its own saved tokenizer (_build_for_restore)
         self._adopt_tokenizer(tokenizer, None if _restore is not None else tokenizer_source(cfg.tokenizer, cfg.text))
 
-    def _build_decoder(self) -> PixelDecoder:
+    def _check_masked_tower(self, key: str) -> None:
+        """An objective that masks the video needs a trainable video-ViT tower (its visible-token path)."""
         cfg, front = self.config, self.front_end
         if not front.can_drop_tokens:
             raise ConfigError(
-                f"mvm_weight: masked video modelling needs a video-ViT tower (native, pretrained, checkpoint), not "
-                f"{cfg.front_end.tower.name!r}; set mvm_weight: 0"
+                f"{key}: masked video modelling needs a video-ViT tower (native, pretrained, checkpoint), not "
+                f"{cfg.front_end.tower.name!r}; set {key}: 0"
             )
         if cfg.front_end.freeze_tower:
-            raise ConfigError("mvm_weight: masked video modelling trains the tower; unset front_end.freeze_tower")
-        vision = front.base_tower.cfg
-        if vision.keyframe_stream:
-            raise ConfigError("mvm_weight: masked video modelling has no pixel target for the keyframe stream")
+            raise ConfigError(f"{key}: masked video modelling trains the tower; unset front_end.freeze_tower")
+        if front.base_tower.cfg.keyframe_stream:
+            raise ConfigError(f"{key}: masked video modelling has no pixel target for the keyframe stream")
+
+    def _build_decoder(self, key: str = "mvm_weight", context_dim: int | None = None) -> PixelDecoder:
+        self._check_masked_tower(key)
+        cfg, vision = self.config, self.front_end.base_tower.cfg
         out_dim = vision.tubelet_size * vision.patch_size**2 * vision.in_chans
         return PixelDecoder(
-            front.base_tower.width, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads, vision.grid(),
-            vision.num_tubelets, out_dim,
+            self.front_end.base_tower.width, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads, vision.grid(),
+            vision.num_tubelets, out_dim, context_dim,
         )  # fmt: skip
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -273,7 +181,7 @@ class MaskingModel(VLMModel):
         """Fusion of ``text [B, L, Dt]`` with ``video [B, M, Dv]`` -> ``[B, L, Dt]`` (detached text when
         ``stop_gradient``)."""
         if self.fusion is None:
-            raise ConfigError("itm_weight/video_mlm_weight: this model was built without a fusion encoder (both 0)")
+            raise ConfigError("itm_weight/video_mlm_weight/mmm_weight/bbox_weight: no fusion encoder (all were 0)")
         if self.config.stop_gradient:
             text = text.detach()
         return self.fusion(text, text_mask, video, video_mask)
@@ -281,12 +189,31 @@ class MaskingModel(VLMModel):
     @torch.no_grad()
     def itm_scores(self, video: torch.Tensor, frame_mask: torch.Tensor | None, texts: list[str]) -> torch.Tensor:
         """Log-odds that caption i matches clip i (for re-ranking retrieval): ``video [B, T, 3, H, W]`` -> ``[B]``."""
+        return self.match_scores(*self.match_video(video, frame_mask), *self.match_text(texts))
+
+    @torch.no_grad()
+    def match_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None):
+        """The matching context of clips: ``video [B, T, 3, H, W]`` -> tokens ``[B, M, Dv]`` and bool mask
+        ``[B, M]`` (every token real when the front-end gives none)."""
+        vis = self.front_end(video, frame_mask)
+        mask = vis.mask if vis.mask is not None else vis.tokens.new_ones(vis.tokens.shape[:2], dtype=torch.bool)
+        return vis.tokens, mask
+
+    @torch.no_grad()
+    def match_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's tokens ``[B, L, Dt]`` and bool mask ``[B, L]`` of B captions."""
+        ids, mask = self.tokenize(texts)
+        return self.text(ids, mask)[0], mask
+
+    @torch.no_grad()
+    def match_scores(
+        self, video: torch.Tensor, video_mask: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """ITM log-odds of P pairs: ``video [P, M, Dv]`` / ``video_mask [P, M]`` (from :meth:`match_video`) with
+        ``text [P, L, Dt]`` / ``text_mask [P, L]`` (from :meth:`match_text`) -> ``[P]``."""
         if self.itm_head is None:
             raise ConfigError("itm_weight: this model has no matching head (itm_weight was 0)")
-        vis = self.front_end(video, frame_mask)
-        ids, mask = self.tokenize(texts)
-        tokens, _ = self.text(ids, mask)
-        logits = self.itm_head(self._fuse(tokens, mask, vis.tokens, vis.mask)[:, 0])
+        logits = self.itm_head(self._fuse(text, text_mask, video, video_mask)[:, 0])
         return logits[:, 1] - logits[:, 0]
 
     # -- training ----------------------------------------------------------------------------------------------
@@ -294,7 +221,8 @@ class MaskingModel(VLMModel):
         """The weighted objectives of a collated batch.
 
         Args:
-            batch: ``video [B, T, 3, H, W]``, optional ``frame_mask`` bool ``[B, T]``, ``text`` (B strings).
+            batch: ``video [B, T, 3, H, W]``, optional ``frame_mask`` bool ``[B, T]``, ``text`` (B strings), and
+                for ``bbox_loss`` ``boxes`` float ``[B, T, 4]`` (normalised ``cx, cy, w, h`` per frame, NaN = none).
 
         Returns:
             each objective with a weight above 0 as ``<name>_loss`` (already weighted), and ``logit_scale``.
@@ -327,6 +255,18 @@ class MaskingModel(VLMModel):
             out["video_mlm_loss"] = cfg.video_mlm_weight * mlm_loss(self.mlm_head(fused), labels)
         if cfg.mvm_weight > 0:
             out["mvm_loss"] = cfg.mvm_weight * self.mvm_loss(video, frame_mask)
+        if cfg.mmm_weight > 0:
+            out["mmm_loss"] = cfg.mmm_weight * self.mmm_loss(video, frame_mask, ids, amask)
+        if cfg.tmim_weight > 0:
+            out["tmim_loss"] = cfg.tmim_weight * self.tmim_loss(video, frame_mask, tokens, amask)
+        if cfg.bbox_weight > 0:
+            if batch.get("boxes") is None:
+                raise ConfigError(
+                    "bbox_weight: the batch has no 'boxes' (the manifest rows need per-frame boxes: a top-level "
+                    "'boxes' list or one entry in 'shapes'; make_synthetic writes them with shapes=1)"
+                )
+            fused = self._fuse(tokens, amask, vis.tokens, vis.mask)[:, 0]
+            out["bbox_loss"] = cfg.bbox_weight * self.bbox_loss(fused, batch["boxes"], frame_mask)
         return out
 
     def _itm(self, sim: torch.Tensor, same: torch.Tensor, tokens: torch.Tensor, amask: torch.Tensor, vis: Any):
@@ -358,18 +298,76 @@ class MaskingModel(VLMModel):
         predicts every hidden tubelet's pixels. ``video [B, T, 3, H, W]``, ``frame_mask`` bool ``[B, T]``."""
         if self.decoder is None:
             raise ConfigError("mvm_weight: this model was built without the masked video decoder (mvm_weight was 0)")
+        return self._masked_pixels(self.decoder, video, frame_mask, self.config.mvm_ratio)
+
+    def tmim_loss(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Text-guided masked video modelling (unweighted): as :meth:`mvm_loss`, the decoder also cross-attending
+        to ``text [B, L, Dt]`` (the text encoder's tokens of the captions; bool ``text_mask [B, L]``)."""
+        if self.tmim_decoder is None:
+            raise ConfigError("tmim_weight: this model was built without the text-guided decoder (tmim_weight was 0)")
+        if self.config.stop_gradient:
+            text = text.detach()
+        return self._masked_pixels(self.tmim_decoder, video, frame_mask, self.config.tmim_ratio, text, text_mask)
+
+    def _masked_pixels(
+        self,
+        decoder: PixelDecoder,
+        video: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        ratio: float,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hide ``ratio`` of ``video [B, T, 3, H, W]``'s patch positions, encode the rest, let ``decoder`` (reading
+        ``text [B, L, Dt]`` when text-guided) predict the hidden tubelets; their pixel loss."""
         tower = self.front_end.base_tower
         vision = tower.cfg
         steps, n = self.front_end.token_grid(video)
-        keep = make_keep(video.shape[0], steps, n, self.config.mvm_ratio, self.config.mvm_mask, device=video.device)
+        keep = make_keep(video.shape[0], steps, n, ratio, self.config.mvm_mask, device=video.device)
         enc = tower(video, frame_mask, keep=keep)
         grid = (video.shape[-2] // vision.patch_size, video.shape[-1] // vision.patch_size)
-        pred = self.decoder(enc.last_hidden_state[:, :, tower.num_prefix_tokens :], keep, grid, enc.frame_mask)
+        visible = enc.last_hidden_state[:, :, tower.num_prefix_tokens :]
+        pred = decoder(visible, keep, grid, enc.frame_mask, text, text_mask)
         target, steps_real = tubelet_pixels(video, frame_mask, vision.patch_size, vision.tubelet_size)
         hidden = ~visible_mask(keep, n)
         if steps_real is not None:
             hidden = hidden & steps_real[:, :, None]
         return masked_pixel_loss(pred, target, hidden, norm_pix=self.config.mvm_norm_pix)
+
+    def mmm_loss(
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None, ids: torch.Tensor, amask: torch.Tensor
+    ) -> torch.Tensor:
+        """Masked multimodal modelling (unweighted): the fusion encoder reads a tube-masked clip (only its visible
+        tokens encoded) and a masked caption together and predicts the hidden text tokens.
+
+        Args:
+            video: ``[B, T, 3, H, W]``.
+            frame_mask: bool ``[B, T]`` or None.
+            ids: long ``[B, L]`` the captions' ids.
+            amask: bool ``[B, L]`` their real tokens.
+        """
+        cfg = self.config
+        steps, n = self.front_end.token_grid(video)
+        keep = make_keep(video.shape[0], steps, n, cfg.mmm_video_ratio, cfg.mvm_mask, device=video.device)
+        vis = self.front_end(video, frame_mask, keep=keep)
+        masked, labels = self._mask_text(ids, amask, cfg.mmm_text_ratio)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.stop_gradient):
+            text_tokens, _ = self.text(masked, amask)
+        fused = self._fuse(text_tokens, amask, vis.tokens, vis.mask)
+        return mlm_loss(self.mlm_head(fused), labels)
+
+    def bbox_loss(self, fused: torch.Tensor, boxes: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Box prediction (unweighted): L1 + GIoU between the box head's output on ``fused [B, Dt]`` (the fusion
+        encoder's first token) and ``boxes [B, T, 4]`` at each clip's middle real frame (NaN rows are not scored)."""
+        if self.box_head is None:
+            raise ConfigError("bbox_weight: this model was built without the box head (bbox_weight was 0)")
+        b, t = boxes.shape[:2]
+        real = torch.full((b,), t, device=boxes.device) if frame_mask is None else frame_mask.sum(1)
+        target = boxes[torch.arange(b, device=boxes.device), (real // 2).to(boxes.device)].to(fused.dtype)
+        l1, giou = box_loss(self.box_head(fused), target)
+        return l1 + giou
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def config_for_save(self) -> MaskingConfig:

@@ -1,5 +1,5 @@
-"""Parts of the masking family (``vidvlm.models.masking``): the fusion encoder, the MLM head, and the light decoder
-of masked video modelling with its tubelet targets."""
+"""Parts of the masking family (``vidvlm.models.masking``): the fusion encoder, the MLM head, the box head, and the
+light decoder of masked video modelling with its tubelet targets (text-guided when it cross-attends to text)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(x))))
 
 
+class BoxHead(nn.Module):
+    """``[..., D] -> [..., 4]`` a normalised box ``cx, cy, w, h`` in ``(0, 1)`` (a two-layer MLP and a sigmoid)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(self.act(self.fc1(x))))
+
+
 class PixelDecoder(nn.Module):
     """VideoMAE's light decoder: visible encoder tokens plus a learned mask token at every hidden position, with
     their own space-time positions, joint attention over the clip, then each tubelet's pixels.
@@ -76,6 +89,7 @@ class PixelDecoder(nn.Module):
         grid: the encoder's patch grid ``(H/P, W/P)`` at its training size.
         num_tubelets: length of the decoder's temporal table (longer clips resample it).
         out_dim: pixels per tubelet (``tubelet_size * P * P * C``).
+        context_dim: width of text tokens every block cross-attends to (X-FM's text-guided MIM), or None.
     """
 
     def __init__(
@@ -87,6 +101,7 @@ class PixelDecoder(nn.Module):
         grid: tuple[int, int],
         num_tubelets: int,
         out_dim: int,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_width, width)
@@ -94,12 +109,20 @@ class PixelDecoder(nn.Module):
         self.pos = SpaceTimePosEmbed(width, grid, num_tubelets)
         nn.init.normal_(self.pos.temporal, std=0.02)  # unlike the encoder's, time is new information here
         nn.init.normal_(self.mask_token, std=0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, norm_eps=1e-6) for _ in range(depth))
+        cross = {} if context_dim is None else {"cross_attention": True, "context_dim": context_dim}
+        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, norm_eps=1e-6, **cross) for _ in range(depth))
+        self.guided = context_dim is not None
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, out_dim)
 
     def forward(
-        self, visible: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], step_mask: torch.Tensor | None
+        self,
+        visible: torch.Tensor,
+        keep: torch.Tensor,
+        grid: tuple[int, int],
+        step_mask: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict every tubelet.
 
@@ -108,10 +131,15 @@ class PixelDecoder(nn.Module):
             keep: long ``[B, T', K]`` their positions among the ``N = gh * gw`` patches of a step.
             grid: ``(gh, gw)`` of this input.
             step_mask: bool ``[B, T']`` real time steps (padded ones are never keys), or None.
+            context: ``[B, L, Dc]`` text tokens to cross-attend to (only and always for a text-guided decoder).
+            context_mask: bool ``[B, L]`` their real tokens, or None.
 
         Returns:
             ``[B, T', N, out_dim]`` predicted (normalised) pixels.
         """
+        if (context is not None) != self.guided:
+            kind = "a text-guided decoder needs" if self.guided else "a plain decoder takes no"
+            raise ValueError(f"context: {kind} text context")
         b, t = visible.shape[:2]
         n = grid[0] * grid[1]
         x = scatter_tokens(self.embed(visible), keep, n, self.mask_token)
@@ -121,8 +149,9 @@ class PixelDecoder(nn.Module):
         mask = None
         if step_mask is not None and not bool(step_mask.all()):
             mask = AttnMask(key_padding=rearrange(step_mask[:, :, None].expand(b, t, n), "b t n -> b (t n)"))
+        extra = {} if context is None else {"context": context, "context_mask": _padding(context_mask)}
         for blk in self.blocks:
-            h = blk(h, mask)
+            h = blk(h, mask, **extra)
         return rearrange(self.head(self.norm(h)), "b (t n) k -> b t n k", t=t)
 
 
@@ -151,4 +180,4 @@ def tubelet_pixels(
     return pixels, frame_mask
 
 
-__all__ = ["FusionEncoder", "MLMHead", "PixelDecoder", "tubelet_pixels"]
+__all__ = ["FusionEncoder", "MLMHead", "BoxHead", "PixelDecoder", "tubelet_pixels"]
