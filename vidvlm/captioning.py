@@ -4,7 +4,7 @@
 
 With no model the embedded default in ``vidvlm/assets/default_captioner/`` is used. That model is tiny and was
 trained on synthetic moving shapes only ("a big red square moves left"); it knows nothing about real video.
-Rebuild it with ``python tools/train.py --config configs/generative_tiny_8f_shapes.yaml`` and copy the run's
+Rebuild it with ``python tools/train.py --config configs/generative_tiny_8f_shapesmix.yaml`` and copy the run's
 ``final/`` directory there (see the README).
 """
 

@@ -138,10 +138,32 @@ def test_default_model_captions_held_out_clips(tmp_path, capsys):
     # held-out clips (a seed no training run used) are captioned exactly: colour, size, shape and motion direction
     for p, c in truth.items():
         assert got[str(tmp_path / p)] == c
-    # a still gets a motion-free caption with its colour and size (small still shapes are its weak point: BENCHMARKS.md)
+    # a still gets its exact, motion-free caption
     still = json.loads(image.read_text().splitlines()[0])["caption"]
-    words = got[str(image.parent / "train_00000.png")].split()
-    assert "moves" not in words and words[:3] == still.split()[:3]
+    assert got[str(image.parent / "train_00000.png")] == still and "moves" not in still
+
+
+# every setting the README demo and the generator make: sizes 32 to 128, 4 to 32 frames, other frame rates, stills
+GENERATOR_RANGE = [
+    {"frames": 16, "size": 64},  # make_synthetic.py's defaults (the README demo)
+    {"frames": 12, "size": 48, "fps": 12},
+    {"frames": 32, "size": 128, "fps": 24},
+    {"frames": 4, "size": 32},
+    {"images": True, "size": 32},
+    {"images": True, "size": 96},
+]
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no embedded default model")
+@pytest.mark.parametrize("setting", GENERATOR_RANGE, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_default_model_reads_every_setting_of_the_generator(tmp_path, capsys, setting):
+    # 16 held-out items per setting (a seed no training run used); BENCHMARKS.md has 100 per setting
+    manifest = make_synthetic(tmp_path, 16, seed=246810, split="test", **setting)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rc = cli.main([str(tmp_path / r["path"]) for r in rows] + ["--no-progress"])
+    got = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
+    exact = sum(got[str(tmp_path / r["path"])] == r["caption"] for r in rows)
+    assert rc == 0 and exact >= 15, f"{exact} of 16 exact"
 
 
 def test_num_frames_and_segment_zero_are_one_line_errors(clips, model_dir, capsys):
