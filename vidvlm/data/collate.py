@@ -22,10 +22,19 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
         left out), ``conversation`` (every sample's turns when all have them, else None). When every sample failed,
-        ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty.
+        ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty. Samples with no ``video`` key
+        (a text corpus) make a text-only batch (:func:`vidvlm.data.text_corpus.collate_text`); a batch never mixes
+        the two kinds.
     """
     if not samples:
         raise ValueError("collate_video_text: empty batch")
+    with_video = sum("video" in s for s in samples)
+    if with_video == 0:
+        from vidvlm.data.text_corpus import collate_text
+
+        return collate_text(samples)
+    if with_video != len(samples):
+        raise ValueError(f"collate_video_text: {len(samples) - with_video} text-only samples in a batch of videos")
     failed = [{"index": int(s["index"]), "path": s["path"], "error": s["error"]} for s in samples if s.get("error")]
     samples = [s for s in samples if not s.get("error")]
     if not samples:

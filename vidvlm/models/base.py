@@ -41,6 +41,7 @@ ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the 
 CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
+TEXT_ONLY = "text_only"  # forward(batch) trains on text-only batches (no "video" key; vidvlm.data.text_corpus)
 
 ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     EMBED_VIDEO: ("embed video", ("encode_video",)),
@@ -50,6 +51,7 @@ ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     CHAT: ("hold a multi-turn conversation", ("generate",)),
     VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
     FRONT_END: ("expose its video front-end", ()),
+    TEXT_ONLY: ("train on text-only batches", ()),
 }
 
 
@@ -331,6 +333,7 @@ __all__ = [
     "CHAT",
     "VISUAL_TOKENS",
     "FRONT_END",
+    "TEXT_ONLY",
     "VLMModel",
     "load_weights",
     "freeze",

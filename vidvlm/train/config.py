@@ -26,14 +26,23 @@ class DatasetSpec:
     """One dataset of the mixture.
 
     Attributes:
-        manifest: path of a JSONL or CSV manifest (media paths in it are relative to the manifest's folder).
+        manifest: path of a JSONL or CSV manifest (media paths in it are relative to the manifest's folder), or of
+            a JSONL text corpus for ``kind: text``.
+        kind: ``video`` (videos and images with text) or ``text`` (sentences or conversations with no video,
+            :mod:`vidvlm.data.text_corpus`): its batches are text-only, and only families with the ``text_only``
+            ability take them.
         sampler: frame sampler of this dataset (e.g. ``num_frames: 1`` for images); None uses ``data.sampler``.
         options: extra keyword arguments of ``vidvlm.data.datasets.VideoTextDataset`` (``decode_size``, ...).
     """
 
     manifest: str
+    kind: Literal["video", "text"] = "video"
     sampler: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind == "text" and (self.sampler is not None or self.options):
+            raise ConfigError(f"{self.manifest}: a text dataset (kind: text) takes no sampler or options")
 
 
 @dataclass

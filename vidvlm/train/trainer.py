@@ -37,6 +37,7 @@ from vidvlm.train.data import (
     TaggedDataset,
     bad_data_message,
     build_datasets,
+    check_text_only,
     mix_seed,
     set_epoch,
 )
@@ -133,6 +134,7 @@ class Trainer:
 
             set_seed(cfg.seed)  # the initial weights are a function of the config's seed (same on every rank)
             model = build_model(cfg.model)
+        check_text_only(cfg, model)
         if datasets is None or (val_dataset is None and cfg.data.val is not None):
             # the model owns frames per clip, input size and normalisation: the data inherits them
             inputs = ModelInputs.of(model)
@@ -145,6 +147,8 @@ class Trainer:
             from vidvlm.data.collate import collate_video_text as collate_fn
         self.model = model
         self.names = list(datasets)
+        specs = cfg.data.datasets
+        self.kinds = [specs[n].kind if n in specs else "video" for n in self.names]
         self.train_data = ConcatDataset([TaggedDataset(datasets[n], k) for k, n in enumerate(self.names)])
         self.sizes = [len(datasets[n]) for n in self.names]
         self.val_data = val_dataset
@@ -179,6 +183,7 @@ class Trainer:
                 rank=self.acc.process_index,
                 world_size=self.acc.num_processes,
                 start=self.state.batch,
+                kinds=self.kinds,
             )
             set_epoch(self.train_data, self.state.epoch)
             loader = DataLoader(
@@ -449,6 +454,8 @@ class Trainer:
             "loss": float(self._mean(result.loss).item()),
             **{k: float(self._mean(v).item()) for k, v in result.parts.items()},
             "grad_norm": result.grad_norm,
+            # this rank's samples of the step per dataset (a text-only step shows only text datasets)
+            "drawn": {n: c for n, c in zip(self.names, result.drawn, strict=True) if c},
             "skipped": bool(result.skipped),
             "skipped_steps": self.state.skipped_steps,
             "replaced_samples": self.state.replaced_samples,
@@ -506,7 +513,7 @@ def _captions(datasets: Any) -> list[str]:
     out: list[str] = []
     for d in datasets:
         for row in getattr(d, "rows", []):
-            out.extend(row.captions)
+            out.extend(getattr(row, "captions", ()))  # a text corpus has none
     return out
 
 
