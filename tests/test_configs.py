@@ -25,7 +25,7 @@ def test_run_config_is_valid(path):
     cfg = load_train_config(path)
     model_cfg = validate_model_config(cfg, where=str(path))
     assert model_cfg.family == cfg.model["family"]
-    assert cfg.total_steps > 0
+    assert cfg.num_steps > 0
     if "tiny" in path.name:  # cheap enough to build: the architecture really exists
         from vidvlm.models.registry import build_model
 

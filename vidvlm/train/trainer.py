@@ -292,11 +292,13 @@ class Trainer:
             save_train_config(cfg, self.out / "train_config.yaml")
         acc.wait_for_everyone()
         acc.init_trackers("vidvlm", config={"output_dir": str(self.out), "seed": cfg.seed})
-        bar = tqdm(total=cfg.total_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
+        bar = tqdm(total=cfg.num_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
         try:
             for stage_idx in range(self.state.stage, len(cfg.stages)):
                 if stage_idx != self.state.stage:
                     self.state.stage, self.state.stage_step, self.state.epoch, self.state.batch = stage_idx, 0, 0, 0
+                if cfg.stage_steps[stage_idx] == 0:
+                    continue  # a fractional stage that resolved to no step (e.g. "introduce video at 100 %")
                 self._run_stage(cfg.stages[stage_idx], resume_dir, bar)
                 resume_dir = None
             self._save_final()
@@ -309,6 +311,10 @@ class Trainer:
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
         return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
 
+    def _steps(self, stage: StageConfig) -> int:
+        """The stage's steps, a fraction resolved against ``total_steps``."""
+        return self.cfg.stage_steps[self.cfg.stages.index(stage)]
+
     def _prepare_stage(self, stage: StageConfig, resume_dir: Path | None) -> tuple[Any, Any]:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
@@ -317,7 +323,7 @@ class Trainer:
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
         scheduler = build_scheduler(
-            optimizer, stage.steps, warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
+            optimizer, self._steps(stage), warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
         )
         # Each stage is wrapped afresh: DDP registers gradient hooks for the parameters trainable when it wraps.
         # free_memory() is accelerate's reset between trainings with other models/optimizers: it forgets the previous
@@ -332,8 +338,9 @@ class Trainer:
         cfg = self.cfg
         optimizer, scheduler = self._prepare_stage(stage, resume_dir)
         batches = self._batches(stage)
+        steps = self._steps(stage)
         self.model.train()
-        while self.state.stage_step < stage.steps:
+        while self.state.stage_step < steps:
             t0 = time.perf_counter()
             result = self._train_step(stage, batches, optimizer, scheduler)
             self.state.step += 1
@@ -341,7 +348,7 @@ class Trainer:
             self.state.skipped_steps += int(result.skipped)
             self._count_samples(result)
             bar.update(1)
-            last = self.state.stage_step == stage.steps
+            last = self.state.stage_step == steps
             if self.state.step % max(1, cfg.log_every) == 0 or last or result.skipped:
                 metrics = self._step_metrics(stage, result, time.perf_counter() - t0)
                 self._log(metrics)
