@@ -60,6 +60,18 @@ def test_a_family_without_the_ability_refuses_text_datasets(tmp_path):
         Trainer(cfg, model=TinyModel(), datasets={"a": TinyDataset(8)}, collate_fn=collate)
 
 
+def test_a_batch_that_reaches_no_trainable_parameter_is_named(tmp_path):
+    from vidvlm.train.trainer import Trainer
+
+    class Detached(TinyModel):
+        def forward(self, batch: dict) -> dict:
+            return {"ce_loss": super().forward(batch)["ce_loss"].detach()}
+
+    cfg = make_cfg(tmp_path / "run", [])
+    with pytest.raises(ConfigError, match=r"^stage 'all': the loss of a batch from \['a'\] reaches no trainable"):
+        Trainer(cfg, model=Detached(), datasets={"a": TinyDataset(8)}, collate_fn=collate).train()
+
+
 CONFIG = """
 output_dir: {out}
 seed: 0

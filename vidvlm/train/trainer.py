@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from vidvlm.errors import VideoDecodeError
+from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.train import checkpoint as ckpt
 from vidvlm.train import evaluation
 from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
@@ -386,6 +386,12 @@ class Trainer:
                     name = type(acc.unwrap_model(self.model)).__name__
                     raise ValueError(f"{name}.forward returned no '*_loss' key: {sorted(out)}")
                 loss = sum(terms.values())
+                if not loss.requires_grad:  # e.g. a text-only batch in a stage that trains only the connector
+                    sources = [n for n, c in zip(self.names, drawn, strict=True) if c]
+                    raise ConfigError(
+                        f"stage {stage.name!r}: the loss of a batch from {sources} reaches no trainable parameter "
+                        "(train a part that this data passes through, or drop the dataset from the stage's mixture)"
+                    )
                 finite = bool(torch.isfinite(loss.detach()).item())
                 bad = bad or not finite
                 # Backward runs on every rank even for a bad loss (zeroed), so DDP's collectives stay matched.
