@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", nargs="*", default=None, help="zero-shot prompt templates with {}")
     parser.add_argument("--task", default="auto", choices=["auto", "retrieval", "generation"])
     parser.add_argument("--predictions", default=None, help="generation: write every caption and answer (JSONL)")
+    parser.add_argument("--text-corpus", default=None, help="generation: also the LM's loss on this text corpus")
     parser.add_argument("--out", default=None, help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     try:
@@ -144,7 +145,16 @@ def _generation(args, model, dataset, batches) -> dict:
     if args.predictions:
         rows = [{"kind": "caption", **r} for r in results["captions"]] + [{"kind": "qa", **r} for r in results["qa"]]
         Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return generation_metrics(results)
+    metrics = generation_metrics(results)
+    if args.text_corpus:
+        from vidvlm.data.text_corpus import TextCorpusDataset
+        from vidvlm.models.base import TEXT_ONLY
+        from vidvlm.train.evaluation import validation_loss
+
+        model.require(TEXT_ONLY, "score a text corpus")
+        text = validation_loss(model, TextCorpusDataset(args.text_corpus), batch_size=args.batch_size)
+        metrics["text_loss"] = text["loss"]
+    return metrics
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ CONFIG = ROOT / "configs" / "llava_tiny_8f_shapes.yaml"
 
 def tiny_recipe_overrides(out: Path, data: Path, lm: Path) -> list[str]:
     """Output in ``out``, a handful of clips per set under ``data``, 2 steps per stage (8 in all)."""
-    sets = {"captions": 8, "qa": 8, "text": 16, "val": 4, "test": 3, "compositional": 3}
+    sets = {"captions": 8, "qa": 8, "text": 16, "text_test": 8, "val": 4, "test": 3, "compositional": 3}
     return [
         f"output_dir={out}",
         f"model.lm.source={lm}",
@@ -69,8 +69,12 @@ def test_tiny_recipe_trains_every_stage_and_is_scored(tmp_path, capsys):
 
     capsys.readouterr()
     test = data / "test" / "manifest.jsonl"
-    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test)]) == 0
+    corpus = data / "text_test" / "manifest.jsonl"
+    assert (
+        eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test), "--text-corpus", str(corpus)]) == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
+    assert 0 < metrics["text_loss"] < 20
     asked = sum(len(json.loads(line)["qa"]) for line in test.read_text().splitlines())
     assert metrics["qa_num"] == asked and metrics["caption_num"] == 3
     assert {"qa_color_accuracy", "qa_count_accuracy", "qa_when_accuracy", "caption_cider"} <= set(metrics)
