@@ -21,7 +21,8 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
-        left out), ``conversation`` (every sample's turns when all have them, else None). When every sample failed,
+        left out), ``conversation`` (when any sample has turns: each sample's, None for one without; else None).
+        When every sample failed,
         ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty. Samples with no ``video`` key
         (a text corpus) make a text-only batch (:func:`vidvlm.data.text_corpus.collate_text`); a batch never mixes
         the two kinds.
@@ -69,6 +70,6 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "timestamps": timestamps,
         "replaced_from": torch.tensor([int(s.get("replaced_from", -1)) for s in samples], dtype=torch.long),
         "failed": failed,
-        # instruction data: every sample's conversation, or None when the batch has none
-        "conversation": [s["conversation"] for s in samples] if all("conversation" in s for s in samples) else None,
+        # instruction data: each sample's conversation (None for a caption-only sample), or None when none has one
+        "conversation": [s.get("conversation") for s in samples] if any("conversation" in s for s in samples) else None,
     }

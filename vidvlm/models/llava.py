@@ -332,14 +332,17 @@ class LlavaModel(VLMModel):
         return "<video>\n" + (question or self.config.caption_prompt)
 
     def _conversations(self, batch: dict[str, Any]) -> list[list[dict[str, str]]]:
-        """The batch's conversations, or caption / question samples as one-turn conversations."""
-        if batch.get("conversation") is not None:
-            return list(batch["conversation"])
+        """The batch's conversations; caption / question samples (no conversation) as one-turn conversations."""
+        convs = batch.get("conversation")
+        if convs is not None and all(c is not None for c in convs):
+            return list(convs)
+        convs = convs or [None] * len(batch["text"])
         questions = batch.get("question") or [None] * len(batch["text"])
-        return [
+        caption = [
             [{"role": "user", "content": self._user_turn(q)}, {"role": "assistant", "content": a}]
             for q, a in zip(questions, batch["text"], strict=True)
         ]
+        return [c if c is not None else d for c, d in zip(convs, caption, strict=True)]
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _is_base(self, name: str) -> bool:
