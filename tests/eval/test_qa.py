@@ -19,6 +19,7 @@ import eval as eval_cli  # noqa: E402  (tools/ is not a package)
 
 def test_scoring_rules_by_hand():
     assert parse_seconds("at 1.5 seconds") == 1.5 and parse_seconds("2") == 2.0 and parse_seconds("soon") is None
+    assert parse_seconds("at 1 . 3 7 5 seconds") == 1.375  # digits decoded apart by a word-level tokenizer
     items = [
         {"type": "color", "answer": "red", "prediction": "Red."},  # punctuation and case: right
         {"type": "color", "answer": "red", "prediction": "reddish"},  # wrong

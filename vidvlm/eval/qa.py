@@ -26,11 +26,12 @@ from vidvlm.models.base import ANSWER, CHAT, GENERATE
 
 WHEN_TOLERANCE_S = 0.5
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_SPACED = re.compile(r"(?<=[\d.])\s+(?=[\d.])")  # "1 . 3 7 5": a word-level tokenizer decodes digits apart
 
 
 def parse_seconds(text: str) -> float | None:
-    """The first number in ``text`` (``"at 1.5 seconds"`` -> 1.5), or None."""
-    found = _NUMBER.search(text)
+    """The first number in ``text`` (``"at 1.5 seconds"`` and ``"at 1 . 5 seconds"`` -> 1.5), or None."""
+    found = _NUMBER.search(_SPACED.sub("", text))
     return float(found.group()) if found else None
 
 
