@@ -1,7 +1,15 @@
-"""Evaluate a checkpoint on a manifest: text<->video retrieval, caption-variant accuracy, zero-shot classification.
+"""Evaluate a checkpoint on a manifest: text<->video retrieval, caption-variant accuracy, zero-shot classification
+(families that embed video and text), or captioning and question answering per type (families that generate).
 
     python tools/eval.py --checkpoint runs/contrastive_tiny_8f_shapes/final --manifest data/shapes/val/manifest.jsonl \
         --num-frames 8 --variant-words left right up down [--classes left right up down] [--out metrics.json]
+    python tools/eval.py --checkpoint runs/llava_tiny_8f_shapes/final --manifest data/shapes_qa/test/manifest.jsonl \
+        [--predictions answers.jsonl]
+
+``--task auto`` (the default) picks retrieval for a family that embeds video and text, else generation. Generation
+captions every clip (``caption_exact_match``, ``caption_cider``, BLEU, ROUGE-L) and answers every question of a
+row's ``qa`` ground truth: ``qa_{type}_accuracy`` per type (exact normalised answer; "when" within 0.5 s), see
+``vidvlm.eval.qa``.
 
 The checkpoint is any directory ``vidvlm.load`` opens (``final/`` or a ``checkpoint-*`` of a run). Frames are taken
 with a uniform sampler (deterministic, ``model.num_frames`` unless --num-frames) and the model's own evaluation
@@ -39,32 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", nargs="*", default=None, help="zero-shot prompt templates with {}")
     parser.add_argument("--itm-rerank", type=int, default=0, metavar="K",
                         help="re-rank each caption's top K clips by the matching head (0: off)")  # fmt: skip
+    parser.add_argument("--task", default="auto", choices=["auto", "retrieval", "generation"])
+    parser.add_argument("--predictions", default=None, help="generation: write every caption and answer (JSONL)")
+    parser.add_argument("--text-corpus", default=None, help="generation: also the LM's loss on this text corpus")
     parser.add_argument("--out", default=None, help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     try:
-        import torch
         from torch.utils.data import DataLoader
 
         from vidvlm.data.collate import collate_video_text
         from vidvlm.data.datasets import VideoTextDataset
         from vidvlm.data.sampling import SamplerConfig, build_sampler
-        from vidvlm.eval.rerank import VideoContexts, itm_rerank_metrics
-        from vidvlm.eval.retrieval import (
-            DEFAULT_TEMPLATES,
-            embed_dataset,
-            retrieval_metrics,
-            zero_shot_accuracy,
-            zero_shot_classifier,
-        )
         from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO
         from vidvlm.models.registry import load
-        from vidvlm.train.evaluation import caption_recall, variant_accuracy
 
         model = load(args.checkpoint).to(args.device).eval()
-        model.require(EMBED_VIDEO, "evaluate retrieval")
-        model.require(EMBED_TEXT, "evaluate retrieval")
-        if args.itm_rerank < 0:
-            raise ConfigError(f"--itm-rerank: must be >= 0, got {args.itm_rerank}")
+        task = args.task
+        if task == "auto":
+            task = "retrieval" if model.can(EMBED_VIDEO) and model.can(EMBED_TEXT) else "generation"
+        if task == "retrieval":
+            model.require(EMBED_VIDEO, "evaluate retrieval")
+            model.require(EMBED_TEXT, "evaluate retrieval")
+            if args.itm_rerank < 0:
+                raise ConfigError(f"--itm-rerank: must be >= 0, got {args.itm_rerank}")
         if args.num_frames is not None and args.num_frames < 1:
             raise ConfigError(f"--num-frames: must be >= 1, got {args.num_frames}")
         frames = args.num_frames or model.num_frames
@@ -84,30 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                     kept.extend(batch["index"].tolist())
                     yield batch
 
-        with torch.no_grad():
-            contexts = VideoContexts(model, readable_batches()) if args.itm_rerank else None
-            try:
-                emb = embed_dataset(model, contexts if contexts is not None else readable_batches())
-            except ValueError as e:  # embed_dataset's "empty": every row was left out
-                if kept or isinstance(e, VidVLMError):
-                    raise
-                raise ConfigError(f"{args.manifest}: no row of the manifest could be read") from None
-            metrics = {"num_videos": len(kept), "num_rows": len(dataset), "num_missing": len(missing),
-                       "missing": [f["path"] for f in missing], "num_frames": frames}  # fmt: skip
-            metrics.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
-            caps = [list(dataset.rows[i].captions) for i in kept]
-            metrics.update(caption_recall(emb["video"], emb["text"], caps))
-            if contexts is not None:
-                flat = [c for per_clip in caps for c in per_clip]
-                metrics.update(itm_rerank_metrics(model, contexts.gathered(), flat, emb["video"], emb["text"],
-                                                  emb["text_to_video"], k=args.itm_rerank))  # fmt: skip
-            if args.variant_words:
-                metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
-            if args.classes:
-                classifier = zero_shot_classifier(model, args.classes, args.templates or DEFAULT_TEMPLATES)
-                keep = emb["labels"] >= 0
-                zs = zero_shot_accuracy(emb["video"][keep], classifier, emb["labels"][keep])
-                metrics.update({f"zero_shot_{k}": v for k, v in zs.items()})
+        if task == "generation":
+            metrics = _generation(args, model, dataset, readable_batches())
+        else:
+            metrics = _retrieval(args, model, dataset, readable_batches(), kept)
+        if not kept:
+            raise ConfigError(f"{args.manifest}: no row of the manifest could be read")
+        metrics = {"num_videos": len(kept), "num_rows": len(dataset), "num_missing": len(missing),
+                   "missing": [f["path"] for f in missing], "num_frames": frames, **metrics}  # fmt: skip
     except VidVLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,6 +109,65 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _retrieval(args, model, dataset, batches, kept: list[int]) -> dict:
+    import torch
+
+    from vidvlm.eval.rerank import VideoContexts, itm_rerank_metrics
+    from vidvlm.eval.retrieval import (
+        DEFAULT_TEMPLATES,
+        embed_dataset,
+        retrieval_metrics,
+        zero_shot_accuracy,
+        zero_shot_classifier,
+    )
+    from vidvlm.train.evaluation import caption_recall, variant_accuracy
+
+    with torch.no_grad():
+        contexts = VideoContexts(model, batches) if args.itm_rerank else None
+        try:
+            emb = embed_dataset(model, contexts if contexts is not None else batches)
+        except ValueError as e:  # embed_dataset's "empty": every row was left out
+            if kept or isinstance(e, VidVLMError):
+                raise
+            raise ConfigError(f"{args.manifest}: no row of the manifest could be read") from None
+        metrics = retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"])
+        caps = [list(dataset.rows[i].captions) for i in kept]
+        metrics.update(caption_recall(emb["video"], emb["text"], caps))
+        if contexts is not None:
+            flat = [c for per_clip in caps for c in per_clip]
+            metrics.update(itm_rerank_metrics(model, contexts.gathered(), flat, emb["video"], emb["text"],
+                                              emb["text_to_video"], k=args.itm_rerank))  # fmt: skip
+        if args.variant_words:
+            metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
+        if args.classes:
+            classifier = zero_shot_classifier(model, args.classes, args.templates or DEFAULT_TEMPLATES)
+            keep = emb["labels"] >= 0
+            zs = zero_shot_accuracy(emb["video"][keep], classifier, emb["labels"][keep])
+            metrics.update({f"zero_shot_{k}": v for k, v in zs.items()})
+    return metrics
+
+
+def _generation(args, model, dataset, batches) -> dict:
+    from vidvlm.eval.qa import generate_answers, generation_metrics
+
+    results = generate_answers(model, batches, dataset.rows, args.batch_size, args.device)
+    if not results["captions"]:
+        return {}
+    if args.predictions:
+        rows = [{"kind": "caption", **r} for r in results["captions"]] + [{"kind": "qa", **r} for r in results["qa"]]
+        Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = generation_metrics(results)
+    if args.text_corpus:
+        from vidvlm.data.text_corpus import TextCorpusDataset
+        from vidvlm.models.base import TEXT_ONLY
+        from vidvlm.train.evaluation import validation_loss
+
+        model.require(TEXT_ONLY, "score a text corpus")
+        text = validation_loss(model, TextCorpusDataset(args.text_corpus), batch_size=args.batch_size)
+        metrics["text_loss"] = text["loss"]
+    return metrics
 
 
 if __name__ == "__main__":

@@ -158,3 +158,29 @@ def test_instruction_manifests_reach_the_family(tmp_path):
     for row, texts in zip(inputs["labels"], answers, strict=True):
         expected = [i for a in texts for i in tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]]
         assert row[row != IGNORE].tolist() == expected
+
+
+def test_a_batch_of_captions_and_conversations_trains_both(tmp_path):
+    """Caption-only and instruction samples in one batch: each keeps its own turns (a caption becomes the answer to
+    the caption prompt), so a mixture of the two kinds of manifest trains on both."""
+    import torch
+
+    from vidvlm.data.collate import collate_video_text
+    from vidvlm.data.datasets import VideoTextDataset
+    from vidvlm.data.sampling import SamplerConfig, build_sampler
+    from vidvlm.data.synthetic import make_synthetic
+    from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel
+
+    torch.manual_seed(0)
+    model = LlavaModel(LlavaConfig.tiny(lm=LanguageModelConfig(source=str(make_tiny_lm(tmp_path / "lms")))))
+    sampler = build_sampler(SamplerConfig(num_frames=4))
+    qa = VideoTextDataset(make_synthetic(tmp_path / "qa", 1, seed=0, frames=4, size=32, conversations=True), sampler,
+                          model.transform)  # fmt: skip
+    caps = VideoTextDataset(make_synthetic(tmp_path / "caps", 1, seed=1, frames=4, size=32), sampler, model.transform)
+    batch = collate_video_text([qa[0], caps[0]])
+    assert batch["conversation"] == [qa.rows[0].extra["conversation"], None]
+    turns = model._conversations(batch)
+    assert turns[0] == qa.rows[0].extra["conversation"]
+    assert turns[1] == [{"role": "user", "content": "<video>\n" + model.config.caption_prompt},
+                        {"role": "assistant", "content": caps.rows[0].captions[0]}]  # fmt: skip
+    assert torch.isfinite(model(batch)["lm_loss"])

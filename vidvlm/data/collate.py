@@ -21,13 +21,22 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         frame), ``text`` list[str], ``captions`` list[list[str]], ``label`` long ``[B]``, ``index`` long ``[B]``,
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
-        left out), ``conversation`` (every sample's turns when all have them, else None), and only when a sample
-        has ``boxes`` ``[T_i, 4]``: ``boxes`` float ``[B,Tmax,4]`` (NaN past each clip's end and for samples without
-        boxes). When every sample failed,
-        ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty.
+        left out), ``conversation`` (when any sample has turns: each sample's, None for one without; else None),
+        and only when a sample has ``boxes`` ``[T_i, 4]``: ``boxes`` float ``[B,Tmax,4]`` (NaN past each clip's end
+        and for samples without boxes). When every sample failed,
+        ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty. Samples with no ``video`` key
+        (a text corpus) make a text-only batch (:func:`vidvlm.data.text_corpus.collate_text`); a batch never mixes
+        the two kinds.
     """
     if not samples:
         raise ValueError("collate_video_text: empty batch")
+    with_video = sum("video" in s for s in samples)
+    if with_video == 0:
+        from vidvlm.data.text_corpus import collate_text
+
+        return collate_text(samples)
+    if with_video != len(samples):
+        raise ValueError(f"collate_video_text: {len(samples) - with_video} text-only samples in a batch of videos")
     failed = [{"index": int(s["index"]), "path": s["path"], "error": s["error"]} for s in samples if s.get("error")]
     samples = [s for s in samples if not s.get("error")]
     if not samples:
@@ -69,7 +78,7 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "timestamps": timestamps,
         "replaced_from": torch.tensor([int(s.get("replaced_from", -1)) for s in samples], dtype=torch.long),
         "failed": failed,
-        # instruction data: every sample's conversation, or None when the batch has none
-        "conversation": [s["conversation"] for s in samples] if all("conversation" in s for s in samples) else None,
+        # instruction data: each sample's conversation (None for a caption-only sample), or None when none has one
+        "conversation": [s.get("conversation") for s in samples] if any("conversation" in s for s in samples) else None,
         **extra,
     }

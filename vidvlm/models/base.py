@@ -42,6 +42,7 @@ CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) contin
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
 MATCH = "match"  # match_video / match_text -> cached inputs of match_scores(...) -> [P] video-text matching log-odds
+TEXT_ONLY = "text_only"  # forward(batch) trains on text-only batches (no "video" key; vidvlm.data.text_corpus)
 
 ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     EMBED_VIDEO: ("embed video", ("encode_video",)),
@@ -52,6 +53,7 @@ ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
     FRONT_END: ("expose its video front-end", ()),
     MATCH: ("score video-text pairs", ("match_video", "match_text", "match_scores")),
+    TEXT_ONLY: ("train on text-only batches", ()),
 }
 
 
@@ -334,6 +336,7 @@ __all__ = [
     "CHAT",
     "VISUAL_TOKENS",
     "FRONT_END",
+    "TEXT_ONLY",
     "VLMModel",
     "load_weights",
     "freeze",

@@ -12,7 +12,9 @@ plain LM's.
 
 A batch is the usual collated one (``video``, ``frame_mask``, ``timestamps``, ``text``, optional ``question``), or
 carries ``conversation`` (B lists of turns) and ``clips_per_sample`` (B counts; ``video`` then holds every clip of
-the batch in order). A caption is the answer to ``caption_prompt``.
+the batch in order). A caption is the answer to ``caption_prompt``. A text-only batch (no ``video``, ``text_only``
+set; :mod:`vidvlm.data.text_corpus`) trains the LM without visual tokens: its conversations on their answers, its
+sentences on every token.
 
 Checkpoints store only what was trained — the connector, the pooler, LoRA adapters, any tower or LM weight that
 received a gradient — and name each frozen base (the LM, a pretrained tower) by path and sha256; loading against a
@@ -39,7 +41,17 @@ from torch import nn
 from vidvlm.config import save_config
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig
-from vidvlm.models.base import ANSWER, CHAT, CONFIG_FILE, FRONT_END, GENERATE, VISUAL_TOKENS, WEIGHTS_FILE, VLMModel
+from vidvlm.models.base import (
+    ANSWER,
+    CHAT,
+    CONFIG_FILE,
+    FRONT_END,
+    GENERATE,
+    TEXT_ONLY,
+    VISUAL_TOKENS,
+    WEIGHTS_FILE,
+    VLMModel,
+)
 from vidvlm.models.decoding import DecodeConfig
 from vidvlm.models.frontend import (
     FrontEndConfig,
@@ -160,7 +172,7 @@ class LlavaModel(VLMModel):
     """
 
     config_class = LlavaConfig
-    abilities = frozenset({GENERATE, ANSWER, CHAT, VISUAL_TOKENS, FRONT_END})
+    abilities = frozenset({GENERATE, ANSWER, CHAT, VISUAL_TOKENS, FRONT_END, TEXT_ONLY})
 
     def __init__(self, config: LlavaConfig, checkpoint_dir: Path | None = None) -> None:
         super().__init__(config)
@@ -210,6 +222,8 @@ class LlavaModel(VLMModel):
         """``{"lm_loss": ...}``: next-token loss on the assistant's answers (and their end-of-turn tokens) only."""
         if self.training and torch.is_grad_enabled():
             self._trained.update(n for n, p in self._base_params if p.requires_grad)
+        if batch.get("video") is None and batch.get("text_only"):
+            return {"lm_loss": self.lm(**self._text_only_inputs(batch)).loss}
         inputs = self.prepare_inputs(
             self._conversations(batch),
             batch["video"],
@@ -306,18 +320,29 @@ class LlavaModel(VLMModel):
         return [t.strip() for t in self.tokenizer.hf.batch_decode(out, skip_special_tokens=True)]
 
     # -- sequences ---------------------------------------------------------------------------------------------
+    def _text_only_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """A text-only batch (``vidvlm.data.text_corpus``): conversations through the chat template with the loss
+        on the answers, plain sentences as language modelling on every token; no visual tokens either way."""
+        if batch.get("conversation") is not None:
+            return self.prepare_inputs(batch["conversation"], None, paths=batch.get("path"))
+        device = self.lm.get_input_embeddings().weight.device
+        return self.sequences.plain_text(list(batch["text"]), device)
+
     def _user_turn(self, question: str | None) -> str:
         return "<video>\n" + (question or self.config.caption_prompt)
 
     def _conversations(self, batch: dict[str, Any]) -> list[list[dict[str, str]]]:
-        """The batch's conversations, or caption / question samples as one-turn conversations."""
-        if batch.get("conversation") is not None:
-            return list(batch["conversation"])
+        """The batch's conversations; caption / question samples (no conversation) as one-turn conversations."""
+        convs = batch.get("conversation")
+        if convs is not None and all(c is not None for c in convs):
+            return list(convs)
+        convs = convs or [None] * len(batch["text"])
         questions = batch.get("question") or [None] * len(batch["text"])
-        return [
+        caption = [
             [{"role": "user", "content": self._user_turn(q)}, {"role": "assistant", "content": a}]
             for q, a in zip(questions, batch["text"], strict=True)
         ]
+        return [c if c is not None else d for c, d in zip(convs, caption, strict=True)]
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _is_base(self, name: str) -> bool:

@@ -83,6 +83,27 @@ class SequenceBuilder:
             out["labels"] = labels
         return out
 
+    def plain_text(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """LM inputs for text-only sentences (no chat template, no visual tokens): each text with the tokenizer's
+        own special tokens and EOS after it, cut to ``max_length``, right padded; the loss is on every real token.
+
+        Returns:
+            ``input_ids [B, L]``, ``attention_mask [B, L]`` and ``labels [B, L]`` (-100 on padding).
+        """
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for t in texts:
+            ids = self.tokenizer(t)["input_ids"] + ([int(eos)] if eos is not None else [])
+            rows.append(ids[: self.config.max_length])
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), length), int(pad), dtype=torch.long)
+        real = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], real[i, : len(r)] = torch.tensor(r, dtype=torch.long), True
+        labels = ids.masked_fill(~real, IGNORE)
+        return {"input_ids": ids.to(device), "attention_mask": real.long().to(device), "labels": labels.to(device)}
+
     def sequence(
         self,
         conv: list[dict[str, str]],

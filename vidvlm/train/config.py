@@ -11,6 +11,7 @@ data mixture.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -26,14 +27,23 @@ class DatasetSpec:
     """One dataset of the mixture.
 
     Attributes:
-        manifest: path of a JSONL or CSV manifest (media paths in it are relative to the manifest's folder).
+        manifest: path of a JSONL or CSV manifest (media paths in it are relative to the manifest's folder), or of
+            a JSONL text corpus for ``kind: text``.
+        kind: ``video`` (videos and images with text) or ``text`` (sentences or conversations with no video,
+            :mod:`vidvlm.data.text_corpus`): its batches are text-only, and only families with the ``text_only``
+            ability take them.
         sampler: frame sampler of this dataset (e.g. ``num_frames: 1`` for images); None uses ``data.sampler``.
         options: extra keyword arguments of ``vidvlm.data.datasets.VideoTextDataset`` (``decode_size``, ...).
     """
 
     manifest: str
+    kind: Literal["video", "text"] = "video"
     sampler: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind == "text" and (self.sampler is not None or self.options):
+            raise ConfigError(f"{self.manifest}: a text dataset (kind: text) takes no sampler or options")
 
 
 @dataclass
@@ -154,7 +164,9 @@ class StageConfig:
 
     Attributes:
         name: a label used in logs.
-        steps: optimiser steps in this stage.
+        steps: optimiser steps in this stage: an integer >= 1, or a float in [0, 1], the stage's share of the
+            steps that the integer stages leave of ``total_steps`` (the floats of a recipe sum to 1; ``1`` is one
+            step, ``1.0`` the whole share). A share may round to 0 steps: the stage is then skipped.
         trainable: parameter-name patterns to train (module prefixes such as ``head`` or globs such as
             ``*.lora_*``; see :mod:`vidvlm.train.optim`); empty means every parameter.
         frozen: patterns to freeze (applied after ``trainable``).
@@ -168,7 +180,7 @@ class StageConfig:
     """
 
     name: str
-    steps: int
+    steps: int | float
     trainable: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     lr: float | None = None
@@ -178,7 +190,10 @@ class StageConfig:
     token_drop: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
+        if isinstance(self.steps, float):
+            if not 0.0 <= self.steps <= 1.0:
+                raise ConfigError(f"stage {self.name!r}: steps as a fraction must be in [0, 1], got {self.steps}")
+        elif self.steps < 1:
             raise ConfigError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
         if self.lr is not None:
             _check_lr(self.lr, f"stage {self.name!r}: lr")
@@ -210,6 +225,8 @@ class TrainConfig:
         model: the family config as a mapping (``family: contrastive`` and the family's own keys).
         data: see :class:`DataConfig`.
         stages: the recipe; one stage for a plain run.
+        total_steps: the steps of the whole recipe; needed when a stage gives its ``steps`` as a fraction, and
+            then the stages must cover it exactly (:attr:`stage_steps`). None: the sum of the stages' steps.
         seed: base seed of data order, augmentation and dropout.
         mixed_precision: ``"no"`` (fp32), ``"bf16"`` or ``"fp16"``.
         grad_accum: micro-batches per optimiser step.
@@ -231,6 +248,7 @@ class TrainConfig:
     model: dict[str, Any]
     data: DataConfig
     stages: list[StageConfig]
+    total_steps: int | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
@@ -265,10 +283,56 @@ class TrainConfig:
         for i, stage in enumerate(self.stages):
             if stage.mixture is not None:
                 _check_mixture(stage.mixture, self.data.datasets, f"stages[{i}].mixture")
+        resolve_stage_steps([s.steps for s in self.stages], self.total_steps)  # validates
 
     @property
-    def total_steps(self) -> int:
-        return sum(s.steps for s in self.stages)
+    def stage_steps(self) -> list[int]:
+        """Optimiser steps of each stage, fractions resolved (:func:`resolve_stage_steps`)."""
+        return resolve_stage_steps([s.steps for s in self.stages], self.total_steps)
+
+    @property
+    def num_steps(self) -> int:
+        """Optimiser steps of the whole recipe."""
+        return sum(self.stage_steps)
+
+
+def resolve_stage_steps(steps: list[int | float], total: int | None) -> list[int]:
+    """Stage lengths in steps: integers as they are; floats share what the integers leave of ``total``.
+
+    Fractions are resolved at their cumulative boundaries (``round(cumulative share * remainder)``), so they always
+    sum to the remainder and a boundary such as "80 % of pre-training" is where one expects it.
+
+    Raises:
+        ConfigError: naming ``total_steps`` or ``stages``: a fraction without ``total_steps``, fractions that do
+            not sum to 1, integers that exceed ``total_steps`` or, without fractions, do not sum to it.
+    """
+    fractions = [s for s in steps if isinstance(s, float)]
+    counted = sum(s for s in steps if not isinstance(s, float))
+    if total is None:
+        if fractions:
+            raise ConfigError("total_steps: required when a stage gives its steps as a fraction (e.g. steps: 0.8)")
+        return list(steps)
+    if total < 1:
+        raise ConfigError(f"total_steps: must be >= 1, got {total}")
+    if not fractions:
+        if counted != total:
+            raise ConfigError(f"total_steps: {total}, but the stages' steps sum to {counted}")
+        return list(steps)
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"stages: the fractional steps {fractions} sum to {sum(fractions):g}; they must sum to 1")
+    rest = total - counted
+    if rest < 0:
+        raise ConfigError(f"total_steps: {total} is less than the integer stages' {counted} steps")
+    out, share, done = [], 0.0, 0
+    for s in steps:
+        if isinstance(s, float):
+            share += s
+            end = round(min(share, 1.0) * rest)
+            out.append(end - done)
+            done = end
+        else:
+            out.append(s)
+    return out
 
 
 def _check_mixture(mixture: dict[str, float], datasets: dict[str, Any], where: str) -> None:
@@ -366,6 +430,10 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """
     import yaml  # late: the saved side went through YAML, so the new side does too (tuples become lists)
 
+    # the saved config with today's defaults filled in (a key added since, at its default, is no change); one that
+    # no longer reads is compared as written
+    with contextlib.suppress(ConfigError):
+        saved = yaml.safe_load(yaml.safe_dump(to_dict(from_dict(TrainConfig, dict(saved), where="checkpoint"))))
     old = _flatten(saved, "", {})
     new = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))), "", {})
     missing = object()

@@ -25,12 +25,15 @@ def ensure_synthetic(cfg: TrainConfig) -> list[Path]:
     """Write each ``data.synthetic.sets`` entry whose manifest is missing; returns the manifests written.
 
     ``sets`` maps a folder name under ``out_dir`` to ``vidvlm.data.synthetic.make_synthetic`` keywords
-    (``num``, ``seed``, ``split``, ``frames``, ``size``, ``images``, ``fps``).
+    (``num``, ``seed``, ``split``, ``frames``, ``size``, ``images``, ``fps``, ...); a set with ``text: true`` is a
+    text-only corpus (``vidvlm.data.synthetic_qa.make_text_corpus``: ``num``, ``seed``, ``compositional``) written
+    as ``manifest.jsonl``.
     """
     spec = cfg.data.synthetic
     if spec is None:
         return []
     from vidvlm.data.synthetic import make_synthetic
+    from vidvlm.data.synthetic_qa import make_text_corpus
 
     written = []
     for name, options in spec.sets.items():
@@ -40,7 +43,10 @@ def ensure_synthetic(cfg: TrainConfig) -> list[Path]:
         kwargs = dict(options)
         try:
             num, seed = kwargs.pop("num"), kwargs.pop("seed", cfg.seed)
-            written.append(make_synthetic(out, num, seed, **kwargs))
+            if kwargs.pop("text", False):
+                written.append(make_text_corpus(out, num, seed, file_name="manifest.jsonl", **kwargs))
+            else:
+                written.append(make_synthetic(out, num, seed, **kwargs))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"data.synthetic.sets.{name}: {e}") from e
     return written
@@ -118,6 +124,13 @@ def build_dataset(cfg: TrainConfig, spec: DatasetSpec, train: bool, where: str):
     ``num_frames: 1`` for a dataset of images)."""
     from vidvlm.data.datasets import VideoTextDataset
 
+    if spec.kind == "text":
+        from vidvlm.data.text_corpus import TextCorpusDataset
+
+        if not Path(spec.manifest).is_file():
+            raise ConfigError(f"{where}.manifest: {spec.manifest} does not exist (add a data.synthetic set with "
+                              "text: true or write the corpus)")  # fmt: skip
+        return TextCorpusDataset(spec.manifest)
     data = cfg.data
     sampler = _sampler(spec.sampler if spec.sampler is not None else data.sampler, f"{where}.sampler")
     if train:
@@ -133,6 +146,23 @@ def build_dataset(cfg: TrainConfig, spec: DatasetSpec, train: bool, where: str):
         return VideoTextDataset(spec.manifest, sampler, transform, train=train, seed=cfg.seed, **spec.options)
     except TypeError as e:
         raise ConfigError(f"{where}.options: {e}") from e
+
+
+def check_text_only(cfg: TrainConfig, model: Any) -> None:
+    """Refuse text-only datasets (``kind: text``) for a model that does not declare the ``text_only`` ability.
+
+    Raises:
+        ConfigError: naming the first such dataset and the family.
+    """
+    from vidvlm.models.base import TEXT_ONLY, VLMModel
+
+    texts = [n for n, s in cfg.data.datasets.items() if s.kind == "text"]
+    if texts and not (isinstance(model, VLMModel) and model.can(TEXT_ONLY)):
+        family = cfg.model.get("family", type(model).__name__)
+        raise ConfigError(
+            f"data.datasets.{texts[0]}: family {family!r} cannot train on text-only batches (kind: text); "
+            "remove the dataset or use a family with the text_only ability (llava)"
+        )
 
 
 def build_datasets(
@@ -163,6 +193,10 @@ class MixtureBatchSampler(Sampler[list[int]]):
     Each global batch (``batch_size * world_size`` samples) draws every slot's dataset by ``weights`` and takes that
     dataset's next index from its per-epoch permutation (cycling). Rank ``r`` gets slots ``[r*B, (r+1)*B)``.
     An epoch has ``sum(sizes of weighted datasets) // global batch`` batches; ``start`` skips the first ones.
+
+    ``kinds`` (one per dataset, e.g. ``"video"`` / ``"text"``) keeps each global batch to one kind when the
+    weighted datasets have several: a batch draws its kind with probability proportional to the kind's summed
+    weight, then its slots draw datasets of that kind by weight. With one kind the draw is the plain one above.
     """
 
     def __init__(
@@ -176,6 +210,7 @@ class MixtureBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         start: int = 0,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         self.sizes, self.batch_size, self.rank, self.world = list(sizes), batch_size, rank, world_size
         total = sum(s for s, w in zip(sizes, weights, strict=True) if w > 0)
@@ -188,7 +223,12 @@ class MixtureBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng(mix_seed(seed, epoch))
         w = np.asarray(weights, dtype=np.float64)
         n = self.num_batches * batch_size * world_size
-        choice = rng.choice(len(sizes), size=n, p=w / w.sum())
+        kinds = list(kinds) if kinds is not None else ["video"] * len(sizes)
+        present = sorted({k for k, x in zip(kinds, w, strict=True) if x > 0})
+        if len(present) <= 1:
+            choice = rng.choice(len(sizes), size=n, p=w / w.sum())
+        else:
+            choice = self._by_kind(rng, w, kinds, present, batch_size * world_size)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.indices = np.empty(n, dtype=np.int64)
         for d, size in enumerate(sizes):
@@ -198,6 +238,21 @@ class MixtureBatchSampler(Sampler[list[int]]):
             reps = -(-len(slots) // size)
             order = np.concatenate([rng.permutation(size) for _ in range(reps)])[: len(slots)]
             self.indices[slots] = order + offsets[d]
+
+    def _by_kind(
+        self, rng: np.random.Generator, w: np.ndarray, kinds: list[str], present: list[str], global_batch: int
+    ) -> np.ndarray:
+        """Each slot's dataset when every global batch holds one kind (see the class docstring)."""
+        member = np.asarray([[k == kind for k in kinds] for kind in present])  # [kinds, datasets]
+        kind_w = (member * w).sum(axis=1)
+        batch_kind = rng.choice(len(present), size=self.num_batches, p=kind_w / kind_w.sum())
+        slot_kind = np.repeat(batch_kind, global_batch)
+        choice = np.empty(len(slot_kind), dtype=np.int64)
+        for k in range(len(present)):
+            slots = np.flatnonzero(slot_kind == k)
+            p = member[k] * w
+            choice[slots] = rng.choice(len(w), size=len(slots), p=p / p.sum())
+        return choice
 
     def __len__(self) -> int:
         return self.num_batches - self.start

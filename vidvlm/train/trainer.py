@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from vidvlm.errors import VideoDecodeError
+from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.train import checkpoint as ckpt
 from vidvlm.train import evaluation
 from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
@@ -37,6 +37,7 @@ from vidvlm.train.data import (
     TaggedDataset,
     bad_data_message,
     build_datasets,
+    check_text_only,
     mix_seed,
     set_epoch,
 )
@@ -139,6 +140,7 @@ class Trainer:
 
             set_seed(cfg.seed)  # the initial weights are a function of the config's seed (same on every rank)
             model = build_model(cfg.model)
+        check_text_only(cfg, model)
         if datasets is None or (val_dataset is None and cfg.data.val is not None):
             # the model owns frames per clip, input size and normalisation: the data inherits them
             inputs = ModelInputs.of(model)
@@ -151,6 +153,8 @@ class Trainer:
             from vidvlm.data.collate import collate_video_text as collate_fn
         self.model = model
         self.names = list(datasets)
+        specs = cfg.data.datasets
+        self.kinds = [specs[n].kind if n in specs else "video" for n in self.names]
         self.train_data = ConcatDataset([TaggedDataset(datasets[n], k) for k, n in enumerate(self.names)])
         self.sizes = [len(datasets[n]) for n in self.names]
         self.val_data = val_dataset
@@ -185,6 +189,7 @@ class Trainer:
                 rank=self.acc.process_index,
                 world_size=self.acc.num_processes,
                 start=self.state.batch,
+                kinds=self.kinds,
             )
             set_epoch(self.train_data, self.state.epoch)
             loader = DataLoader(
@@ -295,11 +300,13 @@ class Trainer:
             save_train_config(cfg, self.out / "train_config.yaml")
         acc.wait_for_everyone()
         acc.init_trackers("vidvlm", config={"output_dir": str(self.out), "seed": cfg.seed})
-        bar = tqdm(total=cfg.total_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
+        bar = tqdm(total=cfg.num_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
         try:
             for stage_idx in range(self.state.stage, len(cfg.stages)):
                 if stage_idx != self.state.stage:
                     self.state.stage, self.state.stage_step, self.state.epoch, self.state.batch = stage_idx, 0, 0, 0
+                if cfg.stage_steps[stage_idx] == 0:
+                    continue  # a fractional stage that resolved to no step (e.g. "introduce video at 100 %")
                 self._run_stage(cfg.stages[stage_idx], resume_dir, bar)
                 resume_dir = None
             self._save_final()
@@ -312,6 +319,10 @@ class Trainer:
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
         return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
 
+    def _steps(self, stage: StageConfig) -> int:
+        """The stage's steps, a fraction resolved against ``total_steps``."""
+        return self.cfg.stage_steps[self.cfg.stages.index(stage)]
+
     def _prepare_stage(self, stage: StageConfig, resume_dir: Path | None) -> tuple[Any, Any]:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
@@ -321,7 +332,7 @@ class Trainer:
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
         scheduler = build_scheduler(
-            optimizer, stage.steps, warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
+            optimizer, self._steps(stage), warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
         )
         # Each stage is wrapped afresh: DDP registers gradient hooks for the parameters trainable when it wraps.
         # free_memory() is accelerate's reset between trainings with other models/optimizers: it forgets the previous
@@ -336,8 +347,9 @@ class Trainer:
         cfg = self.cfg
         optimizer, scheduler = self._prepare_stage(stage, resume_dir)
         batches = self._batches(stage)
+        steps = self._steps(stage)
         self.model.train()
-        while self.state.stage_step < stage.steps:
+        while self.state.stage_step < steps:
             t0 = time.perf_counter()
             result = self._train_step(stage, batches, optimizer, scheduler)
             self.state.step += 1
@@ -345,7 +357,7 @@ class Trainer:
             self.state.skipped_steps += int(result.skipped)
             self._count_samples(result)
             bar.update(1)
-            last = self.state.stage_step == stage.steps
+            last = self.state.stage_step == steps
             if self.state.step % max(1, cfg.log_every) == 0 or last or result.skipped:
                 metrics = self._step_metrics(stage, result, time.perf_counter() - t0)
                 self._log(metrics)
@@ -383,6 +395,12 @@ class Trainer:
                     name = type(acc.unwrap_model(self.model)).__name__
                     raise ValueError(f"{name}.forward returned no '*_loss' key: {sorted(out)}")
                 loss = sum(terms.values())
+                if not loss.requires_grad:  # e.g. a text-only batch in a stage that trains only the connector
+                    sources = [n for n, c in zip(self.names, drawn, strict=True) if c]
+                    raise ConfigError(
+                        f"stage {stage.name!r}: the loss of a batch from {sources} reaches no trainable parameter "
+                        "(train a part that this data passes through, or drop the dataset from the stage's mixture)"
+                    )
                 finite = bool(torch.isfinite(loss.detach()).item())
                 bad = bad or not finite
                 # Backward runs on every rank even for a bad loss (zeroed), so DDP's collectives stay matched.
@@ -458,6 +476,8 @@ class Trainer:
             "loss": float(self._mean(result.loss).item()),
             **{k: float(self._mean(v).item()) for k, v in result.parts.items()},
             "grad_norm": result.grad_norm,
+            # this rank's samples of the step per dataset (a text-only step shows only text datasets)
+            "drawn": {n: c for n, c in zip(self.names, result.drawn, strict=True) if c},
             "skipped": bool(result.skipped),
             "skipped_steps": self.state.skipped_steps,
             "replaced_samples": self.state.replaced_samples,
@@ -515,7 +535,7 @@ def _captions(datasets: Any) -> list[str]:
     out: list[str] = []
     for d in datasets:
         for row in getattr(d, "rows", []):
-            out.extend(row.captions)
+            out.extend(getattr(row, "captions", ()))  # a text corpus has none
     return out
 
 

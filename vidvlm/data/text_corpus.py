@@ -1,0 +1,111 @@
+"""Text-only data: a JSONL corpus of sentences or conversations with no video, for the language side of a mixture.
+
+Each line is ``{"text": "..."}`` (a sentence the LM learns to continue) or ``{"conversation": [{"role", "content"},
+...]}`` (turns with no ``<video>`` / ``<image>`` placeholder; the loss is on the answers). A sample has no
+``video`` key; :func:`collate_text` batches such samples into a *text-only batch*:
+
+    {"text": B strings (a conversation's joined answers), "conversation": B turn lists or None,
+     "index": long [B], "path": B "file:line" names, "text_only": True}
+
+and no ``video``, ``frame_mask`` or ``timestamps`` key. A family declares that it takes such batches with the
+``text_only`` ability (:data:`vidvlm.models.base.TEXT_ONLY`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vidvlm.errors import ConfigError
+
+_PLACEHOLDERS = ("<video>", "<image>")
+
+
+def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a text corpus, each ``{"text": str}`` or ``{"conversation": [...]}`` plus ``line``.
+
+    Raises:
+        ConfigError: naming the file and line of a row that is neither, or that holds a visual placeholder.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: text corpus does not exist")
+    rows = []
+    for line, raw in enumerate(file.read_text().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{file}:{line}"
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected an object with 'text' or 'conversation'")
+        if isinstance(data.get("text"), str) and data["text"].strip():
+            rows.append({"text": data["text"], "line": line})
+        elif _is_conversation(data.get("conversation")):
+            turns = [{"role": t["role"], "content": t["content"]} for t in data["conversation"]]
+            if any(p in t["content"] for t in turns for p in _PLACEHOLDERS):
+                raise ConfigError(f"{where}: a text-only conversation cannot hold a <video>/<image> placeholder")
+            rows.append({"conversation": turns, "line": line})
+        else:
+            raise ConfigError(f"{where}: expected a non-empty 'text' string or a 'conversation' list of turns")
+    if not rows:
+        raise ConfigError(f"{file}: the text corpus has no rows")
+    return rows
+
+
+def _is_conversation(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+                for t in value)
+    )  # fmt: skip
+
+
+class TextCorpusDataset(Dataset):
+    """Samples ``{"text", "index", "path"}`` (and ``conversation`` for conversation rows) of a JSONL corpus.
+
+    Args:
+        path: the JSONL file (see the module docstring).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows = read_text_corpus(self.path)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        sample: dict[str, Any] = {"index": index, "path": f"{self.path.name}:{row['line']}"}
+        if "conversation" in row:
+            answers = [t["content"] for t in row["conversation"] if t["role"] == "assistant"]
+            sample.update(text=" ".join(answers), conversation=row["conversation"])
+        else:
+            sample["text"] = row["text"]
+        return sample
+
+
+def collate_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A text-only batch (see the module docstring) from :class:`TextCorpusDataset` samples."""
+    if not samples:
+        raise ValueError("collate_text: empty batch")
+    convs = [s.get("conversation") for s in samples]
+    return {
+        "text": [s["text"] for s in samples],
+        "conversation": convs if all(c is not None for c in convs) else None,
+        "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
+        "path": [s["path"] for s in samples],
+        "text_only": True,
+    }
+
+
+__all__ = ["TextCorpusDataset", "collate_text", "read_text_corpus"]
