@@ -232,6 +232,21 @@ def peak_rss_kib() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def timed_cpu_steps(step, batch: int, warmup: int, steps: int) -> tuple[list[float], float]:
+    """On the CPU: ``step(1)`` (library start-up and optimiser state, outside the RSS baseline), ``warmup`` untimed
+    steps, then ``steps`` timed ones. Returns the seconds of each timed step and the peak RSS growth in MiB."""
+    step(1)
+    base = rss_baseline()
+    for _ in range(warmup):
+        step(batch)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(batch)
+        times.append(time.perf_counter() - start)
+    return times, (peak_rss_kib() - base) / 1024
+
+
 def run_case(name: str, args: argparse.Namespace) -> dict:
     """Warm-up, then ``steps`` timed steps; seconds per step, peak memory (MiB) and parameter counts."""
     if args.threads:
