@@ -347,8 +347,7 @@ class VideoFrontEnd(nn.Module):
         if cfg.freeze_tower:
             for p in self.tower.parameters():
                 p.requires_grad_(False)
-        self.token_drop = cfg.token_drop
-        self.set_token_drop(None)
+        self.set_token_drop(None)  # sets self.token_drop, the ratio training uses now
 
     def set_token_drop(self, drop: TokenDropConfig | None, where: str = "front_end.token_drop") -> None:
         """Use ``drop`` in training from now on (a training stage's own ratio, e.g. FLIP's unmasked final stage

@@ -319,10 +319,6 @@ class Trainer:
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
         return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
 
-    def _steps(self, stage: StageConfig) -> int:
-        """The stage's steps, a fraction resolved against ``total_steps``."""
-        return self.cfg.stage_steps[self.cfg.stages.index(stage)]
-
     def _prepare_stage(self, stage: StageConfig, resume_dir: Path | None) -> tuple[Any, Any]:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
@@ -332,7 +328,7 @@ class Trainer:
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
         scheduler = build_scheduler(
-            optimizer, self._steps(stage), warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
+            optimizer, cfg.stage_steps[self.state.stage], warmup, cfg.schedule.min_lr_ratio, start=self.state.stage_step
         )
         # Each stage is wrapped afresh: DDP registers gradient hooks for the parameters trainable when it wraps.
         # free_memory() is accelerate's reset between trainings with other models/optimizers: it forgets the previous
@@ -347,7 +343,7 @@ class Trainer:
         cfg = self.cfg
         optimizer, scheduler = self._prepare_stage(stage, resume_dir)
         batches = self._batches(stage)
-        steps = self._steps(stage)
+        steps = cfg.stage_steps[self.state.stage]  # a fractional stage resolved against total_steps
         self.model.train()
         while self.state.stage_step < steps:
             t0 = time.perf_counter()
