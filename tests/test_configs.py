@@ -17,7 +17,8 @@ ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
 def test_configs_exist():
     names = {p.name for p in RUN_CONFIGS}
     assert {"contrastive_tiny_8f_shapes.yaml", "contrastive_tiny_1f_shapes.yaml"} <= names
-    assert {"llava_tiny_8f_shapes.yaml", "llava_smollm2_8f_shapes.yaml"} <= names
+    assert {"llava_tiny_8f_shapes.yaml", "llava_smollm2_8f_shapes.yaml", "contrastive_tiny_8f_scenes.yaml"} <= names
+    assert {p.name for p in ACCELERATE_CONFIGS} >= {"ddp.yaml", "fsdp.yaml", "deepspeed.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,6 @@ def scratch_lm(tmp_path_factory):
     from vidvlm.models.scratch_lm import make_scratch_lm
 
     return make_scratch_lm(tmp_path_factory.mktemp("lms") / "tiny_shapes")
-    assert {p.name for p in ACCELERATE_CONFIGS} >= {"ddp.yaml", "fsdp.yaml", "deepspeed.yaml"}
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)

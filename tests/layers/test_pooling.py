@@ -31,6 +31,7 @@ CONFIGS = {
     "spatial2d_avg": {"size": 2, "mode": "avg", "num_prefix_tokens": P},
     "spatial2d_max": {"size": [2, 3], "mode": "max", "num_prefix_tokens": P},
     "spatial2d_bilinear": {"size": 3, "mode": "bilinear", "num_prefix_tokens": P},
+    "spatial2d_prefix": {"size": 2, "mode": "avg", "num_prefix_tokens": P, "keep_prefix": True},
     "resampler": {"num_queries": 5, "depth": 2, "num_heads": 4, "max_frames": 8},
     "seqTransf": {"depth": 2, "num_heads": 4, "max_frames": 8},
     "tome_frame": {"r": 3, "steps": 2, "num_prefix_tokens": P},
@@ -142,6 +143,23 @@ def test_spatial2d_avg_max_bilinear_against_loops():
     grid = frames[0].reshape(H, W, D)
     expect = torch.stack([grid[i : i + 2, j : j + 2].reshape(4, D).amax(0) for i in (0, 2) for j in (0, 2)])
     torch.testing.assert_close(mx[0, :4], expect)
+
+
+def test_spatial2d_keep_prefix_puts_each_frames_class_token_before_its_grid():
+    tokens = _tokens(2, 3, N, D)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    pooler = _build("spatial2d_prefix")
+    out = pooler(tokens, mask)
+    assert out.shape == (2, 3 * (P + 4), D) and pooler.num_output_tokens(3, N) == 3 * (P + 4)
+    for t in range(3):
+        block = out[0, t * (P + 4) : (t + 1) * (P + 4)]
+        torch.testing.assert_close(block[:P], tokens[0, t, :P])  # the class token itself, untouched
+        torch.testing.assert_close(block[P:], _quadrant_means(tokens[0, t, P:]))
+    assert (out[1, P + 4 :] == 0).all()  # padded frames: zero tokens, and masked
+    assert pooler.output_mask(mask, N).tolist()[1] == [True] * (P + 4) + [False] * 2 * (P + 4)
+    assert pooler.token_steps(3, N).tolist() == [0] * (P + 4) + [1] * (P + 4) + [2] * (P + 4)
+    with pytest.raises(ConfigError, match="keep_prefix: needs num_prefix_tokens >= 1"):
+        build_pooler(PoolerConfig("spatial2d", {"size": 2, "keep_prefix": True}), D)
 
 
 def test_adaptive3d_time_and_space_and_T1():

@@ -35,12 +35,19 @@ def test_batches_keep_one_kind_in_the_stated_proportions():
 def test_text_corpus_batches_carry_no_video(tmp_path):
     path = tmp_path / "text.jsonl"
     conv = [{"role": "user", "content": "what is red?"}, {"role": "assistant", "content": "a colour"}]
-    path.write_text(json.dumps({"text": "a red square"}) + "\n" + json.dumps({"conversation": conv}) + "\n")
+    path.write_text(json.dumps({"text": "a red square"}) + "\n" + json.dumps({"text": "a blue circle"}) + "\n")
     data = TextCorpusDataset(path)
     batch = collate_video_text([data[0], data[1]])
     assert "video" not in batch and batch["text_only"] is True
-    assert batch["text"] == ["a red square", "a colour"] and batch["conversation"] is None  # not all have turns
-    assert collate_video_text([data[1]])["conversation"] == [conv]
+    assert batch["text"] == ["a red square", "a blue circle"] and batch["conversation"] is None
+    dialogues = tmp_path / "dialogues.jsonl"
+    dialogues.write_text(json.dumps({"conversation": conv}) + "\n")
+    assert collate_video_text([TextCorpusDataset(dialogues)[0]])["conversation"] == [conv]
+    # one corpus, one kind: a conversation among sentences would be trained as a sentence, so it is refused
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(path.read_text() + json.dumps({"conversation": conv}) + "\n")
+    with pytest.raises(ConfigError, match=r"mixed\.jsonl:3: a conversation row after sentence rows"):
+        TextCorpusDataset(mixed)
     video = TinyDataset(4)[0]
     with pytest.raises(ValueError, match="1 text-only samples in a batch of videos"):
         collate_video_text([{**video, "captions": [], "timestamps": [0.0], "path": "v"}, data[0]])

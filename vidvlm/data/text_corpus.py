@@ -1,7 +1,8 @@
 """Text-only data: a JSONL corpus of sentences or conversations with no video, for the language side of a mixture.
 
 Each line is ``{"text": "..."}`` (a sentence the LM learns to continue) or ``{"conversation": [{"role", "content"},
-...]}`` (turns with no ``<video>`` / ``<image>`` placeholder; the loss is on the answers). A sample has no
+...]}`` (turns with no ``<video>`` / ``<image>`` placeholder; the loss is on the answers); one corpus holds one
+kind, so that every batch of it is trained the same way (mixing them is refused, naming the line). A sample has no
 ``video`` key; :func:`collate_text` batches such samples into a *text-only batch*:
 
     {"text": B strings (a conversation's joined answers), "conversation": B turn lists or None,
@@ -57,6 +58,13 @@ def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{where}: expected a non-empty 'text' string or a 'conversation' list of turns")
     if not rows:
         raise ConfigError(f"{file}: the text corpus has no rows")
+    kinds = ["conversation" if "conversation" in r else "sentence" for r in rows]
+    if len(set(kinds)) > 1:  # a batch is trained one way (every token, or the answers): one corpus, one kind
+        i = next(i for i, k in enumerate(kinds) if k != kinds[0])
+        raise ConfigError(
+            f"{file}:{rows[i]['line']}: a {kinds[i]} row after {kinds[0]} rows; "
+            "a text corpus holds sentences or conversations, not both (make two datasets of the mixture)"
+        )
     return rows
 
 
@@ -101,7 +109,7 @@ def collate_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     convs = [s.get("conversation") for s in samples]
     return {
         "text": [s["text"] for s in samples],
-        "conversation": convs if all(c is not None for c in convs) else None,
+        "conversation": convs if convs[0] is not None else None,  # one corpus, one kind (read_text_corpus)
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
         "path": [s["path"] for s in samples],
         "text_only": True,

@@ -193,7 +193,9 @@ class Adaptive3DPooler(Pooler):
 class Spatial2DPooler(Pooler):
     """LLaVA-OneVision: each frame's patch grid pooled to ``k x k`` by ``avg``, ``max`` or ``bilinear``. M = T*k*k.
 
-    At T = 1 this is the image's pooled grid. Padded frames give zero tokens (see :meth:`output_mask`).
+    ``keep_prefix=True`` puts each frame's ``P`` prefix tokens (the class token a contrastive tower trains) before
+    its pooled grid: M = T*(P + k*k). At T = 1 this is the image's pooled grid (after its prefix tokens). Padded
+    frames give zero tokens (see :meth:`output_mask`).
     """
 
     def __init__(
@@ -203,25 +205,33 @@ class Spatial2DPooler(Pooler):
         mode: str = "avg",
         num_prefix_tokens: int = 0,
         grid: tuple[int, int] | list[int] | None = None,
+        keep_prefix: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("avg", "max", "bilinear"):
             raise ConfigError(f"pooler.params.mode: {mode!r} is not 'avg', 'max' or 'bilinear'")
+        if keep_prefix and num_prefix_tokens < 1:
+            raise ConfigError("pooler.params.keep_prefix: needs num_prefix_tokens >= 1 (the tokens to keep)")
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.mode, self.num_prefix_tokens, self.grid = mode, num_prefix_tokens, grid
+        self.keep_prefix = keep_prefix
+
+    @property
+    def _per_frame(self) -> int:
+        return self.size[0] * self.size[1] + (self.num_prefix_tokens if self.keep_prefix else 0)
 
     def num_output_tokens(self, num_frames: int, num_tokens: int) -> int:
-        return num_frames * self.size[0] * self.size[1]
+        return num_frames * self._per_frame
 
     def output_mask(self, frame_mask: Tensor, num_tokens: int) -> Tensor:
-        return repeat(frame_mask.bool(), "b t -> b (t m)", m=self.size[0] * self.size[1])
+        return repeat(frame_mask.bool(), "b t -> b (t m)", m=self._per_frame)
 
     def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
-        return repeat(torch.arange(num_frames), "t -> (t m)", m=self.size[0] * self.size[1])
+        return repeat(torch.arange(num_frames), "t -> (t m)", m=self._per_frame)
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
-        _, patches = split_prefix_tokens(tokens, self.num_prefix_tokens)
+        prefix, patches = split_prefix_tokens(tokens, self.num_prefix_tokens)
         h, w = patch_grid(patches.shape[2], self.grid)
         x = rearrange(patches, "b t (h w) d -> (b t) d h w", h=h, w=w)
         if self.mode == "avg":
@@ -231,6 +241,8 @@ class Spatial2DPooler(Pooler):
         else:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         x = rearrange(x, "(b t) d kh kw -> b t (kh kw) d", b=tokens.shape[0])
+        if self.keep_prefix:
+            x = torch.cat([prefix, x], dim=2)  # [B, T, P + k*k, D]
         return rearrange(x * valid[:, :, None, None], "b t m d -> b (t m) d")
 
 

@@ -1,0 +1,124 @@
+"""Linear probes of a vision tower's frozen features: which attributes of the moving-shapes world can be read off them.
+
+    OMP_NUM_THREADS=2 python benchmarks/probe_tower.py --checkpoint runs/contrastive_tiny_8f_shapes/final \
+        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0]
+
+Before a tower is frozen under a language model (the LLaVA recipes), this says what it can give: a logistic
+regression per attribute (colour, shape, size, first direction of motion) on four readings of the tower's output for
+the manifest's single-shape clips (their labels are unambiguous), trained on the first 70 % and scored on the rest:
+
+    cls        the per-time-step vectors (``pooler_output``), concatenated        [T' * D]
+    last{g}x{g}  the last layer's patch grid average-pooled to g x g per time step  [T' * g * g * D]
+    pen{g}x{g}   the same for the penultimate hidden state                         [T' * g * g * D]
+    mean       the last layer's patch tokens averaged per time step               [T' * D]
+
+(``last3x3`` is what the LLaVA recipes' ``spatial2d`` pooler with ``size: 3`` hands the connector.) Clips are read
+with the checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
+Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
+majority class of the scored part is printed beside each accuracy. A probe is a lower bound on what the features
+hold, and a diagnostic, not a benchmark against a peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+from vidvlm.data.sampling import UniformSampler
+from vidvlm.data.video import open_video
+from vidvlm.models.registry import load
+
+ATTRIBUTES = ("direction", "color", "shape", "size")
+
+
+def read_rows(manifest: Path, num: int) -> list[dict]:
+    """The first ``num`` single-shape rows of ``manifest`` (with their ``shapes`` ground truth)."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if len(r.get("shapes") or []) == 1]
+    if not rows:
+        raise SystemExit(f"{manifest}: no single-shape rows with a 'shapes' ground truth")
+    return rows[:num]
+
+
+@torch.no_grad()
+def features(checkpoint: str, manifest: Path, rows: list[dict], grid: int) -> dict[str, torch.Tensor]:
+    """``{reading: [N, F]}`` for the rows' clips (see the module docstring)."""
+    front_end = load(checkpoint).eval().front_end
+    transform = front_end.transform(train=False)
+    sampler = UniformSampler(front_end.cfg.num_frames)
+    tower, prefix = front_end.base_tower, front_end.base_tower.num_prefix_tokens
+    out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{grid}x{grid}": [], f"pen{grid}x{grid}": [], "mean": []}
+    for start in range(0, len(rows), 32):
+        clips = []
+        for row in rows[start : start + 32]:
+            with open_video(str(manifest.parent / row["path"])) as video:
+                clips.append(transform(video.get_frames(sampler(video.metadata))))
+        vision = tower(torch.stack(clips), None, output_hidden_states=True)
+        out["cls"].append(rearrange(vision.pooler_output, "b t d -> b (t d)"))
+        for name, hidden in (
+            (f"last{grid}x{grid}", vision.last_hidden_state),
+            (f"pen{grid}x{grid}", vision.hidden_states[-2]),
+        ):
+            side = int(round((hidden.shape[2] - prefix) ** 0.5))
+            patches = rearrange(hidden[:, :, prefix:], "b t (h w) d -> (b t) d h w", h=side)
+            pooled = F.adaptive_avg_pool2d(patches, grid)
+            out[name].append(rearrange(pooled, "(b t) d h w -> b (t h w d)", b=len(clips)))
+        mean = reduce(vision.last_hidden_state[:, :, prefix:], "b t n d -> b (t d)", "mean")
+        out["mean"].append(mean)
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
+    """(accuracy, majority share) of a logistic regression trained on ``x[:split]``, scored on ``x[split:]``."""
+    torch.manual_seed(seed)
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
+    weight = torch.zeros(x.shape[1], len(classes), requires_grad=True)
+    bias = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=1e-2, weight_decay=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(x[:split] @ weight + bias, y[:split]).backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = ((x[split:] @ weight + bias).argmax(1) == y[split:]).float().mean().item()
+    majority = max((y[split:] == c).float().mean().item() for c in range(len(classes)))
+    return accuracy, majority
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a run's final/ whose model has a video front-end")
+    parser.add_argument("--manifest", type=Path, required=True, help="a scenes manifest with 'shapes' ground truth")
+    parser.add_argument("--num", type=int, default=900, help="single-shape clips to use")
+    parser.add_argument("--grid", type=int, default=3, help="patch grid side after pooling")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    rows = read_rows(args.manifest, args.num)
+    split = int(len(rows) * 0.7)
+    labels = {
+        "direction": [r["shapes"][0].get("direction") or "none" for r in rows],
+        **{a: [r["shapes"][0][a] for r in rows] for a in ATTRIBUTES[1:]},
+    }
+    feats = features(args.checkpoint, args.manifest, rows, args.grid)
+    print(
+        f"{args.checkpoint}: {len(rows)} single-shape clips, probes trained on {split}, scored on {len(rows) - split}"
+    )
+    print("| reading | dim | " + " | ".join(ATTRIBUTES) + " |")
+    print("|---|---|" + "---|" * len(ATTRIBUTES))
+    for name, x in feats.items():
+        cells = [probe(x, labels[a], split, args.seed) for a in ATTRIBUTES]
+        print(
+            f"| {name} | {x.shape[1]} | " + " | ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj in cells) + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
