@@ -22,55 +22,47 @@ hold, and a diagnostic, not a benchmark against a peer.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
+from torch.utils.data import DataLoader, Subset
 
+from vidvlm.data.collate import collate_video_text
+from vidvlm.data.datasets import VideoTextDataset
 from vidvlm.data.sampling import UniformSampler
-from vidvlm.data.video import open_video
+from vidvlm.errors import VidVLMError
+from vidvlm.layers.pooling import Spatial2DPooler
+from vidvlm.models.base import FRONT_END
 from vidvlm.models.registry import load
 
 ATTRIBUTES = ("direction", "color", "shape", "size")
 
 
-def read_rows(manifest: Path, num: int) -> list[dict]:
-    """The first ``num`` single-shape rows of ``manifest`` (with their ``shapes`` ground truth)."""
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if len(r.get("shapes") or []) == 1]
-    if not rows:
-        raise SystemExit(f"{manifest}: no single-shape rows with a 'shapes' ground truth")
-    return rows[:num]
-
-
 @torch.no_grad()
-def features(checkpoint: str, manifest: Path, rows: list[dict], grid: int) -> dict[str, torch.Tensor]:
-    """``{reading: [N, F]}`` for the rows' clips (see the module docstring)."""
-    front_end = load(checkpoint).eval().front_end
-    transform = front_end.transform(train=False)
-    sampler = UniformSampler(front_end.cfg.num_frames)
-    tower, prefix = front_end.base_tower, front_end.base_tower.num_prefix_tokens
+def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
+    and each clip's shape ground truth."""
+    model = load(checkpoint).eval()
+    model.require(FRONT_END, "probe its vision tower")
+    front_end = model.front_end
+    dataset = VideoTextDataset(manifest, UniformSampler(front_end.cfg.num_frames), front_end.transform(train=False))
+    keep = [i for i, row in enumerate(dataset.rows) if len(row.extra.get("shapes") or []) == 1][:num]
+    if not keep:
+        raise SystemExit(f"{manifest}: no single-shape rows with a 'shapes' ground truth")
+    tower = front_end.base_tower
+    pool = Spatial2DPooler(tower.width, size=grid, num_prefix_tokens=tower.num_prefix_tokens)
     out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{grid}x{grid}": [], f"pen{grid}x{grid}": [], "mean": []}
-    for start in range(0, len(rows), 32):
-        clips = []
-        for row in rows[start : start + 32]:
-            with open_video(str(manifest.parent / row["path"])) as video:
-                clips.append(transform(video.get_frames(sampler(video.metadata))))
-        vision = tower(torch.stack(clips), None, output_hidden_states=True)
+    for batch in DataLoader(Subset(dataset, keep), batch_size=32, collate_fn=collate_video_text):
+        vision = tower(batch["video"], batch["frame_mask"], output_hidden_states=True)
         out["cls"].append(rearrange(vision.pooler_output, "b t d -> b (t d)"))
-        for name, hidden in (
-            (f"last{grid}x{grid}", vision.last_hidden_state),
-            (f"pen{grid}x{grid}", vision.hidden_states[-2]),
-        ):
-            side = int(round((hidden.shape[2] - prefix) ** 0.5))
-            patches = rearrange(hidden[:, :, prefix:], "b t (h w) d -> (b t) d h w", h=side)
-            pooled = F.adaptive_avg_pool2d(patches, grid)
-            out[name].append(rearrange(pooled, "(b t) d h w -> b (t h w d)", b=len(clips)))
-        mean = reduce(vision.last_hidden_state[:, :, prefix:], "b t n d -> b (t d)", "mean")
-        out["mean"].append(mean)
-    return {name: torch.cat(parts) for name, parts in out.items()}
+        out[f"last{grid}x{grid}"].append(rearrange(pool(vision.last_hidden_state), "b m d -> b (m d)"))
+        out[f"pen{grid}x{grid}"].append(rearrange(pool(vision.hidden_states[-2]), "b m d -> b (m d)"))
+        patches = vision.last_hidden_state[:, :, tower.num_prefix_tokens :]
+        out["mean"].append(reduce(patches, "b t n d -> b (t d)", "mean"))
+    feats = {name: torch.cat(parts) for name, parts in out.items()}
+    return feats, [dataset.rows[i].extra["shapes"][0] for i in keep]
 
 
 def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
@@ -101,16 +93,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    rows = read_rows(args.manifest, args.num)
-    split = int(len(rows) * 0.7)
-    labels = {
-        "direction": [r["shapes"][0].get("direction") or "none" for r in rows],
-        **{a: [r["shapes"][0][a] for r in rows] for a in ATTRIBUTES[1:]},
-    }
-    feats = features(args.checkpoint, args.manifest, rows, args.grid)
-    print(
-        f"{args.checkpoint}: {len(rows)} single-shape clips, probes trained on {split}, scored on {len(rows) - split}"
-    )
+    try:
+        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid)
+    except VidVLMError as e:
+        raise SystemExit(f"error: {e}") from None
+    split = int(len(shapes) * 0.7)
+    labels = {a: [s.get(a) or "none" for s in shapes] for a in ATTRIBUTES}
+    print(f"{args.checkpoint}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}")
     print("| reading | dim | " + " | ".join(ATTRIBUTES) + " |")
     print("|---|---|" + "---|" * len(ATTRIBUTES))
     for name, x in feats.items():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,22 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
     return ManifestRow(str(full), tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSONL file (1-based numbers).
+
+    Raises:
+        ConfigError: ``FILE:LINE: not valid JSON: reason`` for the first line that does not parse.
+    """
+    with path.open(encoding="utf-8") as f:
+        for lineno, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: not valid JSON: {e.msg}") from e
+
+
 def read_manifest(manifest: str | Path) -> list[ManifestRow]:
     """Parse a JSONL or CSV manifest.
 
@@ -120,16 +136,8 @@ def read_manifest(manifest: str | Path) -> list[ManifestRow]:
     rows: list[ManifestRow] = []
     suffix = manifest.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        with manifest.open(encoding="utf-8") as f:
-            for lineno, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                where = f"{manifest}:{lineno}"
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{where}: not valid JSON: {e.msg}") from e
-                rows.append(_parse_row(data, root, where, lineno, csv_row=False))
+        for lineno, data in iter_jsonl(manifest):
+            rows.append(_parse_row(data, root, f"{manifest}:{lineno}", lineno, csv_row=False))
     elif suffix in (".csv", ".tsv"):
         with manifest.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")

@@ -14,7 +14,6 @@ and no ``video``, ``frame_mask`` or ``timestamps`` key. A family declares that i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from vidvlm.data.datasets import iter_jsonl
 from vidvlm.errors import ConfigError
 
 _PLACEHOLDERS = ("<video>", "<image>")
@@ -37,14 +37,8 @@ def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
     if not file.is_file():
         raise ConfigError(f"{file}: text corpus does not exist")
     rows = []
-    for line, raw in enumerate(file.read_text().splitlines(), start=1):
-        if not raw.strip():
-            continue
+    for line, data in iter_jsonl(file):
         where = f"{file}:{line}"
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not JSON: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected an object with 'text' or 'conversation'")
         if isinstance(data.get("text"), str) and data["text"].strip():

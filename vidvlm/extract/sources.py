@@ -13,11 +13,11 @@ This is the one source lister of every tool (``extract_features.py``, ``caption_
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vidvlm.data.datasets import iter_jsonl
 from vidvlm.errors import ConfigError
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
@@ -47,14 +47,7 @@ def _manifest_paths(path: Path) -> list[str]:
         lines = [ln.strip() for ln in path.read_text().splitlines()]
         return [_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")]
     if suffix == ".jsonl":
-        rows = []
-        for i, ln in enumerate(path.read_text().splitlines(), 1):
-            if not ln.strip():
-                continue
-            try:
-                rows.append(json.loads(ln))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{i}: not valid JSON: {e}") from e
+        rows = [row for _, row in iter_jsonl(path)]
     else:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
