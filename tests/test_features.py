@@ -143,15 +143,29 @@ def test_bad_arguments(media, tower):
 
 
 def test_list_sources_manifests(tmp_path, media):
-    (tmp_path / "list.txt").write_text(f"# comment\n{media / 'train_00000.mp4'}\nrel.mp4\n\n")
+    (tmp_path / "list.txt").write_text(f"# comment\n{tmp_path / 'sub' / 'abs.mp4'}\nrel.mp4\n\n")
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.mp4", "caption": "x"}) + "\n")
     (tmp_path / "m.csv").write_text("video,label\nb.mp4,1\n")
     got = list_sources([tmp_path / "list.txt", tmp_path / "m.jsonl", tmp_path / "m.csv", tmp_path / "m.jsonl"])
-    assert got == [str(media / "train_00000.mp4"), str(tmp_path / "rel.mp4"), str(tmp_path / "a.mp4"),
+    assert got == [str(tmp_path / "sub" / "abs.mp4"), str(tmp_path / "rel.mp4"), str(tmp_path / "a.mp4"),
                    str(tmp_path / "b.mp4")]  # fmt: skip
     (tmp_path / "bad.jsonl").write_text('{"caption": "no path"}\n')
-    with pytest.raises(ConfigError, match="path keys"):
+    with pytest.raises(ConfigError, match="bad.jsonl:1: the row has none of the path keys"):
         list_sources(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("name,text", [
+    ("out.txt", "a.mp4\n{media}/train_00000.mp4\n"),
+    ("out.jsonl", '{{"path": "a.mp4"}}\n{{"path": "../x.mp4"}}\n'),
+    ("out.csv", "video\na.mp4\n../../x.mp4\n"),
+])  # fmt: skip
+def test_list_sources_refuses_paths_outside_the_list_folder(tmp_path, media, name, text):
+    """A list or manifest names only files under its own folder; the error names the file and line (the second
+    entry is on line 2 of a .txt or .jsonl, line 3 of a .csv with its header)."""
+    (tmp_path / name).write_text(text.format(media=media))
+    line = 3 if name.endswith(".csv") else 2
+    with pytest.raises(ConfigError, match=rf"{name}:{line}: path .* leads outside"):
+        list_sources(tmp_path / name)
 
 
 def test_list_sources_folder_keeps_media_by_extension(tmp_path):

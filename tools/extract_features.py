@@ -3,9 +3,10 @@
     python tools/extract_features.py VIDEOS/ --out feats/ --model CKPT_DIR [--level pooled] [--num-frames 8]
 
 SOURCE may be files, folders (their video, GIF and image files, recursively), a .txt file list or a .jsonl/.csv
-manifest. The output directory holds ``shard-*.safetensors``, ``index.jsonl`` (one line per source: shard, rows,
-timestamps, or error), ``extract.json`` (the settings) and ``extract.lock`` (held while a run writes: a second run
-into the same directory is refused). Rerunning the same command skips every source already indexed.
+manifest (whose entries are relative to its folder and may not lead out of it). The output directory holds
+``shard-*.safetensors``, ``index.jsonl`` (one line per source: shard, rows, timestamps, or error), ``extract.json``
+(the settings) and ``extract.lock`` (held while a run writes: a second run into the same directory is refused).
+Rerunning the same command skips every source already indexed.
 
 Exit status: 0 when every source of this run was extracted; 1 when some failed (everything that worked is written,
 and the failures are listed with their reason in index.jsonl); 2 for bad arguments, an unusable model or output

@@ -198,6 +198,7 @@ def test_collate_rejects_mixed_frame_sizes() -> None:
 def test_paths_are_relative_to_manifest_folder(media: Path, tmp_path: Path) -> None:
     rows = read_manifest(media / "manifest.jsonl")
     assert all(Path(r.path).parent == media for r in rows)
+    assert all(Path(r.path).is_file() for r in rows)
     assert rows[0].attributes and rows[0].line == 1
     np.testing.assert_array_equal(
         [r.label for r in rows], [json.loads(x)["label"] for x in (media / "manifest.jsonl").read_text().splitlines()]
@@ -232,3 +233,31 @@ def test_evaluation_never_substitutes_mark_and_raise(media: Path) -> None:
     assert strict.stats()["replacements"] == 0
     with pytest.raises(ConfigError, match="on_error: 'skip' is not one of"):
         VideoTextDataset(manifest, UniformSampler(2), on_error="skip")
+
+
+@pytest.mark.parametrize("entry", ["../secret.mp4", "sub/../../secret.mp4", "/etc/passwd", "~/../../x.mp4"])
+def test_manifest_paths_may_not_leave_the_folder(tmp_path: Path, entry: str) -> None:
+    """A downloaded manifest cannot point a tool at files outside its own folder (``~`` is not expanded: it is a
+    folder named ``~`` inside, and ``..`` from there leads out)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    good = json.dumps({"path": "a.mp4", "caption": "ok"})
+    (folder / "m.jsonl").write_text(good + "\n" + json.dumps({"path": entry, "caption": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"m\.jsonl:2: path .* leads outside"):
+        read_manifest(folder / "m.jsonl")
+    (folder / "m.csv").write_text(f"path,caption\na.mp4,ok\n{entry},x\n")
+    with pytest.raises(ConfigError, match=r"m\.csv:3: path .* leads outside"):
+        read_manifest(folder / "m.csv")
+
+
+def test_manifest_paths_inside_the_folder_are_kept(tmp_path: Path) -> None:
+    """Absolute paths inside the folder, ``..`` that stays inside, a symlink the user placed inside and a ``~`` (a
+    folder of that name, not the home folder) are fine."""
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "linked").symlink_to(tmp_path / "elsewhere")
+    rows = [{"path": str(folder / "a.mp4")}, {"path": "sub/../b.mp4"}, {"path": "linked/c.mp4"}, {"path": "~/d.mp4"}]
+    (folder / "m.jsonl").write_text("".join(json.dumps({**r, "caption": "x"}) + "\n" for r in rows))
+    got = [r.path for r in read_manifest(folder / "m.jsonl")]
+    assert got == [str(folder / p) for p in ("a.mp4", "sub/../b.mp4", "linked/c.mp4", "~/d.mp4")]

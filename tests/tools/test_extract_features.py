@@ -77,8 +77,9 @@ def test_cli_matches_api_across_batch_and_workers(setup, tmp_path, capsys, level
 
 def test_cli_file_list_manifest_and_failures(setup, tmp_path, capsys):
     root, media, manifest = setup
-    listing = tmp_path / "list.txt"
-    listing.write_text(f"{media / 'train_00000.mp4'}\n{media / 'missing.mp4'}\n{media / 'zz_corrupt.mp4'}\n")
+    listing = root / "list.txt"  # a list names files under its own folder: relative, or absolute inside it
+    rel = media.relative_to(root)
+    listing.write_text(f"{media / 'train_00000.mp4'}\n{rel / 'missing.mp4'}\n{rel / 'zz_corrupt.mp4'}\n")
     out = tmp_path / "out"
     code = extract_cli.main([str(listing), str(manifest), "--out", str(out), "--model", str(root / "ckpt"),
                              "--num-workers", "0", "--shard-size", "2", "--no-progress"])  # fmt: skip

@@ -2,7 +2,8 @@
 
 A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
 
-- ``path``: the video or image, relative to the manifest's folder (absolute paths are kept);
+- ``path``: the video or image, relative to the manifest's folder (see :func:`path_in_folder`: a path that leads
+  out of that folder, by ``..`` or as an absolute path elsewhere, is refused);
 - ``caption`` (a string) or ``captions`` (a non-empty list of strings; in CSV a JSON list);
 - optional ``start`` / ``end`` (seconds): sample only inside this window of the video;
 - optional ``label`` (int, -1 when absent) and ``attributes`` (a mapping, kept for evaluation).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,28 @@ class ManifestRow:
     attributes: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+
+
+def path_in_folder(entry: str, folder: Path, where: str) -> str:
+    """The path a data file names, checked to stay inside the data file's ``folder``.
+
+    ``entry`` is relative to ``folder`` (or absolute and inside it). The check is lexical: ``..`` steps and absolute
+    paths that lead out of the folder are refused, so a manifest from elsewhere cannot make a tool read (or report on)
+    an arbitrary file; symbolic links inside the folder are followed, since only the user can have put them there.
+
+    Returns:
+        ``folder / entry`` for a relative entry, else ``entry``.
+
+    Raises:
+        ConfigError: ``WHERE: path '...' leads outside FOLDER ...``.
+    """
+    full = Path(entry) if os.path.isabs(entry) else folder / entry
+    base = os.path.abspath(folder)
+    if os.path.commonpath([base, os.path.abspath(full)]) != base:
+        raise ConfigError(
+            f"{where}: path {entry!r} leads outside {folder} (a data file may only name files under its own folder)"
+        )
+    return str(full)
 
 
 def _number(value: Any, key: str, where: str, kind: type) -> Any:
@@ -101,9 +125,9 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
     attributes = data.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise ConfigError(f"{where}: 'attributes' must be a mapping, got {attributes!r}")
-    full = Path(path) if Path(path).is_absolute() else root / path
+    full = path_in_folder(path, root, where)
     extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-    return ManifestRow(str(full), tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
+    return ManifestRow(full, tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:

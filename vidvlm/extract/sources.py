@@ -5,7 +5,9 @@ This is the one source lister of every tool (``extract_features.py``, ``caption_
 - a folder contributes its media files, recursively, in sorted order: files whose extension is a video, GIF or
   image extension (:data:`MEDIA_SUFFIXES`, any case); other files (a ``manifest.jsonl`` beside the clips, notes)
   and hidden files are not sources;
-- a ``.txt`` file list, a ``.jsonl`` or a ``.csv`` manifest named directly is the list of its entries;
+- a ``.txt`` file list, a ``.jsonl`` or a ``.csv`` manifest named directly is the list of its entries, relative to
+  its folder; an entry that leads out of that folder (``..``, an absolute path elsewhere) is refused, as in every
+  data file (:func:`~vidvlm.data.datasets.path_in_folder`);
 - any other file named directly is a source whatever its extension, and a path that does not exist is kept, so
   that the tool reports it as a failure with the reason.
 """
@@ -17,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from vidvlm.data.datasets import iter_jsonl
+from vidvlm.data.datasets import iter_jsonl, path_in_folder
 from vidvlm.errors import ConfigError
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
@@ -34,29 +36,27 @@ def is_media(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(MEDIA_SUFFIXES)
 
 
-def _resolve(entry: str, base: Path) -> str:
-    p = Path(entry).expanduser()
-    return os.path.abspath(p if p.is_absolute() else base / p)
-
-
 def _manifest_paths(path: Path) -> list[str]:
-    """Paths from a ``.txt`` (one per line), ``.jsonl`` or ``.csv`` manifest, relative to the manifest's folder."""
+    """Paths from a ``.txt`` (one per line), ``.jsonl`` or ``.csv`` manifest, relative to the manifest's folder and
+    inside it (:func:`~vidvlm.data.datasets.path_in_folder`)."""
     base = path.parent
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        return [_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")]
+        lines = enumerate((ln.strip() for ln in path.read_text().splitlines()), 1)
+        return [os.path.abspath(path_in_folder(ln, base, f"{path}:{i}")) for i, ln in lines
+                if ln and not ln.startswith("#")]  # fmt: skip
     if suffix == ".jsonl":
-        rows = [row for _, row in iter_jsonl(path)]
+        rows = list(iter_jsonl(path))
     else:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]
     out = []
-    for i, row in enumerate(rows, 1):
+    for line, row in rows:
         key = next((k for k in PATH_KEYS if isinstance(row, dict) and row.get(k)), None)
         if key is None:
-            raise ConfigError(f"{path}: row {i} has none of the path keys {list(PATH_KEYS)}")
-        out.append(_resolve(str(row[key]), base))
+            raise ConfigError(f"{path}:{line}: the row has none of the path keys {list(PATH_KEYS)}")
+        out.append(os.path.abspath(path_in_folder(str(row[key]), base, f"{path}:{line}")))
     return out
 
 
@@ -64,15 +64,16 @@ def list_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     """Expand ``sources`` into absolute media paths, in a stable order, without duplicates.
 
     Args:
-        sources: one path or several (see the module docstring). A manifest's relative paths are relative to the
-            manifest; a ``.jsonl``/``.csv`` row names its media under ``path``, ``video``, ``source``, ``file`` or
-            ``image``.
+        sources: one path or several (see the module docstring). A manifest's paths are relative to the manifest
+            and stay inside its folder; a ``.jsonl``/``.csv`` row names its media under ``path``, ``video``,
+            ``source``, ``file`` or ``image``.
 
     Returns:
         The absolute paths, first occurrence order.
 
     Raises:
-        ConfigError: a manifest cannot be parsed (the message names the file and the row).
+        ConfigError: a manifest cannot be parsed, or names a path outside its folder (the message names the file
+            and the line).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
