@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from vidvlm.atomic import write_text_atomic
 from vidvlm.errors import ConfigError, VidVLMError
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text_atomic(args.out, text)
     if metrics["num_missing"]:
         print(f"{metrics['num_missing']} of {metrics['num_rows']} row(s) could not be read and were left out",
               file=sys.stderr)  # fmt: skip
@@ -157,7 +157,7 @@ def _generation(args, model, dataset, batches) -> dict:
         return {}
     if args.predictions:
         rows = [{"kind": "caption", **r} for r in results["captions"]] + [{"kind": "qa", **r} for r in results["qa"]]
-        Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(args.predictions, "".join(json.dumps(r) + "\n" for r in rows))
     metrics = generation_metrics(results)
     if args.text_corpus:
         from vidvlm.data.text_corpus import TextCorpusDataset

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from vidvlm.atomic import write_text_atomic
 from vidvlm.errors import ConfigError
 
 T = TypeVar("T")
@@ -203,4 +204,4 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML (keys in field order)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -95,3 +95,32 @@ def test_exit_status_through_the_script(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'missing'}: no such directory or file"
+
+
+def test_tiny_shapes_is_replaced_whole_or_not_at_all(tmp_path, capsys, monkeypatch):
+    """``tiny-shapes --overwrite`` builds the new LM beside the old one: a failure leaves the old directory as it
+    was (and no temporary), a success replaces it."""
+    out = tmp_path / "tiny"
+    assert cli.main(["tiny-shapes", "--out", str(out)]) == 0
+    first = weights_sha256(out)
+    capsys.readouterr()  # the progress bar of writing
+    assert cli.main(["tiny-shapes", "--out", str(out)]) == 2
+    assert f"{out}: not an empty directory" in _error_line(capsys)
+
+    import vidvlm.models.scratch_lm as scratch
+
+    real = scratch.make_scratch_lm
+
+    def dies_after_the_weights(directory, *args, **kwargs):
+        real(directory, *args, **kwargs)
+        raise KeyboardInterrupt("killed")
+
+    (out / "notes.txt").write_text("the old directory's")
+    monkeypatch.setattr(scratch, "make_scratch_lm", dies_after_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["tiny-shapes", "--out", str(out), "--overwrite"])
+    assert weights_sha256(out) == first and (out / "notes.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+    monkeypatch.undo()
+    assert cli.main(["tiny-shapes", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()

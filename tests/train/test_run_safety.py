@@ -151,35 +151,6 @@ def test_final_is_swapped_never_deleted_first(tmp_path, monkeypatch):
     assert all(torch.equal(new[k], expected[k]) for k in new)
 
 
-def test_replace_dir_fallback_is_recovered(tmp_path, monkeypatch):
-    target, new = tmp_path / "final", tmp_path / "tmp-final"
-    target.mkdir()
-    (target / "w").write_text("old")
-    new.mkdir()
-    (new / "w").write_text("new")
-    ckpt.replace_dir(new, target)  # the atomic exchange where the platform has it
-    assert (target / "w").read_text() == "new" and not new.exists()
-
-    # without an exchange: final -> old-final, tmp-final -> final; a crash between the two renames is recovered
-    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
-    new.mkdir()
-    (new / "w").write_text("newer")
-    real_rename = type(new).rename
-
-    def crash_on_second(self, dest):
-        if self.name == "tmp-final":
-            raise KeyboardInterrupt("killed between the renames")
-        return real_rename(self, dest)
-
-    monkeypatch.setattr(type(new), "rename", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        ckpt.replace_dir(new, target)
-    monkeypatch.undo()
-    assert not target.exists()
-    ckpt.recover_dir(target)
-    assert (target / "w").read_text() == "new"
-
-
 class Flaky(TinyDataset):
     """Marks samples whose index is a multiple of ``every`` as substituted (as the data layer does for bad files)."""
 

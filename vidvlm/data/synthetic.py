@@ -29,6 +29,7 @@ from typing import Any
 import av
 import numpy as np
 
+from vidvlm.atomic import write_text_atomic
 from vidvlm.errors import ConfigError
 
 SHAPES_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -280,7 +281,7 @@ def make_synthetic(
             row.update(conversation=conversation(scene, qa, talk), qa=qa)
         rows.append(row)
     manifest = out / manifest_name
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(manifest, "".join(json.dumps(r) + "\n" for r in rows))  # written last, whole
     return manifest
 
 

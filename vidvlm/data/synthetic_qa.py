@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vidvlm.atomic import write_text_atomic
 from vidvlm.data.synthetic import SHAPES_ATTRIBUTES, allowed_pairs
 from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, Scene, Track, clause, pick_shapes
 from vidvlm.errors import ConfigError
@@ -288,5 +289,5 @@ def make_text_corpus(
     rng = np.random.default_rng([seed, 4, int(compositional)])
     pairs = allowed_pairs("train", compositional)
     path = out / file_name
-    path.write_text("".join(json.dumps({"text": _text_row(rng, pairs)}) + "\n" for _ in range(num)))
+    write_text_atomic(path, "".join(json.dumps({"text": _text_row(rng, pairs)}) + "\n" for _ in range(num)))
     return path

@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vidvlm.atomic import write_atomic
 from vidvlm.errors import ConfigError
 from vidvlm.extract.result import FeatureResult, from_rows, to_rows
 
@@ -46,24 +47,6 @@ INDEX = "index.jsonl"
 SETTINGS = "extract.json"
 LOCK = "extract.lock"
 SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through ``write(tmp_path)``, fsync, then rename over ``path`` so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_index(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -220,7 +203,7 @@ class ShardWriter:
                     f"{[old.get(k) for k in diff]} vs {[settings.get(k) for k in diff]}); use a new --out directory"
                 )
         else:
-            _write_atomic(settings_path, lambda p: p.write_text(json.dumps(settings, indent=2)))
+            write_atomic(settings_path, lambda p: p.write_text(json.dumps(settings, indent=2)))
         for stale in self.out_dir.glob("*.tmp"):  # half-written shard of an interrupted run
             stale.unlink()
         _drop_torn_tail(self.out_dir / INDEX)
@@ -276,7 +259,7 @@ class ShardWriter:
         if name is not None:
             tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
             meta = {"level": self.level, "format": "vidvlm-features-1"}
-            _write_atomic(self.out_dir / name, lambda p: save_file(tensors, str(p), metadata=meta))
+            write_atomic(self.out_dir / name, lambda p: save_file(tensors, str(p), metadata=meta))
         with open(self.out_dir / INDEX, "a") as f:
             f.write("".join(json.dumps(line) + "\n" for line in lines))
             f.flush()

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vidvlm.atomic import staging_dir
 from vidvlm.config import save_config
 from vidvlm.data.transforms import NORMALIZE_PRESETS
 from vidvlm.errors import CheckpointError
@@ -149,9 +149,7 @@ def import_llava_next_video(source: str | Path, out_dir: str | Path, overwrite: 
     parts = split_tensors(_read_tensors(src), src)
     tokenizer = _tokenizer(src)
     cfg = llava_config(hf_cfg, src, tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+    tmp = staging_dir(out)
     try:
         _write_lm(parts, hf_cfg, src, tmp / "lm")
         tokenizer.save_pretrained(tmp / "lm")

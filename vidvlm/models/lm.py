@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from vidvlm.atomic import publish_dir, staging_dir
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.tokenizer import TOKENIZER_FILES
 
@@ -142,15 +141,12 @@ def prepare_lm(
         "source_weights_sha256": weights_sha256(source, gguf_file=gguf_file),
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make a shared base unreadable to others
+    tmp = staging_dir(out)
     try:
         model.save_pretrained(tmp)  # transformers v5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         (tmp / "vidvlm_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        _umask_modes(tmp)
-        _replace_dir(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -335,31 +331,6 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _umask_modes(directory: Path) -> None:
-    """Give every file the mode a plain ``open`` would (some writers leave 0600 from their temporary files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in directory.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _one_line(error: BaseException) -> str:

@@ -11,20 +11,17 @@ A checkpoint directory ``{output_dir}/checkpoint-{step:08d}`` holds:
 
 Saving writes ``tmp-checkpoint-*`` in the same directory, fsyncs every file, renames it, then prunes old ones, so a
 crash mid-save leaves the previous checkpoint intact. A directory that already exists (``final/``, a checkpoint saved
-again) is replaced by :func:`replace_dir`, an atomic exchange, so that at every instant it holds a whole model.
+again) is replaced by :func:`vidvlm.atomic.replace_dir`, an atomic exchange, so that at every instant it holds a
+whole model.
 Loading reads only these files (safetensors, JSON).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import os
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vidvlm.atomic import replace_dir
 from vidvlm.errors import CheckpointError
 
 STATE_FILE = "trainer_state.json"
@@ -83,26 +81,8 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     return path
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data: Any) -> None:
+    """JSON into a checkpoint's temporary directory (made whole by the directory's rename, not file by file)."""
     path.write_text(json.dumps(data, indent=1))
 
 
@@ -128,67 +108,6 @@ def begin_dir(path: Path) -> Path:
 def begin(output_dir: str | Path, step: int) -> Path:
     """Create a fresh temporary directory for the checkpoint of ``step`` (main process only)."""
     return begin_dir(tmp_dir_for(output_dir, step))
-
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    Returns:
-        False where the platform, C library or filesystem cannot (the caller falls back to two renames).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, some musl)
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or filesystem without the flag
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _old_name(target: Path) -> Path:
-    return target.with_name(f"old-{target.name}")
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move the whole directory ``new`` (same filesystem) to ``target``, replacing what is there.
-
-    The new contents are fsynced first; an existing ``target`` is exchanged with ``new`` atomically, so that at every
-    instant ``target`` is either the old or the new directory, then the old one is deleted. Where an atomic exchange
-    is not available, ``target`` is renamed to ``old-{name}`` and ``new`` renamed in; :func:`recover_dir` puts the
-    old one back after a crash between the two renames.
-    """
-    _fsync_tree(new)
-    if not target.exists():
-        new.rename(target)
-    elif _exchange(new, target):
-        shutil.rmtree(new)  # it now holds the old contents
-    else:
-        old = _old_name(target)
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    _fsync_dir(target.parent)
-
-
-def recover_dir(target: Path) -> None:
-    """Undo an interrupted :func:`replace_dir` fallback: restore ``old-{name}`` when ``target`` is missing."""
-    old = _old_name(target)
-    if old.is_dir() and not target.exists():
-        old.rename(target)
-    elif old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def commit(tmp: Path, step: int, keep: int) -> Path:

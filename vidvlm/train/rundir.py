@@ -11,10 +11,10 @@ later steps (an abandoned continuation) are deleted and ``metrics.jsonl`` keeps 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from vidvlm.atomic import recover_dir, write_text_atomic
 from vidvlm.config import read_mapping
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.train import checkpoint as ckpt
@@ -102,7 +102,7 @@ def prepare_output_dir(output_dir: str | Path, resume_dir: Path | None, *, overw
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.recover_dir(out / FINAL)
+    recover_dir(out / FINAL)
     keep = resume_dir.resolve() if resume_dir is not None else None
     if overwrite or resume_dir is None:  # a fresh run got here only past check_output_dir
         for path in run_files(out):
@@ -137,9 +137,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f"tmp-{path.name}")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from vidvlm.atomic import replace_dir
 from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.train import checkpoint as ckpt
 from vidvlm.train import evaluation
@@ -513,7 +514,7 @@ class Trainer:
             tmp = ckpt.begin_dir(self.out / "tmp-final")
             ckpt.save_model(acc.unwrap_model(self.model), tmp)
             save_train_config(self.cfg, tmp / "train_config.yaml")
-            ckpt.replace_dir(tmp, self.out / "final")
+            replace_dir(tmp, self.out / "final")
         acc.wait_for_everyone()
 
 
