@@ -1,0 +1,78 @@
+"""Markdown rows of held-out question accuracy per type from evaluated runs, with the seed spread of groups.
+
+    python benchmarks/qa_table.py base=runs/llava_tiny_ct,runs/ct_s1,runs/ct_s2 bidir=runs/ct_bidir \
+        [--metrics test_metrics.json] [--stage joint]
+
+Each argument is ``LABEL=RUN[,RUN...]``: the runs of one setting (different seeds). A run directory holds the
+``tools/eval.py --out`` JSON (``--metrics``, default ``test_metrics.json``) and the trainer's ``metrics.jsonl``. A
+row gives, per question type, the mean over the group's runs and, for groups of two or more, the spread
+(``min–max``); then caption CIDEr-D, held-out text loss and the median step time of the ``--stage`` stage from
+``metrics.jsonl`` (seconds; it depends on the machine's load, so compare rows measured together). A difference
+between two rows smaller than the spread of either is no difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
+
+
+def read_run(run: Path, metrics: str, stage: str) -> dict[str, float]:
+    """``{type: accuracy, 'all': ..., 'cider': ..., 'text_loss': ..., 'step_s': ...}`` of one run."""
+    path = run / metrics
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {path}: cannot read the evaluation: {e}") from None
+    out = {t: data.get(f"qa_{t}_accuracy") for t in TYPES}
+    out.update(all=data.get("qa_accuracy"), cider=data.get("caption_cider"), text_loss=data.get("text_loss"))
+    times = []
+    log = run / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("stage") == stage and "step_time_s" in row:
+                times.append(row["step_time_s"])
+    out["step_s"] = statistics.median(times) if times else None
+    return out
+
+
+def cell(values: list[float | None], digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("groups", nargs="+", metavar="LABEL=RUN[,RUN...]")
+    parser.add_argument("--metrics", default="test_metrics.json", help="the evaluation JSON inside each run")
+    parser.add_argument("--stage", default="joint", help="the stage whose median step time is reported")
+    args = parser.parse_args()
+    header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for group in args.groups:
+        label, sep, runs = group.partition("=")
+        if not sep or not runs:
+            raise SystemExit(f"error: {group!r}: expected LABEL=RUN[,RUN...]")
+        rows = [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")]
+        cells = [cell([r[k] for r in rows]) for k in (*TYPES, "all")]
+        cells += [cell([r["cider"] for r in rows], 2), cell([r["text_loss"] for r in rows], 2)]
+        cells += [cell([r["step_s"] for r in rows], 2)]
+        print(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
