@@ -1,7 +1,7 @@
 """Linear probes of a vision tower's frozen features: which attributes of the moving-shapes world can be read off them.
 
     OMP_NUM_THREADS=2 python benchmarks/probe_tower.py --checkpoint runs/contrastive_tiny_8f_shapes/final \
-        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0]
+        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0] [--sequence]
 
 Before a tower is frozen under a language model (the LLaVA recipes), this says what it can give: a logistic
 regression per attribute (colour, shape, size, first direction of motion) on four readings of the tower's output for
@@ -15,8 +15,13 @@ the manifest's single-shape clips (their labels are unambiguous), trained on the
 (``last3x3`` is what the LLaVA recipes' ``spatial2d`` pooler with ``size: 3`` hands the connector.) Clips are read
 with the checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
 Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
-majority class of the scored part is printed beside each accuracy. A probe is a lower bound on what the features
-hold, and a diagnostic, not a benchmark against a peer.
+majority class of the scored part is printed beside each accuracy.
+
+``--sequence`` adds ``seq{g}x{g}``: the pooled grid read as a *sequence* of tokens, unflattened and unstandardised, by
+two pre-norm transformer blocks (width 128, an MLP in front as the LLaVA connector, no position embedding) and a
+query token at the end, as a small LM would read its visual tokens; AdamW 1e-3, 1500 steps of batch 32. It says
+whether an attention reader can learn an attribute from those tokens at all. A probe is a lower bound on what the
+features hold, and a diagnostic, not a benchmark against a peer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vidvlm.data.collate import collate_video_text
@@ -34,6 +40,7 @@ from vidvlm.data.datasets import VideoTextDataset
 from vidvlm.data.sampling import UniformSampler
 from vidvlm.errors import VidVLMError
 from vidvlm.layers.pooling import Spatial2DPooler
+from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.base import FRONT_END
 from vidvlm.models.registry import load
 
@@ -43,7 +50,7 @@ ATTRIBUTES = ("direction", "color", "shape", "size")
 @torch.no_grad()
 def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
-    and each clip's shape ground truth."""
+    and each clip's shape ground truth; ``tokens{g}x{g}`` is the pooled grid unflattened, ``[N, M, D]``."""
     model = load(checkpoint).eval()
     model.require(FRONT_END, "probe its vision tower")
     front_end = model.front_end
@@ -53,12 +60,15 @@ def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict
         raise SystemExit(f"{manifest}: no single-shape rows with a 'shapes' ground truth")
     tower = front_end.base_tower
     pool = Spatial2DPooler(tower.width, size=grid, num_prefix_tokens=tower.num_prefix_tokens)
-    out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{grid}x{grid}": [], f"pen{grid}x{grid}": [], "mean": []}
+    g = f"{grid}x{grid}"
+    out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{g}": [], f"pen{g}": [], "mean": [], f"tokens{g}": []}
     for batch in DataLoader(Subset(dataset, keep), batch_size=32, collate_fn=collate_video_text):
         vision = tower(batch["video"], batch["frame_mask"], output_hidden_states=True)
         out["cls"].append(rearrange(vision.pooler_output, "b t d -> b (t d)"))
-        out[f"last{grid}x{grid}"].append(rearrange(pool(vision.last_hidden_state), "b m d -> b (m d)"))
-        out[f"pen{grid}x{grid}"].append(rearrange(pool(vision.hidden_states[-2]), "b m d -> b (m d)"))
+        pooled = pool(vision.last_hidden_state)
+        out[f"tokens{g}"].append(pooled)
+        out[f"last{g}"].append(rearrange(pooled, "b m d -> b (m d)"))
+        out[f"pen{g}"].append(rearrange(pool(vision.hidden_states[-2]), "b m d -> b (m d)"))
         patches = vision.last_hidden_state[:, :, tower.num_prefix_tokens :]
         out["mean"].append(reduce(patches, "b t n d -> b (t d)", "mean"))
     feats = {name: torch.cat(parts) for name, parts in out.items()}
@@ -84,6 +94,44 @@ def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[fl
     return accuracy, majority
 
 
+class SequenceReader(nn.Module):
+    """MLP to width 128, a query token appended, two pre-norm blocks, a linear head on the query: ``[B, M, D]`` ->
+    ``[B, classes]``."""
+
+    def __init__(self, dim: int, classes: int, width: int = 128) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, width))
+        self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(width, 4, 3.0) for _ in range(2))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.proj(tokens)
+        x = torch.cat([x, self.query.expand(x.shape[0], -1, -1)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, -1]))
+
+
+def sequence_probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
+    """(accuracy, majority share) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``."""
+    torch.manual_seed(seed)
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    reader = SequenceReader(x.shape[-1], len(classes))
+    opt = torch.optim.AdamW(reader.parameters(), lr=1e-3)
+    for _ in range(1500):
+        pick = torch.randint(0, split, (32,))
+        opt.zero_grad()
+        F.cross_entropy(reader(x[pick]), y[pick]).backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (reader(x[split:]).argmax(1) == y[split:]).float().mean().item()
+    majority = max((y[split:] == c).float().mean().item() for c in range(len(classes)))
+    return accuracy, majority
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run's final/ whose model has a video front-end")
@@ -91,6 +139,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=900, help="single-shape clips to use")
     parser.add_argument("--grid", type=int, default=3, help="patch grid side after pooling")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sequence", action="store_true", help="also the attention reader over the pooled tokens")
     args = parser.parse_args()
 
     try:
@@ -102,10 +151,14 @@ def main() -> None:
     print(f"{args.checkpoint}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}")
     print("| reading | dim | " + " | ".join(ATTRIBUTES) + " |")
     print("|---|---|" + "---|" * len(ATTRIBUTES))
+    tokens = feats.pop(f"tokens{args.grid}x{args.grid}")
+    if args.sequence:
+        feats[f"seq{args.grid}x{args.grid}"] = tokens
     for name, x in feats.items():
-        cells = [probe(x, labels[a], split, args.seed) for a in ATTRIBUTES]
+        fit = sequence_probe if x.dim() == 3 else probe
+        cells = [fit(x, labels[a], split, args.seed) for a in ATTRIBUTES]
         print(
-            f"| {name} | {x.shape[1]} | " + " | ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj in cells) + " |"
+            f"| {name} | {x[0].numel()} | " + " | ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj in cells) + " |"
         )
 
 
