@@ -11,7 +11,7 @@ from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import SpaceTimePosEmbed
 from vidvlm.layers.masking import scatter_tokens
 from vidvlm.layers.transformer import TransformerBlock
-from vidvlm.models.vision import _fill_to_tubelets
+from vidvlm.models.vision import fill_to_tubelets
 
 
 def _padding(mask: torch.Tensor | None) -> AttnMask | None:
@@ -171,7 +171,7 @@ def tubelet_pixels(
         ``[B, T', N, Ts * P * P * C]`` (row-major patches) and the real time steps bool ``[B, T']`` or None.
     """
     if tubelet_size > 1:
-        video, frame_mask = _fill_to_tubelets(video, frame_mask, tubelet_size)
+        video, frame_mask = fill_to_tubelets(video, frame_mask, tubelet_size)
     gh, gw = video.shape[-2] // patch_size, video.shape[-1] // patch_size
     video = video[..., : gh * patch_size, : gw * patch_size]
     pixels = rearrange(

@@ -266,7 +266,7 @@ class VideoViT(nn.Module):
         ts = self.cfg.tubelet_size
         keyframe = _middle_frame(video, frame_mask) if self.keyframe_embed is not None else None
         if ts > 1:
-            video, frame_mask = _fill_to_tubelets(video, frame_mask, ts)
+            video, frame_mask = fill_to_tubelets(video, frame_mask, ts)
         x, grid = self.patch_embed(video)
         b, t = x.shape[:2]
         time = rearrange(self._temporal_rows(b, t, frame_mask).to(x.dtype), "b t d -> b t 1 d")
@@ -419,7 +419,7 @@ def _middle_frame(video: torch.Tensor, frame_mask: torch.Tensor | None) -> torch
     return video[torch.arange(b, device=video.device), idx]
 
 
-def _fill_to_tubelets(
+def fill_to_tubelets(
     video: torch.Tensor, frame_mask: torch.Tensor | None, ts: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Make every tubelet well defined: padded frames and frames beyond ``T`` repeat the clip's last real frame
