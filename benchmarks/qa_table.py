@@ -64,8 +64,8 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for group in args.groups:
-        label, sep, runs = group.partition("=")
-        if not sep or not runs:
+        label, sep, runs = group.rpartition("=")  # a label may hold "=" (an override), run paths do not
+        if not sep or not label or not runs:
             raise SystemExit(f"error: {group!r}: expected LABEL=RUN[,RUN...]")
         rows = [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")]
         cells = [cell([r[k] for r in rows]) for k in (*TYPES, "all")]
