@@ -26,6 +26,7 @@ from vidvlm.data.datasets import VideoTextDataset
 from vidvlm.data.sampling import UniformSampler
 from vidvlm.data.synthetic import SHAPES_ATTRIBUTES
 from vidvlm.errors import VidVLMError
+from vidvlm.models.base import CHAT
 from vidvlm.models.registry import load
 
 ATTRIBUTES = ("color", "shape", "size", "direction")
@@ -38,13 +39,10 @@ def values_of(attribute: str) -> tuple[str, ...]:
 
 @torch.no_grad()
 def caption_loss(model, caption: str, sample: dict) -> float:
-    """Mean next-token loss of ``caption`` as the answer to the caption prompt about ``sample``'s clip."""
-    conversation = [
-        {"role": "user", "content": f"<video>\n{model.config.caption_prompt}"},
-        {"role": "assistant", "content": caption},
-    ]
-    inputs = model.prepare_inputs([conversation], sample["video"][None], None, sample["timestamps"][None])
-    return model.lm(**inputs).loss.item()
+    """Mean next-token loss of ``caption`` as the answer to the caption prompt about ``sample``'s clip: the family's
+    own training loss on one caption sample."""
+    batch = {"video": sample["video"][None], "timestamps": sample["timestamps"][None], "text": [caption]}
+    return model(batch)["lm_loss"].item()
 
 
 def main() -> None:
@@ -56,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         model = load(args.checkpoint).eval()
-        model.require("chat", "score captions with a caption prompt")
+        model.require(CHAT, "score captions with a caption prompt")
         dataset = VideoTextDataset(args.manifest, UniformSampler(model.num_frames), model.front_end.transform(False))
     except VidVLMError as e:
         raise SystemExit(f"error: {e}") from None

@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tiny_shapes(args: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
 
-    from vidvlm.atomic import publish_dir, staging_dir
+    from vidvlm.atomic import building_dir
     from vidvlm.models.lm import weights_sha256
     from vidvlm.models.scratch_lm import make_scratch_lm
 
@@ -62,13 +61,8 @@ def _tiny_shapes(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         print(f"error: {out}: not an empty directory (pass --overwrite to replace it)", file=sys.stderr)
         return 2
-    tmp = staging_dir(out)  # built aside and moved in whole: a kill leaves the old directory or the new one
-    try:
+    with building_dir(out) as tmp:  # built aside and moved in whole: a kill leaves the old directory or the new one
         make_scratch_lm(tmp)
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(out)
     print(f"weights sha256 {weights_sha256(out)}")
     return 0

@@ -1,7 +1,8 @@
 """Outputs that are either whole or absent: write beside the target, then rename over it.
 
 * :func:`write_text_atomic` / :func:`write_atomic` for one file (metrics, predictions, manifests, configs);
-* :func:`staging_dir` + :func:`publish_dir` for a directory (a prepared LM, an imported checkpoint);
+* :func:`building_dir` (or :func:`staging_dir` + :func:`publish_dir`) for a directory (a prepared LM, an imported
+  checkpoint);
   :func:`replace_dir` (training checkpoints, ``final/``) swaps a finished directory in with one atomic exchange.
 
 A kill at any moment leaves the old output or the new one, never a mix; two processes that write the same output
@@ -11,6 +12,7 @@ target (same file system, so the rename is atomic) and are removed when writing 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -18,15 +20,31 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``os.umask`` can only be read by setting
+    it, which for a moment changes the mode of files other threads create)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # at import (the main thread, before any writer thread); later umask changes are not seen
 
 
 def _umask_mode(path: Path) -> None:
     """The mode a plain ``open`` would give (``mkstemp`` and some writers leave 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    path.chmod(0o666 & ~_UMASK)
 
 
 def fsync_dir(path: Path) -> None:
@@ -74,6 +92,19 @@ def staging_dir(out: str | os.PathLike) -> Path:
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make a shared base unreadable to others
     return tmp
+
+
+@contextlib.contextmanager
+def building_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """``with building_dir(out) as tmp:`` write the directory's files into ``tmp``; on a normal exit it replaces
+    ``out`` whole (:func:`publish_dir`), on an exception it is removed and ``out`` is left as it was."""
+    tmp = staging_dir(out)
+    try:
+        yield tmp
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def fsync_tree(path: Path) -> None:
@@ -159,6 +190,7 @@ def publish_dir(tmp: Path, out: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "building_dir",
     "fsync_dir",
     "fsync_tree",
     "publish_dir",

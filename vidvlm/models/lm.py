@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from vidvlm.atomic import publish_dir, staging_dir
+from vidvlm.atomic import building_dir
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.tokenizer import TOKENIZER_FILES
 
@@ -141,15 +140,10 @@ def prepare_lm(
         "source_weights_sha256": weights_sha256(source, gguf_file=gguf_file),
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
-    tmp = staging_dir(out)
-    try:
+    with building_dir(out) as tmp:
         model.save_pretrained(tmp)  # transformers v5 always writes safetensors
         tokenizer.save_pretrained(tmp)
         (tmp / "vidvlm_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
