@@ -223,27 +223,34 @@ def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def masked_pixel_loss(
-    pred: Tensor, target: Tensor, hidden: Tensor, *, norm_pix: bool = True, eps: float = 1e-6
+    pred: Tensor, target: Tensor, scored: Tensor | None = None, *, norm_pix: bool = True, eps: float = 1e-6
 ) -> Tensor:
-    """Masked video modelling (VideoMAE): mean squared error on the hidden tubelets only.
+    """Masked video modelling (VideoMAE): mean squared error on the scored (hidden) tubelets.
 
     Args:
-        pred: ``[B, T', N, K]`` predicted pixels of every tubelet (K = tubelet frames x P x P x C).
-        target: ``[B, T', N, K]`` the tubelets' pixels.
-        hidden: bool ``[B, T', N]``, True for the tubelets scored (hidden from the encoder, in real time steps).
+        pred: ``[B, T', H, K]`` predicted pixels of H tubelets per time step (K = tubelet frames x P x P x C): the
+            hidden ones, or every one with ``scored`` marking the hidden.
+        target: ``[B, T', H, K]`` those tubelets' pixels.
+        scored: bool ``[B, T', H]``, True for the tubelets scored (hidden from the encoder, in real time steps), or
+            None when every one is.
         norm_pix: normalise each target tubelet by its own mean and variance (VideoMAE's ``normlize_target``).
         eps: variance floor of that normalisation.
 
     Returns:
         scalar: the mean over scored tubelets of the per-tubelet mean squared error (0 when none is scored).
     """
-    target = target.to(pred.dtype)
-    if norm_pix:
-        mean = target.mean(-1, keepdim=True)
-        var = target.var(-1, keepdim=True, unbiased=True) if target.shape[-1] > 1 else torch.zeros_like(mean)
-        target = (target - mean) / (var + eps).sqrt()
-    err = ((pred - target) ** 2).mean(-1)
-    w = hidden.to(err.dtype)
+    with torch.no_grad():  # the target is data: no graph through its normalisation
+        target = target.to(pred.dtype)
+        if norm_pix:
+            if target.shape[-1] > 1:
+                var, mean = torch.var_mean(target, -1, keepdim=True, correction=1)
+                target = (target - mean).mul_(torch.rsqrt(var + eps))
+            else:
+                target = torch.zeros_like(target)
+    if scored is None:  # every tubelet counts the same K pixels: the plain mean is the mean of per-tubelet means
+        return F.mse_loss(pred, target)
+    err = F.mse_loss(pred, target, reduction="none").mean(-1)
+    w = scored.to(err.dtype)
     return (err * w).sum() / w.sum().clamp(min=1)
 
 

@@ -10,10 +10,11 @@ import torch
 
 from tests.models.test_registry import CAPTIONS, make_batch
 from vidvlm.errors import ConfigError
-from vidvlm.layers.masking import full_keep, make_keep, mask_text, visible_mask
+from vidvlm.layers.masking import full_keep, hidden_positions, make_keep, mask_text, visible_mask
 from vidvlm.losses import clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
 from vidvlm.models.frontend import FrontEndConfig, TokenDropConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.masking import MaskingConfig, MaskingModel, XFMConfig, XFMModel
+from vidvlm.models.masking_heads import tubelet_pixels
 from vidvlm.models.registry import build_model, load
 from vidvlm.models.text import TextConfig
 from vidvlm.models.tokenizer import TextTokenizer
@@ -275,6 +276,49 @@ def test_mvm_hidden_pixels_do_not_reach_the_prediction():
         torch.manual_seed(7)
         model.mvm_loss(batch["video"] + 5.0 * pix.float(), batch["frame_mask"])
     torch.testing.assert_close(preds[1], preds[0], rtol=0, atol=0)
+
+
+def test_hidden_positions_are_the_complement_of_keep():
+    keep = make_keep(3, 2, 16, 0.75, "random", generator=torch.Generator().manual_seed(4))
+    hidden = hidden_positions(keep, 16)
+    assert hidden.shape == (3, 2, 12)
+    assert bool((hidden.diff(dim=2) > 0).all())  # ascending within a step
+    both = torch.cat([keep, hidden], dim=2).sort(dim=2).values
+    torch.testing.assert_close(both, full_keep(3, 2, 16))
+
+
+@pytest.mark.parametrize("num_frames", [3, 1])
+def test_mvm_loss_scores_exactly_the_hidden_real_tubelets(num_frames):
+    """The decoder's head runs on the hidden positions only; the loss equals VideoMAE's recipe written out on every
+    tubelet: normalised targets, squared error per tubelet, mean over hidden tubelets of real time steps (with 3
+    frames in 2-frame tubelets the padded clip's second step is padding and is not scored)."""
+    model = family(mvm_weight=1.0, mvm_ratio=0.75).train()
+    batch = make_batch(model, num_frames=num_frames)
+    video, frame_mask = batch["video"], batch["frame_mask"]
+    torch.manual_seed(11)
+    loss = model.mvm_loss(video, frame_mask)
+    # the reference: the same mask, the decoder's output at every position, the loss by hand
+    tower, vision = model.front_end.base_tower, model.front_end.base_tower.cfg
+    steps, n = model.front_end.token_grid(video)
+    torch.manual_seed(11)
+    keep = make_keep(video.shape[0], steps, n, 0.75, "tube")
+    enc = tower(video, frame_mask, keep=keep)
+    grid = (video.shape[-2] // vision.patch_size, video.shape[-1] // vision.patch_size)
+    every = model.decoder(enc.last_hidden_state[:, :, tower.num_prefix_tokens :], keep, grid, enc.frame_mask)
+    assert every.shape[2] == n
+    target, real = tubelet_pixels(video, frame_mask, vision.patch_size, vision.tubelet_size)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    scored = ~visible_mask(keep, n)
+    if real is not None:
+        scored = scored & real[:, :, None]
+    err = ((every - target) ** 2).mean(-1)
+    expected = err[scored].mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    if num_frames == 3:  # scoring the padded step too would give another figure
+        assert real is not None and not bool(real[1, -1])
+        assert not torch.allclose(loss, err[~visible_mask(keep, n)].mean())
+    loss.backward()
+    assert model.decoder.head.weight.grad.abs().sum() > 0
 
 
 def test_config_errors_name_the_key():

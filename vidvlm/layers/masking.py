@@ -89,6 +89,14 @@ def visible_mask(keep: Tensor, num_tokens: int) -> Tensor:
     return mask.scatter(2, keep, True)
 
 
+def hidden_positions(keep: Tensor, num_tokens: int) -> Tensor:
+    """The positions ``keep`` leaves out: long ``[B, T', N - K]``, ascending within each step (the targets of
+    masked modelling), from ``keep`` long ``[B, T', K]`` among ``num_tokens`` N."""
+    hidden = (~visible_mask(keep, num_tokens)).to(torch.uint8)
+    order = torch.sort(hidden, dim=2, descending=True, stable=True).indices
+    return order[:, :, : num_tokens - keep.shape[2]]
+
+
 def scatter_tokens(visible: Tensor, keep: Tensor, num_tokens: int, fill: Tensor) -> Tensor:
     """Put visible tokens back on the full grid, ``fill`` elsewhere (a decoder's mask token).
 
@@ -156,5 +164,6 @@ __all__ = [
     "full_keep",
     "gather_tokens",
     "visible_mask",
+    "hidden_positions",
     "scatter_tokens",
 ]

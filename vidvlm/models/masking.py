@@ -55,10 +55,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import nn
 
 from vidvlm.errors import ConfigError
-from vidvlm.layers.masking import make_keep, mask_text, visible_mask
+from vidvlm.layers.masking import gather_tokens, hidden_positions, make_keep, mask_text
 from vidvlm.layers.pooling import masked_mean
 from vidvlm.losses import box_loss, clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
 from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, MATCH, VLMModel
@@ -329,12 +330,12 @@ class MaskingModel(VLMModel):
         enc = tower(video, frame_mask, keep=keep)
         grid = (video.shape[-2] // vision.patch_size, video.shape[-1] // vision.patch_size)
         visible = enc.last_hidden_state[:, :, tower.num_prefix_tokens :]
-        pred = decoder(visible, keep, grid, enc.frame_mask, text, text_mask)
+        hidden = hidden_positions(keep, n)  # [B, T', N - K]: only these go through the decoder's head
+        pred = decoder(visible, keep, grid, enc.frame_mask, text, text_mask, predict=hidden)
         target, steps_real = tubelet_pixels(video, frame_mask, vision.patch_size, vision.tubelet_size)
-        hidden = ~visible_mask(keep, n)
-        if steps_real is not None:
-            hidden = hidden & steps_real[:, :, None]
-        return masked_pixel_loss(pred, target, hidden, norm_pix=self.config.mvm_norm_pix)
+        target = gather_tokens(target, hidden)
+        scored = None if steps_real is None else repeat(steps_real, "b t -> b t h", h=hidden.shape[2])
+        return masked_pixel_loss(pred, target, scored, norm_pix=self.config.mvm_norm_pix)
 
     def mmm_loss(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None, ids: torch.Tensor, amask: torch.Tensor

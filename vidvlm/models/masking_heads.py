@@ -9,7 +9,7 @@ from torch import nn
 
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import SpaceTimePosEmbed
-from vidvlm.layers.masking import scatter_tokens
+from vidvlm.layers.masking import gather_tokens, scatter_tokens
 from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.vision import fill_to_tubelets
 
@@ -123,8 +123,9 @@ class PixelDecoder(nn.Module):
         step_mask: torch.Tensor | None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        predict: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict every tubelet.
+        """Predict the tubelets at ``predict`` (every tubelet when None).
 
         Args:
             visible: ``[B, T', K, De]`` encoder outputs of the visible patch tokens (prefix tokens removed).
@@ -133,9 +134,11 @@ class PixelDecoder(nn.Module):
             step_mask: bool ``[B, T']`` real time steps (padded ones are never keys), or None.
             context: ``[B, L, Dc]`` text tokens to cross-attend to (only and always for a text-guided decoder).
             context_mask: bool ``[B, L]`` their real tokens, or None.
+            predict: long ``[B, T', H]`` positions whose pixels to predict (the hidden ones: every position goes
+                through the blocks, only these through the head, as VideoMAE's decoder does), or None for all N.
 
         Returns:
-            ``[B, T', N, out_dim]`` predicted (normalised) pixels.
+            ``[B, T', H, out_dim]`` predicted (normalised) pixels (``H = N`` when ``predict`` is None).
         """
         if (context is not None) != self.guided:
             kind = "a text-guided decoder needs" if self.guided else "a plain decoder takes no"
@@ -152,7 +155,10 @@ class PixelDecoder(nn.Module):
         extra = {} if context is None else {"context": context, "context_mask": _padding(context_mask)}
         for blk in self.blocks:
             h = blk(h, mask, **extra)
-        return rearrange(self.head(self.norm(h)), "b (t n) k -> b t n k", t=t)
+        h = rearrange(h, "b (t n) d -> b t n d", t=t)
+        if predict is not None:
+            h = gather_tokens(h, predict)
+        return self.head(self.norm(h))
 
 
 def tubelet_pixels(

@@ -430,6 +430,8 @@ def fill_to_tubelets(
     """
     b, t = video.shape[:2]
     t_out = -(-t // ts) * ts
+    if t_out == t and (frame_mask is None or bool(frame_mask.all())):
+        return video, None if frame_mask is None else frame_mask[:, ::ts]  # nothing to fill: no copy of the clip
     idx = torch.arange(t_out, device=video.device)
     if frame_mask is None:
         src = repeat(idx.clamp(max=t - 1), "t -> b t", b=b)
