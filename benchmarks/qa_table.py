@@ -9,6 +9,11 @@ row gives, per question type, the mean over the group's runs and, for groups of 
 (``min–max``); then caption CIDEr-D, held-out text loss and the median step time of the ``--stage`` stage from
 ``metrics.jsonl`` (seconds; it depends on the machine's load, so compare rows measured together). A difference
 between two rows smaller than the spread of either is no difference.
+
+``--by-shapes MANIFEST`` splits each group into two rows, clips with one shape and clips with two or three, scored
+again from each run's predictions (``--answers``, default ``test_answers.jsonl``, as ``tools/eval.py --predictions``
+writes them) with ``tools/eval.py``'s rule; ``MANIFEST`` is the evaluated manifest (it says how many shapes each
+clip has). Captions, text loss and step time are not split (their cells show "—").
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from vidvlm.eval.qa import qa_accuracy
 
 TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
 
@@ -44,6 +51,38 @@ def read_run(run: Path, metrics: str, stage: str) -> dict[str, float]:
     return out
 
 
+def shape_counts(manifest: Path) -> dict[str, int]:
+    """``{clip file name: number of shapes}`` from a synthetic manifest with per-shape ground truth."""
+    counts = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            counts[Path(entry["path"]).name] = len(entry.get("shapes") or [entry])
+    return counts
+
+
+def read_split(run: Path, answers: str, counts: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per-type accuracy of one run's predicted answers on one-shape clips (``"1"``) and on the others (``"2-3"``)."""
+    path = run / answers
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {path}: cannot read the predictions: {e}") from None
+    split: dict[str, list[dict]] = {"1": [], "2-3": []}
+    for row in rows:
+        if row.get("kind") == "qa":
+            name = Path(row["path"]).name
+            if name not in counts:
+                raise SystemExit(f"error: {path}: clip {name!r} is not in the --by-shapes manifest")
+            split["1" if counts[name] == 1 else "2-3"].append(row)
+    out = {}
+    for key, items in split.items():
+        acc = qa_accuracy(items) if items else {}
+        out[key] = {t: acc.get(f"qa_{t}_accuracy") for t in TYPES}
+        out[key].update(all=acc.get("qa_accuracy"), cider=None, text_loss=None, step_s=None)
+    return out
+
+
 def cell(values: list[float | None], digits: int = 3) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -59,7 +98,10 @@ def main() -> None:
     parser.add_argument("groups", nargs="+", metavar="LABEL=RUN[,RUN...]")
     parser.add_argument("--metrics", default="test_metrics.json", help="the evaluation JSON inside each run")
     parser.add_argument("--stage", default="joint", help="the stage whose median step time is reported")
+    parser.add_argument("--by-shapes", type=Path, metavar="MANIFEST", help="split rows by shapes per clip")
+    parser.add_argument("--answers", default="test_answers.jsonl", help="the predictions inside each run")
     args = parser.parse_args()
+    counts = shape_counts(args.by_shapes) if args.by_shapes else None
     header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -67,11 +109,19 @@ def main() -> None:
         label, sep, runs = group.rpartition("=")  # a label may hold "=" (an override), run paths do not
         if not sep or not label or not runs:
             raise SystemExit(f"error: {group!r}: expected LABEL=RUN[,RUN...]")
-        rows = [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")]
-        cells = [cell([r[k] for r in rows]) for k in (*TYPES, "all")]
-        cells += [cell([r["cider"] for r in rows], 2), cell([r["text_loss"] for r in rows], 2)]
-        cells += [cell([r["step_s"] for r in rows], 2)]
-        print(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+        if counts is None:
+            print_row(label, [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")])
+            continue
+        splits = [read_split(Path(r), args.answers, counts) for r in runs.split(",")]
+        for key in ("1", "2-3"):
+            print_row(f"{label}, {key} shape{'s' if key != '1' else ''}", [s[key] for s in splits])
+
+
+def print_row(label: str, rows: list[dict[str, float | None]]) -> None:
+    cells = [cell([r[k] for r in rows]) for k in (*TYPES, "all")]
+    cells += [cell([r["cider"] for r in rows], 2), cell([r["text_loss"] for r in rows], 2)]
+    cells += [cell([r["step_s"] for r in rows], 2)]
+    print(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
