@@ -146,6 +146,25 @@ def test_dataloader_workers_carry_replacements(media: Path) -> None:
     assert batch["video"].shape == (4, 2, 3, 16, 16)
 
 
+def collate_reporting_shared_memory(samples: list[dict]) -> dict:
+    batch = collate_video_text(samples)
+    batch["video_in_shared_memory"] = batch["video"].is_shared()  # seen where collation ran
+    return batch
+
+
+def test_worker_batches_are_built_in_shared_memory(media: Path) -> None:
+    """Inside a worker the batch is stacked into shared memory (handed over without another copy); padding stays 0."""
+    ds = VideoTextDataset(write_jsonl(media / "shm.jsonl", synthetic_rows(media)[:2]), UniformSampler(2),
+                          build_transform(16))  # fmt: skip
+    loader = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_reporting_shared_memory)
+    batch = next(iter(loader))
+    assert batch["video_in_shared_memory"] is True
+    assert collate_reporting_shared_memory([ds[0], ds[1]])["video_in_shared_memory"] is False  # no worker here
+    short = {**ds[0], "video": ds[0]["video"][:1], "timestamps": ds[0]["timestamps"][:1]}
+    padded = collate_video_text([ds[1], short])["video"]
+    assert torch.equal(padded[1, 0], short["video"][0]) and bool((padded[1, 1] == 0).all())
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 
 def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -54,10 +56,12 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     lengths = torch.tensor([v.shape[0] for v in videos])
     t_max = int(lengths.max())
     batch = len(samples)
-    video = videos[0].new_zeros((batch, t_max, *frame_shape))
+    # default_collate stacks into shared memory inside a DataLoader worker, so the batch reaches the main process
+    # without another copy; clips shorter than the longest are zero-padded first
+    video = default_collate([v if v.shape[0] == t_max else F.pad(v, (0, 0, 0, 0, 0, 0, 0, t_max - v.shape[0]))
+                             for v in videos])  # fmt: skip
     timestamps = torch.zeros(batch, t_max, dtype=torch.float32)
     for b, (s, v) in enumerate(zip(samples, videos, strict=True)):
-        video[b, : v.shape[0]] = v
         timestamps[b, : v.shape[0]] = torch.as_tensor(s["timestamps"], dtype=torch.float32)
     frame_mask = torch.arange(t_max)[None, :] < lengths[:, None]
     extra = {}
