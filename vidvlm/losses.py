@@ -239,6 +239,8 @@ def masked_pixel_loss(
     Returns:
         scalar: the mean over scored tubelets of the per-tubelet mean squared error (0 when none is scored).
     """
+    if pred.numel() == 0:  # nothing hidden (a 0 % mask)
+        return pred.sum()
     with torch.no_grad():  # the target is data: no graph through its normalisation
         target = target.to(pred.dtype)
         if norm_pix:

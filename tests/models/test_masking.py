@@ -177,6 +177,10 @@ def test_masked_pixel_loss_hand_case():
     assert masked_pixel_loss(pred, target, hidden, eps=0.0).item() == pytest.approx(0.5)
     assert masked_pixel_loss(pred, target, hidden, norm_pix=False).item() == pytest.approx((1 + 9) / 2)
     assert masked_pixel_loss(pred, target, torch.zeros_like(hidden)).item() == 0.0
+    # the hidden tubelets alone (scored=None), and none at all
+    assert masked_pixel_loss(pred[:, :, :1], target[:, :, :1], eps=0.0).item() == pytest.approx(0.5)
+    empty = masked_pixel_loss(pred[:, :, :0].requires_grad_(), target[:, :, :0])
+    assert empty.item() == 0.0 and empty.requires_grad
 
 
 def test_mask_text_exact_count_and_bert_split():
