@@ -7,6 +7,7 @@ prefix token, so a family's pooler works with any of them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -67,6 +68,10 @@ def tower_configs(root: Path) -> dict[str, TowerConfig]:
             weights=str(root / "vit.safetensors"),
             timm_kwargs=dict(TIMM_KWARGS),
         ),
-        "ensemble": TowerConfig("ensemble", members=[TowerConfig("native", native_vision(width=16)), clip]),
+        # the second member reads the clip at 16 px (its own input size) and is resampled to the first one's grid
+        "ensemble": TowerConfig(
+            "ensemble",
+            members=[TowerConfig("native", native_vision(width=16)), dataclasses.replace(clip, input_size=16)],
+        ),
         "multilevel": TowerConfig("native", native_vision(), layers=[-2, -1]),
     }

@@ -123,3 +123,53 @@ def test_bad_configs_name_the_key():
     )
     with pytest.raises(ConfigError, match="equal width"):
         VideoFrontEnd(FrontEndConfig(tower=dataclasses.replace(unequal, combine="add")))
+
+
+def test_ensemble_members_read_their_own_frames_and_size():
+    """A 16-px, 2-frame-tubelet member on every other frame beside a 32-px one: its input is the strided, resized
+    clip, its time steps are repeated to the first member's, and frame indices follow the first member."""
+    fine = TowerConfig(vision=native_vision(num_tubelets=4, tubelet_size=2, layout="joint"))
+    coarse = TowerConfig(vision=native_vision(image_size=16, patch_size=8, tubelet_size=2, num_tubelets=2, width=16),
+                         input_size=16, frame_stride=2)  # fmt: skip
+    fe = front_end(TowerConfig("ensemble", members=[fine, coarse]), num_frames=8)
+    video = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    first, second = fe.tower.towers
+    with torch.no_grad():
+        out = fe.encode(video)
+        a = first(video)
+        small = torch.nn.functional.interpolate(video[:, ::2].flatten(0, 1), size=(16, 16), mode="bicubic",
+                                                antialias=True).unflatten(0, (2, 4))  # fmt: skip
+        b = second(small)
+    assert a.last_hidden_state.shape[1] == 4 and b.last_hidden_state.shape[1] == 2
+    assert out.last_hidden_state.shape == (2, 4, 1 + 4, 32 + 16)
+    torch.testing.assert_close(out.last_hidden_state[:, :, 1:, :32], a.last_hidden_state[:, :, 1:])
+    repeated = b.pooler_output.repeat_interleave(2, dim=1)  # steps 0,1 of the coarse member -> 0,0,1,1
+    torch.testing.assert_close(out.pooler_output[..., 32:], repeated)
+    # the coarse member's 2x2 grid upsampled to the fine 2x2 grid is itself
+    torch.testing.assert_close(
+        out.last_hidden_state[:, :, 1:, 32:], b.last_hidden_state[:, :, 1:].repeat_interleave(2, 1)
+    )
+    assert fe.tower.tubelet_size == 2 and fe.image_size == 32
+    fe_out = fe(video)
+    assert fe_out.frame_index[0].tolist() == [0, 2, 4, 6]  # PER_STEP: one token per step of two frames
+    with pytest.raises(ConfigError, match="ensemble members"):
+        FrontEndConfig(tower=TowerConfig(vision=native_vision(), input_size=16))
+    with pytest.raises(ConfigError, match="tower.frame_stride"):
+        TowerConfig(frame_stride=0)
+    odd = TowerConfig("ensemble", members=[coarse, fine])  # 2 steps first, 4 after: not a multiple
+    with pytest.raises(ValueError, match="multiple"), torch.no_grad():
+        front_end(odd, num_frames=8).encode(video)
+
+
+def test_ensemble_of_multilevel_members_keeps_one_width():
+    """Multi-level members: the summary token is each member's class tokens of the chosen layers, as wide as its
+    patch tokens, so the ensemble's tokens have one width."""
+    a = TowerConfig(vision=native_vision(layout="joint"), layers=[-2, -1])
+    b = TowerConfig(vision=native_vision(layout="joint", width=16), layers=[-1])
+    fe = front_end(TowerConfig("ensemble", members=[a, b]))
+    video = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        out = fe.encode(video)
+        ref = fe.tower.towers[0](video).last_hidden_state
+    assert fe.tower.width == 2 * 32 + 16 and out.last_hidden_state.shape[-1] == 80
+    torch.testing.assert_close(out.pooler_output[..., :64], ref[:, :, 0])  # the two layers' class tokens

@@ -90,8 +90,13 @@ class TowerConfig:
         timm_kwargs: ``timm.create_model`` arguments of a ``timm:`` source.
         arch: ``framewise`` only, filled when saved: the HF config (or the resolved timm arguments), so a
             checkpoint rebuilds the tower without reading ``source``.
-        members: ``ensemble``: the member towers, the first one's patch grid is the common grid.
+        members: ``ensemble``: the member towers, the first one's patch grid and time steps are the common ones.
         combine: ``ensemble``: ``concat`` (widths add up) or ``add`` (equal widths).
+        input_size: ``ensemble`` members only: the side this member reads; the ensemble's input is resized to it
+            (short side, bicubic, antialiased) when it differs, e.g. a 32-px tower beside a 48-px one. None = the
+            input as it is.
+        frame_stride: ``ensemble`` members only: this member reads every ``frame_stride``-th input frame, e.g. an
+            8-frame tower beside a 16-frame one; its time steps are repeated to the first member's count.
         layers: multi-level features: indices of hidden states (negative from the end) concatenated along D
             instead of the last layer's tokens; None = the tower's output tokens.
         sha256: the content hash of the source's weights; when set, a source with other weights is refused (a
@@ -108,6 +113,8 @@ class TowerConfig:
     combine: Literal["concat", "add"] = "concat"
     layers: list[int] | None = None
     sha256: str | None = None
+    input_size: int | None = None
+    frame_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in TOWERS:
@@ -118,6 +125,15 @@ class TowerConfig:
             raise ConfigError("tower.members: an ensemble needs at least two towers")
         if self.layers is not None and not self.layers:
             raise ConfigError("tower.layers: give at least one hidden-state index, or null for the last layer")
+        if self.input_size is not None and self.input_size < 1:
+            raise ConfigError(f"tower.input_size: must be >= 1, got {self.input_size}")
+        if self.frame_stride < 1:
+            raise ConfigError(f"tower.frame_stride: must be >= 1, got {self.frame_stride}")
+
+    @property
+    def reads_own_input(self) -> bool:
+        """Whether this tower sets its own input (``input_size`` / ``frame_stride``: ensemble members only)."""
+        return self.input_size is not None or self.frame_stride != 1
 
 
 @dataclass
@@ -154,6 +170,11 @@ class FrontEndConfig:
             raise ConfigError(f"front_end.image_size: must be >= 1, got {self.image_size}")
         if self.normalize not in NORMALIZE_PRESETS:
             raise ConfigError(f"front_end.normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
+        if self.tower.reads_own_input:
+            raise ConfigError(
+                "front_end.tower: input_size / frame_stride belong to ensemble members; the front-end's own input "
+                "is front_end.image_size and front_end.num_frames"
+            )
         if self.tower.layers is not None and self.pool_input == "frame":
             raise ConfigError(
                 "front_end.pool_input: 'frame' pools the per-frame embeddings, which have one level; multi-level "
@@ -249,7 +270,8 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
         tower = model.front_end.base_tower.eval()
     else:
         members = [build_tower(m) for m in cfg.members]
-        tower = towers.TowerEnsemble(members, combine=cfg.combine)
+        inputs = [(m.input_size, m.frame_stride) for m in cfg.members]
+        tower = towers.TowerEnsemble(members, combine=cfg.combine, inputs=inputs)
     if cfg.layers is not None:
         tower = MultiLevelTower(tower, cfg.layers)
     return tower

@@ -350,15 +350,29 @@ class TowerEnsemble(nn.Module):
 
     Token counts usually differ (patch sizes, class/register tokens), so the output tokens are rebuilt as one
     summary token (each tower's pooled vector, concatenated) followed by the patch tokens of every tower resampled
-    bilinearly to the first tower's patch grid. ``pooler_output`` is the concatenation of the poolers.
+    bilinearly to the first tower's patch grid. ``pooler_output`` is the concatenation of the poolers (see
+    :meth:`summary` for multi-level members).
     Each tower's patch grid is recovered from its patch-token count and the input aspect ratio.
+
+    A member may read its own input (``inputs``): every ``stride``-th frame, resized to ``size`` on the short side
+    (bicubic, antialiased; normalisation is affine per channel, so resizing normalised frames equals normalising
+    resized ones). The first member's time steps are the common ones: a member with ``k`` times fewer steps has each
+    step repeated ``k`` times (step ``j`` of the first member covers the frames that step ``j // k`` of that member
+    covers when the strides and tubelets nest, e.g. 16 frames as 8 two-frame tubelets beside 8 frames as 2
+    four-frame tubelets).
 
     Args:
         towers: modules returning :class:`VisionOutput` with ``width`` and ``num_prefix_tokens`` attributes.
         combine: ``concat`` (width = the sum) or ``add`` (equal widths; width unchanged).
+        inputs: per tower ``(size, stride)``: its input side (None: as given) and frame stride; None = all as given.
     """
 
-    def __init__(self, towers: list[nn.Module], combine: str = "concat") -> None:
+    def __init__(
+        self,
+        towers: list[nn.Module],
+        combine: str = "concat",
+        inputs: list[tuple[int | None, int]] | None = None,
+    ) -> None:
         super().__init__()
         if len(towers) < 2:
             raise ValueError("TowerEnsemble needs at least two towers")
@@ -367,23 +381,62 @@ class TowerEnsemble(nn.Module):
         widths = [int(t.width) for t in towers]
         if combine == "add" and len(set(widths)) != 1:
             raise ConfigError(f"tower.combine: 'add' needs towers of equal width, got {widths} (use 'concat')")
+        self.inputs = list(inputs) if inputs is not None else [(None, 1)] * len(towers)
+        if len(self.inputs) != len(towers):
+            raise ValueError(f"TowerEnsemble: {len(self.inputs)} inputs for {len(towers)} towers")
         self.towers = nn.ModuleList(towers)
         self.combine = combine
         self.width = sum(widths) if combine == "concat" else widths[0]
         self.num_prefix_tokens = 1
-        self.image_size = towers[0].image_size
-        self.tubelet_size = towers[0].tubelet_size
+        first_size, first_stride = self.inputs[0]
+        self.image_size = towers[0].image_size if first_size is None else first_size
+        self.tubelet_size = towers[0].tubelet_size * first_stride
+
+    @staticmethod
+    def member_input(
+        video: torch.Tensor, frame_mask: torch.Tensor | None, size: int | None, stride: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``video [B, T, C, H, W]`` -> ``[B, ceil(T / stride), C, h, w]`` with the short side ``size`` (or as given),
+        and the frame mask of the frames kept."""
+        if stride > 1:
+            video = video[:, ::stride]
+            frame_mask = None if frame_mask is None else frame_mask[:, ::stride]
+        h, w = video.shape[-2:]
+        if size is not None and min(h, w) != size:
+            out = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+            b = video.shape[0]
+            flat = rearrange(video, "b t c h w -> (b t) c h w")
+            flat = F.interpolate(flat, size=out, mode="bicubic", align_corners=False, antialias=True)
+            video = rearrange(flat, "(b t) c h w -> b t c h w", b=b)
+        return video, frame_mask
+
+    @staticmethod
+    def summary(tower: nn.Module, out: VisionOutput) -> torch.Tensor:
+        """A member's vector per time step ``[B, T', D]``, as wide as its tokens: its ``pooler_output``; for a
+        multi-level member (tokens wider than the pooled vector) its first prefix token (the chosen layers' class
+        tokens, concatenated), or the mean of its patch tokens when it has no prefix token."""
+        tokens = out.last_hidden_state
+        if out.pooler_output.shape[-1] == tokens.shape[-1]:
+            return out.pooler_output
+        if tower.num_prefix_tokens:
+            return tokens[:, :, 0]
+        return tokens.mean(dim=2)
 
     def forward(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, output_hidden_states: bool = False
     ) -> VisionOutput:
-        """``video [B, T, C, H, W]`` -> tokens ``[B, T', 1 + gh*gw, D]``, pooled ``[B, T', D]``."""
+        """``video [B, T, C, H, W]`` -> tokens ``[B, T', 1 + gh*gw, D]``, pooled ``[B, T', D]`` (``T'``, ``gh x gw``:
+        the first member's)."""
         if output_hidden_states:
             raise ConfigError("TowerEnsemble: hidden states differ per tower; give each member its own `layers`")
-        outs = [tower(video, frame_mask) for tower in self.towers]
-        h, w = video.shape[-2:]
-        patches, grid = [], None
-        for tower, out in zip(self.towers, outs, strict=True):
+        outs, shapes = [], []
+        for tower, (size, stride) in zip(self.towers, self.inputs, strict=True):
+            clip, mask = self.member_input(video, frame_mask, size, stride)
+            outs.append(tower(clip, mask))
+            shapes.append(clip.shape[-2:])
+        steps = outs[0].last_hidden_state.shape[1]
+        patches, pooled, grid = [], [], None
+        for tower, out, (h, w) in zip(self.towers, outs, shapes, strict=True):
             tok = out.last_hidden_state[:, :, tower.num_prefix_tokens :]
             n = tok.shape[2]
             gh = max(1, round(math.sqrt(n * h / w)))
@@ -394,14 +447,23 @@ class TowerEnsemble(nn.Module):
             grid = grid or (gh, n // gh)
             if (gh, n // gh) != grid:
                 img = F.interpolate(img, size=grid, mode="bilinear", align_corners=False)
-            patches.append(rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b))
-        if len({p.shape[1] for p in patches}) != 1:
-            raise ValueError("TowerEnsemble: towers return different numbers of frames (tubelet sizes differ)")
+            tok = rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b)
+            vec = self.summary(tower, out)
+            if tok.shape[1] != steps:
+                if steps % tok.shape[1]:
+                    raise ValueError(
+                        f"TowerEnsemble: a member gives {tok.shape[1]} time steps, the first one {steps}; the first "
+                        "member's count must be a multiple of every member's (set the members' frame_stride)"
+                    )
+                tok = tok.repeat_interleave(steps // tok.shape[1], dim=1)
+                vec = vec.repeat_interleave(steps // vec.shape[1], dim=1)
+            patches.append(tok)
+            pooled.append(vec)
         if self.combine == "concat":
-            pooled = torch.cat([o.pooler_output for o in outs], dim=-1)
+            pooled_all = torch.cat(pooled, dim=-1)
             patch = torch.cat(patches, dim=-1)
         else:
-            pooled = torch.stack([o.pooler_output for o in outs]).sum(0)
+            pooled_all = torch.stack(pooled).sum(0)
             patch = torch.stack(patches).sum(0)
-        tokens = torch.cat([pooled[:, :, None], patch], dim=2)
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, frame_mask=outs[0].frame_mask)
+        tokens = torch.cat([pooled_all[:, :, None], patch], dim=2)
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled_all, frame_mask=outs[0].frame_mask)
