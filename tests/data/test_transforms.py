@@ -76,6 +76,11 @@ def test_uint8_until_normalize() -> None:
     mean, std = NORMALIZE_PRESETS["clip"]
     ref = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(y, ref)
+    # float input (already on the 0..1 scale) is normalised into a new tensor, never in place
+    f = x.float() / 255
+    before = f.clone()
+    torch.testing.assert_close(Normalize.preset("clip")(f), ref)
+    assert torch.equal(f, before)
 
 
 def test_presets() -> None:

@@ -145,8 +145,9 @@ class Video:
         video = torch.from_numpy(frames)  # [U, h, w, 3] in stored orientation
         if self.metadata.rotation and self.metadata.backend != "pillow":  # Pillow already applied EXIF orientation
             video = torch.rot90(video, k=self.metadata.rotation // 90, dims=(1, 2))
-        video = rearrange(video[torch.from_numpy(inverse.reshape(-1))], "t h w c -> t c h w")
-        return video.contiguous()
+        if wanted.size != idx.size or not np.array_equal(wanted, idx.reshape(-1)):  # out of order or repeated
+            video = video[torch.from_numpy(inverse.reshape(-1))]
+        return rearrange(video, "t h w c -> t c h w").contiguous()
 
     def get_frames_at(self, seconds: Sequence[float] | np.ndarray | torch.Tensor, size: Size = None) -> torch.Tensor:
         """Decodes the frame shown at each time: the last frame whose presentation time is <= t (VFR-correct).
