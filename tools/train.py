@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "--force-resume", action="store_true", help="resume although the config changed in keys that change training"
     )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may also follow the overrides
     try:
         from vidvlm.train.checkpoint import resolve_resume
         from vidvlm.train.config import load_train_config, validate_model_config

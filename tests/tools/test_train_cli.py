@@ -73,6 +73,10 @@ def test_bad_key_and_override_name_the_file(tmp_path, capsys):
     assert train_cli.main(["--config", str(CONFIG), "model.front_end.tower.vision.widht=3"]) == 2
     err = capsys.readouterr().err
     assert "contrastive_tiny_8f_shapes.yaml" in err and "'widht'" in err
+    # options may follow overrides and overrides options: the override after --overwrite is read, and named
+    argv = ["--config", str(CONFIG), "seed=1", "--overwrite", "model.front_end.tower.vision.widht=3"]
+    assert train_cli.main(argv) == 2
+    assert "'widht'" in capsys.readouterr().err
     # resume is checked before any data is generated or model built
     args = ["--config", str(CONFIG), "--resume", str(tmp_path / "nope"), *_overrides(tmp_path / "o", tmp_path / "d")]
     assert train_cli.main(args) == 2
