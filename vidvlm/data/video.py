@@ -145,7 +145,7 @@ class Video:
         video = torch.from_numpy(frames)  # [U, h, w, 3] in stored orientation
         if self.metadata.rotation and self.metadata.backend != "pillow":  # Pillow already applied EXIF orientation
             video = torch.rot90(video, k=self.metadata.rotation // 90, dims=(1, 2))
-        if wanted.size != idx.size or not np.array_equal(wanted, idx.reshape(-1)):  # out of order or repeated
+        if not np.array_equal(wanted, idx.reshape(-1)):  # out of order or repeated: place each decoded frame
             video = video[torch.from_numpy(inverse.reshape(-1))]
         return rearrange(video, "t h w c -> t c h w").contiguous()
 

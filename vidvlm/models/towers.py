@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vidvlm.data.transforms import Resize
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.convert import (
     convert_hf_vision,
@@ -401,13 +402,9 @@ class TowerEnsemble(nn.Module):
         if stride > 1:
             video = video[:, ::stride]
             frame_mask = None if frame_mask is None else frame_mask[:, ::stride]
-        h, w = video.shape[-2:]
-        if size is not None and min(h, w) != size:
-            out = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
-            b = video.shape[0]
-            flat = rearrange(video, "b t c h w -> (b t) c h w")
-            flat = F.interpolate(flat, size=out, mode="bicubic", align_corners=False, antialias=True)
-            video = rearrange(flat, "(b t) c h w -> b t c h w", b=b)
+        if size is not None and min(video.shape[-2:]) != size:
+            flat = Resize(size)(rearrange(video, "b t c h w -> (b t) c h w"))  # the transforms' own resize
+            video = rearrange(flat, "(b t) c h w -> b t c h w", b=video.shape[0])
         return video, frame_mask
 
     @staticmethod
