@@ -141,13 +141,14 @@ class Video:
         wanted, inverse = np.unique(idx, return_inverse=True)
         stored_wh = (out_h, out_w) if self.metadata.rotation in (90, 270) else (out_w, out_h)
         native = size is None or (out_h, out_w) == (self.metadata.height, self.metadata.width)
-        frames = self._decode(wanted, None if native else stored_wh, (out_h, out_w))
-        video = torch.from_numpy(frames)  # [U, h, w, 3] in stored orientation
+        video = self._decode(wanted, None if native else stored_wh, (out_h, out_w))  # [U, h, w, 3], stored orientation
+        # The reordering, rotation and layout change stay in NumPy (views, then one copy): torch kernels here would
+        # start an OpenMP pool, which hangs in a process forked after the parent used one.
         if self.metadata.rotation and self.metadata.backend != "pillow":  # Pillow already applied EXIF orientation
-            video = torch.rot90(video, k=self.metadata.rotation // 90, dims=(1, 2))
+            video = np.rot90(video, k=self.metadata.rotation // 90, axes=(1, 2))
         if not np.array_equal(wanted, idx.reshape(-1)):  # out of order or repeated: place each decoded frame
-            video = video[torch.from_numpy(inverse.reshape(-1))]
-        return rearrange(video, "t h w c -> t c h w").contiguous()
+            video = video[inverse.reshape(-1)]
+        return torch.from_numpy(np.ascontiguousarray(rearrange(video, "t h w c -> t c h w")))
 
     def get_frames_at(self, seconds: Sequence[float] | np.ndarray | torch.Tensor, size: Size = None) -> torch.Tensor:
         """Decodes the frame shown at each time: the last frame whose presentation time is <= t (VFR-correct).
