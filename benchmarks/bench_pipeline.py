@@ -142,11 +142,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--cache", default="/tmp/vidvlm_bench_pipeline")
     parser.add_argument("--out", default="")
+    parser.add_argument("--sets", nargs="*", default=["720p", "240p"], help="which clip sets to run")
     args = parser.parse_args()
     sets = {
         "720p, 6-11 s, GOP 125, B-frames": (1280, 720, 6),
         "240p, 60-65 s, GOP 125, B-frames": (426, 240, 60),
     }
+    sets = {name: spec for name, spec in sets.items() if name.split(",")[0] in args.sets}
     rows = []
     for set_name, (w, h, seconds) in sets.items():
         folder = os.path.join(args.cache, f"{h}p")
