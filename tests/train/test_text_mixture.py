@@ -130,3 +130,29 @@ def test_llava_trains_on_a_text_and_video_mixture(tmp_path):
     text = [r["loss"] for r, k in zip(rows, kinds, strict=True) if k == {"words"}]
     assert 8 <= len(text) <= 22  # about half of 30 steps (seeded: the count is fixed)
     assert np.mean(text[-3:]) < 0.7 * np.mean(text[:3]), text
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_train_on_a_text_and_video_mixture(tmp_path):
+    """Under DDP a text-only step leaves the trainable connector without gradients: both ranks must go on."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.models.tiny_lm import make_tiny_lm
+
+    path = tmp_path / "mix.yaml"
+    config = CONFIG.format(out=tmp_path / "run", lm=make_tiny_lm(tmp_path / "lms"), data=tmp_path / "data")
+    path.write_text(config.replace("steps: 30", "steps: 8"))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    train = Path(__file__).resolve().parents[2] / "tools" / "train.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(train)]
+    proc = subprocess.run([*cmd, "--config", str(path)], env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and {r["world_size"] for r in rows} == {2}
+    kinds = [set(r["drawn"]) for r in rows]
+    assert {"words"} in kinds and {"shapes"} in kinds  # text-only steps and video steps, one after the other
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

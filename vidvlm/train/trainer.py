@@ -127,11 +127,19 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         trackers = [t for t in cfg.trackers if t != "tensorboard" or _has_tensorboard()]
+        handlers = []
+        if any(spec.kind == "text" for spec in cfg.data.datasets.values()):
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            # A text-only batch leaves the trainable vision parts (the connector) without gradients; DDP must then
+            # skip them in its all-reduce instead of waiting for them (the next step would fail).
+            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
         self.acc = accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
             log_with=trackers or None,
             project_dir=str(self.out),
+            kwargs_handlers=handlers,
         )
         fresh = model is None
         if fresh:
