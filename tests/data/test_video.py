@@ -50,17 +50,19 @@ def test_every_frame_exact_in_any_order(corpus, name, backend):
 @pytest.mark.parametrize("size", [None, 24])
 @pytest.mark.parametrize("name", ["h264", "hevc", "vp9", "mpeg4", "vfr"])
 def test_pixels_match_plain_pyav_decode(corpus, name, size, threads):
-    """Planned seeking (and skipping unreferenced frames), scaling while converting with a reused converter, and
-    concurrent GOPs must give exactly the pixels of a straight decode converted frame by frame."""
+    """Planned seeking (and skipping unreferenced frames), scaling while converting with a reused converter (one
+    scaling thread per concurrent GOP, ``num_threads`` on a one-GOP request), and concurrent GOPs must give exactly
+    the pixels of a straight decode converted frame by frame."""
     picks = [-1, 3, 40, 3, 0.5]
     with open_video(corpus[name], backend="pyav", num_threads=threads) as video:
         n = video.metadata.num_frames
         picks = [int(p * n) if isinstance(p, float) else p % n for p in picks]
         got = video.get_frames(picks, size=size)
+        one_gop = video.get_frames([4, 2], size=size)  # one run: the request's own decoder and its thread count
     height, width = got.shape[-2:]
     with av.open(corpus[name]) as container:
         ref = [f.to_ndarray(width=width, height=height, format="rgb24") for f in container.decode(video=0)]
-    for frame, i in zip(got, picks, strict=True):
+    for frame, i in zip([*got, *one_gop], [*picks, 4, 2], strict=True):
         assert torch.equal(frame, torch.from_numpy(ref[i]).permute(2, 0, 1))
 
 
