@@ -4,6 +4,10 @@ refusal of families without the ability, and a llava run whose loss on text-only
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,11 +139,6 @@ def test_llava_trains_on_a_text_and_video_mixture(tmp_path):
 @pytest.mark.timeout(240)
 def test_two_processes_train_on_a_text_and_video_mixture(tmp_path):
     """Under DDP a text-only step leaves the trainable connector without gradients: both ranks must go on."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from tests.models.tiny_lm import make_tiny_lm
 
     path = tmp_path / "mix.yaml"

@@ -320,11 +320,11 @@ def _drain(ctx: av.video.codeccontext.VideoCodecContext) -> list[av.VideoFrame]:
 
 
 _local = threading.local()
-_inherited: list[object] = []  # converters a forked process inherited: never used, never freed (see below)
+_inherited: list[VideoReformatter] = []  # converters a forked process inherited: never used, never freed (see below)
 
 
-def _reformatter(threads: int) -> VideoReformatter:
-    """This thread's colour converter for ``threads`` scaling threads, reused from frame to frame.
+def _reformatter() -> VideoReformatter:
+    """This thread's colour converter, reused from frame to frame (each call passes its own scaling thread count).
 
     ``VideoFrame.to_ndarray(width=..., format=...)`` builds a new converter for every frame, and with it a new
     swscale context, its filter tables and (by default) a pool of as many threads as the machine has cores: 3-4.5 ms
@@ -332,13 +332,10 @@ def _reformatter(threads: int) -> VideoReformatter:
     and per process: a forked child must neither use nor free its parent's, whose scaling threads it does not have.
     """
     if getattr(_local, "pid", None) != os.getpid():
-        if getattr(_local, "by_threads", None):
-            _inherited.append(_local.by_threads)
-        _local.pid, _local.by_threads = os.getpid(), {}
-    reformatter = _local.by_threads.get(threads)
-    if reformatter is None:
-        reformatter = _local.by_threads[threads] = VideoReformatter()
-    return reformatter
+        if getattr(_local, "reformatter", None) is not None:
+            _inherited.append(_local.reformatter)
+        _local.pid, _local.reformatter = os.getpid(), VideoReformatter()
+    return _local.reformatter
 
 
 def plan_runs(index: FrameIndex, wanted: np.ndarray) -> list[np.ndarray]:
@@ -423,7 +420,7 @@ def _decode_run(
                 continue
             if t > want_pts[len(out)]:
                 raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode")
-            out.append(_reformatter(threads).reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
+            out.append(_reformatter().reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
             if len(out) == len(run):
                 return out
         raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
