@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--cache", default="/tmp/vidvlm_bench_pipeline")
     parser.add_argument("--out", default="")
-    parser.add_argument("--sets", nargs="*", default=["720p", "240p"], choices=["720p", "240p"], help="clip sets to run")
+    parser.add_argument("--sets", nargs="*", default=["720p", "240p"], choices=["720p", "240p"], help="clip sets")
     args = parser.parse_args()
     sets = {
         "720p, 6-11 s, GOP 125, B-frames": (1280, 720, 6),
