@@ -51,6 +51,7 @@ def mp4s(tmp_path_factory, corpus) -> dict[str, str]:
         "one": corpus["one"],
         "two_streams": write_two_streams(str(d / "two.mp4"), default=1),
         "faststart": w("faststart", 50, options=BFRAMES, container_options={"movflags": "faststart"}),
+        "short": w("short", 16, options=BFRAMES),  # <= _HEAD_PACKETS: checked in one pass from the start
         "negative_cts": w("negcts", 50, options=BFRAMES, container_options={"movflags": "negative_cts_offsets"}),
         "hevc_10bit": write_video(
             str(d / "hevc.mp4"),
@@ -73,6 +74,7 @@ def mp4s(tmp_path_factory, corpus) -> dict[str, str]:
         ("two_streams", 0, True),
         ("two_streams", 1, True),
         ("faststart", None, True),
+        ("short", None, True),
         ("negative_cts", None, True),
         ("hevc_10bit", None, True),
         ("fragmented", None, False),  # no sample table in moov: demuxed
@@ -91,8 +93,11 @@ def test_table_index_is_the_demux_index(mp4s, name, stream, from_table, monkeypa
         assert [read_index(f.numpy()) for f in video.get_frames(picks)] == [first + i for i in picks]
 
 
-def test_a_table_that_does_not_match_the_packets_is_not_used(mp4s, monkeypatch):
-    """The tables are checked against real packets: one wrong size in the last GOP sends the file to the demux."""
+@pytest.mark.parametrize("name", ["h264", "short"])
+def test_a_table_that_does_not_match_the_packets_is_not_used(mp4s, name, monkeypatch):
+    """The tables are checked against real packets: one wrong size near the end sends the file to the demux (in the
+    last GOP of a long track, found by the tail check; anywhere in a short one, found by the single pass)."""
+    assert _index_mp4._HEAD_PACKETS < 75  # the 75-frame h264 clip goes through the tail check
     original = _index_mp4._sample_tables
 
     def lying(f, stbl):
@@ -102,8 +107,17 @@ def test_a_table_that_does_not_match_the_packets_is_not_used(mp4s, monkeypatch):
         return deltas, offsets, sizes, sync, end
 
     monkeypatch.setattr(_index_mp4, "_sample_tables", lying)
-    assert table_of(mp4s["h264"]) is None
-    assert_same_index(table_index(mp4s["h264"], None), demux_index(mp4s["h264"], None, monkeypatch))
+    assert table_of(mp4s[name]) is None
+    assert_same_index(table_index(mp4s[name], None), demux_index(mp4s[name], None, monkeypatch))
+
+
+def test_a_short_track_is_demuxed_once(mp4s, monkeypatch):
+    """A track of at most _HEAD_PACKETS samples needs no tail check: the head pass already read every packet."""
+    calls = []
+    original = _index_mp4._check_tail
+    monkeypatch.setattr(_index_mp4, "_check_tail", lambda *a: calls.append(1) or original(*a))
+    assert table_of(mp4s["short"]) is not None and calls == []
+    assert table_of(mp4s["h264"]) is not None and calls == [1]
 
 
 def test_truncated_mp4_falls_back_to_the_demux(tmp_path):

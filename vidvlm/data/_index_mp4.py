@@ -75,7 +75,9 @@ def read(path: str, container: av.container.InputContainer, stream: av.video.str
     table = SampleTable(pts, keys, deltas.astype(np.int64))
     try:
         shift = _check_head(container, stream, table, dts, sizes)
-        if shift is None or not _check_tail(container, stream, table, dts, sizes, shift):
+        if shift is None:
+            return None
+        if n > _HEAD_PACKETS and not _check_tail(container, stream, table, dts, sizes, shift):
             return None
     except av.error.FFmpegError:
         return None
@@ -114,11 +116,20 @@ def _matches(
 def _check_head(
     container: Container, stream: Stream, table: SampleTable, dts: np.ndarray, sizes: np.ndarray
 ) -> tuple[int, int] | None:
-    """Demuxes the first packets; returns the (pts, dts) shifts FFmpeg applied, or None when they do not match."""
+    """Demuxes the first packets; returns the (pts, dts) shifts FFmpeg applied, or None when they do not match.
+
+    A track of at most ``_HEAD_PACKETS`` samples is demuxed to its end here: every packet must be the table's and
+    none may follow, which is what the tail check would prove (short clips then cost one pass, not two).
+    """
     container.seek(0, stream=stream, backward=True, any_frame=False)
     shift: tuple[int, int] | None = None
+    n = len(sizes)
+    whole = n <= _HEAD_PACKETS
+    i = -1
     for i, packet in enumerate(_packets(container, stream)):
-        if i == min(_HEAD_PACKETS, len(sizes)):
+        if i == n and whole:
+            return None  # a packet the table does not list
+        if i == _HEAD_PACKETS:
             break
         if shift is None:
             if packet.pts is None or packet.dts is None:
@@ -126,6 +137,8 @@ def _check_head(
             shift = (packet.pts - int(table.pts[0]), packet.dts - int(dts[0]))
         if not _matches(packet, i, table, dts, sizes, shift):
             return None
+    if whole and i != n - 1:
+        return None  # packets missing
     return shift
 
 

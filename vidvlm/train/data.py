@@ -288,6 +288,44 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
             d.set_epoch(epoch)
 
 
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys: each pass asks ``current()`` for ``(epoch, that epoch's batch sampler)``.
+
+    With :class:`EpochKeyed`, one DataLoader serves every epoch of a stage, so its worker processes can persist
+    (``persistent_workers=True``): they are started once, and what they keep between samples (the in-process frame
+    index of every file they opened) survives from one epoch to the next. The epoch travels with each index instead
+    of being set on the main process's copy of the dataset, which persistent workers would never see.
+    """
+
+    def __init__(self, current: Callable[[], tuple[int, Sampler[list[int]]]]) -> None:
+        self.current = current
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batches = self.current()
+        for batch in batches:
+            yield [(epoch, index) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.current()[1])
+
+
+class EpochKeyed(Dataset):
+    """``dataset`` read by ``(epoch, index)`` keys; calls :func:`set_epoch` on its copy when the epoch changes."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        if epoch != self.epoch:
+            set_epoch(self.dataset, epoch)
+            self.epoch = epoch
+        return self.dataset[index]
+
+
 class CountingCollate:
     """Wraps a collate function to count, per dataset, the samples drawn and the substituted (unreadable) ones.
 

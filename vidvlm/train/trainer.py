@@ -33,6 +33,8 @@ from vidvlm.train import evaluation
 from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
 from vidvlm.train.data import (
     CountingCollate,
+    EpochBatches,
+    EpochKeyed,
     MixtureBatchSampler,
     ModelInputs,
     TaggedDataset,
@@ -40,7 +42,6 @@ from vidvlm.train.data import (
     build_datasets,
     check_text_only,
     mix_seed,
-    set_epoch,
 )
 from vidvlm.train.optim import (
     apply_stage_token_drop,
@@ -186,9 +187,15 @@ class Trainer:
         return [float(mixture.get(n, 0.0)) if mixture else 1.0 for n in self.names]
 
     def _batches(self, stage: StageConfig) -> Iterator[dict]:
-        """Training batches of this rank from the saved position on, advancing ``state.epoch``/``state.batch``."""
+        """Training batches of this rank from the saved position on, advancing ``state.epoch``/``state.batch``.
+
+        One DataLoader serves the whole stage: its workers (``data.num_workers``) start once and persist across
+        epochs; each index carries its epoch (:class:`~vidvlm.train.data.EpochBatches`), so a sample is the same
+        function of ``(seed, epoch, index)`` as in the main process. Closing the generator stops the workers.
+        """
         weights = self._weights(stage)
-        while True:
+
+        def current() -> tuple[int, MixtureBatchSampler]:
             sampler = MixtureBatchSampler(
                 self.sizes,
                 weights,
@@ -200,18 +207,27 @@ class Trainer:
                 start=self.state.batch,
                 kinds=self.kinds,
             )
-            set_epoch(self.train_data, self.state.epoch)
-            loader = DataLoader(
-                self.train_data,
-                batch_sampler=sampler,
-                collate_fn=self.collate,
-                num_workers=self.cfg.data.num_workers,
-                pin_memory=self.acc.device.type == "cuda",
-            )
-            for batch in loader:
-                self.state.batch += 1
-                yield batch
-            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+            return self.state.epoch, sampler
+
+        workers = self.cfg.data.num_workers
+        loader = DataLoader(
+            EpochKeyed(self.train_data),
+            batch_sampler=EpochBatches(current),
+            collate_fn=self.collate,
+            num_workers=workers,
+            pin_memory=self.acc.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        try:
+            while True:
+                for batch in loader:
+                    self.state.batch += 1
+                    yield batch
+                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+        finally:
+            iterator = getattr(loader, "_iterator", None)  # the persistent workers' iterator, if started
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
 
     def _any(self, flag: bool) -> bool:
         """True when ``flag`` is set on any rank (MAX all-reduce: every rank takes the same decision)."""
@@ -372,6 +388,7 @@ class Trainer:
                 self.evaluate()
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint(optimizer, scheduler)
+        batches.close()  # stops the stage's loader workers before the next stage starts its own
 
     def _train_step(self, stage: StageConfig, batches: Iterator[dict], optimizer: Any, scheduler: Any) -> StepResult:
         """One optimiser step: ``grad_accum`` micro-batches forward and backward, clipping, then step or skip.
