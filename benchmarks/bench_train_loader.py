@@ -4,9 +4,9 @@ Both sides read the same datasets, built from a training config as ``tools/train
 sampling, augmentation, tokenisation in ``--workers`` DataLoader workers, the trainer's collate), and the same batches
 (``MixtureBatchSampler``, the same seed and epochs); nothing trains:
 
-- vidvlm: ``Trainer._batches``, the trainer's own loop: one DataLoader for the stage, its workers persistent, each
-  index carrying its epoch (``EpochBatches`` / ``EpochKeyed``), so a worker keeps the frame index of every file it
-  opened in an earlier epoch;
+- vidvlm: ``Trainer._batches``, the trainer's own loop: one DataLoader iterator for the stage, each index carrying
+  its epoch (``EpochBatches`` / ``EpochKeyed``), so the workers start once, keep the frame index of every file they
+  opened in an earlier epoch and prefetch across epoch boundaries;
 - per-epoch loader: the usual PyTorch loop (and the trainer's before this change): ``set_epoch`` on the dataset, then
   a new DataLoader (new workers, empty index caches) for every epoch.
 
@@ -15,7 +15,7 @@ the wall time of ``--epochs`` whole epochs from creating the loader to the last 
 its median per batch. Machine load is printed with the results: compare sides within one run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_train_loader.py [--config configs/contrastive_tiny_8f_shapes.yaml] \
-        [--workers 1] [--epochs 3] [--rounds 3]
+        [--workers 1] [--epochs 3] [--rounds 3] [key.sub=value ...]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 SIDES = ("vidvlm (one loader per stage)", "per-epoch loader")
 
 
-def measure(config: str, side: str, workers: int, epochs: int) -> dict:
+def measure(config: str, overrides: list[str], side: str, workers: int, epochs: int) -> dict:
     """Runs in the subprocess: per-batch wall times of ``epochs`` epochs of the config's first stage."""
     from torch.utils.data import DataLoader
 
@@ -41,7 +41,7 @@ def measure(config: str, side: str, workers: int, epochs: int) -> dict:
     from vidvlm.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_train_config(config, [f"data.num_workers={workers}", f"output_dir={out}/run"])
+        cfg = load_train_config(config, [*overrides, f"data.num_workers={workers}", f"output_dir={out}/run"])
         trainer = Trainer(cfg)
         stage = cfg.stages[0]
         weights = trainer._weights(stage)
@@ -81,15 +81,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.config, args.child, args.workers, args.epochs)))
+        print(json.dumps(measure(args.config, args.overrides, args.child, args.workers, args.epochs)))
         return
     results: dict[str, list[dict]] = {s: [] for s in SIDES}
     for r in range(args.rounds):
         for side in SIDES[r % 2 :] + SIDES[: r % 2]:
             cmd = [sys.executable, __file__, "--config", args.config, "--workers", str(args.workers),
-                   "--epochs", str(args.epochs), "--child", side]  # fmt: skip
+                   "--epochs", str(args.epochs), "--child", side, *args.overrides]  # fmt: skip
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             results[side].append(row)
@@ -98,7 +99,7 @@ def main() -> None:
     base = statistics.median(x["total_s"] for x in results[SIDES[1]])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{os.cpu_count()} cores, load average {load} at the end; {args.config}, {args.workers} worker(s), "
-          f"{args.epochs} epochs\n")  # fmt: skip
+          f"{args.epochs} epochs {' '.join(args.overrides)}\n")  # fmt: skip
     print("| loader | total s (median of rounds) | median batch ms | speed vs per-epoch loader |\n|---|---|---|---|")
     for side in SIDES:
         total = statistics.median(x["total_s"] for x in results[side])

@@ -1,4 +1,4 @@
-"""The training loader's workers: started once per stage, each sample still a function of (seed, epoch, index)."""
+"""The training loader: one iterator per stage (workers start once); a sample is a function of (seed, epoch, index)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,14 @@ def test_resumed_position_is_kept_by_the_persistent_loader(tmp_path):
     for a, b in zip(full[4:], resumed, strict=True):
         assert torch.equal(a["index"], b["index"])
         torch.testing.assert_close(a["video"], b["video"], rtol=0, atol=0)
+
+
+def test_a_position_saved_at_the_end_of_an_epoch_resumes_at_the_next(tmp_path):
+    # earlier versions saved (epoch 0, batch 6) after the epoch's last batch; that is epoch 1, batch 0
+    _, full = _stage_batches(tmp_path, 0, 9)
+    trainer, resumed = _stage_batches(tmp_path / "r", 2, 3, batch=6)
+    assert [b["epoch"] for b in resumed] == [[1] * 4] * 3
+    for a, b in zip(full[6:], resumed, strict=True):
+        assert torch.equal(a["index"], b["index"])
+        torch.testing.assert_close(a["video"], b["video"], rtol=0, atol=0)
+    assert (trainer.state.epoch, trainer.state.batch) == (1, 3)

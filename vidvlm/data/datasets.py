@@ -188,8 +188,8 @@ class VideoTextDataset(Dataset):
     Randomness (frame sampling, caption choice, transform) comes from ``numpy.random.default_rng([seed, epoch,
     index])``, so a sample is the same whenever it is drawn again with the same epoch: training can resume exactly.
     Call :meth:`set_epoch` at the start of each epoch (with DataLoader workers, before the iterator is created;
-    ``persistent_workers=True`` would keep the workers' copies at their old epoch, which is why the trainer's loader
-    sends the epoch with each index instead: :class:`~vidvlm.train.data.EpochKeyed`).
+    ``persistent_workers=True`` would keep the workers' copies at their old epoch; the trainer's loader instead sends
+    the epoch with each index: :class:`~vidvlm.train.data.EpochKeyed`).
 
     A sample whose file fails to decode (:class:`~vidvlm.errors.VideoDecodeError`) is logged once per file and
     counted; then ``on_error`` decides. ``"replace"`` (training): another row chosen from ``(seed, epoch, index,

@@ -289,24 +289,24 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
 
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(epoch, index)`` keys: each pass asks ``current()`` for ``(epoch, that epoch's batch sampler)``.
+    """Endless batches of ``(epoch, index)`` keys from ``(epoch, start)`` on: epoch ``e``'s batches come from
+    ``make(e, start)`` (then ``make(e + 1, 0)``, ...), each index tagged with its epoch.
 
-    With :class:`EpochKeyed`, one DataLoader serves every epoch of a stage, so its worker processes can persist
-    (``persistent_workers=True``): they are started once, and what they keep between samples (the in-process frame
-    index of every file they opened) survives from one epoch to the next. The epoch travels with each index instead
-    of being set on the main process's copy of the dataset, which persistent workers would never see.
+    With :class:`EpochKeyed`, one DataLoader iterator serves every epoch of a stage: its workers start once, keep
+    what they hold between samples (the in-process frame index of every file they opened), and go on prefetching
+    across an epoch boundary instead of draining at it. The epoch travels with each index instead of being set on
+    the main process's copy of the dataset, which the workers would never see.
     """
 
-    def __init__(self, current: Callable[[], tuple[int, Sampler[list[int]]]]) -> None:
-        self.current = current
+    def __init__(self, make: Callable[[int, int], Sampler[list[int]]], epoch: int = 0, start: int = 0) -> None:
+        self.make, self.epoch, self.start = make, epoch, start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, batches = self.current()
-        for batch in batches:
-            yield [(epoch, index) for index in batch]
-
-    def __len__(self) -> int:
-        return len(self.current()[1])
+        epoch, start = self.epoch, self.start
+        while True:
+            for batch in self.make(epoch, start):
+                yield [(epoch, index) for index in batch]
+            epoch, start = epoch + 1, 0
 
 
 class EpochKeyed(Dataset):

@@ -189,45 +189,47 @@ class Trainer:
     def _batches(self, stage: StageConfig) -> Iterator[dict]:
         """Training batches of this rank from the saved position on, advancing ``state.epoch``/``state.batch``.
 
-        One DataLoader serves the whole stage: its workers (``data.num_workers``) start once and persist across
-        epochs; each index carries its epoch (:class:`~vidvlm.train.data.EpochBatches`), so a sample is the same
-        function of ``(seed, epoch, index)`` as in the main process. Closing the generator stops the workers.
+        One DataLoader iterator serves the whole stage (:class:`~vidvlm.train.data.EpochBatches`): its workers
+        (``data.num_workers``) start once and prefetch across epoch boundaries; each index carries its epoch, so a
+        sample is the same function of ``(seed, epoch, index)`` as in the main process. Closing the generator stops
+        the workers.
         """
         weights = self._weights(stage)
 
-        def current() -> tuple[int, MixtureBatchSampler]:
-            sampler = MixtureBatchSampler(
+        def epoch_batches(epoch: int, start: int) -> MixtureBatchSampler:
+            return MixtureBatchSampler(
                 self.sizes,
                 weights,
                 self.cfg.data.batch_size,
                 seed=mix_seed(self.cfg.seed, self.state.stage),
-                epoch=self.state.epoch,
+                epoch=epoch,
                 rank=self.acc.process_index,
                 world_size=self.acc.num_processes,
-                start=self.state.batch,
+                start=start,
                 kinds=self.kinds,
             )
-            return self.state.epoch, sampler
 
-        workers = self.cfg.data.num_workers
+        per_epoch = epoch_batches(self.state.epoch, 0).num_batches  # the same in every epoch of the stage
+        if self.state.batch >= per_epoch:  # saved just after an epoch's last batch (as earlier versions did)
+            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         loader = DataLoader(
             EpochKeyed(self.train_data),
-            batch_sampler=EpochBatches(current),
+            batch_sampler=EpochBatches(epoch_batches, self.state.epoch, self.state.batch),
             collate_fn=self.collate,
-            num_workers=workers,
+            num_workers=self.cfg.data.num_workers,
             pin_memory=self.acc.device.type == "cuda",
-            persistent_workers=workers > 0,
         )
+        batches = iter(loader)
         try:
-            while True:
-                for batch in loader:
-                    self.state.batch += 1
-                    yield batch
-                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+            for batch in batches:
+                self.state.batch += 1
+                if self.state.batch == per_epoch:
+                    self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+                yield batch
         finally:
-            iterator = getattr(loader, "_iterator", None)  # the persistent workers' iterator, if started
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
+            shutdown = getattr(batches, "_shutdown_workers", None)  # multi-process iterators; the GC would too
+            if shutdown is not None:
+                shutdown()
 
     def _any(self, flag: bool) -> bool:
         """True when ``flag`` is set on any rank (MAX all-reduce: every rank takes the same decision)."""
