@@ -191,7 +191,11 @@ class LlavaModel(VLMModel):
         for p in lm.parameters():
             p.requires_grad_(False)
         if cfg.lm.grad_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name goes in v6
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lm = _with_lora(lm, cfg.lm.lora) if cfg.lm.lora is not None else lm
         front_end = cfg.front_end
         if checkpoint_dir is not None:
