@@ -191,7 +191,7 @@ class LlavaModel(VLMModel):
         for p in lm.parameters():
             p.requires_grad_(False)
         if cfg.lm.grad_checkpointing:
-            enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name goes in v6
+            enable = getattr(lm, "activation_checkpointing_enable", None)  # newer transformers; the old name goes in v6
             if enable is not None:
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
