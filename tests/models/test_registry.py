@@ -22,7 +22,17 @@ from tests.models.frontend_kinds import KINDS, make_sources, tower_configs
 from tests.models.tiny_lm import make_tiny_lm
 from vidvlm.config import to_dict
 from vidvlm.errors import CheckpointError, ConfigError
-from vidvlm.models.base import ABILITIES, EMBED_TEXT, EMBED_VIDEO, FRONT_END, GENERATE, VISUAL_TOKENS, VLMModel
+from vidvlm.models.base import (
+    ABILITIES,
+    CHAT,
+    EMBED_TEXT,
+    EMBED_VIDEO,
+    FRONT_END,
+    GENERATE,
+    VISUAL_TOKENS,
+    VLMModel,
+)
+from vidvlm.models.frontend import select_clips
 from vidvlm.models.llava import LanguageModelConfig
 from vidvlm.models.registry import build_model, get_family, list_families, load, register_family
 
@@ -184,6 +194,33 @@ def test_encoders(family_model, num_frames):
             assert emb[k].ndim == 3 and emb[k].shape[0] == 2 and torch.isfinite(emb[k]).all(), f"{name}: {k}"
     if "video" in emb and "text" in emb:
         assert emb["video"].shape[1] == emb["text"].shape[1]
+
+
+def test_generate_encodes_each_clip_once_for_several_outputs(family_model):
+    """``generate(video, clip_of=idx)`` (the GENERATE contract) answers as ``generate(video[idx])`` does, and the
+    front-end's output picked per clip (``select_clips``) is the output for the picked clips."""
+    name, model = family_model
+    model.eval()
+    batch = make_batch(model)
+    idx = torch.tensor([1, 0, 1])
+    if model.can(FRONT_END):
+        with torch.no_grad():
+            whole = select_clips(model.front_end(batch["video"], batch["frame_mask"]), idx)
+            again = model.front_end(batch["video"][idx], batch["frame_mask"][idx])
+        for field in ("tokens", "mask", "frame_index"):
+            a, b = getattr(whole, field), getattr(again, field)
+            assert (a is None) == (b is None), f"{name}: {field}"
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name}: {field}")
+        torch.testing.assert_close(whole.vision.last_hidden_state, again.vision.last_hidden_state, rtol=1e-5, atol=1e-6)
+    if not model.can(GENERATE):
+        return
+    kwargs = {"timestamps": batch["timestamps"]} if model.can(CHAT) else {}
+    once = model.generate(batch["video"], batch["frame_mask"], clip_of=idx, **kwargs)
+    if kwargs:
+        kwargs["timestamps"] = batch["timestamps"][idx]
+    each = model.generate(batch["video"][idx], batch["frame_mask"][idx], **kwargs)
+    assert len(once) == 3 and once == each, name
 
 
 def test_save_load_round_trip(family_model, tmp_path):

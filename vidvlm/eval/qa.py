@@ -103,9 +103,13 @@ def generate_answers(model: Any, batches: Iterable[dict[str, Any]], rows: Sequen
             model.require(ANSWER, "answer questions about videos")
         for lo in range(0, len(jobs), batch_size):
             part = jobs[lo : lo + batch_size]
-            pick = torch.tensor([k for k, _, _ in part], device=video.device)
+            # the part's clips once each (a clip's caption and questions share one front-end pass), and which is whose
+            clips = sorted({k for k, _, _ in part})
+            pick = torch.tensor(clips, device=video.device)
+            clip_of = torch.tensor([clips.index(k) for k, _, _ in part], device=video.device)
             kwargs = {"timestamps": times[pick]} if model.can(CHAT) else {}  # families that chat place frame times
-            answers = model.generate(video[pick], mask[pick], questions=[q for _, q, _ in part], **kwargs)
+            answers = model.generate(video[pick], mask[pick], questions=[q for _, q, _ in part], clip_of=clip_of,
+                                     **kwargs)  # fmt: skip
             for (k, question, truth), text in zip(part, answers, strict=True):
                 row = rows[indices[k]]
                 if truth is None:

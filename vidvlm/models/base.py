@@ -36,7 +36,9 @@ WEIGHTS_FILE = "model.safetensors"
 # What a family can do. Each ability names the methods a family that declares it implements.
 EMBED_VIDEO = "embed_video"  # encode_video(video, frame_mask) -> [B, E]
 EMBED_TEXT = "embed_text"  # encode_text(texts) -> [B, E]
-GENERATE = "generate"  # generate(video, frame_mask, questions=None, decode=None) -> list[str]
+# generate(video, frame_mask, questions=None, decode=None, clip_of=None) -> list[str]; clip_of (long [B]) says which
+# of video's clips each of B outputs is about (several questions about one clip encode it once); default: one each
+GENERATE = "generate"
 ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the video
 CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)

@@ -210,6 +210,22 @@ class FrontEndOutput:
     vision: VisionOutput
 
 
+def select_clips(out: FrontEndOutput, index: torch.Tensor) -> FrontEndOutput:
+    """The output for clips ``index`` (long ``[B']``, repeats allowed) of a batch's ``[B, ...]`` output: what the
+    front-end would give for ``video[index]``, without running it again."""
+
+    def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[index]
+
+    vision = out.vision
+    if vision is not None:
+        hidden = None if vision.hidden_states is None else tuple(h[index] for h in vision.hidden_states)
+        vision = VisionOutput(
+            pick(vision.last_hidden_state), pick(vision.pooler_output), hidden, pick(vision.frame_mask)
+        )
+    return FrontEndOutput(out.tokens[index], pick(out.mask), out.frame_index[index], vision)
+
+
 def token_times(frame_index: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
     """Seconds of each visual token: ``frame_index`` long ``[B, M]``, ``timestamps [B, T]`` -> ``[B, M]`` (NaN where
     the token mixes every frame)."""
@@ -491,6 +507,7 @@ class VideoFrontEnd(nn.Module):
 
 
 __all__ = [
+    "select_clips",
     "TowerConfig",
     "TokenDropConfig",
     "FrontEndConfig",

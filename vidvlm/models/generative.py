@@ -264,14 +264,17 @@ class _Captioner(VLMModel):
         frame_mask: torch.Tensor | None = None,
         questions: Sequence[str | None] | None = None,
         decode: DecodeConfig | None = None,
+        clip_of: torch.Tensor | None = None,
     ) -> list[str]:
         """Caption (or answer a question about) each clip.
 
         Args:
-            video: ``[B, T, 3, H, W]`` after :attr:`transform`.
-            frame_mask: bool ``[B, T]`` (None = all real).
+            video: ``[N, T, 3, H, W]`` after :attr:`transform`.
+            frame_mask: bool ``[N, T]`` (None = all real).
             questions: B questions (None, or None entries, for captions).
             decode: decoding options (default: ``config.decode``).
+            clip_of: long ``[B]``, the clip each output is about (each clip is encoded once); None: ``B = N``, one
+                output per clip.
 
         Returns:
             B strings.
@@ -283,8 +286,10 @@ class _Captioner(VLMModel):
                 "questions (train it on question-answer data, or caption without --question)"
             )
         visual, mask = self.visual_tokens(video, frame_mask)
+        if clip_of is not None:
+            visual, mask = visual[clip_of], None if mask is None else mask[clip_of]
         layout = self.layout
-        prompts = layout.prompts(questions if questions is not None else [None] * video.shape[0])
+        prompts = layout.prompts(questions if questions is not None else [None] * visual.shape[0])
         limit = self.config.decoder.max_len - max(len(p) for p in prompts)
         if limit < 1:
             raise ConfigError(f"question: too long for the decoder's max_len {self.config.decoder.max_len}")

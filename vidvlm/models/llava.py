@@ -59,6 +59,7 @@ from vidvlm.models.frontend import (
     TowerConfig,
     VideoFrontEnd,
     pretrained_prefixes,
+    select_clips,
     with_source_hashes,
 )
 from vidvlm.models.llava_sequence import SequenceBuilder
@@ -247,6 +248,7 @@ class LlavaModel(VLMModel):
         clips_per_sample: Sequence[int] | None = None,
         generation: bool = False,
         paths: Sequence[str] | None = None,
+        clip_of: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The LM's keyword arguments for B conversations and their clips (see :meth:`SequenceBuilder.assemble`).
 
@@ -258,6 +260,7 @@ class LlavaModel(VLMModel):
             clips_per_sample: clips of each conversation (default: one each, or none without ``video``).
             generation: left padding and no labels.
             paths: sample names for error messages.
+            clip_of: long ``[K]``: the conversations' clips are ``video[clip_of]`` (see :meth:`generate`).
         """
         if video is None:
             width = self.front_end.width
@@ -266,6 +269,9 @@ class LlavaModel(VLMModel):
             clips_per_sample = clips_per_sample or [0] * len(conversations)
         else:
             visual = self.front_end(video, frame_mask)
+            if clip_of is not None:
+                visual = select_clips(visual, clip_of)
+                timestamps = None if timestamps is None else timestamps[clip_of]
         batch = {"timestamps": timestamps, "clips_per_sample": clips_per_sample, "path": paths}
         return self.sequences.assemble(list(conversations), visual, batch, generation=generation)
 
@@ -279,6 +285,7 @@ class LlavaModel(VLMModel):
         timestamps: torch.Tensor | None = None,
         conversations: Sequence[list[dict[str, str]]] | None = None,
         clips_per_sample: Sequence[int] | None = None,
+        clip_of: torch.Tensor | None = None,
     ) -> list[str]:
         """Answer (or caption) each sample with the LM's ``generate`` (KV cache, left padding).
 
@@ -290,15 +297,23 @@ class LlavaModel(VLMModel):
             timestamps: ``[N, T]`` seconds of the sampled frames (for ``frame_times``).
             conversations: B conversations ending with a user turn (several clips each: ``clips_per_sample``).
             clips_per_sample: clips of each conversation (default: one each).
+            clip_of: long ``[K]``: the conversations' clips are ``video[clip_of]`` (each of the N clips is encoded
+                once however often it recurs; ``timestamps`` stay ``[N, T]``); None: the clips are ``video``.
 
         Returns:
             B answers.
         """
         cfg = decode or self.config.decode
         if conversations is None:
-            qs = list(questions) if questions is not None else [None] * video.shape[0]
+            qs = (
+                list(questions)
+                if questions is not None
+                else [None] * (video.shape[0] if clip_of is None else len(clip_of))
+            )
             conversations = [[{"role": "user", "content": self._user_turn(q)}] for q in qs]
-        inputs = self.prepare_inputs(conversations, video, frame_mask, timestamps, clips_per_sample, generation=True)
+        inputs = self.prepare_inputs(
+            conversations, video, frame_mask, timestamps, clips_per_sample, generation=True, clip_of=clip_of
+        )
         kwargs: dict[str, Any] = dict(
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=self.stop_ids,
