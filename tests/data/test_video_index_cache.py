@@ -9,6 +9,7 @@ import os
 import shutil
 import zipfile
 
+import av
 import numpy as np
 import pytest
 from corpus import read_index, write_video
@@ -52,6 +53,22 @@ def test_reopening_uses_the_kept_index(builds, clip, corpus):
     link_meta, link_frames = frames_of(clip + ".link.mp4")  # another name of the same file shares the entry
     assert link_frames == first[1] and link_meta.num_frames == first[0].num_frames
     assert builds == [clip]
+
+
+@pytest.mark.parametrize("name,demuxer", [("h264", "mov"), ("vp9", "matroska"), ("mpeg4", "avi"), ("vfr", "matroska")])
+def test_a_reopened_file_skips_the_format_probe(builds, corpus, name, demuxer, monkeypatch):
+    """The decoder of an indexed file is opened with the demuxer its index names (no probe): same frames."""
+    first = frames_of(corpus[name])
+    formats = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: formats.append(k.get("format")) or real_open(*a, **k))
+    assert frames_of(corpus[name]) == first and formats == [demuxer]
+
+
+def test_a_wrong_demuxer_name_falls_back_to_probing(corpus):
+    container, _ = _pyav.open_container(corpus["h264"], 1, None, "matroska,webm")
+    with container:
+        assert container.format.name.startswith("mov")
 
 
 def test_a_changed_file_is_indexed_again(builds, clip, tmp_path):

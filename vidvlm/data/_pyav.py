@@ -58,7 +58,9 @@ class FrameIndex:
     complete: bool
 
 
-def open_container(path: str, num_threads: int, stream: int | None) -> tuple[av.container.InputContainer, int]:
+def open_container(
+    path: str, num_threads: int, stream: int | None, container_format: str | None = None
+) -> tuple[av.container.InputContainer, int]:
     """Opens ``path`` and readies one video stream's decoder, bounded to ``num_threads`` threads.
 
     Args:
@@ -66,14 +68,24 @@ def open_container(path: str, num_threads: int, stream: int | None) -> tuple[av.
         num_threads: decoder threads.
         stream: None for FFmpeg's best video stream (``av_find_best_stream``: what the ffmpeg tools and torchcodec
             pick), else the stream's index among all the container's streams (ffprobe's numbering).
+        container_format: the demuxer FFmpeg chose when the file was indexed (:attr:`FrameIndex.container_format`):
+            opening with it skips the format probe (half of an open of a small MP4); if it fails, the file is
+            probed as usual.
 
     Returns:
         The container and the index of the chosen stream.
     """
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except (av.error.FFmpegError, UnicodeDecodeError) as err:
-        raise VideoDecodeError(f"{path}: not a readable video or image ({err})") from err
+    container = None
+    if container_format:
+        try:
+            container = av.open(path, format=container_format.split(",")[0], metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+            container = None  # probe below, which gives the error message if the file is unreadable
+    if container is None:
+        try:
+            container = av.open(path, metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError) as err:
+            raise VideoDecodeError(f"{path}: not a readable video or image ({err})") from err
     try:
         chosen = _choose_stream(path, container, stream)
         ctx = chosen.codec_context

@@ -211,13 +211,18 @@ class Video:
         if self.num_threads > 1 and len(runs) > 1:
             # Independent GOPs on up to num_threads single-threaded decoders (kept open for the next request).
             while len(self._workers) < min(self.num_threads, len(runs)):
-                self._workers.append(_pyav.open_container(m.path, 1, self._index.stream)[0])
+                self._workers.append(self._open(1))
             containers = self._workers[: min(self.num_threads, len(runs))]
         else:
             if self._container is None:
-                self._container = _pyav.open_container(m.path, self.num_threads, self._index.stream)[0]
+                self._container = self._open(self.num_threads)
             containers = [self._container]
         return np.stack(_pyav.decode_runs(m.path, containers, self._index, runs, stored_wh))
+
+    def _open(self, num_threads: int) -> av.container.InputContainer:
+        """A decoder of the indexed stream, opened with the demuxer the index names (no format probe)."""
+        index = self._index
+        return _pyav.open_container(self.metadata.path, num_threads, index.stream, index.container_format)[0]
 
     def _reference_frame(self) -> np.ndarray:
         """Frame 0 at native size in display orientation, decoded by PyAV: uint8 [H, W, 3]."""
