@@ -9,6 +9,7 @@ not frames. A request is decoded as runs (one seek each), concurrently on severa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -76,11 +77,9 @@ def open_container(
         The container and the index of the chosen stream.
     """
     container = None
-    if container_format:
-        try:
+    if container_format:  # on failure, probe below (which words the error if the file is unreadable)
+        with contextlib.suppress(av.error.FFmpegError, UnicodeDecodeError, ValueError):
             container = av.open(path, format=container_format.split(",")[0], metadata_errors="ignore")
-        except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
-            container = None  # probe below, which gives the error message if the file is unreadable
     if container is None:
         try:
             container = av.open(path, metadata_errors="ignore")

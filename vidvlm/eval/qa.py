@@ -104,9 +104,9 @@ def generate_answers(model: Any, batches: Iterable[dict[str, Any]], rows: Sequen
         for lo in range(0, len(jobs), batch_size):
             part = jobs[lo : lo + batch_size]
             # the part's clips once each (a clip's caption and questions share one front-end pass), and which is whose
-            clips = sorted({k for k, _, _ in part})
-            pick = torch.tensor(clips, device=video.device)
-            clip_of = torch.tensor([clips.index(k) for k, _, _ in part], device=video.device)
+            pick, clip_of = torch.unique(
+                torch.tensor([k for k, _, _ in part], device=video.device), return_inverse=True
+            )
             kwargs = {"timestamps": times[pick]} if model.can(CHAT) else {}  # families that chat place frame times
             answers = model.generate(video[pick], mask[pick], questions=[q for _, q, _ in part], clip_of=clip_of,
                                      **kwargs)  # fmt: skip

@@ -305,11 +305,8 @@ class LlavaModel(VLMModel):
         """
         cfg = decode or self.config.decode
         if conversations is None:
-            qs = (
-                list(questions)
-                if questions is not None
-                else [None] * (video.shape[0] if clip_of is None else len(clip_of))
-            )
+            count = video.shape[0] if clip_of is None else len(clip_of)
+            qs = list(questions) if questions is not None else [None] * count
             conversations = [[{"role": "user", "content": self._user_turn(q)}] for q in qs]
         inputs = self.prepare_inputs(
             conversations, video, frame_mask, timestamps, clips_per_sample, generation=True, clip_of=clip_of

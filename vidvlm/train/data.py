@@ -213,12 +213,7 @@ class MixtureBatchSampler(Sampler[list[int]]):
         kinds: Sequence[str] | None = None,
     ) -> None:
         self.sizes, self.batch_size, self.rank, self.world = list(sizes), batch_size, rank, world_size
-        total = sum(s for s, w in zip(sizes, weights, strict=True) if w > 0)
-        self.num_batches = total // (batch_size * world_size)
-        if self.num_batches == 0:
-            raise ConfigError(
-                f"data: {total} samples cannot fill one global batch of {batch_size} x {world_size} processes"
-            )
+        self.num_batches = self.batches_per_epoch(sizes, weights, batch_size, world_size)
         self.start = start
         rng = np.random.default_rng(mix_seed(seed, epoch))
         w = np.asarray(weights, dtype=np.float64)
@@ -238,6 +233,20 @@ class MixtureBatchSampler(Sampler[list[int]]):
             reps = -(-len(slots) // size)
             order = np.concatenate([rng.permutation(size) for _ in range(reps)])[: len(slots)]
             self.indices[slots] = order + offsets[d]
+
+    @staticmethod
+    def batches_per_epoch(sizes: Sequence[int], weights: Sequence[float], batch_size: int, world_size: int = 1) -> int:
+        """Batches in every epoch: the weighted datasets' samples over the global batch.
+
+        Raises:
+            ConfigError: when they cannot fill one global batch.
+        """
+        total = sum(s for s, w in zip(sizes, weights, strict=True) if w > 0)
+        if total < batch_size * world_size:
+            raise ConfigError(
+                f"data: {total} samples cannot fill one global batch of {batch_size} x {world_size} processes"
+            )
+        return total // (batch_size * world_size)
 
     def _by_kind(
         self, rng: np.random.Generator, w: np.ndarray, kinds: list[str], present: list[str], global_batch: int

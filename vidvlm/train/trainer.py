@@ -209,7 +209,9 @@ class Trainer:
                 kinds=self.kinds,
             )
 
-        per_epoch = epoch_batches(self.state.epoch, 0).num_batches  # the same in every epoch of the stage
+        per_epoch = MixtureBatchSampler.batches_per_epoch(
+            self.sizes, weights, self.cfg.data.batch_size, self.acc.num_processes
+        )
         if self.state.batch >= per_epoch:  # saved just after an epoch's last batch (as earlier versions did)
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         loader = DataLoader(
