@@ -65,3 +65,26 @@ def test_two_process_ddp(tmp_path):
     resumed = json.loads((tmp_path / "rank0.json").read_text())["params"]
     for name, value in ranks[0]["params"].items():
         torch.testing.assert_close(torch.tensor(resumed[name]), torch.tensor(value), rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.timeout(180)
+def test_two_process_evaluation_matches_one_process(tmp_path):
+    """Each rank loss-evaluates and embeds its shard (11 samples: 6 + 5); the main process gathers the embeddings back
+    in dataset order, and the metrics over the whole set equal one process's."""
+    from eval_ranks import Numbered, OneHot, collate
+
+    from vidvlm.train.evaluation import evaluate
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*cmd, str(HERE / "eval_ranks.py"), str(tmp_path / "out.json")], env=env,
+                          capture_output=True, text=True, timeout=150)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    one = evaluate(OneHot(11), Numbered(11), batch_size=3, collate_fn=collate)
+    assert two["world"] == 2
+    assert one["t2v_R@1"] == one["v2t_R@1"] == one["t2v_caption_R@1"] == 100.0
+    assert one["number_loss"] == pytest.approx(5.0)  # the mean of 0..10
+    assert two["metrics"] == pytest.approx(one)
+    assert two["captions"] == [Numbered(11)[i]["captions"] for i in range(11)]

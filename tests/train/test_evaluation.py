@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,11 +36,14 @@ class Embedder(VLMModel):
         self.tiny = TinyModel()
         self.register_buffer("base", data.base.clone())
         self.register_buffer("labels", data.labels.clone())
+        self.grad_modes: set[bool] = set()  # whether autograd was on in each call
 
     def forward(self, batch: dict) -> dict:
+        self.grad_modes.add(torch.is_grad_enabled())
         return {k: v for k, v in self.tiny(batch).items() if k.endswith("_loss")}
 
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.grad_modes.add(torch.is_grad_enabled())
         nearest = torch.cdist(video[:, 0].flatten(1), self.base).argmin(1)
         return torch.nn.functional.one_hot(self.labels[nearest], 4).float()
 
@@ -82,6 +86,60 @@ def test_retrieval_follows_declared_abilities():
     assert "t2v_R@1" not in plain and "loss" in plain
     off = evaluate(Embedder(data), data, batch_size=4, retrieval=False)
     assert "t2v_R@1" not in off
+
+
+class Counted(Captioned):
+    """Captioned samples that count how often each is read (a read is a decode in the real data layer)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.reads: Counter[int] = Counter()
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads[i] += 1
+        return super().__getitem__(i)
+
+
+def test_evaluation_reads_each_sample_once():
+    """Loss, retrieval and caption recall come from one pass: every clip is decoded once, not once per metric."""
+    data = Counted(10)
+    model = Embedder(data)
+    metrics = evaluate(model, data, batch_size=4, variant_words=["0", "1", "2", "3"])
+    assert {"loss", "t2v_R@1", "t2v_caption_R@1", "variant_acc"} <= set(metrics)
+    assert data.reads == Counter(range(10))
+    assert model.grad_modes == {False}  # no autograd graph is built while evaluating
+    limited = Counted(10)
+    evaluate(Embedder(limited), limited, batch_size=4, max_batches=1)
+    assert limited.reads == Counter(range(4))
+
+
+def test_one_pass_metrics_equal_the_separate_passes():
+    """The one-pass evaluation gives what a separate loss pass and ``embed_dataset`` give."""
+    from eval_ranks import Numbered, OneHot
+    from eval_ranks import collate as collate_numbered
+
+    from vidvlm.eval.retrieval import embed_dataset, retrieval_metrics
+    from vidvlm.train.evaluation import caption_recall, validation_loss
+
+    class Confused(OneHot):
+        """Clip 4 embeds as twice clip 5's one-hot: caption ``clip 5`` finds clip 4 first."""
+
+        def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+            emb = super().encode_video(video, frame_mask)
+            four = video[:, 0, 0, 0, 0] == 4
+            emb[four] = 2 * torch.nn.functional.one_hot(torch.tensor(5), self.n).float()
+            return emb
+
+    model, data = Confused(9), Numbered(9)
+    metrics = evaluate(model, data, batch_size=2, collate_fn=collate_numbered)
+    emb = embed_dataset(model, torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate_numbered))
+    expected = {
+        **validation_loss(model, data, batch_size=2, collate_fn=collate_numbered),
+        **retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]),
+        **caption_recall(emb["video"], emb["text"], [data[i]["captions"] for i in range(9)]),
+    }
+    assert metrics == pytest.approx(expected)
+    assert metrics["t2v_R@1"] < 100.0
 
 
 def test_trainer_and_evaluation_do_not_import_each_other():

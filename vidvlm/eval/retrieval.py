@@ -129,6 +129,46 @@ def zero_shot_accuracy(
     return {f"top{k}": float((rank <= k).double().mean() * 100) for k in ks}
 
 
+def batch_captions(batch: dict[str, Any]) -> list[list[str]]:
+    """Each clip's captions in a collated batch; a clip without any falls back to its ``text`` (every video needs a
+    positive)."""
+    return [list(c) or [batch["text"][i]] for i, c in enumerate(batch.get("captions") or [[t] for t in batch["text"]])]
+
+
+@torch.no_grad()
+def embed_batch(model: Any, batch: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
+    """Embeddings of one collated batch's B clips and of all their captions.
+
+    Returns:
+        ``video [B, D]``, ``text [Tx, D]`` (float32, on the CPU; the captions of clip 0, then clip 1, ...),
+        ``captions`` (B lists, as :func:`batch_captions`) and ``labels`` long ``[B]`` (-1 where the batch has none).
+    """
+    mask = batch.get("frame_mask")
+    video = model.encode_video(batch["video"].to(device), None if mask is None else mask.to(device))
+    caps = batch_captions(batch)
+    text = model.encode_text([c for per_video in caps for c in per_video])
+    labels = torch.as_tensor(batch.get("label", torch.full((video.shape[0],), -1))).long().cpu()
+    return {"video": video.float().cpu(), "text": text.float().cpu(), "captions": caps, "labels": labels}
+
+
+def join_embeddings(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result of :func:`embed_batch` from several (in order), with ``text_to_video`` long ``[Tx]``.
+
+    Raises:
+        ValueError: when there are no clips.
+    """
+    if not parts:
+        raise ValueError("embed_dataset: the dataset is empty")
+    captions = [c for part in parts for c in part["captions"]]
+    return {
+        "video": torch.cat([p["video"] for p in parts]),
+        "text": torch.cat([p["text"] for p in parts]),
+        "text_to_video": torch.tensor([v for v, caps in enumerate(captions) for _ in caps], dtype=torch.long),
+        "labels": torch.cat([p["labels"] for p in parts]),
+        "captions": captions,
+    }
+
+
 @torch.no_grad()
 def embed_dataset(
     model: Any,
@@ -137,7 +177,7 @@ def embed_dataset(
     batch_size: int = 8,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, Any]:
     """Embed every video and every caption of a dataset (or an iterable of collated batches).
 
     Args:
@@ -149,7 +189,8 @@ def embed_dataset(
         device: where to run (default: the model's device).
 
     Returns:
-        ``video [V, D]``, ``text [Tx, D]``, ``text_to_video`` long ``[Tx]``, ``labels`` long ``[V]`` (on the CPU).
+        ``video [V, D]``, ``text [Tx, D]``, ``text_to_video`` long ``[Tx]``, ``labels`` long ``[V]`` (on the CPU), and
+        ``captions`` (V lists of strings: the texts embedded for each clip, in the order of ``text``).
     """
     if isinstance(data, torch.utils.data.Dataset):
         from vidvlm.data.collate import collate_video_text
@@ -161,36 +202,17 @@ def embed_dataset(
         device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    videos, texts, t2v, labels = [], [], [], []
-    offset = 0
     try:
-        for batch in data:
-            mask = batch.get("frame_mask")
-            emb = model.encode_video(batch["video"].to(device), None if mask is None else mask.to(device))
-            videos.append(emb.float().cpu())
-            # a video without captions falls back to its `text`, so that every video has a positive
-            caps = [
-                list(c) or [batch["text"][i]]
-                for i, c in enumerate(batch.get("captions") or [[t] for t in batch["text"]])
-            ]
-            flat = [c for per_video in caps for c in per_video]
-            texts.append(model.encode_text(flat).float().cpu())
-            t2v.extend(offset + i for i, per_video in enumerate(caps) for _ in per_video)
-            labels.append(torch.as_tensor(batch.get("label", torch.full((emb.shape[0],), -1))).long().cpu())
-            offset += emb.shape[0]
+        parts = [embed_batch(model, batch, device) for batch in data]
     finally:
         model.train(was_training)
-    if not videos:
-        raise ValueError("embed_dataset: the dataset is empty")
-    return {
-        "video": torch.cat(videos),
-        "text": torch.cat(texts),
-        "text_to_video": torch.tensor(t2v, dtype=torch.long),
-        "labels": torch.cat(labels),
-    }
+    return join_embeddings(parts)
 
 
 __all__ = [
+    "batch_captions",
+    "embed_batch",
+    "join_embeddings",
     "DEFAULT_TEMPLATES",
     "retrieval_ranks",
     "retrieval_metrics",

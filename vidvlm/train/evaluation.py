@@ -49,6 +49,28 @@ def validation_loss(
     sums, so ranks with a batch more or less never wait on each other (pass the unwrapped model: no DDP hooks);
     every rank must call this. Without one, the model runs on its own device.
     """
+    sums, count, _ = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator, embed=False)
+    return _mean_losses(sums, count, model, accelerator)
+
+
+@torch.no_grad()
+def _shard_pass(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    collate_fn: Callable[[list[dict]], dict] | None,
+    num_workers: int,
+    accelerator: Any,
+    embed: bool,
+) -> tuple[dict[str, float], int, list[dict[str, Any]]]:
+    """One pass over this rank's shard (every ``world``-th sample from ``rank``): each batch is decoded once and
+    gives its losses and, with ``embed``, its embeddings (:func:`vidvlm.eval.retrieval.embed_batch`).
+
+    Returns:
+        (sum of each ``*_loss`` weighted by batch size, samples seen, the embedding parts in shard order).
+    """
+    from vidvlm.eval.retrieval import embed_batch  # late: keeps the trainer's import light
+
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = accelerator.device if accelerator is not None else _device(model)
     model.eval()
@@ -62,6 +84,7 @@ def validation_loss(
     )
     sums: dict[str, float] = {}
     count = 0
+    parts: list[dict[str, Any]] = []
     for batch in loader:
         batch = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in _COUNT_KEYS
@@ -73,6 +96,14 @@ def validation_loss(
             if k.endswith("_loss"):
                 sums[k] = sums.get(k, 0.0) + float(v.float()) * n
         count += n
+        if embed:
+            parts.append(embed_batch(model, batch, device))
+    return sums, count, parts
+
+
+def _mean_losses(sums: dict[str, float], count: int, model: nn.Module, accelerator: Any) -> dict[str, float]:
+    """The per-sample means of the summed losses over every rank (one all-reduce), plus their sum as ``loss``."""
+    device = accelerator.device if accelerator is not None else _device(model)
     keys = sorted(sums)
     totals = torch.tensor([count] + [sums[k] for k in keys], dtype=torch.float64, device=device)
     if accelerator is not None:
@@ -103,6 +134,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Validation loss of ``model`` on ``dataset`` and, when it embeds video and text, retrieval metrics.
 
+    Every sample is read (decoded) once: each rank takes its shard of the dataset in one pass that computes the
+    losses and, for embedding models, the embeddings of each batch; the main process gathers the embeddings in
+    dataset order and computes retrieval over the whole set.
+
     Args:
         model: any module with ``forward(batch) -> {"*_loss": ...}`` (a wrapped model is unwrapped by
             ``accelerator``); retrieval runs when it declares ``EMBED_VIDEO`` and ``EMBED_TEXT``.
@@ -113,7 +148,7 @@ def evaluate(
         max_batches: cap on global batches (0: the whole dataset).
         retrieval: text<->video recall (embedding models).
         variant_words: see :class:`~vidvlm.train.config.EvalConfig` (embedding models).
-        accelerator: shares the loss over its ranks (every rank calls this; retrieval runs on the main process).
+        accelerator: shares the work over its ranks (every rank calls this).
 
     Returns:
         ``loss``, each ``*_loss``, and for embedding models ``t2v_R@1`` ... (percent) and ``variant_acc``.
@@ -122,15 +157,52 @@ def evaluate(
         model = accelerator.unwrap_model(model)
     world = accelerator.num_processes if accelerator is not None else 1
     dataset = limit(dataset, max_batches, batch_size, world)
-    metrics = validation_loss(
-        model, dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers, accelerator=accelerator
-    )
-    if can_embed(model) and (retrieval or variant_words):
-        if accelerator is None or accelerator.is_main_process:
-            metrics.update(embedding_metrics(model, dataset, batch_size, retrieval, list(variant_words)))
+    embed = can_embed(model) and (retrieval or bool(variant_words))
+    sums, count, parts = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator, embed)
+    metrics = _mean_losses(sums, count, model, accelerator)
+    if embed:
+        parts = _gather_in_order(parts, accelerator)
+        if parts is not None and any(len(p["captions"]) for p in parts):
+            from vidvlm.eval.retrieval import join_embeddings
+
+            metrics.update(embedding_metrics(model, join_embeddings(parts), retrieval, list(variant_words)))
         if accelerator is not None:
             accelerator.wait_for_everyone()
     return metrics
+
+
+def _gather_in_order(parts: list[dict[str, Any]], accelerator: Any) -> list[dict[str, Any]] | None:
+    """Every rank's embedding parts on the main process, one part per sample in dataset order (None elsewhere).
+
+    Rank ``r`` of ``w`` holds samples ``r, r + w, r + 2w, ...`` (:func:`_shard_pass`), so sample ``i`` is item
+    ``i // w`` of rank ``i % w``.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return parts
+    from accelerate.utils import gather_object
+
+    samples = [_split_part(p) for p in parts]
+    per_rank = gather_object([[s for part in samples for s in part]])  # one list per rank, on every rank
+    if not accelerator.is_main_process:
+        return None
+    world, total = len(per_rank), sum(len(r) for r in per_rank)
+    return [per_rank[i % world][i // world] for i in range(total)]
+
+
+def _split_part(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """One :func:`~vidvlm.eval.retrieval.embed_batch` result as one result per clip."""
+    out, start = [], 0
+    for i, caps in enumerate(part["captions"]):
+        out.append(
+            {
+                "video": part["video"][i : i + 1],
+                "text": part["text"][start : start + len(caps)],
+                "captions": [caps],
+                "labels": part["labels"][i : i + 1],
+            }
+        )
+        start += len(caps)
+    return out
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -140,22 +212,21 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def embedding_metrics(
-    model: Any, dataset: Dataset, batch_size: int, retrieval: bool = True, variant_words: list[str] | None = None
+    model: Any, emb: dict[str, Any], retrieval: bool = True, variant_words: list[str] | None = None
 ) -> dict[str, float]:
     """Retrieval recall (percent, ``t2v_R@1`` ...) and caption-variant accuracy of an embedding model.
 
     Args:
-        model: has ``encode_video(video [B,T,3,H,W], frame_mask) -> [B,D]`` and ``encode_text(list[str]) -> [B,D]``.
-        dataset: evaluation samples (deterministic).
-        batch_size: evaluation batch size.
+        model: has ``encode_text(list[str]) -> [B,D]`` (for the variants).
+        emb: the embeddings of a dataset (:func:`vidvlm.eval.retrieval.embed_dataset`'s result: ``video``,
+            ``text``, ``text_to_video``, ``captions``).
         retrieval: compute text<->video recall over the whole dataset.
         variant_words: see :class:`~vidvlm.train.config.EvalConfig`; adds ``variant_acc`` (percent).
     """
-    from vidvlm.eval.retrieval import embed_dataset, retrieval_metrics
+    from vidvlm.eval.retrieval import retrieval_metrics
 
-    emb = embed_dataset(model, dataset, batch_size=batch_size)
     out: dict[str, float] = {}
-    captions = [list(dataset[i]["captions"]) for i in range(len(dataset))]
+    captions = emb["captions"]
     if retrieval:
         out.update(retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"]))
         out.update(caption_recall(emb["video"], emb["text"], captions))
