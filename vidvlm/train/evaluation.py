@@ -162,7 +162,7 @@ def evaluate(
     metrics = _mean_losses(sums, count, model, accelerator)
     if embed:
         parts = _gather_in_order(parts, accelerator)
-        if parts is not None and any(len(p["captions"]) for p in parts):
+        if parts:  # None on the other ranks; empty when the dataset is
             from vidvlm.eval.retrieval import join_embeddings
 
             metrics.update(embedding_metrics(model, join_embeddings(parts), retrieval, list(variant_words)))
