@@ -1,7 +1,7 @@
 """Training throughput (samples/s) and peak memory of the contrastive tiny recipe with token dropping (FLIP).
 
 Cases (``--cases``): ``drop-0`` (every token: how every peer trains video CLIP), ``drop-50`` and ``drop-75``
-(``front_end.token_drop`` with ratio 0.5 / 0.75, ``--kind`` random or tube): the model of
+(``front_end.token_drop`` with ratio 0.5 / 0.75, ``--kind`` random, tube or content): the model of
 ``configs/contrastive_tiny_8f_shapes.yaml`` (8 frames as two 4-frame tubelets of 8 x 8 patches, joint attention
 over 2 x 65 tokens, 3 blocks of width 96; text 2 blocks of width 64), built as ``tools/train.py`` builds it, with
 only ``model.front_end.token_drop`` changed. With dropping the tower gathers ``K = 32`` or ``16`` of each step's 64
@@ -82,7 +82,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--kind", default="random", choices=["random", "tube"], help="token_drop.kind")
+    parser.add_argument("--kind", default="random", choices=["random", "tube", "content"], help="token_drop.kind")
     parser.add_argument("--batch", type=int, default=None, help="samples per step (default: the config's batch)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case per round")

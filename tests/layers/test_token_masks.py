@@ -1,4 +1,5 @@
-"""Token masks: exact visible counts per time step, tube = the same positions in every step, gather/scatter."""
+"""Token masks: exact visible counts per time step, tube = the same positions in every step, gather/scatter, and
+``content`` dropping's scores (hand-computed) and choice (the object stays, flat background goes)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import pytest
 import torch
 
 from vidvlm.errors import ConfigError
-from vidvlm.layers.masking import full_keep, gather_tokens, make_keep, num_visible, scatter_tokens, visible_mask
+from vidvlm.layers.masking import (
+    content_keep,
+    content_scores,
+    full_keep,
+    gather_tokens,
+    make_keep,
+    num_visible,
+    scatter_tokens,
+    visible_mask,
+)
 
 
 @pytest.mark.parametrize("ratio, expected", [(0.0, 16), (0.5, 8), (0.75, 4), (0.9, 2), (0.99, 1)])
@@ -59,3 +69,54 @@ def test_gather_then_scatter_round_trip():
     assert bool((full[~shown] == -7.0).all())
     with pytest.raises(ValueError, match="keep"):
         gather_tokens(x, keep[:, :2])
+
+
+def test_content_scores_by_hand():
+    """One channel, 4 x 4 frames of 2 x 2 patches (N = 4): patch 0 flat and static, patch 1 flat but +3 in frame 1,
+    patch 2 static with values 0 / 2 (std 1), patch 3 flat 0 then the 0 / 2 texture in frame 2."""
+    v = torch.zeros(1, 3, 1, 4, 4)
+    v[0, 1, 0, :2, 2:] = 3.0  # patch 1 (top right), frame 1 only
+    v[0, :, 0, 2, :2] = 2.0  # patch 2 (bottom left): top row 2, bottom row 0, every frame
+    v[0, 2, 0, 2:, 2] = 2.0  # patch 3 (bottom right): left column 2 in frame 2
+    frame = content_scores(v, tubelet_size=1, patch_size=2)
+    # frame f: std of the patch + mean |change| to the neighbouring frames (averaged over the sides it has)
+    expected = torch.tensor(
+        [
+            [0.0, 3.0, 1.0, 0.0],  # frame 0: patch 1 changes by 3 towards frame 1; patch 3 is still flat
+            [0.0, 3.0, 1.0, 0.5],  # frame 1: (3 + 3) / 2; patch 3 changes by 1 on average towards frame 2
+            [0.0, 3.0, 1.0, 2.0],  # frame 2: patch 1 back from 3; patch 3: std 1 + change 1
+        ]
+    )
+    torch.testing.assert_close(frame[0], expected)
+    steps = content_scores(torch.cat([v, v[:, -1:]], 1), tubelet_size=2, patch_size=2)  # 4 frames as 2 tubelets
+    assert steps.shape == (1, 2, 4)
+    torch.testing.assert_close(steps[0, 0], (expected[0] + expected[1]) / 2)
+    image = content_scores(v[:, :1], tubelet_size=1, patch_size=2)  # one frame: contrast alone
+    torch.testing.assert_close(image[0, 0], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+
+
+def _moving_square(batch: int = 2, frames: int = 4, side: int = 32, patch: int = 8) -> tuple[torch.Tensor, list]:
+    """A bright square one patch wide moving right on a flat background, and the patch it covers per frame."""
+    video = torch.full((batch, frames, 3, side, side), -1.0)
+    where = []
+    for f in range(frames):
+        video[:, f, :, patch : 2 * patch, f * patch : (f + 1) * patch] = 1.0
+        where.append(side // patch + f)  # row 1, column f
+    return video, where
+
+
+def test_content_keep_keeps_the_object_and_breaks_ties_at_random():
+    video, where = _moving_square()
+    scores = content_scores(video, tubelet_size=1, patch_size=8)
+    keep = content_keep(scores, 0.75, generator=torch.Generator().manual_seed(0))
+    assert keep.shape == (2, 4, 4) and bool((keep[..., 1:] > keep[..., :-1]).all())
+    for f, patch in enumerate(where):
+        assert bool((keep[:, f] == patch).any(-1).all()), f"frame {f}: the square's patch was dropped"
+        if f > 0:  # where the square just left changes too
+            assert bool((keep[:, f] == where[f - 1]).any(-1).all())
+    other = content_keep(scores, 0.75, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(keep, other)  # the flat background's ties fall differently
+    assert (visible_mask(other, 16).sum(-1) == 4).all()
+    random = make_keep(2, 4, 16, 0.75, "random", generator=torch.Generator().manual_seed(0))
+    hits = sum(bool((random[:, f] == p).any(-1).all()) for f, p in enumerate(where))
+    assert hits < 4  # random dropping loses the square somewhere (the control: the test can tell them apart)

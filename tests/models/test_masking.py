@@ -101,7 +101,7 @@ def front_end(ratio: float, kind: str = "random", **kw) -> VideoFrontEnd:
     return VideoFrontEnd(cfg)
 
 
-@pytest.mark.parametrize("kind", ["random", "tube"])
+@pytest.mark.parametrize("kind", ["random", "tube", "content"])
 def test_token_drop_trains_on_fewer_tokens_and_is_off_at_eval(kind):
     plain, drop = front_end(0.0), front_end(0.75, kind)
     drop.load_state_dict(plain.state_dict())
@@ -117,6 +117,31 @@ def test_token_drop_trains_on_fewer_tokens_and_is_off_at_eval(kind):
     assert out.tokens.shape == a.tokens.shape and torch.isfinite(out.tokens).all()
     (out.tokens * torch.randn_like(out.tokens)).sum().backward()  # a plain sum of normed tokens has no gradient
     assert drop.tower.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_content_drop_follows_the_object_in_tubelets_and_the_keyframe_step():
+    """Tubelets of 2 frames plus the keyframe step: a 4 x 4-pixel square moving one patch per frame on a flat
+    background stays visible in every step at 75 % dropping; padded frames are scored as the tower fills them."""
+    torch.manual_seed(0)
+    vision = VisionConfig(
+        image_size=16, patch_size=4, width=16, depth=1, num_heads=2, num_tubelets=2, tubelet_size=2,
+        keyframe_stream=True, layout="joint",
+    )  # fmt: skip
+    fe = VideoFrontEnd(
+        FrontEndConfig(tower=TowerConfig(vision=vision), num_frames=4, token_drop=TokenDropConfig(0.75, "content"))
+    ).train()
+    video = torch.full((2, 4, 3, 16, 16), -1.0)
+    for f in range(4):
+        video[:, f, :, 4:8, 4 * f : 4 * f + 4] = 1.0  # row 1, column f: patch 4 + f
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    keep = fe.drop_keep(video, mask)
+    assert keep.shape == (2, 3, 4)  # two tubelets and the keyframe step, 4 of 16 patches each
+    for step, patches in enumerate([(4, 5), (6, 7)]):
+        for p in patches:
+            assert bool((keep[0, step] == p).any()), f"step {step}: patch {p} dropped"
+    assert bool((keep[1, 1] == 6).any())  # the padded clip's second tubelet holds frame 2 twice
+    out = fe(video, mask)
+    assert out.vision.last_hidden_state.shape[:3] == (2, 3, 1 + 4)
 
 
 def test_token_drop_refuses_what_cannot_drop():

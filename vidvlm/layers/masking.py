@@ -7,9 +7,14 @@ sorted ascending within a step (so a 0 % mask keeps the original order and chang
 * ``tube`` (VideoMAE): one random set of spatial positions per clip, repeated in every time step, so a masked
   position is hidden in the whole clip and cannot be copied from a neighbouring frame.
 * ``random`` (FLIP / open_clip patch dropout): an independent random set per time step.
+* ``content`` (token dropping only, :func:`content_keep`): the tokens whose pixels carry the most, kept per time
+  step: :func:`content_scores` adds a patch's change from the neighbouring frames (the redundancy EVEREST and
+  run-length tokenisation remove: static patches repeat the previous frame) to its spatial contrast (a flat patch
+  carries little), so flat, static background goes first and small or moving objects stay.
 
-At ``T' = 1`` (an image) both kinds are the same random patch mask. The encoder gathers the visible tokens
-(:func:`gather_tokens`) before its blocks, so dropped tokens cost nothing; nothing is hidden by an attention mask.
+At ``T' = 1`` (an image) ``tube`` and ``random`` are the same random patch mask, and ``content`` ranks by contrast.
+The encoder gathers the visible tokens (:func:`gather_tokens`) before its blocks, so dropped tokens cost nothing;
+nothing is hidden by an attention mask.
 
 Text is masked BERT's way (:func:`mask_text`): an exact share of each caption's real, non-special tokens is chosen;
 of those 80 % become the mask id, 10 % a random id and 10 % stay, and all are predicted.
@@ -20,13 +25,16 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from einops import rearrange, repeat
+import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
 from torch import Tensor
 
 from vidvlm.errors import ConfigError
 
 MaskKind = Literal["tube", "random"]
 MASK_KINDS = ("tube", "random")
+DropKind = Literal["tube", "random", "content"]
+DROP_KINDS = (*MASK_KINDS, "content")
 
 
 def num_visible(num_tokens: int, ratio: float) -> int:
@@ -68,6 +76,58 @@ def make_keep(
     if kind == "tube":
         return repeat(keep, "b k -> b t k", t=steps)
     return rearrange(keep, "(b t) k -> b t k", b=batch)
+
+
+def content_scores(video: Tensor, tubelet_size: int, patch_size: int) -> Tensor:
+    """How much each patch token of a clip carries: its mean absolute change from the neighbouring frames plus its
+    spatial contrast (the standard deviation of its pixels), averaged over the frames of its tubelet.
+
+    Args:
+        video: float ``[B, T, C, H, W]`` with ``T`` a multiple of ``tubelet_size`` (the tower's filled clip); H and W
+            beyond a multiple of ``patch_size`` are ignored, as the patch embedding ignores them.
+        tubelet_size: frames per time step Ts.
+        patch_size: patch side P.
+
+    Returns:
+        float ``[B, T / Ts, N]``, N patches per step in the patch embedding's row-major order. A clip of one frame
+        is scored by contrast alone.
+    """
+    b, t, _, h, w = video.shape
+    p = patch_size
+    x = video[..., : h // p * p, : w // p * p].float()
+
+    def per_patch(frames: Tensor) -> Tensor:  # [B, F, C, H, W] -> patch means [B, F, C, gh, gw]
+        pooled = F.avg_pool2d(rearrange(frames, "b f c h w -> (b f) c h w"), p)
+        return rearrange(pooled, "(b f) c gh gw -> b f c gh gw", b=b)
+
+    mean = per_patch(x)
+    var = (per_patch(x * x) - mean * mean).clamp(min=0)
+    score = reduce(var.sqrt(), "b t c gh gw -> b t (gh gw)", "mean")  # spatial contrast [B, T, N]
+    if t > 1:
+        step = reduce(per_patch((x[:, 1:] - x[:, :-1]).abs()), "b t c gh gw -> b t (gh gw)", "mean")  # f-1 -> f
+        zero = torch.zeros_like(step[:, :1])
+        before, after = torch.cat([zero, step], 1), torch.cat([step, zero], 1)
+        sides = torch.full((t, 1), 2.0, device=video.device)
+        sides[0] = sides[-1] = 1.0
+        score = score + (before + after) / sides
+    return reduce(score, "b (t s) n -> b t n", "mean", s=tubelet_size)
+
+
+def content_keep(scores: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """Keep the highest-scoring patch tokens of every time step (ties, such as a flat background, broken at random).
+
+    Args:
+        scores: float ``[B, T', N]`` (:func:`content_scores`).
+        ratio: fraction of each step's tokens to drop, in ``[0, 1)``.
+        generator: random generator for the tie-breaking (None: the global one of the scores' device).
+
+    Returns:
+        long ``[B, T', K]`` with ``K = num_visible(N, ratio)``, ascending within each step.
+    """
+    k = num_visible(scores.shape[-1], ratio)
+    scale = scores.abs().amax().clamp(min=1.0)
+    jitter = torch.rand(scores.shape, device=scores.device, generator=generator) * (scale * 1e-6)
+    return (scores + jitter).topk(k, dim=-1).indices.sort(dim=-1).values
 
 
 def full_keep(batch: int, steps: int, num_tokens: int, device: torch.device | str | None = None) -> Tensor:
@@ -159,6 +219,9 @@ def mask_text(
 __all__ = [
     "mask_text",
     "MASK_KINDS",
+    "DROP_KINDS",
+    "content_scores",
+    "content_keep",
     "num_visible",
     "make_keep",
     "full_keep",

@@ -16,11 +16,11 @@ One typed config (:class:`FrontEndConfig`) chooses every part the same way, ``na
 
 Token dropping (``token_drop``, FLIP / open_clip patch dropout; off by default): in training only, a fraction
 ``ratio`` of every time step's patch tokens is dropped before the tower's blocks (``random``: other positions in
-every step; ``tube``: the same positions in every step), through the video ViT's visible-token path (the visible
-tokens are gathered, so dropped ones cost nothing). Evaluation always sees every token. It needs a video-ViT tower
-(``native``, ``pretrained``, ``checkpoint``, also multi-level) and a pooler that does not read the patch grid.
-A training stage can set its own ratio (``stages[i].token_drop``, :meth:`VideoFrontEnd.set_token_drop`), e.g. a
-short unmasked last stage as FLIP does.
+every step; ``tube``: the same positions in every step; ``content``: per step, flat and static patches first),
+through the video ViT's visible-token path (the visible tokens are gathered, so dropped ones cost nothing).
+Evaluation always sees every token. It needs a video-ViT tower (``native``, ``pretrained``, ``checkpoint``, also
+multi-level) and a pooler that does not read the patch grid. A training stage can set its own ratio
+(``stages[i].token_drop``, :meth:`VideoFrontEnd.set_token_drop`), e.g. a short unmasked last stage as FLIP does.
 
 The front-end also owns what the model's input is: frames per clip (``num_frames``, in frames), the input side
 (``image_size``) and normalisation (``normalize``). Datasets and samplers inherit them (``vidvlm.train.data``).
@@ -45,10 +45,10 @@ from torch import nn
 from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig, build_connector
-from vidvlm.layers.masking import MASK_KINDS, MaskKind, make_keep
+from vidvlm.layers.masking import DROP_KINDS, DropKind, content_keep, content_scores, make_keep
 from vidvlm.layers.pooling import PoolerConfig, build_pooler
 from vidvlm.models.base import FRONT_END
-from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput
+from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput, fill_to_tubelets
 
 TOWERS = ("native", "pretrained", "framewise", "checkpoint", "ensemble")
 GRID_POOLERS = ("adaptive3d", "spatial2d")  # poolers that read the full patch grid
@@ -60,19 +60,21 @@ class TokenDropConfig:
 
     Attributes:
         ratio: fraction of each time step's patch tokens dropped, in ``[0, 1)``; 0 = off.
-        kind: ``random`` (independent positions per time step, FLIP) or ``tube`` (the same positions in every step).
+        kind: ``random`` (independent positions per time step, FLIP), ``tube`` (the same positions in every step) or
+            ``content`` (per step, the tokens that change most from the neighbouring frames or vary most within
+            the patch: :func:`vidvlm.layers.masking.content_scores`; flat, static background is dropped first).
             The ``divided`` and ``factorised`` layouts attend over time between the k-th visible tokens of the
             steps, which are one position only with ``tube``: use ``tube`` with them.
     """
 
     ratio: float = 0.0
-    kind: MaskKind = "random"
+    kind: DropKind = "random"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"front_end.token_drop.ratio: must lie in [0, 1), got {self.ratio}")
-        if self.kind not in MASK_KINDS:
-            raise ConfigError(f"front_end.token_drop.kind: expected one of {list(MASK_KINDS)}, got {self.kind!r}")
+        if self.kind not in DROP_KINDS:
+            raise ConfigError(f"front_end.token_drop.kind: expected one of {list(DROP_KINDS)}, got {self.kind!r}")
 
 
 @dataclass
@@ -455,14 +457,23 @@ class VideoFrontEnd(nn.Module):
                 return self.tower(video, frame_mask, **visible)
         return self.tower(video, frame_mask, **visible)
 
-    def drop_keep(self, video: torch.Tensor) -> torch.Tensor | None:
-        """The visible tokens ``keep [B, T', K]`` that ``token_drop`` leaves of ``video [B, T, 3, H, W]`` in
-        training; None in evaluation or with ratio 0."""
+    def drop_keep(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The visible tokens ``keep [B, T', K]`` that ``token_drop`` leaves of ``video [B, T, 3, H, W]``
+        (``frame_mask [B, T]``: padded frames, which ``content`` scores as the tower sees them: repeats of the last
+        real frame) in training; None in evaluation or with ratio 0."""
         drop = self.token_drop
         if not self.training or drop.ratio == 0:
             return None
         steps, n = self.token_grid(video)
-        return make_keep(video.shape[0], steps, n, drop.ratio, drop.kind, device=video.device)
+        if drop.kind != "content":
+            return make_keep(video.shape[0], steps, n, drop.ratio, drop.kind, device=video.device)
+        vit = self.base_tower
+        filled, _ = fill_to_tubelets(video, frame_mask, vit.cfg.tubelet_size)
+        with torch.no_grad():
+            scores = content_scores(filled, vit.cfg.tubelet_size, vit.cfg.patch_size)
+        if scores.shape[1] < steps:  # the keyframe step: scored by where the clip's content lies overall
+            scores = torch.cat([scores, scores.mean(1, keepdim=True)], dim=1)
+        return content_keep(scores, drop.ratio)
 
     def forward(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None
@@ -480,7 +491,7 @@ class VideoFrontEnd(nn.Module):
         Returns:
             :class:`FrontEndOutput` with ``tokens [B, M, D]``, ``mask [B, M]`` or None, ``frame_index [B, M]``.
         """
-        out = self.encode(video, frame_mask, self.drop_keep(video) if keep is None else keep)
+        out = self.encode(video, frame_mask, self.drop_keep(video, frame_mask) if keep is None else keep)
         if self.cfg.pool_input == "frame":
             tokens = rearrange(out.pooler_output, "b t d -> b t 1 d")
         else:
