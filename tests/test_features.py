@@ -327,7 +327,7 @@ def test_background_shard_writer_matches_the_synchronous_one_and_reports_errors(
         for r in results:
             writer.add(r)  # the writer thread's error comes back here, at the next shard
     assert read_index(tmp_path / "full") == [] and writer.written == 0
-    shards.FolderLock(tmp_path / "full").release()  # the directory was released
+    shards.extraction_lock(tmp_path / "full").release()  # the directory was released
 
 
 def test_extract_to_dir_times_every_stage(tmp_path, media, tower):

@@ -15,12 +15,14 @@ from the checkpoint's in anything that changes training (model, data, optimiser,
 accumulation, clipping), naming the keys; logging, evaluation, checkpoint cadence, paths, ``data.num_workers`` and
 ``compile`` may change. ``--force-resume`` accepts the change (e.g. more steps): the run is then no longer an exact
 continuation. A resume drops the checkpoints and ``metrics.jsonl`` rows after the resumed step, so the folder
-describes one history.
+describes one history. While a run trains, its folder is locked (``train.lock``): a second run, ``--resume`` or
+``--overwrite`` into it is refused with the live run's pid and host (a killed run leaves no lock behind).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vidvlm.errors import VidVLMError
@@ -39,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vidvlm.train.checkpoint import resolve_resume
         from vidvlm.train.config import load_train_config, validate_model_config
-        from vidvlm.train.rundir import check_output_dir
+        from vidvlm.train.rundir import check_output_dir, lock_run_dir
         from vidvlm.train.trainer import Trainer
 
         cfg = load_train_config(args.config, args.overrides)
         validate_model_config(cfg, where=args.config)
         # fail before building data and model (the trainer checks again on every rank)
+        if os.environ.get("RANK", "0") == "0":  # a live run in the folder? (the trainer locks it for the run itself)
+            lock_run_dir(cfg.output_dir).release()
         resume = resolve_resume(args.resume, cfg.output_dir) if args.resume is not None else None
         check_output_dir(cfg, resume, overwrite=args.overwrite, force_resume=args.force_resume)
         trainer = Trainer(cfg)

@@ -125,9 +125,9 @@ def test_search_ranks_by_cosine(setup, tmp_path, capsys):
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from vidvlm.extract.shards import FolderLock
+from vidvlm.extract.shards import extraction_lock
 Path(sys.argv[1]).mkdir()
-lock = FolderLock(Path(sys.argv[1]))  # what a running extract_features.py holds
+lock = extraction_lock(Path(sys.argv[1]))  # what a running extract_features.py holds
 print("locked", flush=True)
 sys.stdin.read()  # hold the directory until the test closes our stdin (or kills us)
 """

@@ -114,3 +114,31 @@ def test_run_folder_and_resume_checks(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-00000002", "checkpoint-00000004"]
     assert sorted(_losses(out)) == [1, 2, 3, 4]
     assert (out / "checkpoint-00000002" / "model.safetensors").is_file()
+
+
+def test_overwrite_into_a_live_runs_folder_is_one_line_error(tmp_path, capsys):
+    """``--overwrite`` while another process trains into the folder: refused before any data is generated or any
+    file removed, naming the live run."""
+    import socket
+    import subprocess
+
+    out, data = tmp_path / "run", tmp_path / "d"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
+    hold = (
+        "import sys; from vidvlm.train.rundir import lock_run_dir; lock = lock_run_dir(sys.argv[1]); "
+        "print(1, flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        assert train_cli.main(["--config", str(CONFIG), *_overrides(out, data), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "another training run is writing into this directory" in err
+        assert f"pid {holder.pid} on {socket.gethostname()}" in err
+        assert not data.exists() and (out / "metrics.jsonl").read_text() == '{"step": 7, "loss": 1.0}\n'
+    finally:
+        holder.kill()
+        holder.wait()

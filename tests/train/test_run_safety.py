@@ -1,10 +1,14 @@
 """One run per output folder, resumes that continue the same run, an always-loadable final/, one metrics row per
-step, and a stop when too many training files are unreadable."""
+step, a folder locked while its run is live, and a stop when too many training files are unreadable."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -195,3 +199,38 @@ def test_bad_fraction_is_per_dataset(tmp_path):
     datasets = {"a": TinyDataset(24), "b": Flaky(24, every=2)}
     with pytest.raises(VideoDecodeError, match=r"^b\.jsonl: .*data\.datasets\.b"):
         _trainer(tmp_path, stages, datasets=datasets, stages=[{"name": "s", "steps": 20}]).train()
+
+
+HOLD_RUN_DIR = """
+import sys
+from vidvlm.train.rundir import lock_run_dir
+lock = lock_run_dir(sys.argv[1])  # what a training run holds while it trains
+print("locked", flush=True)
+sys.stdin.read()  # hold the folder until the test kills us
+"""
+
+
+def test_a_live_run_locks_its_folder_against_overwrite_and_resume(tmp_path):
+    """Without the lock, ``overwrite`` deleted a live run's checkpoints under it and ``resume="auto"`` made two
+    processes write one folder. Now both are refused before touching anything, naming the holder; a killed holder
+    leaves no lock behind."""
+    out = tmp_path / "run"
+    _trainer(out).train()
+    snapshot = lambda: {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "train.lock"}  # noqa: E731
+    before = snapshot()
+    assert "final" in before and "metrics.jsonl" in before
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN_DIR, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder_id = f"pid {holder.pid} on {socket.gethostname()}"
+        busy = re.escape(f"{out}: another training run is writing into this directory ({holder_id})")
+        for how in ({"overwrite": True}, {"resume": "auto"}):
+            with pytest.raises(ConfigError, match=busy):
+                _trainer(out).train(**how)
+        assert snapshot() == before  # nothing deleted, truncated or rewritten
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+        holder.wait()
+    _trainer(out).train(overwrite=True)
+    assert _steps(out) == sorted(_steps(out)) and snapshot() != before

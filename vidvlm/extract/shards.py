@@ -24,11 +24,9 @@ inside the directory; ``../x``, absolute paths and symlinks leading out of the d
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +40,7 @@ from safetensors.torch import save_file
 from vidvlm.atomic import write_atomic
 from vidvlm.errors import ConfigError
 from vidvlm.extract.result import FeatureResult, from_rows, to_rows
+from vidvlm.locks import FolderLock
 
 INDEX = "index.jsonl"
 SETTINGS = "extract.json"
@@ -92,35 +91,9 @@ def _check_shard(out_dir: Path, name: object, where: str) -> None:
         raise ConfigError(f"{where}: shard {name!r} leads outside {out_dir} (to {real}); refusing to read it")
 
 
-class FolderLock:
-    """An exclusive ``flock`` on ``folder/extract.lock``, held until :meth:`release` (or the process ends).
-
-    Raises:
-        ConfigError: another writer holds the folder; the message names its pid and host.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 256, 0).decode(errors="replace").strip() or "a writer that is starting"
-            os.close(self._fd)
-            self._fd = None
-            raise ConfigError(
-                f"{folder}: another extraction is writing into this directory ({holder}); wait for it to finish "
-                "or use another --out"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-
-    def release(self) -> None:
-        """Unlock (the file stays: removing it would let two writers lock two different files)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+def extraction_lock(folder: Path) -> FolderLock:
+    """The lock a :class:`ShardWriter` holds on ``folder/extract.lock`` (see :mod:`vidvlm.locks`)."""
+    return FolderLock(folder, LOCK, "another extraction", "wait for it to finish or use another --out")
 
 
 def _drop_torn_tail(index: Path) -> None:
@@ -150,7 +123,7 @@ class ShardWriter:
             (with ``background=True``: when the commit is collected, at the next flush or at close).
 
     Raises:
-        ConfigError: ``out_dir`` is an existing file, another writer holds it (see :class:`FolderLock`), or
+        ConfigError: ``out_dir`` is an existing file, another writer holds it (:func:`extraction_lock`), or
             ``settings`` differ from the ones stored in it.
     """
 
@@ -173,7 +146,7 @@ class ShardWriter:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{self.out_dir}: cannot create the output directory: {e.strerror}") from e
-        self._lock = FolderLock(self.out_dir)
+        self._lock = extraction_lock(self.out_dir)
         try:
             self._open(settings, retry_failed)
         except BaseException:

@@ -6,6 +6,10 @@ the same run stopped before its first checkpoint (same config, no checkpoint, no
 A resume refuses a config that differs from the checkpoint's in a key that changes training (see
 :func:`vidvlm.train.config.resume_changes`) unless forced, and rewinds the folder to the checkpoint: checkpoints of
 later steps (an abandoned continuation) are deleted and ``metrics.jsonl`` keeps only the rows up to its step.
+
+One run at a time: the trainer holds ``train.lock`` in the folder (:func:`lock_run_dir`, :mod:`vidvlm.locks`) from
+before it reads the folder until it returns, so a second run, resume or ``overwrite`` into a folder that a live run
+is writing is refused with the holder's pid and host instead of deleting or interleaving its files.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from pathlib import Path
 from vidvlm.atomic import recover_dir, write_text_atomic
 from vidvlm.config import read_mapping
 from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.locks import FolderLock
 from vidvlm.train import checkpoint as ckpt
 from vidvlm.train.config import TrainConfig, resume_changes
 
+LOCK_FILE = "train.lock"
 CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
 FINAL = "final"
@@ -37,6 +43,21 @@ def run_files(output_dir: str | Path) -> list[Path]:
     for pattern in _RUN_GLOBS:
         found += sorted(out.glob(pattern))
     return found
+
+
+def lock_run_dir(output_dir: str | Path) -> FolderLock:
+    """Create ``output_dir`` if needed and hold its ``train.lock`` (release it when the run ends).
+
+    Raises:
+        ConfigError: another live run holds the folder (the message names its pid and host), or the folder cannot be
+            created.
+    """
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot create the output directory: {e.strerror}") from e
+    return FolderLock(out, LOCK_FILE, "another training run", "wait for it to finish or choose another output_dir")
 
 
 def check_output_dir(

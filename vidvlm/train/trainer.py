@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vidvlm.atomic import replace_dir
 from vidvlm.errors import ConfigError, VideoDecodeError
+from vidvlm.locks import FolderLock
 from vidvlm.train import checkpoint as ckpt
 from vidvlm.train import evaluation
 from vidvlm.train.config import StageConfig, TrainConfig, save_train_config
@@ -50,7 +51,7 @@ from vidvlm.train.optim import (
     build_scheduler,
     check_patterns,
 )
-from vidvlm.train.rundir import METRICS_FILE, check_output_dir, prepare_output_dir
+from vidvlm.train.rundir import METRICS_FILE, check_output_dir, lock_run_dir, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -304,12 +305,37 @@ class Trainer:
             force_resume: resume even though keys that change training differ from the checkpoint's config.
 
         Raises:
-            ConfigError: ``output_dir`` holds another run, the config changed since the checkpoint, or a stage
-                selector matches no parameter.
+            ConfigError: another live run is writing into ``output_dir`` (``train.lock``), ``output_dir`` holds
+                another run, the config changed since the checkpoint, or a stage selector matches no parameter.
             NonFiniteLossError: with ``nonfinite: stop``, after writing a checkpoint.
             CheckpointError: ``resume`` is not a usable checkpoint.
             VideoDecodeError: more than ``data.max_bad_fraction`` of a dataset's samples were unreadable.
         """
+        lock = self._lock_output_dir()
+        try:
+            return self._train(resume, overwrite=overwrite, force_resume=force_resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_output_dir(self) -> FolderLock | None:
+        """The main process holds ``output_dir``'s ``train.lock`` for the whole call (:func:`lock_run_dir`); every
+        rank learns whether it could, so that all raise together instead of waiting for a main process that left."""
+        lock, error = None, None
+        if self.acc.is_main_process:
+            try:
+                lock = lock_run_dir(self.out)
+            except ConfigError as e:
+                error = str(e)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise ConfigError(error)
+        return lock
+
+    def _train(self, resume: str | Path | None, *, overwrite: bool, force_resume: bool) -> list[dict]:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
