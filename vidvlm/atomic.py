@@ -61,8 +61,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` (any writer that takes a path), fsync, then rename over ``path``."""
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = True) -> None:
+    """Write ``path`` through ``write(tmp)`` (any writer that takes a path), fsync, then rename over ``path``.
+
+    ``durable=False`` skips the fsyncs: the file still appears whole or not at all to every reader, but a power
+    loss may leave it empty (for many small files whose completion another durable file records)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,14 +73,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     tmp = Path(name)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -136,3 +136,36 @@ def test_cli_writes_manifest(tmp_path: Path) -> None:
     assert len(rows) == 3 and all("path" in r and "caption" in r for r in rows)
     with open_video(tmp_path / rows[0]["path"]) as video:
         assert (video.metadata.num_frames, video.metadata.width) == (20, 48)
+
+
+WRITE_SET = """
+import sys
+from vidvlm.data.synthetic import make_synthetic
+make_synthetic(sys.argv[1], int(sys.argv[2]), 0, frames=16, size=32)
+"""
+
+
+def test_a_second_writer_of_a_set_never_exposes_a_partial_clip(tmp_path):
+    """Training runs started together generate their data on first use. The second writer used to rewrite every
+    clip in place (truncate, then encode), so a run already reading the set could meet a half-written file. Now each
+    file is replaced whole: while another process rewrites the set, every clip keeps its full size."""
+    out, num = tmp_path / "set", 40
+    make_synthetic(out, num, 0, frames=16, size=32)
+    clips = sorted(out.glob("*.mp4"))
+    sizes = [p.stat().st_size for p in clips]
+    inodes = [p.stat().st_ino for p in clips]
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_SET, str(out), str(num)])
+    torn = polls = 0
+    while writer.poll() is None:
+        for path, size in zip(clips, sizes, strict=True):
+            try:
+                torn += path.stat().st_size != size
+            except FileNotFoundError:
+                torn += 1
+        polls += 1
+    assert writer.returncode == 0 and polls > 0
+    assert torn == 0
+    assert all(p.stat().st_ino != i for p, i in zip(clips, inodes, strict=True))  # the second writer replaced each
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in clips] + ["manifest.jsonl"])  # no .tmp
+    (tmp_path / "plain").write_bytes(b"")  # the mode a plain open gives (the temporaries start at 0600)
+    assert {p.stat().st_mode & 0o777 for p in clips} == {(tmp_path / "plain").stat().st_mode & 0o777}

@@ -16,6 +16,10 @@ which also writes the text-only corpus). A compositional held-out split keeps th
 :data:`HELD_OUT_PAIRS` out of training (``compositional=True``) and draws only them (``split="compositional"``).
 
 Colours are fully saturated on a near-black background so that they survive yuv420p chroma subsampling.
+
+Several processes may write the same set at once (training runs started together generate their data on first
+use): every file appears whole (written under a temporary name, then renamed), and the manifest, written last, marks
+the set complete, so a reader never meets a half-written clip.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 
-from vidvlm.atomic import write_text_atomic
+from vidvlm.atomic import write_atomic, write_text_atomic
 from vidvlm.errors import ConfigError
 
 SHAPES_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -143,8 +147,13 @@ def render(clip: ShapeClip, size: int) -> np.ndarray:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
-    """Encode RGB ``[F, H, W, 3]`` uint8 frames as H.264 yuv420p, one thread (deterministic bytes)."""
-    with av.open(str(path), mode="w") as container:
+    """Encode RGB ``[F, H, W, 3]`` uint8 frames as H.264 yuv420p in an MP4 file, one thread (deterministic bytes),
+    written whole (a concurrent reader never sees part of it)."""
+    write_atomic(path, lambda tmp: _encode_mp4(tmp, frames, fps), durable=False)  # the manifest is the durable one
+
+
+def _encode_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -159,10 +168,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def write_png(path: Path, frame: np.ndarray) -> None:
-    """Write one RGB ``[H, W, 3]`` uint8 frame as PNG."""
+    """Write one RGB ``[H, W, 3]`` uint8 frame as PNG, whole."""
     from PIL import Image
 
-    Image.fromarray(frame).save(path)
+    write_atomic(path, lambda tmp: Image.fromarray(frame).save(tmp, format="PNG"), durable=False)
 
 
 def allowed_pairs(split: str, compositional: bool) -> list[tuple[str, str]]:
