@@ -69,6 +69,8 @@ def contact_sheet(rows: list[list], texts: list[str], out: Path) -> None:
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    from vidvlm.atomic import write_atomic
+
     th = max(f.height for row in rows for f in row)
     cols = max(len(row) for row in rows)
     font = ImageFont.load_default(size=14)
@@ -81,8 +83,10 @@ def contact_sheet(rows: list[list], texts: list[str], out: Path) -> None:
         for c, f in enumerate(row):
             sheet.paste(f, (c * 128, y))
         draw.text((4, y + th + 2), text, fill="black", font=font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown file extension {out.suffix!r} (use .png or .jpg)")
+    write_atomic(out, lambda tmp: sheet.save(tmp, format=fmt))  # a reader never sees half a sheet
 
 
 def main(argv: list[str] | None = None) -> int:
