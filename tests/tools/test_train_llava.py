@@ -108,10 +108,18 @@ def test_llava_trains_resumes_and_answers(tmp_path, capsys):
     assert answer.strip()
 
     # a multi-turn chat: two questions, two answers
+    # (the clip goes through the tower once for both turns)
+    from vidvlm.models.frontend import VideoFrontEnd
+
+    passes, forward = [], VideoFrontEnd.forward
+    counting = lambda self, *a, **k: passes.append(1) or forward(self, *a, **k)  # noqa: E731
     chat = [str(clip), "--model", str(full / "final"), "--question", "what color is it?", "--question", "and its size?"]
-    assert chat_cli.main(chat) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VideoFrontEnd, "forward", counting)
+        assert chat_cli.main(chat) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"Q: what color is it?\nA: {answer}\nQ: and its size?\nA: ")
+    assert len(passes) == 1
 
     # export: LoRA merged, the LM inside; it answers the same with the base LM gone
     assert export_cli.main([str(full / "final"), "--out", str(tmp_path / "standalone")]) == 0

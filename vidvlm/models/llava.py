@@ -249,6 +249,7 @@ class LlavaModel(VLMModel):
         generation: bool = False,
         paths: Sequence[str] | None = None,
         clip_of: torch.Tensor | None = None,
+        visual: FrontEndOutput | None = None,
     ) -> dict[str, torch.Tensor]:
         """The LM's keyword arguments for B conversations and their clips (see :meth:`SequenceBuilder.assemble`).
 
@@ -261,17 +262,19 @@ class LlavaModel(VLMModel):
             generation: left padding and no labels.
             paths: sample names for error messages.
             clip_of: long ``[K]``: the conversations' clips are ``video[clip_of]`` (see :meth:`generate`).
+            visual: the front-end's output for ``video`` when the caller already has it (a conversation about one
+                clip over several turns); ``video`` is then not read.
         """
-        if video is None:
+        if visual is None and video is not None:
+            visual = self.front_end(video, frame_mask)
+        if visual is None:
             width = self.front_end.width
             empty = torch.zeros(0, 0, width, device=self.lm.get_input_embeddings().weight.device)
             visual = FrontEndOutput(empty, None, torch.zeros(0, 0, dtype=torch.long), None)
             clips_per_sample = clips_per_sample or [0] * len(conversations)
-        else:
-            visual = self.front_end(video, frame_mask)
-            if clip_of is not None:
-                visual = select_clips(visual, clip_of)
-                timestamps = None if timestamps is None else timestamps[clip_of]
+        elif clip_of is not None:
+            visual = select_clips(visual, clip_of)
+            timestamps = None if timestamps is None else timestamps[clip_of]
         batch = {"timestamps": timestamps, "clips_per_sample": clips_per_sample, "path": paths}
         return self.sequences.assemble(list(conversations), visual, batch, generation=generation)
 
@@ -286,6 +289,7 @@ class LlavaModel(VLMModel):
         conversations: Sequence[list[dict[str, str]]] | None = None,
         clips_per_sample: Sequence[int] | None = None,
         clip_of: torch.Tensor | None = None,
+        visual: FrontEndOutput | None = None,
     ) -> list[str]:
         """Answer (or caption) each sample with the LM's ``generate`` (KV cache, left padding).
 
@@ -299,18 +303,21 @@ class LlavaModel(VLMModel):
             clips_per_sample: clips of each conversation (default: one each).
             clip_of: long ``[K]``: the conversations' clips are ``video[clip_of]`` (each of the N clips is encoded
                 once however often it recurs; ``timestamps`` stay ``[N, T]``); None: the clips are ``video``.
+            visual: ``self.front_end(video, frame_mask)`` computed once by the caller and reused (``video`` may then
+                be None; ``tools/chat_video.py`` encodes its clip once for every turn).
 
         Returns:
             B answers.
         """
         cfg = decode or self.config.decode
         if conversations is None:
-            count = video.shape[0] if clip_of is None else len(clip_of)
+            count = len(clip_of) if clip_of is not None else (visual.tokens if video is None else video).shape[0]
             qs = list(questions) if questions is not None else [None] * count
             conversations = [[{"role": "user", "content": self._user_turn(q)}] for q in qs]
         inputs = self.prepare_inputs(
-            conversations, video, frame_mask, timestamps, clips_per_sample, generation=True, clip_of=clip_of
-        )
+            conversations, video, frame_mask, timestamps, clips_per_sample, generation=True, clip_of=clip_of,
+            visual=visual,
+        )  # fmt: skip
         kwargs: dict[str, Any] = dict(
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=self.stop_ids,
