@@ -347,3 +347,15 @@ def test_frame_times_and_separators_come_from_the_real_timestamps(lms):
     separator = tok(",", add_special_tokens=False)["input_ids"]
     assert sum(ids[i : i + len(separator)] == separator for i in range(len(ids))) >= 3
     assert inputs["inputs_embeds"].shape[1] == len(ids)
+
+
+def test_the_prefill_cache_goes_to_generate_under_the_name_transformers_uses():
+    """transformers renamed the outputs' ``past_key_values`` to ``cache`` (and generate()'s keyword with it) after
+    5.18, the oldest release vidvlm supports: the bidirectional prefill hands its cache over under either name."""
+    from types import SimpleNamespace
+
+    from vidvlm.models.llava import _cache_kwarg
+
+    cache = object()
+    assert _cache_kwarg(SimpleNamespace(cache=cache, logits=None)) == {"cache": cache}
+    assert _cache_kwarg(SimpleNamespace(past_key_values=cache, logits=None)) == {"past_key_values": cache}

@@ -338,7 +338,7 @@ class LlavaModel(VLMModel):
                 position_ids=inputs["position_ids"][:, :-1].repeat_interleave(beams, 0),
                 use_cache=True,
             )
-            kwargs["cache"] = prefill.cache
+            kwargs.update(_cache_kwarg(prefill))
         out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask2d, **kwargs)
         return [t.strip() for t in self.tokenizer.hf.batch_decode(out, skip_special_tokens=True)]
 
@@ -442,6 +442,14 @@ class LlavaModel(VLMModel):
         save_file(tensors, str(path / WEIGHTS_FILE))
         self.tokenizer.save(path)
         return path
+
+
+def _cache_kwarg(output: Any) -> dict[str, Any]:
+    """The key/value cache of an LM forward, under the name ``generate()`` takes it: ``cache`` in recent
+    transformers, ``past_key_values`` before that rename (both are supported)."""
+    if hasattr(output, "cache"):
+        return {"cache": output.cache}
+    return {"past_key_values": output.past_key_values}
 
 
 def _with_lora(lm: nn.Module, spec: LoraSpec) -> nn.Module:
