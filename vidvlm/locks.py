@@ -21,18 +21,23 @@ class FolderLock:
     """An exclusive ``flock`` on ``folder/name``, held until :meth:`release` (or the process ends).
 
     Args:
-        folder: an existing directory.
+        folder: the output folder (created if missing).
         name: the lock file's name inside it.
-        busy: the refusal's text after the folder and the holder, e.g. ``"wait for it to finish or use another
-            --out"``.
-        what: what holds such a folder (``"an extraction"``, ``"a training run"``), for the message.
+        what: who would hold such a folder, for the message (``"another extraction"``).
+        busy: the refusal's advice after the holder (``"wait for it to finish or use another --out"``).
 
     Raises:
-        ConfigError: another writer holds the folder; the message names its pid and host.
+        ConfigError: another writer holds the folder (the message names its pid and host), or the folder cannot be
+            created.
     """
 
     def __init__(self, folder: Path, name: str, what: str, busy: str) -> None:
-        self.path = Path(folder) / name
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{folder}: cannot create the output directory: {e.strerror}") from e
+        self.path = folder / name
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,12 +55,6 @@ class FolderLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> FolderLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 __all__ = ["FolderLock"]

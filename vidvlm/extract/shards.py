@@ -92,7 +92,7 @@ def _check_shard(out_dir: Path, name: object, where: str) -> None:
 
 
 def extraction_lock(folder: Path) -> FolderLock:
-    """The lock a :class:`ShardWriter` holds on ``folder/extract.lock`` (see :mod:`vidvlm.locks`)."""
+    """The lock a :class:`ShardWriter` holds on ``folder/extract.lock``, creating the folder (:mod:`vidvlm.locks`)."""
     return FolderLock(folder, LOCK, "another extraction", "wait for it to finish or use another --out")
 
 
@@ -142,11 +142,7 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"{self.out_dir}: the output must be a directory, and this is an existing file")
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"{self.out_dir}: cannot create the output directory: {e.strerror}") from e
-        self._lock = extraction_lock(self.out_dir)
+        self._lock = extraction_lock(self.out_dir)  # creates the directory
         try:
             self._open(settings, retry_failed)
         except BaseException:

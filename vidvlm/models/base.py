@@ -40,7 +40,8 @@ EMBED_TEXT = "embed_text"  # encode_text(texts) -> [B, E]
 # of video's clips each of B outputs is about (several questions about one clip encode it once); default: one each
 GENERATE = "generate"
 ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the video
-CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations
+CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations;
+# with FRONT_END too, generate(None, ..., visual=front_end(video)) reuses one encoding of the clips over the turns
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
 MATCH = "match"  # match_video / match_text -> cached inputs of match_scores(...) -> [P] video-text matching log-odds

@@ -52,12 +52,9 @@ def lock_run_dir(output_dir: str | Path) -> FolderLock:
         ConfigError: another live run holds the folder (the message names its pid and host), or the folder cannot be
             created.
     """
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{out}: cannot create the output directory: {e.strerror}") from e
-    return FolderLock(out, LOCK_FILE, "another training run", "wait for it to finish or choose another output_dir")
+    return FolderLock(
+        Path(output_dir), LOCK_FILE, "another training run", "wait for it to finish or choose another output_dir"
+    )
 
 
 def check_output_dir(
