@@ -12,6 +12,7 @@ import pytest
 from corpus import H, W, pattern, read_index, write_video
 
 from vidvlm.data.video import open_video
+from vidvlm.errors import VideoDecodeError
 
 DARK, LIGHT = 50, 200
 N = 24
@@ -119,3 +120,47 @@ def test_edit_list_frames_before_the_start_are_not_frames(tmp_path, backend):
         picks = [24, 0, 1, 12, 24]
         assert [read_index(f.numpy()) for f in video.get_frames(picks)] == [5 + i for i in picks]
         assert [read_index(f.numpy()) for f in video.get_frames_at([0.0, 0.99])] == [5, 29]
+
+
+# MPEG-TS has no sample table: FFmpeg seeks it by bisecting on the clock it meets in the bytes (decode times, behind
+# the presentation times by the muxer's delay) and lands a GOP or more past the keyframe asked for. Two codecs, GOPs of
+# 12 with B-frames, long enough that the last GOPs lie several seconds in.
+TS_ENCODINGS = {
+    "h264": ("libx264", {"g": "12", "bf": "3", "sc_threshold": "0"}),
+    "mpeg2": ("mpeg2video", {"g": "12", "bf": "2", "qscale": "2"}),
+}
+TS_FRAMES = 250  # read_index counts to 255
+
+
+@pytest.fixture(scope="module")
+def transport_streams(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("mpegts")
+    return {
+        name: write_video(str(d / f"{name}.ts"), codec, TS_FRAMES, options=options)
+        for name, (codec, options) in TS_ENCODINGS.items()
+    }
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("name", list(TS_ENCODINGS))
+def test_mpegts_random_access_is_exact_to_the_last_frame(transport_streams, name, backend, threads):
+    path = transport_streams[name]
+    with av.open(path) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == TS_FRAMES
+    rng = np.random.default_rng(0)
+    picks = [[TS_FRAMES - 1], [TS_FRAMES - 2, TS_FRAMES - 1], [12, 13, 130, 248]]
+    picks += [sorted(rng.choice(TS_FRAMES, size=8, replace=False).tolist()) for _ in range(4)]
+    with open_video(path, backend=backend, num_threads=threads, index_cache="") as video:
+        assert video.metadata.num_frames == TS_FRAMES  # the index once lost the last GOP to a seek past it
+        assert video.metadata.backend == "pyav"  # decord returns frames a GOP or more away
+        for want in picks:
+            assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+
+
+def test_a_raw_elementary_stream_is_a_one_line_error(tmp_path):
+    path = write_video(str(tmp_path / "clip.h264"), "libx264", 12, options={"g": "4", "bf": "2"})
+    with pytest.raises(VideoDecodeError, match=r"clip\.h264: the video stream has no timestamps") as err:
+        open_video(path, index_cache="")
+    assert "\n" not in str(err.value)

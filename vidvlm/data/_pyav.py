@@ -114,14 +114,6 @@ def _choose_stream(path: str, container: av.container.InputContainer, stream: in
     return container.streams[int(stream)]
 
 
-def _packet_time(packet: av.Packet, fallback: int) -> int:
-    if packet.pts is not None:
-        return int(packet.pts)
-    if packet.dts is not None:
-        return int(packet.dts)
-    return fallback
-
-
 def _frame_time(frame: av.VideoFrame) -> int | None:
     if frame.pts is not None:
         return int(frame.pts)
@@ -156,6 +148,12 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         times, keys, durations, clean, discarded, end, last_size = _demux_scan(container, stream)
     if not len(times):
         raise VideoDecodeError(f"{path}: video stream holds no frames")
+    if table is None and not any(t is not None for t in times):
+        raise VideoDecodeError(
+            f"{path}: the video stream has no timestamps (a raw elementary stream); put it in a container first, "
+            "e.g. ffmpeg -i IN -c copy OUT.mp4"
+        )
+    times = [i if t is None else int(t) for i, t in enumerate(times)]  # the odd untimed packet keeps its place
     order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
     pts = np.asarray(times, dtype=np.int64)[order]
     keyframes = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
@@ -204,15 +202,16 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
 
 def _demux_scan(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> tuple[list[int], list[bool], list[int], bool, int, int, int]:
+) -> tuple[list[int | None], list[bool], list[int], bool, int, int, int]:
     """Demuxes every packet of ``stream`` (no decoding).
 
     Returns:
-        (pts, keyframe flags, durations) of each shown packet in decode order, whether no demux error or corrupt
+        (pts, keyframe flags, durations) of each shown packet in decode order (pts: the decode time where a packet
+        has no presentation time, None where it has neither), whether no demux error or corrupt
         packet was met, how many packets an edit list discards, the end offset of the furthest packet, and the size
         of the last packet read.
     """
-    times: list[int] = []
+    times: list[int | None] = []
     keys: list[bool] = []
     durations: list[int] = []
     end = last_size = discarded = 0
@@ -228,7 +227,7 @@ def _demux_scan(
             if packet.is_discard:
                 discarded += 1  # before an edit list's start: decoded as a reference, never shown
                 continue
-            times.append(_packet_time(packet, len(times)))
+            times.append(packet.pts if packet.pts is not None else packet.dts)
             keys.append(bool(packet.is_keyframe))
             durations.append(int(packet.duration or 0))
     except av.error.FFmpegError:
@@ -296,10 +295,9 @@ def _decode_from(
     roughly halves the decoding work on B-frame video.
     """
     ctx = stream.codec_context
-    container.seek(seek_pts if seek_pts is not None else 0, stream=stream, backward=True, any_frame=False)
     mode = "DEFAULT"
     try:
-        for packet in container.demux(stream):
+        for packet in _packets_from(container, stream, seek_pts):
             if keep is not None and packet.size:
                 want = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
                 if want != mode:
@@ -320,6 +318,56 @@ def _decode_from(
     finally:
         if mode != "DEFAULT":
             ctx.skip_frame = "DEFAULT"
+
+
+_SEEK_BACK_SECONDS = (1.0, 4.0, 16.0)  # further tries after a seek that lands past the keyframe, then the start
+
+
+def _packets_from(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_pts: int | None
+) -> Iterator[av.Packet]:
+    """The stream's packets in decode order from the keyframe whose presentation time is ``seek_pts`` (None: from
+    the start of the file).
+
+    Containers without a sample table (MPEG-TS, MPEG-PS) seek by bisecting on the timestamps met in the bytes, and
+    can land past the keyframe asked for (MPEG-TS seeks on decode times, which run behind presentation times by the
+    muxer's delay). The landing is checked on the packets themselves: the keyframe must be the first packet
+    presented at or after ``seek_pts``. Packets before it are earlier frames, not needed to decode from a keyframe,
+    and are dropped; a later one first means the seek overshot, and it is repeated 1, 4 and 16 seconds earlier,
+    then from the start. A packet with no timestamp at all cannot be placed: decoding then starts at the beginning.
+    """
+    seconds = float(stream.time_base) if stream.time_base else 0.0
+    tries = [0.0, *_SEEK_BACK_SECONDS] if seek_pts is not None and seconds > 0 else []
+    for back in tries:
+        container.seek(int(seek_pts - back / seconds), stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+        landing, key = _skip_to_keyframe(packets, seek_pts)
+        if key is not None:
+            yield key
+            yield from packets
+            return
+        if landing == "unplaceable":
+            break
+    container.seek(0, stream=stream, backward=True, any_frame=False)
+    yield from container.demux(stream)
+
+
+def _skip_to_keyframe(packets: Iterator[av.Packet], seek_pts: int) -> tuple[str, av.Packet | None]:
+    """Reads ``packets`` up to the keyframe presented at ``seek_pts``.
+
+    Returns:
+        ``("found", keyframe packet)``; ``("past", None)`` when a later packet or the end of the file comes first;
+        ``("unplaceable", None)`` at a packet without timestamps.
+    """
+    for packet in packets:
+        at = packet.pts if packet.pts is not None else packet.dts
+        if packet.size and at is None:
+            return "unplaceable", None
+        if not packet.size or at > seek_pts:
+            return "past", None
+        if at == seek_pts:
+            return "found", packet
+    return "past", None
 
 
 def _drain(ctx: av.video.codeccontext.VideoCodecContext) -> list[av.VideoFrame]:

@@ -42,9 +42,11 @@ _STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 #   shifted by several positions; VP8 WebM returns frames from the start whatever the index (dmlc/decord#91); on HEVC
 #   (x265 default open GOPs) its random access returned wrong frames in 2 of 5 random index sets on this corpus;
 # - counts frames an edit list discards and then returns shifted frames; trusts header frame counts and can hang past
-#   the real end (dmlc/decord#373): such indexes are not ``complete``.
+#   the real end (dmlc/decord#373): such indexes are not ``complete``;
+# - seeks MPEG-TS/PS by their clocks and returns frames a GOP or more away (H.264 in MPEG-TS: wrong frames in every
+#   random index set tried).
 _DECORD_CODECS = {"h264", "vp9"}
-_DECORD_UNSAFE_FORMATS = {"gif", "avi"}
+_DECORD_UNSAFE_FORMATS = {"gif", "avi", "mpegts", "mpeg"}
 
 Size = int | tuple[int, int] | None
 
