@@ -6,6 +6,8 @@ range moves them by 8 to 13) are both checked, with each backend.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -164,3 +166,38 @@ def test_a_raw_elementary_stream_is_a_one_line_error(tmp_path):
     with pytest.raises(VideoDecodeError, match=r"clip\.h264: the video stream has no timestamps") as err:
         open_video(path, index_cache="")
     assert "\n" not in str(err.value)
+
+
+def write_ts_segment(path: str, first: int, count: int, width: int, height: int) -> bytes:
+    """MPEG-TS frames ``first .. first+count-1`` at ``width x height``, timestamps continuing from frame ``first``."""
+    with av.open(path, "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=25, options={"g": "10", "bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(first, first + count):
+            image = np.kron(pattern(i)[:, :, 0], np.ones((height // H, width // W), dtype=np.uint8))
+            frame = av.VideoFrame.from_ndarray(np.repeat(image[:, :, None], 3, axis=2), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_joined_segments_keep_every_frame_and_one_frame_shape(tmp_path):
+    """Adaptive-streaming segments joined into one file: the joint's packet is flagged corrupt by the demuxer (a
+    continuity gap) yet decodes, and the second half has twice the resolution. Every frame is a frame, and frames
+    come at one shape (the index's, as without a decode size)."""
+    low = write_ts_segment(str(tmp_path / "low.ts"), 0, 20, W, H)
+    high = write_ts_segment(str(tmp_path / "high.ts"), 20, 20, 2 * W, 2 * H)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(low + high)
+    with av.open(str(joined)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 40
+    with open_video(joined, index_cache="") as video:
+        assert video.metadata.num_frames == 40  # the joint's frame was once dropped from the index
+        m = video.metadata
+        picks = [0, 18, 19, 20, 21, 39]
+        frames = video.get_frames(picks)
+        assert tuple(frames.shape) == (6, 3, m.height, m.width)
+        assert [read_index(f.numpy()) for f in frames] == picks
+        assert [read_index(f.numpy()) for f in video.get_frames(picks, size=32)] == picks

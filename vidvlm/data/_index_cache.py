@@ -28,7 +28,7 @@ from vidvlm.data._pyav import FrameIndex
 
 ENV = "VIDVLM_INDEX_CACHE"
 # Bump when FrameIndex or its meaning changes: entries of another version are rebuilt. 2: MPEG-TS indexes written
-# before seeks were checked could miss the last GOPs.
+# before seeks were checked could miss the last GOPs, and packets the demuxer flags corrupt are now frames.
 _VERSION = 2
 # About 16 MB of pts (a one-hour 30 fps video holds 108,000 frames).
 _MAX_FRAMES_IN_MEMORY = 2_000_000

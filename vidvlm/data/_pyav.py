@@ -221,8 +221,10 @@ def _demux_scan(
             if packet.size == 0:
                 continue  # the flush packet at end of stream
             if packet.is_corrupt:
+                # Flagged by the demuxer (an MPEG-TS continuity gap where two files were joined, a damaged PES), yet
+                # usually decodable: it stays a frame, and the index is not complete. A frame that then fails to
+                # come out of the decoder is an error when asked for, as in any damaged file.
                 clean = False
-                continue
             end, last_size = max(end, (packet.pos or 0) + packet.size), packet.size
             if packet.is_discard:
                 discarded += 1  # before an edit list's start: decoded as a reference, never shown
@@ -468,7 +470,9 @@ def _decode_run(
     stream = container.streams[index.stream]
     want_pts = index.pts[run].tolist()
     key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
-    width, height = out_wh if out_wh is not None else (None, None)
+    # Without a decode size, frames come at the index's size: a stream that changes resolution part-way (adaptive
+    # streaming segments joined into one file) still gives frames of one shape.
+    width, height = out_wh if out_wh is not None else (index.width, index.height)
     threads = max(1, stream.codec_context.thread_count)  # the caller's bound (1 on the concurrent-GOP decoders)
     out: list[np.ndarray] = []
     frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want_pts))
