@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from corpus import H, W, pattern, read_index, write_video
 
+from vidvlm.data import _pyav
 from vidvlm.data.video import open_video
 from vidvlm.errors import VideoDecodeError
 
@@ -201,3 +202,29 @@ def test_joined_segments_keep_every_frame_and_one_frame_shape(tmp_path):
         assert tuple(frames.shape) == (6, 3, m.height, m.width)
         assert [read_index(f.numpy()) for f in frames] == picks
         assert [read_index(f.numpy()) for f in video.get_frames(picks, size=32)] == picks
+
+
+def test_seeks_land_on_the_keyframe_first_time_where_the_container_indexes_it(corpus, transport_streams, monkeypatch):
+    """MP4, Matroska, WebM and AVI seek straight to the keyframe (one seek per run, no retry, never from the start);
+    MPEG-TS overshoots and is retried, and still gives the right frames."""
+    landings: list[str] = []
+    skip = _pyav._skip_to_keyframe
+
+    def spy(packets, seek_pts):
+        result = skip(packets, seek_pts)
+        landings.append(result[0])
+        return result
+
+    monkeypatch.setattr(_pyav, "_skip_to_keyframe", spy)
+    for name in ("h264", "vp9", "hevc", "mpeg4", "vfr"):
+        landings.clear()
+        with open_video(corpus[name], index_cache="") as video:
+            n = video.metadata.num_frames
+            picks = [n - 1, n // 2, 1]
+            assert [read_index(f.numpy()) for f in video.get_frames(picks)] == picks
+        assert landings and set(landings) == {"found"}, name
+    landings.clear()
+    with open_video(transport_streams["h264"], index_cache="") as video:
+        picks = [TS_FRAMES - 1, 130, 13]
+        assert [read_index(f.numpy()) for f in video.get_frames(picks)] == picks
+    assert "past" in landings and "found" in landings

@@ -226,10 +226,19 @@ def test_stage_mixture_selects_datasets(tmp_path):
     assert len(seen) == 12 and all(i >= 100 for i in seen)
 
 
-def test_bf16_autocast_runs(tmp_path):
-    hist = _trainer(tmp_path, mixed_precision="bf16").train()
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_mixed_precision_runs_the_training_forward_under_autocast(tmp_path, precision):
+    """``mixed_precision: bf16`` trains under bf16 autocast on the CPU too (2x faster steps on CPUs with AMX:
+    BENCHMARKS.md), with float32 weights; ``no`` is plain float32."""
+    model = TinyModel()
+    seen = []
+    model.encoder.register_forward_hook(lambda m, i, out: seen.append((out.dtype, model.training)))
+    hist = _trainer(tmp_path, model=model, mixed_precision=precision).train()
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in hist if "loss" in m)
     assert not any(m.get("skipped") for m in hist)
+    trained = {dtype for dtype, training in seen if training}
+    assert trained == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert model.encoder.weight.dtype == torch.float32
 
 
 def test_too_small_dataset_is_a_config_error(tmp_path):
