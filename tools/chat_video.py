@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         content = q if conversation else f"<video>\n{q}"  # the clip comes with the first question
         conversation.append({"role": "user", "content": content})
         try:
-            answer = model.generate(decode=decode, timestamps=times[None], conversations=[conversation], **clip_input)[
-                0
-            ]
+            (answer,) = model.generate(
+                decode=decode, timestamps=times[None], conversations=[conversation], **clip_input
+            )
         except VidVLMError as e:  # e.g. the conversation outgrew the LM's context
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -338,10 +338,10 @@ def _packets_from(
     and are dropped; a later one first means the seek overshot, and it is repeated 1, 4 and 16 seconds earlier,
     then from the start. A packet with no timestamp at all cannot be placed: decoding then starts at the beginning.
     """
-    seconds = float(stream.time_base) if stream.time_base else 0.0
-    tries = [0.0, *_SEEK_BACK_SECONDS] if seek_pts is not None and seconds > 0 else []
+    unit = float(stream.time_base) if stream.time_base else 0.0  # seconds per pts step
+    tries = [0.0, *_SEEK_BACK_SECONDS] if seek_pts is not None and unit > 0 else []
     for back in tries:
-        container.seek(int(seek_pts - back / seconds), stream=stream, backward=True, any_frame=False)
+        container.seek(int(seek_pts - back / unit), stream=stream, backward=True, any_frame=False)
         packets = container.demux(stream)
         landing, key = _skip_to_keyframe(packets, seek_pts)
         if key is not None:
