@@ -288,6 +288,59 @@ def test_gradient_checkpointing_of_the_lm_with_a_frozen_tower(lms):
         torch.testing.assert_close(grads[n], ref[n], atol=1e-6, rtol=1e-4)
 
 
+def _loss_and_grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    loss = fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch,attention", [("llama", "causal"), ("llama", "bidirectional"), ("qwen2", "causal")])
+def test_the_loss_applies_the_head_only_where_labels_are_and_equals_the_lms_own(lms, arch, attention):
+    model = build(lms[arch], lora=True, visual_attention=attention).train()
+    # answers at different positions in each sample: a caption, a short and a long question
+    batch = {
+        "video": clips(3),
+        "text": ["a red square moves left", "red", "a small blue circle"],
+        "question": [None, "what color is it?", "what color is the big shape that moves up and then left?"],
+    }
+    inputs = model.prepare_inputs(model._conversations(batch), batch["video"])
+    head_rows = []
+    hook = model.lm.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(a[0].shape[:-1]))
+    ours, ours_grads = _loss_and_grads(model, lambda: model(batch)["lm_loss"])
+    hook.remove()
+    ref, ref_grads = _loss_and_grads(model, lambda: model.lm(**inputs).loss)  # transformers' own loss, every logit
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    assert ours_grads.keys() == ref_grads.keys() and any(".lora_" in n for n in ours_grads)
+    for n in ours_grads:
+        torch.testing.assert_close(ours_grads[n], ref_grads[n], atol=1e-6, rtol=1e-4)
+    labelled = int((inputs["labels"][:, 1:] != IGNORE).any(0).sum())
+    assert head_rows == [torch.Size([3, labelled])] and labelled < inputs["labels"].shape[1] - 1
+
+
+def test_a_text_only_batch_loss_equals_the_lms_own(lms):
+    model = build(lms["llama"], lora=True).train()
+    talk = [{"role": "user", "content": "what color is a square?"}, {"role": "assistant", "content": "red"}]
+    for batch in (
+        {"video": None, "text_only": True, "text": ["a red square moves left", "two shapes"]},
+        {"video": None, "text_only": True, "conversation": [talk, [talk[0], {**talk[1], "content": "a blue one"}]]},
+    ):
+        inputs = model._text_only_inputs(batch)
+        ours, _ = _loss_and_grads(model, lambda b=batch: model(b)["lm_loss"])
+        ref, _ = _loss_and_grads(model, lambda i=inputs: model.lm(**i).loss)
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_the_attention_kernel_is_chosen_in_the_config_and_gives_the_same_loss(lms):
+    sdpa = build(lms["llama"], lora=True).train()
+    lm = dataclasses.replace(sdpa.config.lm, attn_implementation="eager")
+    eager = LlavaModel(dataclasses.replace(sdpa.config, lm=lm)).train()
+    eager.load_state_dict(sdpa.state_dict())
+    assert eager.lm.config._attn_implementation == "eager" and sdpa.lm.config._attn_implementation == "sdpa"
+    batch = {"video": clips(2), "text": ["a red square", "a blue circle"], "question": ["what color is it?", None]}
+    torch.testing.assert_close(eager(batch)["lm_loss"], sdpa(batch)["lm_loss"], atol=1e-5, rtol=1e-5)
+
+
 def test_sampling_is_seeded(lms):
     model = build(lms["llama"])
     cfg = DecodeConfig("sample", max_new_tokens=6, temperature=1.0, top_p=0.9)

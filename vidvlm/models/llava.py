@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -92,6 +95,10 @@ class LanguageModelConfig:
         dtype: ``float32`` or ``bfloat16``.
         lora: LoRA adapters (None: no adapters).
         grad_checkpointing: recompute the LM's layers in the backward pass.
+        attn_implementation: the LM's attention kernel, as transformers names it: ``sdpa`` (PyTorch's fused
+            attention) or ``eager`` (matmul, softmax, matmul). Under bf16 autocast on a CPU, SDPA's backward runs
+            about 3x slower than eager at these lengths (BENCHMARKS.md, "Pretrained-backbone training"); float32 and
+            GPUs favour ``sdpa``.
     """
 
     source: str = ""
@@ -100,6 +107,7 @@ class LanguageModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     lora: LoraSpec | None = None
     grad_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
 @dataclass
@@ -188,7 +196,13 @@ class LlavaModel(VLMModel):
             raise ConfigError(f"lm.source: {lm_path} does not exist{hint}")
         if cfg.lm.sha256 is not None:
             _check_hash("lm.source", lm_path, cfg.lm.gguf_file, cfg.lm.sha256)
-        lm, hf_tokenizer = load_causal_lm(lm_path, gguf_file=cfg.lm.gguf_file, dtype=DTYPES[cfg.lm.dtype])
+        lm, hf_tokenizer = load_causal_lm(
+            lm_path,
+            gguf_file=cfg.lm.gguf_file,
+            dtype=DTYPES[cfg.lm.dtype],
+            attn_implementation=cfg.lm.attn_implementation,
+        )
+        self._keeps_logits = "logits_to_keep" in inspect.signature(type(lm).forward).parameters
         for p in lm.parameters():
             p.requires_grad_(False)
         if cfg.lm.grad_checkpointing:
@@ -228,7 +242,7 @@ class LlavaModel(VLMModel):
         if self.training and torch.is_grad_enabled():
             self._trained.update(n for n, p in self._base_params if p.requires_grad)
         if batch.get("video") is None and batch.get("text_only"):
-            return {"lm_loss": self.lm(**self._text_only_inputs(batch)).loss}
+            return {"lm_loss": self._lm_loss(self._text_only_inputs(batch))}
         inputs = self.prepare_inputs(
             self._conversations(batch),
             batch["video"],
@@ -237,7 +251,25 @@ class LlavaModel(VLMModel):
             batch.get("clips_per_sample"),
             paths=batch.get("path"),
         )
-        return {"lm_loss": self.lm(**inputs).loss}
+        return {"lm_loss": self._lm_loss(inputs)}
+
+    def _lm_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the labelled positions of ``inputs`` (``labels [B, L]``, -100 where
+        nothing is predicted): the value of ``self.lm(**inputs).loss``, with the LM head applied only at positions
+        that some sample of the batch labels (``logits_to_keep``). Answers are a few percent of a conversation's
+        tokens, and the head over a 49k-word vocabulary is otherwise the largest matmul of the step."""
+        if not self._keeps_logits:
+            return self.lm(**inputs).loss
+        labels = inputs["labels"]
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        keep = (targets != -100).any(0).nonzero().squeeze(1)  # [K] positions, shared by the batch
+        rest = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = self.lm(**rest, logits_to_keep=keep).logits  # [B, K, V]
+        return F.cross_entropy(
+            rearrange(logits.float(), "b k v -> (b k) v"),
+            rearrange(targets[:, keep], "b k -> (b k)"),
+            ignore_index=-100,
+        )
 
     def prepare_inputs(
         self,

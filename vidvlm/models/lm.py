@@ -32,7 +32,11 @@ _CHUNK = 1 << 22  # 4 MiB: hashing streams GB-sized weight files without holding
 
 
 def load_causal_lm(
-    source: str | Path, *, gguf_file: str | None = None, dtype: torch.dtype | str = torch.float32
+    source: str | Path,
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a pretrained decoder-only causal LM and its fast tokenizer from local files.
 
@@ -42,6 +46,7 @@ def load_causal_lm(
         gguf_file: the GGUF file's name inside the directory ``source``.
         dtype: parameter dtype (``torch.float32``, ``torch.bfloat16``, ``torch.float16`` or their names). GGUF
             weights are dequantised to float32 first, then cast.
+        attn_implementation: transformers' attention kernel (``sdpa``, ``eager``; None: transformers' default).
 
     Returns:
         ``(model, tokenizer)``: the ``AutoModelForCausalLM`` in eval mode (``model(input_ids [B, L]).logits`` is
@@ -67,7 +72,7 @@ def load_causal_lm(
     if not gguf and not any((directory / f).is_file() for f in TOKENIZER_FILES):
         raise ConfigError(f"{directory}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     tokenizer = _tokenizer(directory, gguf, name)
-    model = _model(directory, gguf, config, torch_dtype, name)
+    model = _model(directory, gguf, config, torch_dtype, name, attn_implementation)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
@@ -281,10 +286,12 @@ def _tokenizer(directory: Path, gguf: str | None, name: str):
     return tokenizer
 
 
-def _model(directory: Path, gguf: str | None, config, dtype: torch.dtype, name: str):
+def _model(directory: Path, gguf: str | None, config, dtype: torch.dtype, name: str, attn: str | None = None):
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(trust_remote_code=False, local_files_only=True, dtype=dtype, output_loading_info=True)
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
     if gguf:
         kwargs["gguf_file"] = gguf
         kwargs.update(_dequantize_gguf())
