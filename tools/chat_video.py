@@ -4,9 +4,9 @@
     python tools/chat_video.py clip.mp4 --model RUN/final          # one question per line on standard input
 
 The model must be able to hold a conversation (the pretrained-backbone family, ``llava``); others are refused with
-a message naming the family. Each answer is printed as ``A: ...`` after its question. A model that exposes its
-front-end encodes the clip once for every turn; each turn then prefills the whole conversation again (no key/value
-reuse across turns). Exit status 2 with one line on bad input (unreadable video, unloadable model).
+a message naming the family. Each answer is printed as ``A: ...`` after its question. The clip is encoded once, and
+the LM keeps its key/value cache between turns (``model.start_chat``): a turn computes its own tokens, not the
+clip's and the earlier turns' again. Exit status 2 with one line on bad input (unreadable video, unloadable model).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vidvlm.data.sampling import SamplerConfig, build_sampler
     from vidvlm.data.video import open_video
-    from vidvlm.models.base import CHAT, FRONT_END
+    from vidvlm.models.base import CHAT
     from vidvlm.models.decoding import DecodeConfig
     from vidvlm.models.registry import load
 
@@ -55,26 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     clip = model.transform(frames)[None].to(args.device)
-    clip_input = {"video": clip}
-    if model.can(FRONT_END):  # encoded once: every turn reuses the clip's visual tokens
-        with torch.no_grad():
-            clip_input = {"video": None, "visual": model.front_end(clip)}
+    session = model.start_chat(clip, times[None].to(args.device))
     questions = args.question if args.question else (line.strip() for line in sys.stdin)
     decode = DecodeConfig("greedy", max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
-    conversation: list[dict[str, str]] = []
     for q in questions:
         if not q:
             continue
-        content = q if conversation else f"<video>\n{q}"  # the clip comes with the first question
-        conversation.append({"role": "user", "content": content})
         try:
-            (answer,) = model.generate(
-                decode=decode, timestamps=times[None], conversations=[conversation], **clip_input
-            )
+            answer = session.ask(q, decode)
         except VidVLMError as e:  # e.g. the conversation outgrew the LM's context
             print(f"error: {e}", file=sys.stderr)
             return 2
-        conversation.append({"role": "assistant", "content": answer})
         print(f"Q: {q}\nA: {answer}", flush=True)
     return 0
 

@@ -341,6 +341,43 @@ def test_the_attention_kernel_is_chosen_in_the_config_and_gives_the_same_loss(lm
     torch.testing.assert_close(eager(batch)["lm_loss"], sdpa(batch)["lm_loss"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_a_chat_session_answers_as_generate_does_and_computes_only_each_new_turn(lms, attention):
+    model = build(lms["llama"], visual_attention=attention)
+    video, times = clips(1), torch.tensor([[0.5, 1.5, 2.5]])
+    greedy = DecodeConfig("greedy", max_new_tokens=5)
+    session = model.start_chat(video, times)
+    conv, lengths = [], []
+    for q in ["what color is it?", "which way does it go?", "how many shapes are there?", "what size is it?"]:
+        conv.append({"role": "user", "content": q if conv else f"<video>\n{q}"})
+        expected = model.generate(video, timestamps=times, conversations=[conv], decode=greedy)[0]
+        lengths.append(model.prepare_inputs([conv], video, timestamps=times, generation=True)["inputs_embeds"].shape[1])
+        assert session.ask(q, greedy) == expected
+        conv.append({"role": "assistant", "content": expected})
+    assert session.conversation == conv
+    assert session.computed[0] == lengths[0]
+    assert all(c <= new - old for c, new, old in zip(session.computed[1:], lengths[1:], lengths, strict=False))
+    # an edited history: the cache keeps only the prefix before the edit, and the answer is generate()'s again
+    session.conversation[1]["content"] = conv[1]["content"] = "a big blue circle"
+    conv.append({"role": "user", "content": "and now?"})
+    expected = model.generate(video, timestamps=times, conversations=[conv], decode=greedy)[0]
+    length = model.prepare_inputs([conv], video, timestamps=times, generation=True)["inputs_embeds"].shape[1]
+    assert session.ask("and now?", greedy) == expected
+    assert length - lengths[-1] < session.computed[-1] <= length - lengths[0]  # from the edit on, not the clip
+
+
+def test_a_chat_session_with_beam_search_answers_as_generate_does(lms):
+    model = build(lms["llama"])
+    video, beam = clips(1), DecodeConfig("beam", num_beams=3, max_new_tokens=5)
+    session = model.start_chat(video)
+    conv = []
+    for q in ["what color is it?", "which way does it go?"]:
+        conv.append({"role": "user", "content": q if conv else f"<video>\n{q}"})
+        expected = model.generate(video, conversations=[conv], decode=beam)[0]
+        assert session.ask(q, beam) == expected
+        conv.append({"role": "assistant", "content": expected})
+
+
 def test_sampling_is_seeded(lms):
     model = build(lms["llama"])
     cfg = DecodeConfig("sample", max_new_tokens=6, temperature=1.0, top_p=0.9)

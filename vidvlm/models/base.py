@@ -41,7 +41,8 @@ EMBED_TEXT = "embed_text"  # encode_text(texts) -> [B, E]
 GENERATE = "generate"
 ANSWER = "answer"  # generate(..., questions=[...]) answers questions about the video
 CHAT = "chat"  # generate(..., conversations=[...], clips_per_sample=...) continues multi-turn conversations;
-# with FRONT_END too, generate(None, ..., visual=front_end(video)) reuses one encoding of the clips over the turns
+# with FRONT_END too, generate(None, ..., visual=front_end(video)) reuses one encoding of the clips over the turns;
+# start_chat(video, timestamps) -> a session whose ask(question) -> str keeps the LM's key/value cache between turns
 VISUAL_TOKENS = "visual_tokens"  # visual_tokens(video, frame_mask) -> ([B, M, D], mask [B, M] | None)
 FRONT_END = "front_end"  # .front_end: the family's VideoFrontEnd (tower, pooler, connector)
 MATCH = "match"  # match_video / match_text -> cached inputs of match_scores(...) -> [P] video-text matching log-odds
@@ -52,7 +53,7 @@ ABILITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     EMBED_TEXT: ("embed text", ("encode_text",)),
     GENERATE: ("generate text", ("generate",)),
     ANSWER: ("answer questions", ("generate",)),
-    CHAT: ("hold a multi-turn conversation", ("generate",)),
+    CHAT: ("hold a multi-turn conversation", ("generate", "start_chat")),
     VISUAL_TOKENS: ("expose visual tokens", ("visual_tokens",)),
     FRONT_END: ("expose its video front-end", ()),
     MATCH: ("score video-text pairs", ("match_video", "match_text", "match_scores")),

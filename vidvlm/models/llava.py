@@ -65,6 +65,7 @@ from vidvlm.models.frontend import (
     select_clips,
     with_source_hashes,
 )
+from vidvlm.models.llava_chat import ChatSession
 from vidvlm.models.llava_sequence import SequenceBuilder
 from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
 from vidvlm.models.prompting import PLAIN_TEMPLATE, ChatLayout
@@ -350,6 +351,34 @@ class LlavaModel(VLMModel):
             conversations, video, frame_mask, timestamps, clips_per_sample, generation=True, clip_of=clip_of,
             visual=visual,
         )  # fmt: skip
+        out, _ = self.lm_generate(inputs, cfg)
+        return [t.strip() for t in self.tokenizer.hf.batch_decode(out, skip_special_tokens=True)]
+
+    def start_chat(
+        self,
+        video: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        visual: FrontEndOutput | None = None,
+    ) -> ChatSession:
+        """A conversation about one clip (``video [1, T, 3, H, W]`` after :attr:`transform`, or its ``visual``
+        encoding; neither: text only) that keeps the LM's key/value cache between turns (:class:`ChatSession`)."""
+        return ChatSession(self, video, timestamps, visual)
+
+    def lm_generate(
+        self, inputs: dict[str, torch.Tensor], cfg: DecodeConfig, cache: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        """The LM's ``generate`` after ``inputs`` (:meth:`prepare_inputs` with ``generation=True``).
+
+        Args:
+            inputs: the prompt, ``[B, L]`` positions.
+            cfg: greedy / beam / sampling options.
+            cache: the key/value cache of a prefix of this prompt computed before, under the name ``generate()``
+                takes it (``{"cache": ...}``); the positions after it are computed with causal attention.
+
+        Returns:
+            The new token ids ``[B, n]``, and for greedy or sampled decoding the cache after them (the prompt and
+            every new token but the last; None for beam search, whose cache holds one row per beam).
+        """
         kwargs: dict[str, Any] = dict(
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=self.stop_ids,
@@ -360,7 +389,9 @@ class LlavaModel(VLMModel):
         if cfg.strategy == "sample":
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         embeds, mask2d = inputs["inputs_embeds"], inputs["attention_mask_2d"]
-        if self.config.visual_attention != "causal":
+        if cache is not None:
+            kwargs.update(cache)
+        elif self.config.visual_attention != "causal":
             # the prompt's visual tokens need the custom 4-D mask: prefill all but the last position with it (once
             # per beam: generate() repeats each row num_beams times), then generate() continues from that cache
             beams = kwargs["num_beams"]
@@ -371,8 +402,9 @@ class LlavaModel(VLMModel):
                 use_cache=True,
             )
             kwargs.update(_cache_kwarg(prefill))
-        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask2d, **kwargs)
-        return [t.strip() for t in self.tokenizer.hf.batch_decode(out, skip_special_tokens=True)]
+        keep = kwargs["num_beams"] == 1
+        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask2d, return_dict_in_generate=keep, **kwargs)
+        return (out.sequences, _cache_kwarg(out)) if keep else (out, None)
 
     # -- sequences ---------------------------------------------------------------------------------------------
     def _text_only_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -479,7 +511,7 @@ class LlavaModel(VLMModel):
 def _cache_kwarg(output: Any) -> dict[str, Any]:
     """The key/value cache of an LM forward, under the name ``generate()`` takes it: ``cache`` in recent
     transformers, ``past_key_values`` before that rename (both are supported)."""
-    if hasattr(output, "cache"):
+    if getattr(output, "cache", None) is not None:
         return {"cache": output.cache}
     return {"past_key_values": output.past_key_values}
 
