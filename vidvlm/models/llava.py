@@ -68,7 +68,7 @@ from vidvlm.models.frontend import (
 from vidvlm.models.llava_chat import ChatSession
 from vidvlm.models.llava_sequence import SequenceBuilder
 from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
-from vidvlm.models.prompting import PLAIN_TEMPLATE, ChatLayout
+from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE, ChatLayout
 from vidvlm.models.registry import register_family
 from vidvlm.models.tokenizer import TextTokenizer
 from vidvlm.models.vision import VisionConfig
@@ -255,7 +255,7 @@ class LlavaModel(VLMModel):
         return {"lm_loss": self._lm_loss(inputs)}
 
     def _lm_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the labelled positions of ``inputs`` (``labels [B, L]``, -100 where
+        """Mean next-token cross-entropy over the labelled positions of ``inputs`` (``labels [B, L]``, IGNORE where
         nothing is predicted): the value of ``self.lm(**inputs).loss``, with the LM head applied only at positions
         that some sample of the batch labels (``logits_to_keep``). Answers are a few percent of a conversation's
         tokens, and the head over a 49k-word vocabulary is otherwise the largest matmul of the step."""
@@ -263,13 +263,13 @@ class LlavaModel(VLMModel):
             return self.lm(**inputs).loss
         labels = inputs["labels"]
         targets = labels[:, 1:]  # position p predicts token p + 1
-        keep = (targets != -100).any(0).nonzero().squeeze(1)  # [K] positions, shared by the batch
+        keep = (targets != IGNORE).any(0).nonzero().squeeze(1)  # [K] positions, shared by the batch
         rest = {k: v for k, v in inputs.items() if k != "labels"}
         logits = self.lm(**rest, logits_to_keep=keep).logits  # [B, K, V]
         return F.cross_entropy(
             rearrange(logits.float(), "b k v -> (b k) v"),
             rearrange(targets[:, keep], "b k -> (b k)"),
-            ignore_index=-100,
+            ignore_index=IGNORE,
         )
 
     def prepare_inputs(
