@@ -38,26 +38,13 @@ QUESTIONS = [
 
 def build(lm: str, frames: int, pool: int):
     import torch
+    from bench_llava import tiny_front_end
 
-    from vidvlm.layers.connectors import ConnectorConfig
-    from vidvlm.layers.pooling import PoolerConfig
     from vidvlm.models.decoding import DecodeConfig
-    from vidvlm.models.frontend import FrontEndConfig, TowerConfig
     from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel
-    from vidvlm.models.vision import VisionConfig
 
     torch.manual_seed(0)
-    vision = VisionConfig(
-        image_size=32, patch_size=2, width=96, depth=3, num_heads=6, layout="joint", tubelet_size=4,
-        num_tubelets=max(1, frames // 4),
-    )  # fmt: skip
-    front_end = FrontEndConfig(
-        tower=TowerConfig(vision=vision),
-        pooler=PoolerConfig("spatial2d", {"size": pool, "num_prefix_tokens": 1}),
-        connector=ConnectorConfig(name="mlp"),
-        freeze_tower=True,
-        num_frames=frames,
-    )
+    front_end = tiny_front_end(frames, patch_size=2, pool=pool)
     decode = DecodeConfig("greedy", max_new_tokens=16)
     return LlavaModel(LlavaConfig(front_end=front_end, lm=LanguageModelConfig(source=lm), decode=decode)).eval()
 

@@ -45,30 +45,36 @@ CASES = {
 }
 
 
-def synthetic_case(lm: str, case: dict, args: dict):
-    """The model of ``case`` on one random batch of ``args["batch"]`` clips: ``(model, trainable, batches)``."""
-    import torch
-
+def tiny_front_end(frames: int, patch_size: int = 4, pool: int = 4):
+    """A frozen random tower of the contrastive tiny recipe's size (32 px, 4-frame tubelets, width 96, 3 blocks)
+    with ``spatial2d`` pooling to ``pool`` x ``pool`` tokens per time step and an MLP connector."""
     from vidvlm.layers.connectors import ConnectorConfig
     from vidvlm.layers.pooling import PoolerConfig
     from vidvlm.models.frontend import FrontEndConfig, TowerConfig
-    from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel, LoraSpec
     from vidvlm.models.vision import VisionConfig
 
-    torch.manual_seed(0)
-    frames = args["frames"]
-    # the contrastive tiny recipe's tower (32 px, 4 px patches, 4-frame tubelets, width 96, 3 blocks), frozen
     vision = VisionConfig(
-        image_size=32, patch_size=4, width=96, depth=3, num_heads=6, layout="joint", tubelet_size=4,
+        image_size=32, patch_size=patch_size, width=96, depth=3, num_heads=6, layout="joint", tubelet_size=4,
         num_tubelets=max(1, frames // 4),
     )  # fmt: skip
-    front_end = FrontEndConfig(
+    return FrontEndConfig(
         tower=TowerConfig(vision=vision),
-        pooler=PoolerConfig("spatial2d", {"size": 4, "num_prefix_tokens": 1}),  # 16 tokens per time step
+        pooler=PoolerConfig("spatial2d", {"size": pool, "num_prefix_tokens": 1}),
         connector=ConnectorConfig(name="mlp"),
         freeze_tower=True,
         num_frames=frames,
     )
+
+
+def synthetic_case(lm: str, case: dict, args: dict):
+    """The model of ``case`` on one random batch of ``args["batch"]`` clips: ``(model, trainable, batches)``."""
+    import torch
+
+    from vidvlm.models.llava import LanguageModelConfig, LlavaConfig, LlavaModel, LoraSpec
+
+    torch.manual_seed(0)
+    frames = args["frames"]
+    front_end = tiny_front_end(frames)  # 16 tokens per time step
     spec = LoraSpec(r=8, alpha=16, dropout=args["lora_dropout"], target_modules=["q_proj", "v_proj"])
     lora = spec if case["lora"] else None
     ckpt, attn = case["ckpt"], case["attn"]
