@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vidvlm.data.boxes import normalise_boxes, row_boxes, sampled_boxes
+from vidvlm.data.conversations import conversation_from_qa, placeholder_of
 from vidvlm.data.reader import Clip, read_clips
 from vidvlm.data.sampling import Sampler
 from vidvlm.data.transforms import ClipTransform
@@ -203,8 +204,8 @@ class VideoTextDataset(Dataset):
     Sample keys: ``video`` float ``[T,3,H,W]`` (uint8 when there is no transform), ``text`` (one caption: random
     in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
     loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int), ``error``
-    (None, or the reason with ``on_error="mark"``), and ``boxes`` float ``[T, 4]`` only when the row has boxes (see the
-    module docstring).
+    (None, or the reason with ``on_error="mark"``), ``boxes`` float ``[T, 4]`` only when the row has boxes (see the
+    module docstring), and ``conversation`` only when the row has one (instruction data) or ``qa_turns`` draws one.
 
     Args:
         manifest: a JSONL or CSV manifest.
@@ -218,6 +219,10 @@ class VideoTextDataset(Dataset):
         num_threads: decoder threads per sample (keep 1 with many workers).
         max_retries: replacements tried after a failure before giving up.
         on_error: ``"replace"``, ``"raise"`` or ``"mark"`` (see above).
+        qa_turns: in training, give a row that has a ``qa`` ground-truth list a conversation of this many of its
+            question-answer pairs, drawn in a random order from the sample's generator
+            (:func:`~vidvlm.data.conversations.conversation_from_qa`), instead of its fixed ``conversation``; None
+            keeps the row's own. Evaluation always keeps the row's own.
     """
 
     def __init__(
@@ -233,9 +238,12 @@ class VideoTextDataset(Dataset):
         num_threads: int = 1,
         max_retries: int = 10,
         on_error: str = "replace",
+        qa_turns: int | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error: {on_error!r} is not one of {list(ON_ERROR)}")
+        if qa_turns is not None and (isinstance(qa_turns, bool) or not isinstance(qa_turns, int) or qa_turns < 1):
+            raise ConfigError(f"qa_turns: expected a positive integer or null, got {qa_turns!r}")
         self.manifest = Path(manifest)
         self.rows = read_manifest(self.manifest)
         self.sampler = sampler
@@ -247,6 +255,7 @@ class VideoTextDataset(Dataset):
         self.num_threads = num_threads
         self.max_retries = max_retries
         self.on_error = on_error
+        self.qa_turns = qa_turns
         self.epoch = 0
         self._failures = 0
         self._replacements = 0
@@ -332,7 +341,10 @@ class VideoTextDataset(Dataset):
         }
         if boxes is not None:
             sample["boxes"] = boxes
-        if "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
+        if self.train and self.qa_turns and row.extra.get("qa"):  # a fresh conversation from the ground truth
+            tag = placeholder_of(row.extra.get("conversation"), int(frames.shape[0]))
+            sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)
+        elif "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
             sample["conversation"] = row.extra["conversation"]
         return sample
 

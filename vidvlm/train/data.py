@@ -144,7 +144,7 @@ def build_dataset(cfg: TrainConfig, spec: DatasetSpec, train: bool, where: str):
         raise ConfigError(f"{where}.manifest: {spec.manifest} does not exist (add a data.synthetic section or make it)")
     try:
         return VideoTextDataset(spec.manifest, sampler, transform, train=train, seed=cfg.seed, **spec.options)
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}.options: {e}") from e
 
 
