@@ -111,3 +111,13 @@ def test_the_option_reaches_the_dataset_from_a_run_config_and_a_bad_value_names_
     bad = load_train_config("configs/llava_tiny_8f_shapes.yaml", [*base, "data.datasets.qa.options={qa_turns: 0}"])
     with pytest.raises(ConfigError, match=r"^data\.datasets\.qa\.options: qa_turns: expected a positive integer"):
         build_dataset(bad, bad.data.datasets["qa"], True, "data.datasets.qa")
+
+
+def test_a_malformed_qa_list_names_the_manifest_line(tmp_path: Path, manifest: Path) -> None:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    bad = dict(rows[0], qa=[{"answer": "red"}])  # an entry without its question
+    (tmp_path / bad["path"]).write_bytes((manifest.parent / bad["path"]).read_bytes())
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(bad) + "\n")
+    data = dataset(tmp_path / "manifest.jsonl", train=True, qa_turns=3)
+    with pytest.raises(ConfigError, match=r"manifest\.jsonl:1: qa: expected a list of question-answer objects"):
+        data[0]

@@ -343,7 +343,12 @@ class VideoTextDataset(Dataset):
             sample["boxes"] = boxes
         if self.train and self.qa_turns and row.extra.get("qa"):  # a fresh conversation from the ground truth
             tag = placeholder_of(row.extra.get("conversation"), int(frames.shape[0]))
-            sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)
+            try:
+                sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ConfigError(
+                    f"{self.manifest}:{row.line}: qa: expected a list of question-answer objects ({e!r})"
+                ) from e
         elif "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
             sample["conversation"] = row.extra["conversation"]
         return sample

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from vidvlm.data.conversations import PLACEHOLDERS
 from vidvlm.data.datasets import iter_jsonl
 from vidvlm.errors import ConfigError
-
-_PLACEHOLDERS = ("<video>", "<image>")
 
 
 def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
@@ -45,7 +44,7 @@ def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
             rows.append({"text": data["text"], "line": line})
         elif _is_conversation(data.get("conversation")):
             turns = [{"role": t["role"], "content": t["content"]} for t in data["conversation"]]
-            if any(p in t["content"] for t in turns for p in _PLACEHOLDERS):
+            if any(p in t["content"] for t in turns for p in PLACEHOLDERS):
                 raise ConfigError(f"{where}: a text-only conversation cannot hold a <video>/<image> placeholder")
             rows.append({"conversation": turns, "line": line})
         else:
