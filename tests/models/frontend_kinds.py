@@ -16,7 +16,16 @@ from safetensors.torch import save_file
 from vidvlm.models.frontend import TowerConfig
 from vidvlm.models.vision import VisionConfig
 
-KINDS = ["native", "pretrained_hf", "pretrained_timm", "framewise_hf", "framewise_timm", "ensemble", "multilevel"]
+KINDS = [
+    "native",
+    "pretrained_hf",
+    "pretrained_timm",
+    "framewise_hf",
+    "framewise_timm",
+    "ensemble",
+    "ensemble_per_frame",
+    "multilevel",
+]
 TIMM_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2}
 
 
@@ -72,6 +81,15 @@ def tower_configs(root: Path) -> dict[str, TowerConfig]:
         "ensemble": TowerConfig(
             "ensemble",
             members=[TowerConfig("native", native_vision(width=16)), dataclasses.replace(clip, input_size=16)],
+        ),
+        # a two-frame-tubelet tower run on every frame alone (one step per frame) beside one run on the clip (one
+        # step per two frames, each step repeated for the frames it covers)
+        "ensemble_per_frame": TowerConfig(
+            "ensemble",
+            members=[
+                TowerConfig("native", native_vision(tubelet_size=2), per_frame=True),
+                TowerConfig("native", native_vision(tubelet_size=2, width=16)),
+            ],
         ),
         "multilevel": TowerConfig("native", native_vision(), layers=[-2, -1]),
     }

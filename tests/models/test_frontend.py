@@ -157,8 +157,47 @@ def test_ensemble_members_read_their_own_frames_and_size():
     with pytest.raises(ConfigError, match="tower.frame_stride"):
         TowerConfig(frame_stride=0)
     odd = TowerConfig("ensemble", members=[coarse, fine])  # 2 steps first, 4 after: not a multiple
-    with pytest.raises(ValueError, match="multiple"), torch.no_grad():
+    with pytest.raises(ValueError, match="finest in time"), torch.no_grad():
         front_end(odd, num_frames=8).encode(video)
+
+
+def test_per_frame_member_encodes_each_frame_alone():
+    """A per-frame member is the tower on each frame as a one-frame clip: one step per frame, a changed frame changes
+    its own step only, padded frames are zero; the tubelet member beside it covers frames 0-1, 2-3, 4 (3 steps for
+    5 frames) and is aligned to steps 0, 0, 1, 1, 2; frame indices count single frames."""
+    vision = native_vision(tubelet_size=2, num_tubelets=4, layout="joint")
+    per_frame = TowerConfig(vision=vision, per_frame=True)
+    fe = front_end(TowerConfig("ensemble", members=[per_frame, TowerConfig(vision=vision)]), num_frames=5)
+    fast, slow = fe.tower.towers
+    video = torch.randn(2, 5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = fe.encode(video)
+        alone = [fast(video[:, t : t + 1]) for t in range(5)]
+        clip = slow(video)
+        changed = video.clone()
+        changed[:, 3] += 1.0
+        out_changed = fe.encode(changed)
+    assert out.last_hidden_state.shape == (2, 5, 1 + 4, 64)
+    for t, o in enumerate(alone):
+        torch.testing.assert_close(out.last_hidden_state[:, t, 1:, :32], o.last_hidden_state[:, 0, 1:])
+        torch.testing.assert_close(out.pooler_output[:, t, :32], o.pooler_output[:, 0])
+    torch.testing.assert_close(out.pooler_output[..., 32:], clip.pooler_output[:, [0, 0, 1, 1, 2]])
+    moved = (out_changed.last_hidden_state[..., :32] - out.last_hidden_state[..., :32]).abs().amax(dim=(0, 2, 3))
+    assert moved[3] > 0 and torch.all(moved[[0, 1, 2, 4]] == 0)
+    assert fe.tower.tubelet_size == 1
+    assert fe(video).frame_index[0].tolist() == [0, 1, 2, 3, 4]  # PER_STEP: one token per step of one frame
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        padded = fe.encode(video, mask)
+    assert torch.equal(padded.frame_mask, mask)
+    assert torch.all(padded.last_hidden_state[1, 3:, :, :32] == 0)
+    torch.testing.assert_close(padded.last_hidden_state[1, :3, 1:, :32], out.last_hidden_state[1, :3, 1:, :32])
+    with pytest.raises(ConfigError, match="per_frame belong to ensemble members"):
+        FrontEndConfig(tower=TowerConfig(vision=vision, per_frame=True))
+    keyframe = native_vision(tubelet_size=2, num_tubelets=4, keyframe_stream=True)
+    two_steps = TowerConfig("ensemble", members=[TowerConfig(vision=keyframe, per_frame=True), per_frame])
+    with pytest.raises(ConfigError, match="tower.per_frame"), torch.no_grad():
+        front_end(two_steps, num_frames=4).encode(video[:, :4])
 
 
 def test_ensemble_of_multilevel_members_keeps_one_width():

@@ -99,6 +99,9 @@ class TowerConfig:
             input as it is.
         frame_stride: ``ensemble`` members only: this member reads every ``frame_stride``-th input frame, e.g. an
             8-frame tower beside a 16-frame one; its time steps are repeated to the first member's count.
+        per_frame: ``ensemble`` members only: this member encodes each frame it reads as a clip of one frame (an
+            image: a static tubelet), so it gives one time step per frame whatever its tubelet size, e.g. a
+            per-frame (fast) stream of a video tower beside the same tower's tubelet (motion) stream.
         layers: multi-level features: indices of hidden states (negative from the end) concatenated along D
             instead of the last layer's tokens; None = the tower's output tokens.
         sha256: the content hash of the source's weights; when set, a source with other weights is refused (a
@@ -117,6 +120,7 @@ class TowerConfig:
     sha256: str | None = None
     input_size: int | None = None
     frame_stride: int = 1
+    per_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in TOWERS:
@@ -134,8 +138,9 @@ class TowerConfig:
 
     @property
     def reads_own_input(self) -> bool:
-        """Whether this tower sets its own input (``input_size`` / ``frame_stride``: ensemble members only)."""
-        return self.input_size is not None or self.frame_stride != 1
+        """Whether this tower sets its own input (``input_size`` / ``frame_stride`` / ``per_frame``: ensemble
+        members only)."""
+        return self.input_size is not None or self.frame_stride != 1 or self.per_frame
 
 
 @dataclass
@@ -174,8 +179,8 @@ class FrontEndConfig:
             raise ConfigError(f"front_end.normalize: {self.normalize!r} is not one of {sorted(NORMALIZE_PRESETS)}")
         if self.tower.reads_own_input:
             raise ConfigError(
-                "front_end.tower: input_size / frame_stride belong to ensemble members; the front-end's own input "
-                "is front_end.image_size and front_end.num_frames"
+                "front_end.tower: input_size / frame_stride / per_frame belong to ensemble members; the "
+                "front-end's own input is front_end.image_size and front_end.num_frames"
             )
         if self.tower.layers is not None and self.pool_input == "frame":
             raise ConfigError(
@@ -288,7 +293,7 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
         tower = model.front_end.base_tower.eval()
     else:
         members = [build_tower(m) for m in cfg.members]
-        inputs = [(m.input_size, m.frame_stride) for m in cfg.members]
+        inputs = [(m.input_size, m.frame_stride, m.per_frame) for m in cfg.members]
         tower = towers.TowerEnsemble(members, combine=cfg.combine, inputs=inputs)
     if cfg.layers is not None:
         tower = MultiLevelTower(tower, cfg.layers)

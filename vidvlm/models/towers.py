@@ -357,22 +357,25 @@ class TowerEnsemble(nn.Module):
 
     A member may read its own input (``inputs``): every ``stride``-th frame, resized to ``size`` on the short side
     (bicubic, antialiased; normalisation is affine per channel, so resizing normalised frames equals normalising
-    resized ones). The first member's time steps are the common ones: a member with ``k`` times fewer steps has each
-    step repeated ``k`` times (step ``j`` of the first member covers the frames that step ``j // k`` of that member
-    covers when the strides and tubelets nest, e.g. 16 frames as 8 two-frame tubelets beside 8 frames as 2
-    four-frame tubelets).
+    resized ones), and, with ``per_frame``, each of those frames encoded alone as a one-frame clip (one time step
+    per frame; a video tower sees a static tubelet). The first member's time steps are the common ones: a member with
+    fewer steps gives each of the first member's steps its step that covers the step's first input frame (with
+    nesting strides and tubelets, ``k`` times fewer steps are each repeated ``k`` times: e.g. 16 frames as 8
+    two-frame tubelets beside 8 frames as 2 four-frame tubelets, or 3 frames one by one beside the same 3 as 2
+    two-frame tubelets: steps 0, 0, 1).
 
     Args:
         towers: modules returning :class:`VisionOutput` with ``width`` and ``num_prefix_tokens`` attributes.
         combine: ``concat`` (width = the sum) or ``add`` (equal widths; width unchanged).
-        inputs: per tower ``(size, stride)``: its input side (None: as given) and frame stride; None = all as given.
+        inputs: per tower ``(size, stride)`` or ``(size, stride, per_frame)``: its input side (None: as given), frame
+            stride and whether it encodes frames one by one; None = all as given.
     """
 
     def __init__(
         self,
         towers: list[nn.Module],
         combine: str = "concat",
-        inputs: list[tuple[int | None, int]] | None = None,
+        inputs: list[tuple[int | None, int] | tuple[int | None, int, bool]] | None = None,
     ) -> None:
         super().__init__()
         if len(towers) < 2:
@@ -382,16 +385,21 @@ class TowerEnsemble(nn.Module):
         widths = [int(t.width) for t in towers]
         if combine == "add" and len(set(widths)) != 1:
             raise ConfigError(f"tower.combine: 'add' needs towers of equal width, got {widths} (use 'concat')")
-        self.inputs = list(inputs) if inputs is not None else [(None, 1)] * len(towers)
+        given = list(inputs) if inputs is not None else [(None, 1)] * len(towers)
+        self.inputs = [(*spec, False) if len(spec) == 2 else tuple(spec) for spec in given]
         if len(self.inputs) != len(towers):
             raise ValueError(f"TowerEnsemble: {len(self.inputs)} inputs for {len(towers)} towers")
         self.towers = nn.ModuleList(towers)
         self.combine = combine
         self.width = sum(widths) if combine == "concat" else widths[0]
         self.num_prefix_tokens = 1
-        first_size, first_stride = self.inputs[0]
+        first_size = self.inputs[0][0]
         self.image_size = towers[0].image_size if first_size is None else first_size
-        self.tubelet_size = towers[0].tubelet_size * first_stride
+        self.frames_per_step = [  # input frames per time step of each member
+            (1 if per_frame else tower.tubelet_size) * stride
+            for tower, (_, stride, per_frame) in zip(towers, self.inputs, strict=True)
+        ]
+        self.tubelet_size = self.frames_per_step[0]
 
     @staticmethod
     def member_input(
@@ -406,6 +414,38 @@ class TowerEnsemble(nn.Module):
             flat = Resize(size)(rearrange(video, "b t c h w -> (b t) c h w"))  # the transforms' own resize
             video = rearrange(flat, "(b t) c h w -> b t c h w", b=video.shape[0])
         return video, frame_mask
+
+    def step_of(self, steps: int, member_steps: int, frames_per_step: int) -> torch.Tensor:
+        """For each of the first member's ``steps`` time steps, the step of a member (``member_steps`` steps of
+        ``frames_per_step`` input frames each) that covers the step's first frame, long ``[steps]`` (the last step
+        for frames past the member's end). A member finer in time than the first one is refused."""
+        if member_steps > steps:
+            raise ValueError(
+                f"TowerEnsemble: a member gives {member_steps} time steps, the first one {steps}; the first member "
+                "must be the finest in time (reorder the members or set their frame_stride)"
+            )
+        first_frame = torch.arange(steps) * self.frames_per_step[0]
+        return (first_frame // frames_per_step).clamp(max=member_steps - 1)
+
+    @staticmethod
+    def encode_frames(tower: nn.Module, video: torch.Tensor, frame_mask: torch.Tensor | None) -> VisionOutput:
+        """``tower`` on each frame of ``video [B, T, C, H, W]`` alone (a clip of one frame) -> tokens
+        ``[B, T, N', D]``, pooled ``[B, T, D]``: one time step per frame. Padded frames are encoded like real ones
+        (every one-frame clip is whole), then zeroed as a video tower zeroes padded steps; ``frame_mask [B, T]``
+        becomes the steps' mask."""
+        b = video.shape[0]
+        out = tower(rearrange(video, "b t c h w -> (b t) 1 c h w"))
+        if out.last_hidden_state.shape[1] != 1:
+            raise ConfigError(
+                f"tower.per_frame: the member gives {out.last_hidden_state.shape[1]} time steps for a one-frame clip "
+                "(a keyframe stream?); per_frame needs one"
+            )
+        tokens = rearrange(out.last_hidden_state, "(b t) 1 n d -> b t n d", b=b)
+        pooled = rearrange(out.pooler_output, "(b t) 1 d -> b t d", b=b)
+        if frame_mask is not None:
+            real = frame_mask.to(tokens.dtype)
+            tokens, pooled = tokens * real[:, :, None, None], pooled * real[:, :, None]
+        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, frame_mask=frame_mask)
 
     @staticmethod
     def summary(tower: nn.Module, out: VisionOutput) -> torch.Tensor:
@@ -427,13 +467,13 @@ class TowerEnsemble(nn.Module):
         if output_hidden_states:
             raise ConfigError("TowerEnsemble: hidden states differ per tower; give each member its own `layers`")
         outs, shapes = [], []
-        for tower, (size, stride) in zip(self.towers, self.inputs, strict=True):
+        for tower, (size, stride, per_frame) in zip(self.towers, self.inputs, strict=True):
             clip, mask = self.member_input(video, frame_mask, size, stride)
-            outs.append(tower(clip, mask))
+            outs.append(self.encode_frames(tower, clip, mask) if per_frame else tower(clip, mask))
             shapes.append(clip.shape[-2:])
         steps = outs[0].last_hidden_state.shape[1]
         patches, pooled, grid = [], [], None
-        for tower, out, (h, w) in zip(self.towers, outs, shapes, strict=True):
+        for tower, out, (h, w), frames_per_step in zip(self.towers, outs, shapes, self.frames_per_step, strict=True):
             tok = out.last_hidden_state[:, :, tower.num_prefix_tokens :]
             n = tok.shape[2]
             gh = max(1, round(math.sqrt(n * h / w)))
@@ -447,13 +487,8 @@ class TowerEnsemble(nn.Module):
             tok = rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b)
             vec = self.summary(tower, out)
             if tok.shape[1] != steps:
-                if steps % tok.shape[1]:
-                    raise ValueError(
-                        f"TowerEnsemble: a member gives {tok.shape[1]} time steps, the first one {steps}; the first "
-                        "member's count must be a multiple of every member's (set the members' frame_stride)"
-                    )
-                tok = tok.repeat_interleave(steps // tok.shape[1], dim=1)
-                vec = vec.repeat_interleave(steps // vec.shape[1], dim=1)
+                step = self.step_of(steps, tok.shape[1], frames_per_step).to(tok.device)
+                tok, vec = tok[:, step], vec[:, step]
             patches.append(tok)
             pooled.append(vec)
         if self.combine == "concat":
