@@ -1,7 +1,7 @@
 """Linear probes of a vision tower's frozen features: which attributes of the moving-shapes world can be read off them.
 
     OMP_NUM_THREADS=2 python benchmarks/probe_tower.py --checkpoint runs/contrastive_tiny_8f_shapes/final \
-        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0] [--sequence]
+        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0] [--sequence] [--per-frame]
 
 Before a tower is frozen under a language model (the LLaVA recipes), this says what it can give: a logistic
 regression per attribute (colour, shape, size, first direction of motion) on four readings of the tower's output for
@@ -12,7 +12,10 @@ the manifest's single-shape clips (their labels are unambiguous), trained on the
     pen{g}x{g}   the same for the penultimate hidden state                         [T' * g * g * D]
     mean       the last layer's patch tokens averaged per time step               [T' * D]
 
-(``last3x3`` is what the LLaVA recipes' ``spatial2d`` pooler with ``size: 3`` hands the connector.) Clips are read
+(``last3x3`` is what the LLaVA recipes' ``spatial2d`` pooler with ``size: 3`` hands the connector.) A fifth label,
+``when``, is the time of the clip's event in seconds (``none`` without one; single-event clips only), scored exactly
+(the times lie on a 0.5 s grid). ``--per-frame`` encodes every frame alone, as an ensemble member with
+``per_frame: true`` does (one time step per frame instead of one per tubelet). Clips are read
 with the checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
 Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
 majority class of the scored part is printed beside each accuracy.
@@ -43,14 +46,18 @@ from vidvlm.layers.pooling import Spatial2DPooler
 from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.base import FRONT_END
 from vidvlm.models.registry import load
+from vidvlm.models.vision import VisionOutput
 
-ATTRIBUTES = ("direction", "color", "shape", "size")
+ATTRIBUTES = ("direction", "color", "shape", "size", "when")
 
 
 @torch.no_grad()
-def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def features(
+    checkpoint: str, manifest: Path, num: int, grid: int, per_frame: bool = False
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
-    and each clip's shape ground truth; ``tokens{g}x{g}`` is the pooled grid unflattened, ``[N, M, D]``."""
+    and each clip's labels (the shape's ground truth and ``when``); ``tokens{g}x{g}`` is the pooled grid
+    unflattened, ``[N, M, D]``."""
     model = load(checkpoint).eval()
     model.require(FRONT_END, "probe its vision tower")
     front_end = model.front_end
@@ -63,7 +70,16 @@ def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict
     g = f"{grid}x{grid}"
     out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{g}": [], f"pen{g}": [], "mean": [], f"tokens{g}": []}
     for batch in DataLoader(Subset(dataset, keep), batch_size=32, collate_fn=collate_video_text):
-        vision = tower(batch["video"], batch["frame_mask"], output_hidden_states=True)
+        video = batch["video"]
+        if per_frame:  # each frame a one-frame clip, as TowerEnsemble.encode_frames runs a per-frame member
+            b = video.shape[0]
+            flat = tower(rearrange(video, "b t c h w -> (b t) 1 c h w"), output_hidden_states=True)
+            vision = VisionOutput(
+                *(rearrange(x, "(b t) 1 ... -> b t ...", b=b) for x in (flat.last_hidden_state, flat.pooler_output)),
+                hidden_states=tuple(rearrange(h, "(b t) 1 n d -> b t n d", b=b) for h in flat.hidden_states),
+            )
+        else:
+            vision = tower(video, batch["frame_mask"], output_hidden_states=True)
         out["cls"].append(rearrange(vision.pooler_output, "b t d -> b (t d)"))
         pooled = pool(vision.last_hidden_state)
         out[f"tokens{g}"].append(pooled)
@@ -72,7 +88,12 @@ def features(checkpoint: str, manifest: Path, num: int, grid: int) -> tuple[dict
         patches = vision.last_hidden_state[:, :, tower.num_prefix_tokens :]
         out["mean"].append(reduce(patches, "b t n d -> b (t d)", "mean"))
     feats = {name: torch.cat(parts) for name, parts in out.items()}
-    return feats, [dataset.rows[i].extra["shapes"][0] for i in keep]
+    labels = []
+    for i in keep:
+        extra = dataset.rows[i].extra
+        events = extra.get("events") or []
+        labels.append({**extra["shapes"][0], "when": f"{events[0]['time']:.1f}" if len(events) == 1 else "none"})
+    return feats, labels
 
 
 def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
@@ -140,15 +161,19 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=3, help="patch grid side after pooling")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequence", action="store_true", help="also the attention reader over the pooled tokens")
+    parser.add_argument("--per-frame", action="store_true", help="encode each frame alone (one time step per frame)")
     args = parser.parse_args()
 
     try:
-        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid)
+        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid, args.per_frame)
     except VidVLMError as e:
         raise SystemExit(f"error: {e}") from None
     split = int(len(shapes) * 0.7)
     labels = {a: [s.get(a) or "none" for s in shapes] for a in ATTRIBUTES}
-    print(f"{args.checkpoint}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}")
+    per = " (each frame alone)" if args.per_frame else ""
+    print(
+        f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}"
+    )
     print("| reading | dim | " + " | ".join(ATTRIBUTES) + " |")
     print("|---|---|" + "---|" * len(ATTRIBUTES))
     tokens = feats.pop(f"tokens{args.grid}x{args.grid}")
