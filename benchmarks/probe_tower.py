@@ -22,7 +22,8 @@ majority class of the scored part is printed beside each accuracy.
 
 ``--sequence`` adds ``seq{g}x{g}``: the pooled grid read as a *sequence* of tokens, unflattened and unstandardised, by
 two pre-norm transformer blocks (width 128, an MLP in front as the LLaVA connector, no position embedding) and a
-query token at the end, as a small LM would read its visual tokens; AdamW 1e-3, 1500 steps of batch 32. It says
+query token at the end, as a small LM would read its visual tokens; AdamW 1e-3, 1500 steps of batch 32;
+``--positions`` gives it learned token positions (without them it cannot tell the time steps apart). It says
 whether an attention reader can learn an attribute from those tokens at all. A probe is a lower bound on what the
 features hold, and a diagnostic, not a benchmark against a peer.
 """
@@ -117,11 +118,13 @@ def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[fl
 
 class SequenceReader(nn.Module):
     """MLP to width 128, a query token appended, two pre-norm blocks, a linear head on the query: ``[B, M, D]`` ->
-    ``[B, classes]``."""
+    ``[B, classes]``. With ``positions`` (the number of tokens M) each token gets a learned position embedding, so
+    the reader knows which time step a token comes from, as an LM's positions tell it."""
 
-    def __init__(self, dim: int, classes: int, width: int = 128) -> None:
+    def __init__(self, dim: int, classes: int, width: int = 128, positions: int = 0) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, width))
+        self.pos = nn.Parameter(torch.randn(1, positions, width) * 0.02) if positions else None
         self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(width, 4, 3.0) for _ in range(2))
         self.norm = nn.LayerNorm(width)
@@ -129,18 +132,22 @@ class SequenceReader(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.proj(tokens)
+        if self.pos is not None:
+            x = x + self.pos
         x = torch.cat([x, self.query.expand(x.shape[0], -1, -1)], dim=1)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, -1]))
 
 
-def sequence_probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
+def sequence_probe(
+    x: torch.Tensor, labels: list[str], split: int, seed: int, positions: bool = False
+) -> tuple[float, float]:
     """(accuracy, majority share) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``."""
     torch.manual_seed(seed)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
-    reader = SequenceReader(x.shape[-1], len(classes))
+    reader = SequenceReader(x.shape[-1], len(classes), positions=x.shape[1] if positions else 0)
     opt = torch.optim.AdamW(reader.parameters(), lr=1e-3)
     for _ in range(1500):
         pick = torch.randint(0, split, (32,))
@@ -162,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequence", action="store_true", help="also the attention reader over the pooled tokens")
     parser.add_argument("--per-frame", action="store_true", help="encode each frame alone (one time step per frame)")
+    parser.add_argument("--positions", action="store_true", help="the sequence reader gets token positions")
+    parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
     args = parser.parse_args()
 
     try:
@@ -169,19 +178,22 @@ def main() -> None:
     except VidVLMError as e:
         raise SystemExit(f"error: {e}") from None
     split = int(len(shapes) * 0.7)
-    labels = {a: [s.get(a) or "none" for s in shapes] for a in ATTRIBUTES}
+    attributes = args.attributes
+    labels = {a: [s.get(a) or "none" for s in shapes] for a in attributes}
     per = " (each frame alone)" if args.per_frame else ""
     print(
         f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}"
     )
-    print("| reading | dim | " + " | ".join(ATTRIBUTES) + " |")
-    print("|---|---|" + "---|" * len(ATTRIBUTES))
+    print("| reading | dim | " + " | ".join(attributes) + " |")
+    print("|---|---|" + "---|" * len(attributes))
     tokens = feats.pop(f"tokens{args.grid}x{args.grid}")
     if args.sequence:
-        feats[f"seq{args.grid}x{args.grid}"] = tokens
+        feats[f"seq{args.grid}x{args.grid}" + ("+pos" if args.positions else "")] = tokens
     for name, x in feats.items():
-        fit = sequence_probe if x.dim() == 3 else probe
-        cells = [fit(x, labels[a], split, args.seed) for a in ATTRIBUTES]
+        if x.dim() == 3:
+            cells = [sequence_probe(x, labels[a], split, args.seed, args.positions) for a in attributes]
+        else:
+            cells = [probe(x, labels[a], split, args.seed) for a in attributes]
         print(
             f"| {name} | {x[0].numel()} | " + " | ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj in cells) + " |"
         )
