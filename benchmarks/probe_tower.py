@@ -47,7 +47,7 @@ from vidvlm.layers.pooling import Spatial2DPooler
 from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.base import FRONT_END
 from vidvlm.models.registry import load
-from vidvlm.models.vision import VisionOutput
+from vidvlm.models.towers import TowerEnsemble
 
 ATTRIBUTES = ("direction", "color", "shape", "size", "when")
 
@@ -71,16 +71,10 @@ def features(
     g = f"{grid}x{grid}"
     out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{g}": [], f"pen{g}": [], "mean": [], f"tokens{g}": []}
     for batch in DataLoader(Subset(dataset, keep), batch_size=32, collate_fn=collate_video_text):
-        video = batch["video"]
-        if per_frame:  # each frame a one-frame clip, as TowerEnsemble.encode_frames runs a per-frame member
-            b = video.shape[0]
-            flat = tower(rearrange(video, "b t c h w -> (b t) 1 c h w"), output_hidden_states=True)
-            vision = VisionOutput(
-                *(rearrange(x, "(b t) 1 ... -> b t ...", b=b) for x in (flat.last_hidden_state, flat.pooler_output)),
-                hidden_states=tuple(rearrange(h, "(b t) 1 n d -> b t n d", b=b) for h in flat.hidden_states),
-            )
+        if per_frame:  # each frame a one-frame clip, as an ensemble member with per_frame: true
+            vision = TowerEnsemble.encode_frames(tower, batch["video"], batch["frame_mask"], output_hidden_states=True)
         else:
-            vision = tower(video, batch["frame_mask"], output_hidden_states=True)
+            vision = tower(batch["video"], batch["frame_mask"], output_hidden_states=True)
         out["cls"].append(rearrange(vision.pooler_output, "b t d -> b (t d)"))
         pooled = pool(vision.last_hidden_state)
         out[f"tokens{g}"].append(pooled)

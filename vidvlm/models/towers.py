@@ -428,13 +428,16 @@ class TowerEnsemble(nn.Module):
         return (first_frame // frames_per_step).clamp(max=member_steps - 1)
 
     @staticmethod
-    def encode_frames(tower: nn.Module, video: torch.Tensor, frame_mask: torch.Tensor | None) -> VisionOutput:
+    def encode_frames(
+        tower: nn.Module, video: torch.Tensor, frame_mask: torch.Tensor | None, output_hidden_states: Any = False
+    ) -> VisionOutput:
         """``tower`` on each frame of ``video [B, T, C, H, W]`` alone (a clip of one frame) -> tokens
-        ``[B, T, N', D]``, pooled ``[B, T, D]``: one time step per frame. Padded frames are encoded like real ones
-        (every one-frame clip is whole), then zeroed as a video tower zeroes padded steps; ``frame_mask [B, T]``
-        becomes the steps' mask."""
+        ``[B, T, N', D]``, pooled ``[B, T, D]`` (and the tower's hidden states so, when asked): one time step per
+        frame. Padded frames are encoded like real ones (every one-frame clip is whole), then their tokens and
+        pooled vectors are zeroed as a video tower zeroes padded steps; ``frame_mask [B, T]`` becomes the steps'
+        mask."""
         b = video.shape[0]
-        out = tower(rearrange(video, "b t c h w -> (b t) 1 c h w"))
+        out = tower(rearrange(video, "b t c h w -> (b t) 1 c h w"), output_hidden_states=output_hidden_states)
         if out.last_hidden_state.shape[1] != 1:
             raise ConfigError(
                 f"tower.per_frame: the member gives {out.last_hidden_state.shape[1]} time steps for a one-frame clip "
@@ -445,7 +448,10 @@ class TowerEnsemble(nn.Module):
         if frame_mask is not None:
             real = frame_mask.to(tokens.dtype)
             tokens, pooled = tokens * real[:, :, None, None], pooled * real[:, :, None]
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, frame_mask=frame_mask)
+        hidden = None
+        if out.hidden_states is not None:
+            hidden = tuple(rearrange(h, "(b t) 1 n d -> b t n d", b=b) for h in out.hidden_states)
+        return VisionOutput(tokens, pooled, hidden, frame_mask=frame_mask)
 
     @staticmethod
     def summary(tower: nn.Module, out: VisionOutput) -> torch.Tensor:
