@@ -162,6 +162,74 @@ def test_mpegts_random_access_is_exact_to_the_last_frame(transport_streams, name
             assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
+# MPEG program streams (.mpg, .vob) as PyAV's muxer writes them, each with its own flaw, all decoded whole by FFmpeg
+# in the right order: MPEG-1 whose demuxer, after a seek mid-file, gives the keyframe's data the times of later
+# frames (its packet comes back unflagged); MPEG-2 where two frames share a presentation time; H.264 with most packets
+# untimed. The first is seekable once the landing is checked on the keyframe flag; the other two cannot be addressed
+# by time and are read in decode order.
+PS_ENCODINGS = {
+    "mpeg1": ("mpeg1video", {"g": "12", "bf": "2", "qscale": "2"}, "flagless landing"),
+    "mpeg2": ("mpeg2video", {"g": "15", "bf": "2", "qscale": "2"}, "shared times"),
+    "h264": ("libx264", {"g": "12", "bf": "2"}, "untimed"),
+}
+
+
+@pytest.fixture(scope="module")
+def program_streams(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("mpegps")
+    return {
+        name: write_video(str(d / f"{name}.mpg"), codec, TS_FRAMES, options=options)
+        for name, (codec, options, _) in PS_ENCODINGS.items()
+    }
+
+
+def _packet_times(path: str) -> list[int | None]:
+    with av.open(path) as container:
+        return [p.pts for p in container.demux(video=0) if p.size]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", list(PS_ENCODINGS))
+def test_mpeg_program_streams_are_exact_whatever_their_timestamps(program_streams, name, threads, tmp_path):
+    path = program_streams[name]
+    times = _packet_times(path)
+    timed = [t for t in times if t is not None]
+    flaw = {"untimed": None in times, "shared times": len(set(timed)) < len(timed)}
+    expected = PS_ENCODINGS[name][2]
+    if expected != "flagless landing" and not flaw[expected]:
+        pytest.skip(f"this FFmpeg writes {name} in MPEG-PS without the flaw under test ({expected})")
+    with av.open(path) as container:
+        assert [read_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)] == list(range(TS_FRAMES))
+    rng = np.random.default_rng(1)
+    picks = [[TS_FRAMES - 1], [0], [204, 205, 209], list(range(TS_FRAMES))]
+    picks += [sorted(rng.choice(TS_FRAMES, size=8, replace=False).tolist()) for _ in range(4)]
+    for cache in ("", str(tmp_path / "cache"), str(tmp_path / "cache")):  # no cache; written; read back
+        with open_video(path, backend="decord", num_threads=threads, index_cache=cache) as video:
+            m = video.metadata
+            assert m.num_frames == TS_FRAMES and m.backend == "pyav"
+            assert video._index.seekable == (expected == "flagless landing")
+            assert m.fps == pytest.approx(25.0) and np.all(np.diff(m.timestamps) > 0)
+            for want in picks:
+                assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+
+
+def test_a_landing_on_an_unflagged_keyframe_is_retried(program_streams, monkeypatch):
+    """MPEG-1 in a program stream: a seek to the keyframe of frame 204 meets a packet with the keyframe's time but no
+    keyframe flag (its data is not the keyframe); the landing counts as missed and the seek is repeated earlier."""
+    landings: list[str] = []
+    skip = _pyav._skip_to_keyframe
+
+    def spy(packets, seek_pts):
+        result = skip(packets, seek_pts)
+        landings.append(result[0])
+        return result
+
+    monkeypatch.setattr(_pyav, "_skip_to_keyframe", spy)
+    with open_video(program_streams["mpeg1"], index_cache="") as video:
+        assert [read_index(f.numpy()) for f in video.get_frames([204])] == [204]
+    assert landings[-2:] == ["past", "found"]
+
+
 def test_a_raw_elementary_stream_is_a_one_line_error(tmp_path):
     path = write_video(str(tmp_path / "clip.h264"), "libx264", 12, options={"g": "4", "bf": "2"})
     with pytest.raises(VideoDecodeError, match=r"clip\.h264: the video stream has no timestamps") as err:

@@ -5,6 +5,7 @@ or one demux pass over the file's bytes. When the container's sample table shows
 is decoded; otherwise the last GOP is decoded, to prove that the frames the index lists really decode (headers and
 truncated files over-report frames). Packets an edit list marks as discarded decode but are never shown, so they are
 not frames. A request is decoded as runs (one seek each), concurrently on several decoders when the caller gives some.
+A stream whose timestamps cannot tell its frames apart is numbered in decode order instead, and read from its start.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class FrameIndex:
         complete: False when the file lists more frames than decode (a demux error, undecodable tail frames, packets
             an edit list discards, or a header frame count above the decodable count): decoders that trust the
             header must not read it.
+        seekable: False when the stream's timestamps cannot tell its frames apart (packets without any timestamp,
+            or two frames presented at the same time: a muxer's or a parser's error). Frames are then numbered in
+            the order the decoder gives them out, counted by one decode of the whole stream at open; ``pts`` are
+            those positions in ``time_base = 1 / frame rate`` (nominal times), ``keyframes`` is ``[0]``, and every
+            request decodes from the start of the file: exact, and slow on long files.
     """
 
     stream: int
@@ -57,6 +63,7 @@ class FrameIndex:
     height: int
     rotation: int
     complete: bool
+    seekable: bool = True
 
 
 def open_container(
@@ -153,9 +160,12 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
             f"{path}: the video stream has no timestamps (a raw elementary stream); put it in a container first, "
             "e.g. ffmpeg -i IN -c copy OUT.mp4"
         )
-    times = [i if t is None else int(t) for i, t in enumerate(times)]  # the odd untimed packet keeps its place
+    if any(t is None for t in times):
+        return _index_in_decode_order(path, container, stream)
     order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
     pts = np.asarray(times, dtype=np.int64)[order]
+    if np.any(np.diff(pts) == 0):
+        return _index_in_decode_order(path, container, stream)
     keyframes = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
@@ -197,6 +207,45 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         height=size[1],
         rotation=rotation,
         complete=complete,
+    )
+
+
+def _index_in_decode_order(
+    path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> FrameIndex:
+    """The index of a stream whose timestamps cannot address frames (``FrameIndex.seekable`` False): one decode of
+    the whole stream counts the frames that come out (a damaged tail ends the count), in the order they come out.
+
+    Raises:
+        VideoDecodeError: when no frame decodes.
+    """
+    count, first = 0, None
+    frames = _decode_from(container, stream, None)
+    try:
+        for frame in frames:
+            count, first = count + 1, first or frame
+    except av.error.FFmpegError:
+        pass  # corrupt data near the end: the frames before the error are the video
+    finally:
+        frames.close()
+    if first is None:
+        raise VideoDecodeError(f"{path}: no frame of the video stream decodes (corrupt or truncated data)")
+    rate = stream.average_rate or stream.guessed_rate or stream.codec_context.framerate
+    fps = float(rate) if rate else 0.0
+    return FrameIndex(
+        stream=stream.index,
+        num_video_streams=len(container.streams.video),
+        codec=stream.codec_context.name,
+        container_format=container.format.name,
+        pts=np.arange(count, dtype=np.int64),
+        keyframes=np.zeros(1, dtype=np.int64),
+        time_base=1.0 / fps if fps > 0 else 1.0,
+        duration=count / fps if fps > 0 else float(count),
+        width=first.width,
+        height=first.height,
+        rotation=int(round(first.rotation or 0)) % 360,
+        complete=False,
+        seekable=False,
     )
 
 
@@ -358,8 +407,9 @@ def _skip_to_keyframe(packets: Iterator[av.Packet], seek_pts: int) -> tuple[str,
     """Reads ``packets`` up to the keyframe presented at ``seek_pts``.
 
     Returns:
-        ``("found", keyframe packet)``; ``("past", None)`` when a later packet or the end of the file comes first;
-        ``("unplaceable", None)`` at a packet without timestamps.
+        ``("found", keyframe packet)``; ``("past", None)`` when a later packet or the end of the file comes first,
+        or when the packet presented at ``seek_pts`` is not flagged a keyframe; ``("unplaceable", None)`` at a packet
+        without timestamps.
     """
     for packet in packets:
         at = packet.pts if packet.pts is not None else packet.dts
@@ -368,7 +418,10 @@ def _skip_to_keyframe(packets: Iterator[av.Packet], seek_pts: int) -> tuple[str,
         if not packet.size or at > seek_pts:
             return "past", None
         if at == seek_pts:
-            return "found", packet
+            # The index found this frame's packet flagged a keyframe. Unflagged here, the demuxer lost its footing
+            # at the landing (an MPEG-1 program stream's parser, mid-file, gives the frames after it the times of
+            # later ones): start further back, where it reads the stream as the index did.
+            return ("found", packet) if packet.is_keyframe else ("past", None)
     return "past", None
 
 
@@ -467,6 +520,8 @@ def _decode_run(
     out_wh: tuple[int, int] | None,
 ) -> list[np.ndarray]:
     """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run."""
+    if not index.seekable:
+        return _decode_run_in_order(path, container, index, run, out_wh)
     stream = container.streams[index.stream]
     want_pts = index.pts[run].tolist()
     key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
@@ -486,6 +541,34 @@ def _decode_run(
             out.append(_reformatter().reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
             if len(out) == len(run):
                 return out
+        raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
+    finally:
+        frames.close()
+
+
+def _decode_run_in_order(
+    path: str,
+    container: av.container.InputContainer,
+    index: FrameIndex,
+    run: np.ndarray,
+    out_wh: tuple[int, int] | None,
+) -> list[np.ndarray]:
+    """Decodes from the start of the file and takes the frames at the run's positions in the decoder's output order
+    (``FrameIndex.seekable`` False: the timestamps cannot place a frame)."""
+    stream = container.streams[index.stream]
+    width, height = out_wh if out_wh is not None else (index.width, index.height)
+    threads = max(1, stream.codec_context.thread_count)
+    wanted = run.tolist()
+    out: list[np.ndarray] = []
+    frames = _decode_from(container, stream, None)
+    try:
+        for position, frame in enumerate(frames):
+            if position == wanted[len(out)]:
+                out.append(_reformatter().reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
+                if len(out) == len(run):
+                    return out
         raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
     except av.error.FFmpegError as err:
         raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
