@@ -170,6 +170,8 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+    if container.format.name in _DECODE_TIMES_ONLY and not _presented_in_order(container, stream, pts, keyframes):
+        return _index_in_decode_order(path, container, stream)
     last_duration = int(durations[order[-1]])
     time_base = float(stream.time_base) if stream.time_base else 1.0
 
@@ -208,6 +210,31 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         rotation=rotation,
         complete=complete,
     )
+
+
+# Containers that store no presentation times: their packets carry decode times, which are presentation times only
+# when no frame is reordered (AVI: H.264 with B-frames comes out of the decoder as 1, 3, 4, 2, ...).
+_DECODE_TIMES_ONLY = {"avi"}
+
+
+def _presented_in_order(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: np.ndarray, keyframes: np.ndarray
+) -> bool:
+    """Whether the first GOP's frames come out of the decoder with the index's first times, in order (up to 64 frames:
+    reordering shows within a few)."""
+    count = min(len(pts), int(keyframes[1]) if len(keyframes) > 1 else len(pts), 64)
+    seen: list[int | None] = []
+    frames = _decode_from(container, stream, None)
+    try:
+        for frame in frames:
+            seen.append(_frame_time(frame))
+            if len(seen) == count:
+                break
+    except av.error.FFmpegError:
+        pass  # a damaged file: compare what came out
+    finally:
+        frames.close()
+    return seen == pts[: len(seen)].tolist()
 
 
 def _index_in_decode_order(

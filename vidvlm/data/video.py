@@ -44,9 +44,11 @@ _STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 # - counts frames an edit list discards and then returns shifted frames; trusts header frame counts and can hang past
 #   the real end (dmlc/decord#373): such indexes are not ``complete``;
 # - seeks MPEG-TS/PS by their clocks and returns frames a GOP or more away (H.264 in MPEG-TS: wrong frames in every
-#   random index set tried).
+#   random index set tried);
+# - on FLV with H.264 B-frames returns the wrong frame when asked for one of the last few alone (frame 249 of 250 gave
+#   frame 246).
 _DECORD_CODECS = {"h264", "vp9"}
-_DECORD_UNSAFE_FORMATS = {"gif", "avi", "mpegts", "mpeg"}
+_DECORD_UNSAFE_FORMATS = {"gif", "avi", "mpegts", "mpeg", "flv"}
 
 Size = int | tuple[int, int] | None
 
