@@ -2,8 +2,9 @@
 
 Each file holds pattern frames (``corpus.py``) with B-frames where the codec has them; the frames any request returns,
 with either backend, must be the ones a sequential decode gives at those positions. Flaws found this way (a seek that
-lands on an unflagged keyframe, shared or missing times, decode times only, decord's wrong frames in FLV) have their
-own tests in ``test_video_encodings.py``; this is the net under all of them.
+lands on an unflagged keyframe, shared or missing times, decode times only, decord's wrong frames in FLV and on open
+GOPs, decord unable to open a header without duration) have their own tests in ``test_video_encodings.py``; this is
+the net under all of them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ from vidvlm.data.video import open_video
 
 N = 250  # read_index counts to 255; the MPEG-PS flaws showed only past frame 200
 BF = {"g": "12", "bf": "2"}
-# (extension, encoder, options, pixel format)
+OPEN_GOP = {"x264-params": "open-gop=1:keyint=24", "bf": "3"}
+LIVE = {"live": "1"}  # Matroska/WebM written as a live recording: no duration in the header
+# (extension, encoder, options, pixel format[, container options])
 CASES = [
     ("mp4", "libx264", BF, "yuv420p"),
+    ("mp4", "libx264", {**BF, "bf": "3"}, "yuv420p", {"movflags": "frag_keyframe+empty_moov"}),
+    ("mp4", "libx264", OPEN_GOP, "yuv420p"),
+    ("mkv", "libx264", OPEN_GOP, "yuv420p"),
+    ("ts", "libx264", OPEN_GOP, "yuv420p"),
+    ("mp4", "libx265", {"x265-params": "keyint=24:bframes=3:open-gop=1:log-level=error"}, "yuv420p"),
+    ("webm", "libvpx-vp9", {"g": "12"}, "yuv420p"),
+    ("webm", "libvpx-vp9", {"g": "12"}, "yuv420p", LIVE),
+    ("mkv", "libx264", BF, "yuv420p", LIVE),
     ("mkv", "libx264", BF, "yuv420p"),
     ("mkv", "libx265", {"x265-params": "keyint=12:bframes=2:log-level=error"}, "yuv420p"),
     ("mkv", "ffv1", {}, "yuv420p"),
@@ -43,11 +54,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("ext,codec,options,pix_fmt", CASES, ids=[f"{c[1]}-{c[0]}" for c in CASES])
-def test_random_access_equals_a_plain_decode(ext, codec, options, pix_fmt, tmp_path):
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[1]}-{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_random_access_equals_a_plain_decode(case, tmp_path):
+    ext, codec, options, pix_fmt = case[:4]
     path = str(tmp_path / f"clip.{ext}")
     try:
-        write_video(path, codec, N, options=options, pix_fmt=pix_fmt)
+        write_video(
+            path, codec, N, options=options, pix_fmt=pix_fmt, container_options=case[4] if len(case) > 4 else None
+        )
     except (av.error.FFmpegError, ValueError) as err:
         pytest.skip(f"this FFmpeg cannot write {codec} in .{ext} ({err})")
     with av.open(path) as container:

@@ -253,6 +253,32 @@ def test_h264_with_b_frames_in_avi_and_flv_is_exact_with_either_backend(containe
                 assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
+@pytest.mark.parametrize(
+    "name,ext,options,container_options,served",
+    [
+        ("closed GOPs", "mp4", {"g": "12", "bf": "3"}, None, "decord"),
+        ("open GOPs", "mp4", {"x264-params": "open-gop=1:keyint=24", "bf": "3"}, None, "pyav"),
+        ("open GOPs", "mkv", {"x264-params": "open-gop=1:keyint=24", "bf": "3"}, None, "pyav"),
+        ("no duration", "mkv", {"g": "12", "bf": "2"}, {"live": "1"}, "pyav"),
+    ],
+)
+def test_decord_serves_h264_only_where_it_is_exact(name, ext, options, container_options, served, tmp_path):
+    """decord decodes an open GOP's leading B-frames from their own keyframe (wrong pixels, 16 of a few hundred frames
+    asked) and cannot open a Matroska header without duration; those files go to PyAV, whose frames are exact, and
+    the flags that decide it survive the on-disk index cache."""
+    path = write_video(
+        str(tmp_path / f"clip.{ext}"), "libx264", TS_FRAMES, options=options, container_options=container_options
+    )
+    picks = [[TS_FRAMES - 1], [23, 24, 25, 47, 48], list(range(TS_FRAMES))]
+    for cache in ("", str(tmp_path / "cache"), str(tmp_path / "cache")):  # no cache; written; read back
+        with open_video(path, backend="decord", index_cache=cache) as video:
+            assert video.metadata.backend == served
+            assert video._index.open_gop == (name == "open GOPs")
+            assert video._index.header_duration == (name != "no duration")
+            for want in picks:
+                assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+
+
 def test_a_raw_elementary_stream_is_a_one_line_error(tmp_path):
     path = write_video(str(tmp_path / "clip.h264"), "libx264", 12, options={"g": "4", "bf": "2"})
     with pytest.raises(VideoDecodeError, match=r"clip\.h264: the video stream has no timestamps") as err:

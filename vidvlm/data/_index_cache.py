@@ -29,7 +29,7 @@ from vidvlm.data._pyav import FrameIndex
 ENV = "VIDVLM_INDEX_CACHE"
 # Bump when FrameIndex or its meaning changes: entries of another version are rebuilt. 2: MPEG-TS indexes written
 # before seeks were checked could miss the last GOPs, and packets the demuxer flags corrupt are now frames. 3: the
-# ``seekable`` flag (streams whose timestamps cannot address frames are indexed in decode order).
+# ``seekable``, ``open_gop`` and ``header_duration`` flags.
 _VERSION = 3
 # About 16 MB of pts (a one-hour 30 fps video holds 108,000 frames).
 _MAX_FRAMES_IN_MEMORY = 2_000_000
@@ -45,6 +45,8 @@ _SCALARS = {
     "rotation": int,
     "complete": bool,
     "seekable": bool,
+    "open_gop": bool,
+    "header_duration": bool,
 }
 
 

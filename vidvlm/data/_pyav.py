@@ -49,6 +49,11 @@ class FrameIndex:
             the order the decoder gives them out, counted by one decode of the whole stream at open; ``pts`` are
             those positions in ``time_base = 1 / frame rate`` (nominal times), ``keyframes`` is ``[0]``, and every
             request decodes from the start of the file: exact, and slow on long files.
+        open_gop: some keyframe is followed, in decode order, by a frame presented before it (an open GOP: those
+            frames reference the GOP before; PyAV decodes them from the keyframe before, a decoder that starts at
+            their own GOP's keyframe gets them wrong).
+        header_duration: the container header states the file's duration (live-recorded Matroska/WebM, e.g. from a
+            browser's MediaRecorder, does not).
     """
 
     stream: int
@@ -64,6 +69,8 @@ class FrameIndex:
     rotation: int
     complete: bool
     seekable: bool = True
+    open_gop: bool = False
+    header_duration: bool = True
 
 
 def open_container(
@@ -162,10 +169,15 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         )
     if any(t is None for t in times):
         return _index_in_decode_order(path, container, stream)
-    order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
-    pts = np.asarray(times, dtype=np.int64)[order]
+    decode_times = np.asarray(times, dtype=np.int64)
+    order = np.argsort(decode_times, kind="stable")
+    pts = decode_times[order]
     if np.any(np.diff(pts) == 0):
         return _index_in_decode_order(path, container, stream)
+    later_min = np.minimum.accumulate(decode_times[::-1])[::-1]  # earliest time presented at or after each packet
+    key_at = np.flatnonzero(np.asarray(keys, dtype=bool))
+    key_at = key_at[key_at + 1 < len(decode_times)]
+    open_gop = bool(np.any(later_min[key_at + 1] < decode_times[key_at]))
     keyframes = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
@@ -209,6 +221,8 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         height=size[1],
         rotation=rotation,
         complete=complete,
+        open_gop=open_gop,
+        header_duration=container.duration is not None,
     )
 
 

@@ -46,7 +46,10 @@ _STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "t
 # - seeks MPEG-TS/PS by their clocks and returns frames a GOP or more away (H.264 in MPEG-TS: wrong frames in every
 #   random index set tried);
 # - on FLV with H.264 B-frames returns the wrong frame when asked for one of the last few alone (frame 249 of 250 gave
-#   frame 246).
+#   frame 246);
+# - on H.264 with open GOPs (x264 open-gop, in MP4 or Matroska) returns wrong frames (16 of a few hundred asked): it
+#   decodes a GOP's leading B-frames from their own keyframe, without the references of the GOP before;
+# - cannot open Matroska/WebM whose header states no duration (live recordings, e.g. a browser's MediaRecorder).
 _DECORD_CODECS = {"h264", "vp9"}
 _DECORD_UNSAFE_FORMATS = {"gif", "avi", "mpegts", "mpeg", "flv"}
 
@@ -310,6 +313,8 @@ def open_video(
         and index.num_video_streams == 1
         and index.container_format not in _DECORD_UNSAFE_FORMATS
         and index.codec in _DECORD_CODECS
+        and not index.open_gop
+        and index.header_duration
     )
     chosen = "decord" if backend == "decord" and decord_safe else "pyav"
     stamps = tuple((index.pts * index.time_base).tolist())
