@@ -213,18 +213,24 @@ def test_mpeg_program_streams_are_exact_whatever_their_timestamps(program_stream
                 assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
-def test_a_landing_on_an_unflagged_keyframe_is_retried(program_streams, monkeypatch):
-    """MPEG-1 in a program stream: a seek to the keyframe of frame 204 meets a packet with the keyframe's time but no
-    keyframe flag (its data is not the keyframe); the landing counts as missed and the seek is repeated earlier."""
-    landings: list[str] = []
+@pytest.fixture
+def landings(monkeypatch) -> list[str]:
+    """How each seek of the test lands (``_pyav._skip_to_keyframe``'s verdicts, in order)."""
+    seen: list[str] = []
     skip = _pyav._skip_to_keyframe
 
     def spy(packets, seek_pts):
         result = skip(packets, seek_pts)
-        landings.append(result[0])
+        seen.append(result[0])
         return result
 
     monkeypatch.setattr(_pyav, "_skip_to_keyframe", spy)
+    return seen
+
+
+def test_a_landing_on_an_unflagged_keyframe_is_retried(program_streams, landings):
+    """MPEG-1 in a program stream: a seek to the keyframe of frame 204 meets a packet with the keyframe's time but no
+    keyframe flag (its data is not the keyframe); the landing counts as missed and the seek is repeated earlier."""
     with open_video(program_streams["mpeg1"], index_cache="") as video:
         assert [read_index(f.numpy()) for f in video.get_frames([204])] == [204]
     assert landings[-2:] == ["past", "found"]
@@ -321,18 +327,9 @@ def test_joined_segments_keep_every_frame_and_one_frame_shape(tmp_path):
         assert [read_index(f.numpy()) for f in video.get_frames(picks, size=32)] == picks
 
 
-def test_seeks_land_on_the_keyframe_first_time_where_the_container_indexes_it(corpus, transport_streams, monkeypatch):
+def test_seeks_land_on_the_keyframe_first_time_where_the_container_indexes_it(corpus, transport_streams, landings):
     """MP4, Matroska, WebM and AVI seek straight to the keyframe (one seek per run, no retry, never from the start);
     MPEG-TS overshoots and is retried, and still gives the right frames."""
-    landings: list[str] = []
-    skip = _pyav._skip_to_keyframe
-
-    def spy(packets, seek_pts):
-        result = skip(packets, seek_pts)
-        landings.append(result[0])
-        return result
-
-    monkeypatch.setattr(_pyav, "_skip_to_keyframe", spy)
     for name in ("h264", "vp9", "hevc", "mpeg4", "vfr"):
         landings.clear()
         with open_video(corpus[name], index_cache="") as video:

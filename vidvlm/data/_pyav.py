@@ -560,56 +560,35 @@ def _decode_run(
     run: np.ndarray,
     out_wh: tuple[int, int] | None,
 ) -> list[np.ndarray]:
-    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run."""
-    if not index.seekable:
-        return _decode_run_in_order(path, container, index, run, out_wh)
+    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run.
+
+    A stream indexed in decode order (``FrameIndex.seekable`` False) is decoded from its start instead, a frame's
+    position in the decoder's output standing for its time.
+    """
     stream = container.streams[index.stream]
-    want_pts = index.pts[run].tolist()
-    key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
     # Without a decode size, frames come at the index's size: a stream that changes resolution part-way (adaptive
     # streaming segments joined into one file) still gives frames of one shape.
     width, height = out_wh if out_wh is not None else (index.width, index.height)
     threads = max(1, stream.codec_context.thread_count)  # the caller's bound (1 on the concurrent-GOP decoders)
+    if index.seekable:
+        want = index.pts[run].tolist()
+        key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
+        frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want))
+        timed = ((_frame_time(frame), frame) for frame in frames)
+    else:
+        want = run.tolist()
+        frames = _decode_from(container, stream, None)
+        timed = enumerate(frames)
     out: list[np.ndarray] = []
-    frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want_pts))
     try:
-        for frame in frames:
-            t = _frame_time(frame)
-            if t is None or t < want_pts[len(out)]:
+        for t, frame in timed:
+            if t is None or t < want[len(out)]:
                 continue
-            if t > want_pts[len(out)]:
+            if t > want[len(out)]:
                 raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode")
             out.append(_reformatter().reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
             if len(out) == len(run):
                 return out
-        raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
-    finally:
-        frames.close()
-
-
-def _decode_run_in_order(
-    path: str,
-    container: av.container.InputContainer,
-    index: FrameIndex,
-    run: np.ndarray,
-    out_wh: tuple[int, int] | None,
-) -> list[np.ndarray]:
-    """Decodes from the start of the file and takes the frames at the run's positions in the decoder's output order
-    (``FrameIndex.seekable`` False: the timestamps cannot place a frame)."""
-    stream = container.streams[index.stream]
-    width, height = out_wh if out_wh is not None else (index.width, index.height)
-    threads = max(1, stream.codec_context.thread_count)
-    wanted = run.tolist()
-    out: list[np.ndarray] = []
-    frames = _decode_from(container, stream, None)
-    try:
-        for position, frame in enumerate(frames):
-            if position == wanted[len(out)]:
-                out.append(_reformatter().reformat(frame, width, height, "rgb24", threads=threads).to_ndarray())
-                if len(out) == len(run):
-                    return out
         raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
     except av.error.FFmpegError as err:
         raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
