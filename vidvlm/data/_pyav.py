@@ -174,11 +174,11 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
     pts = decode_times[order]
     if np.any(np.diff(pts) == 0):
         return _index_in_decode_order(path, container, stream)
+    is_key = np.asarray(keys, dtype=bool)
     later_min = np.minimum.accumulate(decode_times[::-1])[::-1]  # earliest time presented at or after each packet
-    key_at = np.flatnonzero(np.asarray(keys, dtype=bool))
-    key_at = key_at[key_at + 1 < len(decode_times)]
+    key_at = np.flatnonzero(is_key[:-1])  # keyframes with a packet after them
     open_gop = bool(np.any(later_min[key_at + 1] < decode_times[key_at]))
-    keyframes = np.flatnonzero(np.asarray(keys, dtype=bool)[order])
+    keyframes = np.flatnonzero(is_key[order])
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
