@@ -259,6 +259,41 @@ def test_h264_with_b_frames_in_avi_and_flv_is_exact_with_either_backend(containe
                 assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
+def test_a_stream_in_decode_order_is_read_window_by_window_in_one_decode(tmp_path, monkeypatch):
+    """A file that can only be read in decode order (AVI with reordered H.264) keeps its decode between requests:
+    consecutive windows cost one decode from the start, not one each; a request behind the decode starts again; a
+    failed request does not leave a broken decode behind."""
+    path = write_video(str(tmp_path / "clip.avi"), "libx264", TS_FRAMES, options={"g": "12", "bf": "2"})
+    starts: list[int | None] = []
+    decode_from = _pyav._decode_from
+
+    def spy(container, stream, seek_pts, keep=None):
+        starts.append(seek_pts)
+        return decode_from(container, stream, seek_pts, keep)
+
+    with open_video(path, index_cache="") as video:
+        assert not video._index.seekable
+        monkeypatch.setattr(_pyav, "_decode_from", spy)
+        windows = [list(range(a, min(a + 40, TS_FRAMES), 5)) for a in range(0, TS_FRAMES, 40)]
+        for want in windows:
+            assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+        assert starts == [None]  # one decode for all the windows
+        assert [read_index(f.numpy()) for f in video.get_frames([3, 100])] == [3, 100]  # behind: from the start
+        assert [read_index(f.numpy()) for f in video.get_frames([101])] == [101]
+        assert starts == [None, None]
+
+        def broken(*args, **kwargs):
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+            yield  # a generator, as the real one
+
+        monkeypatch.setattr(_pyav, "_decode_from", broken)
+        with pytest.raises(VideoDecodeError, match="clip.avi: decoding failed near frame 50"):
+            video.get_frames([50])  # behind the decode: a new one, which fails
+        monkeypatch.setattr(_pyav, "_decode_from", spy)
+        assert [read_index(f.numpy()) for f in video.get_frames([150, TS_FRAMES - 1])] == [150, TS_FRAMES - 1]
+        assert starts[-1:] == [None] and len(starts) == 3
+
+
 @pytest.mark.parametrize(
     "name,ext,options,container_options,served",
     [

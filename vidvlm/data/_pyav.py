@@ -5,7 +5,8 @@ or one demux pass over the file's bytes. When the container's sample table shows
 is decoded; otherwise the last GOP is decoded, to prove that the frames the index lists really decode (headers and
 truncated files over-report frames). Packets an edit list marks as discarded decode but are never shown, so they are
 not frames. A request is decoded as runs (one seek each), concurrently on several decoders when the caller gives some.
-A stream whose timestamps cannot tell its frames apart is numbered in decode order instead, and read from its start.
+A stream whose timestamps cannot tell its frames apart is numbered in decode order instead, and read by one forward
+decode kept between requests (:class:`DecodeOrderReader`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class FrameIndex:
         seekable: False when the stream's timestamps cannot tell its frames apart (packets without any timestamp,
             or two frames presented at the same time: a muxer's or a parser's error). Frames are then numbered in
             the order the decoder gives them out, counted by one decode of the whole stream at open; ``pts`` are
-            those positions in ``time_base = 1 / frame rate`` (nominal times), ``keyframes`` is ``[0]``, and every
-            request decodes from the start of the file: exact, and slow on long files.
+            those positions in ``time_base = 1 / frame rate`` (nominal times), ``keyframes`` is ``[0]``, and frames
+            are read by :class:`DecodeOrderReader`: exact; a request before the last one's frames decodes again
+            from the start of the file.
         open_gop: some keyframe is followed, in decode order, by a frame presented before it (an open GOP: those
             frames reference the GOP before; PyAV decodes them from the keyframe before, a decoder that starts at
             their own GOP's keyframe gets them wrong).
@@ -560,25 +562,38 @@ def _decode_run(
     run: np.ndarray,
     out_wh: tuple[int, int] | None,
 ) -> list[np.ndarray]:
-    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run.
-
-    A stream indexed in decode order (``FrameIndex.seekable`` False) is decoded from its start instead, a frame's
-    position in the decoder's output standing for its time.
-    """
+    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run (a
+    seekable stream; :class:`DecodeOrderReader` reads the others)."""
     stream = container.streams[index.stream]
-    # Without a decode size, frames come at the index's size: a stream that changes resolution part-way (adaptive
-    # streaming segments joined into one file) still gives frames of one shape.
-    width, height = out_wh if out_wh is not None else (index.width, index.height)
+    want = index.pts[run].tolist()
+    key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
+    frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want))
+    timed = ((_frame_time(frame), frame) for frame in frames)
+    try:
+        return _collect(path, stream, timed, run, want, _size(index, out_wh))
+    finally:
+        frames.close()
+
+
+def _size(index: FrameIndex, out_wh: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) of the frames given out. Without a decode size, frames come at the index's size: a stream that
+    changes resolution part-way (adaptive streaming segments joined into one file) still gives frames of one shape."""
+    return out_wh if out_wh is not None else (index.width, index.height)
+
+
+def _collect(
+    path: str,
+    stream: av.video.stream.VideoStream,
+    timed: Iterator[tuple[int | None, av.VideoFrame]],
+    run: np.ndarray,
+    want: list[int],
+    wh: tuple[int, int],
+) -> list[np.ndarray]:
+    """Takes from ``timed`` ((time, frame) in presentation order) the frames whose times are ``want`` (sorted; the
+    times of positions ``run``), converted to RGB at ``wh`` (width, height); stops after the last one, leaving the
+    rest unread."""
+    width, height = wh
     threads = max(1, stream.codec_context.thread_count)  # the caller's bound (1 on the concurrent-GOP decoders)
-    if index.seekable:
-        want = index.pts[run].tolist()
-        key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
-        frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want))
-        timed = ((_frame_time(frame), frame) for frame in frames)
-    else:
-        want = run.tolist()
-        frames = _decode_from(container, stream, None)
-        timed = enumerate(frames)
     out: list[np.ndarray] = []
     try:
         for t, frame in timed:
@@ -592,5 +607,53 @@ def _decode_run(
         raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
     except av.error.FFmpegError as err:
         raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
-    finally:
-        frames.close()
+
+
+class DecodeOrderReader:
+    """Frames of a stream indexed in decode order (``FrameIndex.seekable`` False), where a frame can only be found
+    by decoding from the start of the file and counting.
+
+    The forward decode is kept between requests: a request whose first frame lies at or after the next frame the
+    decoder will give continues it; an earlier one starts again from the beginning. Reading such a file window by
+    window (captioning with ``--segment``, extraction of consecutive clips) costs one decode of the file, not one
+    decode from the start per window.
+    """
+
+    def __init__(self, path: str, container: av.container.InputContainer, index: FrameIndex) -> None:
+        self.path, self.container, self.index = path, container, index
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._next = 0  # the position of the next frame the live decode gives out
+
+    def read(self, wanted: np.ndarray, out_wh: tuple[int, int] | None) -> list[np.ndarray]:
+        """The frames at sorted unique positions ``wanted``, as :func:`decode_runs` returns them."""
+        if self._frames is None or int(wanted[0]) < self._next:
+            self._restart()
+        try:
+            wh = _size(self.index, out_wh)
+            return _collect(self.path, self._stream, self._positions(), wanted, wanted.tolist(), wh)
+        except BaseException:
+            self._stop()  # a failed or interrupted decode is not resumed
+            raise
+
+    def close(self) -> None:
+        """Stops the decode and closes the container."""
+        self._stop()
+        self.container.close()
+
+    @property
+    def _stream(self) -> av.video.stream.VideoStream:
+        return self.container.streams[self.index.stream]
+
+    def _restart(self) -> None:
+        self._stop()
+        self._frames, self._next = _decode_from(self.container, self._stream, None), 0
+
+    def _stop(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self._frames = None
+
+    def _positions(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        for frame in self._frames:
+            self._next += 1
+            yield self._next - 1, frame

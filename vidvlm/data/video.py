@@ -99,6 +99,7 @@ class Video:
         self._index = index
         self._container: av.container.InputContainer | None = None
         self._workers: list[av.container.InputContainer] = []  # single-threaded decoders for concurrent GOPs
+        self._in_order: _pyav.DecodeOrderReader | None = None  # the live decode of a stream read in decode order
         self._decord: Any = None
         self._pid = os.getpid()
 
@@ -108,7 +109,9 @@ class Video:
         for container in [self._container, *self._workers]:
             if container is not None:
                 container.close()
-        self._container, self._workers, self._decord = None, [], None
+        if self._in_order is not None:
+            self._in_order.close()
+        self._container, self._workers, self._decord, self._in_order = None, [], None, None
 
     def __enter__(self) -> Video:
         return self
@@ -119,7 +122,7 @@ class Video:
     def __getstate__(self) -> dict[str, Any]:
         # Live decoders hold file handles and native threads; a worker reopens the file instead of sharing them.
         state = self.__dict__.copy()
-        state["_container"], state["_workers"], state["_decord"] = None, [], None
+        state["_container"], state["_workers"], state["_decord"], state["_in_order"] = None, [], None, None
         return state
 
     def __del__(self) -> None:
@@ -205,7 +208,8 @@ class Video:
         if self._pid != os.getpid():
             # Forked (not pickled) into a DataLoader worker: the parent's decoder shares its file offset with this
             # process, so using it here would read garbage. Drop it without closing and open a private one.
-            self._container, self._workers, self._decord, self._pid = None, [], None, os.getpid()
+            self._container, self._workers, self._decord, self._in_order = None, [], None, None
+            self._pid = os.getpid()
         if m.backend == "pillow":
             return _image.load_image(m.path, None if stored_wh is None else out_hw)[None]
         if m.backend == "decord":
@@ -214,6 +218,10 @@ class Video:
 
                 self._decord = DecordReader(m.path, self._index, self.num_threads, self._reference_frame)
             return self._decord.get(wanted, stored_wh)
+        if not self._index.seekable:
+            if self._in_order is None:
+                self._in_order = _pyav.DecodeOrderReader(m.path, self._open(self.num_threads), self._index)
+            return np.stack(self._in_order.read(wanted, stored_wh))
         runs = _pyav.plan_runs(self._index, wanted)
         if self.num_threads > 1 and len(runs) > 1:
             # Independent GOPs on up to num_threads single-threaded decoders (kept open for the next request).
