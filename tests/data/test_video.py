@@ -136,7 +136,7 @@ def test_pickle_drops_decoder_and_reopens(corpus):
     video = open_video(corpus["h264"])
     first = video.get_frames([10, 70])
     clone = pickle.loads(pickle.dumps(video))
-    assert clone._container is None and clone.metadata == video.metadata
+    assert clone._decoder is None and clone.metadata == video.metadata
     assert torch.equal(clone.get_frames([10, 70]), first)
     video.close()
     assert torch.equal(video.get_frames([10, 70]), first)  # reopens after close
@@ -191,18 +191,18 @@ def test_decord_is_not_imported_until_used():
 def test_concurrent_gops_give_the_serial_frames(corpus, name, monkeypatch):
     """num_threads > 1 decodes independent GOPs on several threads: the same pixels as one thread, in order."""
     threads: set[int] = set()
-    original = _pyav._decode_run
+    original = _pyav.StreamDecoder.read
 
-    def spy(path, container, index, run, out_wh):
+    def spy(self, run, out_wh):
         threads.add(threading.get_ident())
         time.sleep(0.02)  # tiny clips decode in microseconds: give the other threads time to take a run
-        return original(path, container, index, run, out_wh)
+        return original(self, run, out_wh)
 
     n = VIDEOS[name]
     picks = np.random.default_rng(7).permutation(n)[: max(8, n // 2)].tolist() + [n - 1, 0]
     with open_video(corpus[name], backend="pyav") as serial:
         want = serial.get_frames(picks, size=24)
-    monkeypatch.setattr(_pyav, "_decode_run", spy)
+    monkeypatch.setattr(_pyav.StreamDecoder, "read", spy)
     with open_video(corpus[name], backend="pyav", num_threads=3) as video:
         assert len(_pyav.plan_runs(video._index, np.unique(picks))) > 1
         got = video.get_frames(picks, size=24)
@@ -213,15 +213,15 @@ def test_concurrent_gops_give_the_serial_frames(corpus, name, monkeypatch):
 
 def test_concurrent_runs_report_the_first_error_in_frame_order(corpus, monkeypatch):
     """Whichever thread fails first, the error raised is the one a serial decode would have met first."""
-    original = _pyav._decode_run
+    original = _pyav.StreamDecoder.read
 
-    def failing(path, container, index, run, out_wh):
+    def failing(self, run, out_wh):
         if run[0] >= 30:
             time.sleep(0.2 if run[0] < 60 else 0.0)  # the later run fails first
-            raise VideoDecodeError(f"{path}: frame {int(run[0])} does not decode")
-        return original(path, container, index, run, out_wh)
+            raise VideoDecodeError(f"{self.path}: frame {int(run[0])} does not decode")
+        return original(self, run, out_wh)
 
-    monkeypatch.setattr(_pyav, "_decode_run", failing)
+    monkeypatch.setattr(_pyav.StreamDecoder, "read", failing)
     for threads in (1, 3):
         with open_video(corpus["h264"], num_threads=threads) as video, pytest.raises(VideoDecodeError, match="35"):
             video.get_frames([1, 35, 70])

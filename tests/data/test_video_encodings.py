@@ -259,6 +259,31 @@ def test_h264_with_b_frames_in_avi_and_flv_is_exact_with_either_backend(containe
                 assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
+def test_window_by_window_reading_goes_on_decoding_instead_of_seeking_back(tmp_path, monkeypatch):
+    """Consecutive windows of a seekable file: a window whose keyframe the live decode has passed continues it, so
+    each GOP is sought once, not once per window; frames right after the last one given (some of them passed as
+    unreferenced B-frames) and requests behind it are still exact."""
+    path = write_video(str(tmp_path / "clip.mp4"), "libx264", TS_FRAMES, options={"g": "50", "bf": "3"})
+    seeks: list[int | None] = []
+    decode_from = _pyav._decode_from
+
+    def spy(container, stream, seek_pts, skip=None):
+        seeks.append(seek_pts)
+        return decode_from(container, stream, seek_pts, skip)
+
+    monkeypatch.setattr(_pyav, "_decode_from", spy)
+    with open_video(path, index_cache="") as video:
+        assert video._index.seekable and 1 < len(video._index.keyframes) < 10  # x264 may add a keyframe at a cut
+        seeks.clear()
+        windows = [list(range(a, a + 10, 3)) for a in range(0, TS_FRAMES, 10)]
+        for want in windows:
+            assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+        # one decode per GOP, and one more where the first window that follows on finds a frame already passed
+        assert len(seeks) <= len(video._index.keyframes) + 1 < len(windows)
+        for want in ([60], [61], [62, 63], [64], [40], [41, 99], [100], [249], [0]):
+            assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
+
+
 def test_a_stream_in_decode_order_is_read_window_by_window_in_one_decode(tmp_path, monkeypatch):
     """A file that can only be read in decode order (AVI with reordered H.264) keeps its decode between requests:
     consecutive windows cost one decode from the start, not one each; a request behind the decode starts again; a
@@ -267,9 +292,9 @@ def test_a_stream_in_decode_order_is_read_window_by_window_in_one_decode(tmp_pat
     starts: list[int | None] = []
     decode_from = _pyav._decode_from
 
-    def spy(container, stream, seek_pts, keep=None):
+    def spy(container, stream, seek_pts, skip=None):
         starts.append(seek_pts)
-        return decode_from(container, stream, seek_pts, keep)
+        return decode_from(container, stream, seek_pts, skip)
 
     with open_video(path, index_cache="") as video:
         assert not video._index.seekable

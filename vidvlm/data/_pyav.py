@@ -5,8 +5,9 @@ or one demux pass over the file's bytes. When the container's sample table shows
 is decoded; otherwise the last GOP is decoded, to prove that the frames the index lists really decode (headers and
 truncated files over-report frames). Packets an edit list marks as discarded decode but are never shown, so they are
 not frames. A request is decoded as runs (one seek each), concurrently on several decoders when the caller gives some.
-A stream whose timestamps cannot tell its frames apart is numbered in decode order instead, and read by one forward
-decode kept between requests (:class:`DecodeOrderReader`).
+Each container's decode is kept between requests (:class:`StreamDecoder`): a request that starts where the last one
+left off goes on decoding instead of seeking back. A stream whose timestamps cannot tell its frames apart is numbered
+in decode order instead, and read by that forward decode alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
@@ -49,7 +50,7 @@ class FrameIndex:
             or two frames presented at the same time: a muxer's or a parser's error). Frames are then numbered in
             the order the decoder gives them out, counted by one decode of the whole stream at open; ``pts`` are
             those positions in ``time_base = 1 / frame rate`` (nominal times), ``keyframes`` is ``[0]``, and frames
-            are read by :class:`DecodeOrderReader`: exact; a request before the last one's frames decodes again
+            are read by :class:`StreamDecoder`: exact; a request before the last one's frames decodes again
             from the start of the file.
         open_gop: some keyframe is followed, in decode order, by a frame presented before it (an open GOP: those
             frames reference the GOP before; PyAV decodes them from the keyframe before, a decoder that starts at
@@ -376,24 +377,52 @@ def _verify_tail(
     raise VideoDecodeError(f"{path}: no frame of the video stream decodes (corrupt or truncated data)")
 
 
+@dataclass
+class Skipping:
+    """Which frames a decode may skip (:func:`_decode_from`), and which it did.
+
+    Attributes:
+        keep: pts of the frames wanted.
+        ahead: decode every frame after the last wanted one too (a reader that goes on to later frames: the packets
+            the decoder reads ahead of its output must not be lost to the skip).
+        passed: pts of the packets fed while skipping: those frames may not have been decoded.
+    """
+
+    keep: set[int] = field(default_factory=set)
+    ahead: bool = False
+    passed: set[int] = field(default_factory=set)
+    last: int = -(2**62)  # max(keep)
+
+    def want(self, pts: list[int]) -> None:
+        self.keep.update(pts)
+        self.last = max(self.last, *pts)
+
+    def decodes(self, pts: int | None) -> bool:
+        """Whether the packet presented at ``pts`` is decoded in full (recording it in ``passed`` when not)."""
+        if pts is None or pts in self.keep or (self.ahead and pts > self.last):
+            return True
+        self.passed.add(pts)
+        return False
+
+
 def _decode_from(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     seek_pts: int | None,
-    keep: set[int] | None = None,
+    skip: Skipping | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Seeks to the keyframe at or before ``seek_pts`` (None: the start) and yields frames in presentation order.
 
-    With ``keep`` (pts of wanted frames), packets of other frames that no frame references (e.g. most B-frames) are
-    not decoded at all (``skip_frame=NONREF``): they never reach the output and cannot affect any other frame, which
-    roughly halves the decoding work on B-frame video.
+    With ``skip`` (read as packets arrive, so the caller may change it between frames), packets of frames not in
+    ``skip.keep`` that no frame references (e.g. most B-frames) are not decoded at all (``skip_frame=NONREF``): they
+    never reach the output and cannot affect any other frame, which roughly halves the decoding work on B-frame video.
     """
     ctx = stream.codec_context
     mode = "DEFAULT"
     try:
         for packet in _packets_from(container, stream, seek_pts):
-            if keep is not None and packet.size:
-                want = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
+            if skip is not None and packet.size:
+                want = "DEFAULT" if skip.decodes(packet.pts) else "NONREF"
                 if want != mode:
                     ctx.skip_frame = mode = want
             elif mode != "DEFAULT":
@@ -404,7 +433,7 @@ def _decode_from(
                 # A damaged packet (a truncated file's last one). Skipping unreferenced frames makes the decoder hold
                 # wanted frames longer than the full decode of the open-time check did, so frames it counted may
                 # still be inside: they come from whole packets before this one, so give them out, then the error.
-                if keep is not None:
+                if skip is not None:
                     ctx.skip_frame = mode = "DEFAULT"
                     yield from _drain(ctx)
                 raise
@@ -514,38 +543,34 @@ def plan_runs(index: FrameIndex, wanted: np.ndarray) -> list[np.ndarray]:
 
 
 def decode_runs(
-    path: str,
-    containers: Sequence[av.container.InputContainer],
-    index: FrameIndex,
-    runs: list[np.ndarray],
-    out_wh: tuple[int, int] | None,
+    decoders: Sequence[StreamDecoder], runs: list[np.ndarray], out_wh: tuple[int, int] | None
 ) -> list[np.ndarray]:
     """Decodes the runs of :func:`plan_runs`; returns one HWC uint8 RGB array per position, in order.
 
-    With one container the runs are decoded in order on this thread. With several, one thread per container takes
-    runs from a shared queue (PyAV releases the GIL while decoding and scaling); the error reported is the one the
-    serial order would meet first. Scaling to ``out_wh`` (stored orientation) happens in the colour conversion
-    (sws_scale), never on a full-size copy.
+    With one decoder the runs are decoded in order on this thread. With several, one thread per decoder takes runs
+    from a shared queue (PyAV releases the GIL while decoding and scaling); the error reported is the one the serial
+    order would meet first. Scaling to ``out_wh`` (stored orientation) happens in the colour conversion (sws_scale),
+    never on a full-size copy.
     """
-    if len(containers) == 1 or len(runs) == 1:
-        return [frame for run in runs for frame in _decode_run(path, containers[0], index, run, out_wh)]
+    if len(decoders) == 1 or len(runs) == 1:
+        return [frame for run in runs for frame in decoders[0].read(run, out_wh)]
     results: list[list[np.ndarray] | BaseException | None] = [None] * len(runs)
     queue = iter(range(len(runs)))  # next() on a shared iterator hands each run to exactly one thread
     lock = threading.Lock()
 
-    def work(container: av.container.InputContainer) -> None:
+    def work(decoder: StreamDecoder) -> None:
         while True:
             with lock:
                 r = next(queue, None)
             if r is None:
                 return
             try:
-                results[r] = _decode_run(path, container, index, runs[r], out_wh)
+                results[r] = decoder.read(runs[r], out_wh)
             except (VideoDecodeError, av.error.FFmpegError) as err:
                 results[r] = err
 
-    with ThreadPoolExecutor(len(containers), thread_name_prefix="vidvlm-decode") as pool:
-        for future in [pool.submit(work, c) for c in containers]:
+    with ThreadPoolExecutor(len(decoders), thread_name_prefix="vidvlm-decode") as pool:
+        for future in [pool.submit(work, d) for d in decoders]:
             future.result()
     out: list[np.ndarray] = []
     for result in results:
@@ -555,24 +580,81 @@ def decode_runs(
     return out
 
 
-def _decode_run(
-    path: str,
-    container: av.container.InputContainer,
-    index: FrameIndex,
-    run: np.ndarray,
-    out_wh: tuple[int, int] | None,
-) -> list[np.ndarray]:
-    """Seeks once, to the keyframe before ``run[0]``, and decodes forward until the last position of the run (a
-    seekable stream; :class:`DecodeOrderReader` reads the others)."""
-    stream = container.streams[index.stream]
-    want = index.pts[run].tolist()
-    key = int(index.keyframes[np.searchsorted(index.keyframes, run[0], side="right") - 1])
-    frames = _decode_from(container, stream, int(index.pts[key]) if key > 0 else None, set(want))
-    timed = ((_frame_time(frame), frame) for frame in frames)
-    try:
-        return _collect(path, stream, timed, run, want, _size(index, out_wh))
-    finally:
-        frames.close()
+class StreamDecoder:
+    """One container's decoder of the indexed stream, kept between requests.
+
+    A run (:func:`plan_runs`) is read by seeking to the keyframe before its first frame and decoding forward, unless
+    the decode left by the previous run can simply go on: its last frame lies before the run's first and at or after
+    the run's keyframe (a seek would decode the same frames again), and none of the run's frames was passed while
+    unreferenced frames were skipped. Once requests come in that order, the decoder stops skipping the frames it
+    reads ahead of its output, so that the next window finds them: reading a file window by window then decodes each
+    GOP about once. A single request (runs in different GOPs) never continues and skips as before. A stream indexed
+    in decode order (``FrameIndex.seekable`` False) has no seek: its frames are counted from the start of the file,
+    and a run behind the live decode starts it again.
+    """
+
+    def __init__(self, path: str, container: av.container.InputContainer, index: FrameIndex) -> None:
+        self.path, self.container, self.index = path, container, index
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._skip = Skipping()  # what the live decode skips (it reads this as packets arrive)
+        self._last = -1  # position of the last frame the live decode gave out
+        self._onward = False  # requests have come in order, each after the last: keep frames read ahead
+
+    def read(self, run: np.ndarray, out_wh: tuple[int, int] | None) -> list[np.ndarray]:
+        """The frames at positions ``run`` (sorted, unique; one run of :func:`plan_runs`), HWC uint8 RGB."""
+        index, stream = self.index, self.container.streams[self.index.stream]
+        want = index.pts[run].tolist() if index.seekable else run.tolist()
+        if not self._goes_on(run, want):
+            self._stop()
+            seek = None
+            if index.seekable and (key := self._keyframe(run)) > 0:
+                seek = int(index.pts[key])
+            self._skip, self._last = Skipping(ahead=self._onward), -1
+            self._frames = _decode_from(self.container, stream, seek, self._skip if index.seekable else None)
+        self._skip.want(want)
+        try:
+            return _collect(self.path, stream, self._timed(), run, want, _size(index, out_wh))
+        except BaseException:
+            self._stop()  # a failed or interrupted decode is not resumed
+            raise
+
+    def close(self) -> None:
+        """Stops the live decode and closes the container."""
+        self._stop()
+        self.container.close()
+
+    def _keyframe(self, run: np.ndarray) -> int:
+        keyframes = self.index.keyframes
+        return int(keyframes[np.searchsorted(keyframes, run[0], side="right") - 1])
+
+    def _goes_on(self, run: np.ndarray, want: list[int]) -> bool:
+        if self._frames is None or run[0] <= self._last:
+            return False
+        if not self.index.seekable:
+            return True
+        if self._keyframe(run) > self._last:
+            return False  # a seek skips the GOPs in between
+        # The run lies ahead in the GOP being decoded: reading on is cheaper than seeking back, unless the decode
+        # already fed one of its frames while skipping. From now on the decode keeps what it reads ahead.
+        self._onward = self._skip.ahead = True
+        return self._skip.passed.isdisjoint(want)
+
+    def _stop(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self._frames = None
+
+    def _timed(self) -> Iterator[tuple[int | None, av.VideoFrame]]:
+        """(time, frame) of the live decode: the pts, or the position when the stream is read in decode order."""
+        pts = self.index.pts
+        for frame in self._frames:
+            if self.index.seekable:
+                t = _frame_time(frame)
+                if t is not None:
+                    self._last = max(self._last, int(np.searchsorted(pts, t)))
+            else:
+                self._last = t = self._last + 1
+            yield t, frame
 
 
 def _size(index: FrameIndex, out_wh: tuple[int, int] | None) -> tuple[int, int]:
@@ -607,53 +689,3 @@ def _collect(
         raise VideoDecodeError(f"{path}: frame {int(run[len(out)])} does not decode (end of stream reached)")
     except av.error.FFmpegError as err:
         raise VideoDecodeError(f"{path}: decoding failed near frame {int(run[len(out)])} ({err})") from err
-
-
-class DecodeOrderReader:
-    """Frames of a stream indexed in decode order (``FrameIndex.seekable`` False), where a frame can only be found
-    by decoding from the start of the file and counting.
-
-    The forward decode is kept between requests: a request whose first frame lies at or after the next frame the
-    decoder will give continues it; an earlier one starts again from the beginning. Reading such a file window by
-    window (captioning with ``--segment``, extraction of consecutive clips) costs one decode of the file, not one
-    decode from the start per window.
-    """
-
-    def __init__(self, path: str, container: av.container.InputContainer, index: FrameIndex) -> None:
-        self.path, self.container, self.index = path, container, index
-        self._frames: Iterator[av.VideoFrame] | None = None
-        self._next = 0  # the position of the next frame the live decode gives out
-
-    def read(self, wanted: np.ndarray, out_wh: tuple[int, int] | None) -> list[np.ndarray]:
-        """The frames at sorted unique positions ``wanted``, as :func:`decode_runs` returns them."""
-        if self._frames is None or int(wanted[0]) < self._next:
-            self._restart()
-        try:
-            wh = _size(self.index, out_wh)
-            return _collect(self.path, self._stream, self._positions(), wanted, wanted.tolist(), wh)
-        except BaseException:
-            self._stop()  # a failed or interrupted decode is not resumed
-            raise
-
-    def close(self) -> None:
-        """Stops the decode and closes the container."""
-        self._stop()
-        self.container.close()
-
-    @property
-    def _stream(self) -> av.video.stream.VideoStream:
-        return self.container.streams[self.index.stream]
-
-    def _restart(self) -> None:
-        self._stop()
-        self._frames, self._next = _decode_from(self.container, self._stream, None), 0
-
-    def _stop(self) -> None:
-        if self._frames is not None:
-            self._frames.close()
-        self._frames = None
-
-    def _positions(self) -> Iterator[tuple[int, av.VideoFrame]]:
-        for frame in self._frames:
-            self._next += 1
-            yield self._next - 1, frame

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from einops import rearrange
@@ -97,21 +96,18 @@ class Video:
         self.metadata = metadata
         self.num_threads = num_threads
         self._index = index
-        self._container: av.container.InputContainer | None = None
-        self._workers: list[av.container.InputContainer] = []  # single-threaded decoders for concurrent GOPs
-        self._in_order: _pyav.DecodeOrderReader | None = None  # the live decode of a stream read in decode order
+        self._decoder: _pyav.StreamDecoder | None = None
+        self._workers: list[_pyav.StreamDecoder] = []  # single-threaded decoders for concurrent GOPs
         self._decord: Any = None
         self._pid = os.getpid()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Closes any open decoder; the Video stays usable and reopens the file when frames are asked for."""
-        for container in [self._container, *self._workers]:
-            if container is not None:
-                container.close()
-        if self._in_order is not None:
-            self._in_order.close()
-        self._container, self._workers, self._decord, self._in_order = None, [], None, None
+        for decoder in [self._decoder, *self._workers]:
+            if decoder is not None:
+                decoder.close()
+        self._decoder, self._workers, self._decord = None, [], None
 
     def __enter__(self) -> Video:
         return self
@@ -122,7 +118,7 @@ class Video:
     def __getstate__(self) -> dict[str, Any]:
         # Live decoders hold file handles and native threads; a worker reopens the file instead of sharing them.
         state = self.__dict__.copy()
-        state["_container"], state["_workers"], state["_decord"], state["_in_order"] = None, [], None, None
+        state["_decoder"], state["_workers"], state["_decord"] = None, [], None
         return state
 
     def __del__(self) -> None:
@@ -208,8 +204,7 @@ class Video:
         if self._pid != os.getpid():
             # Forked (not pickled) into a DataLoader worker: the parent's decoder shares its file offset with this
             # process, so using it here would read garbage. Drop it without closing and open a private one.
-            self._container, self._workers, self._decord, self._in_order = None, [], None, None
-            self._pid = os.getpid()
+            self._decoder, self._workers, self._decord, self._pid = None, [], None, os.getpid()
         if m.backend == "pillow":
             return _image.load_image(m.path, None if stored_wh is None else out_hw)[None]
         if m.backend == "decord":
@@ -218,26 +213,24 @@ class Video:
 
                 self._decord = DecordReader(m.path, self._index, self.num_threads, self._reference_frame)
             return self._decord.get(wanted, stored_wh)
-        if not self._index.seekable:
-            if self._in_order is None:
-                self._in_order = _pyav.DecodeOrderReader(m.path, self._open(self.num_threads), self._index)
-            return np.stack(self._in_order.read(wanted, stored_wh))
         runs = _pyav.plan_runs(self._index, wanted)
         if self.num_threads > 1 and len(runs) > 1:
             # Independent GOPs on up to num_threads single-threaded decoders (kept open for the next request).
             while len(self._workers) < min(self.num_threads, len(runs)):
                 self._workers.append(self._open(1))
-            containers = self._workers[: min(self.num_threads, len(runs))]
+            decoders = self._workers[: min(self.num_threads, len(runs))]
         else:
-            if self._container is None:
-                self._container = self._open(self.num_threads)
-            containers = [self._container]
-        return np.stack(_pyav.decode_runs(m.path, containers, self._index, runs, stored_wh))
+            if self._decoder is None:
+                self._decoder = self._open(self.num_threads)
+            decoders = [self._decoder]
+        return np.stack(_pyav.decode_runs(decoders, runs, stored_wh))
 
-    def _open(self, num_threads: int) -> av.container.InputContainer:
+    def _open(self, num_threads: int) -> _pyav.StreamDecoder:
         """A decoder of the indexed stream, opened with the demuxer the index names (no format probe)."""
-        index = self._index
-        return _pyav.open_container(self.metadata.path, num_threads, index.stream, index.container_format)[0]
+        index, path = self._index, self.metadata.path
+        return _pyav.StreamDecoder(
+            path, _pyav.open_container(path, num_threads, index.stream, index.container_format)[0], index
+        )
 
     def _reference_frame(self) -> np.ndarray:
         """Frame 0 at native size in display orientation, decoded by PyAV: uint8 [H, W, 3]."""
@@ -332,7 +325,7 @@ def open_video(
     meta = VideoMetadata(path, chosen, num, fps, index.duration, width, height, index.rotation, stamps, index.stream)
     video = Video(meta, num_threads, index)
     if container is not None and chosen == "pyav":
-        video._container = container  # reuse the indexing container for the first get_frames (saves an open)
+        video._decoder = _pyav.StreamDecoder(path, container, index)  # the indexing container serves (saves an open)
     elif container is not None:
         container.close()
     return video
