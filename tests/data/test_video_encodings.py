@@ -259,64 +259,64 @@ def test_h264_with_b_frames_in_avi_and_flv_is_exact_with_either_backend(containe
                 assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
-def test_window_by_window_reading_goes_on_decoding_instead_of_seeking_back(tmp_path, monkeypatch):
+@pytest.fixture
+def decode_starts(monkeypatch) -> list[int | None]:
+    """Where each decode of the test starts (the ``seek_pts`` of every ``_pyav._decode_from`` call; None: the start)."""
+    seen: list[int | None] = []
+    decode_from = _pyav._decode_from
+
+    def spy(container, stream, seek_pts, skip=None):
+        seen.append(seek_pts)
+        return decode_from(container, stream, seek_pts, skip)
+
+    monkeypatch.setattr(_pyav, "_decode_from", spy)
+    return seen
+
+
+def test_window_by_window_reading_goes_on_decoding_instead_of_seeking_back(tmp_path, decode_starts):
     """Consecutive windows of a seekable file: a window whose keyframe the live decode has passed continues it, so
     each GOP is sought once, not once per window; frames right after the last one given (some of them passed as
     unreferenced B-frames) and requests behind it are still exact."""
     path = write_video(str(tmp_path / "clip.mp4"), "libx264", TS_FRAMES, options={"g": "50", "bf": "3"})
-    seeks: list[int | None] = []
-    decode_from = _pyav._decode_from
-
-    def spy(container, stream, seek_pts, skip=None):
-        seeks.append(seek_pts)
-        return decode_from(container, stream, seek_pts, skip)
-
-    monkeypatch.setattr(_pyav, "_decode_from", spy)
     with open_video(path, index_cache="") as video:
         assert video._index.seekable and 1 < len(video._index.keyframes) < 10  # x264 may add a keyframe at a cut
-        seeks.clear()
+        decode_starts.clear()
         windows = [list(range(a, a + 10, 3)) for a in range(0, TS_FRAMES, 10)]
         for want in windows:
             assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
         # one decode per GOP, and one more where the first window that follows on finds a frame already passed
-        assert len(seeks) <= len(video._index.keyframes) + 1 < len(windows)
+        assert len(decode_starts) <= len(video._index.keyframes) + 1 < len(windows)
         for want in ([60], [61], [62, 63], [64], [40], [41, 99], [100], [249], [0]):
             assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
 
 
-def test_a_stream_in_decode_order_is_read_window_by_window_in_one_decode(tmp_path, monkeypatch):
+def test_a_stream_in_decode_order_is_read_window_by_window_in_one_decode(tmp_path, decode_starts, monkeypatch):
     """A file that can only be read in decode order (AVI with reordered H.264) keeps its decode between requests:
     consecutive windows cost one decode from the start, not one each; a request behind the decode starts again; a
     failed request does not leave a broken decode behind."""
     path = write_video(str(tmp_path / "clip.avi"), "libx264", TS_FRAMES, options={"g": "12", "bf": "2"})
-    starts: list[int | None] = []
-    decode_from = _pyav._decode_from
-
-    def spy(container, stream, seek_pts, skip=None):
-        starts.append(seek_pts)
-        return decode_from(container, stream, seek_pts, skip)
-
     with open_video(path, index_cache="") as video:
         assert not video._index.seekable
-        monkeypatch.setattr(_pyav, "_decode_from", spy)
+        decode_starts.clear()  # the decodes that counted the frames at open
         windows = [list(range(a, min(a + 40, TS_FRAMES), 5)) for a in range(0, TS_FRAMES, 40)]
         for want in windows:
             assert [read_index(f.numpy()) for f in video.get_frames(want)] == want
-        assert starts == [None]  # one decode for all the windows
+        assert decode_starts == [None]  # one decode for all the windows
         assert [read_index(f.numpy()) for f in video.get_frames([3, 100])] == [3, 100]  # behind: from the start
         assert [read_index(f.numpy()) for f in video.get_frames([101])] == [101]
-        assert starts == [None, None]
+        assert decode_starts == [None, None]
 
         def broken(*args, **kwargs):
             raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
             yield  # a generator, as the real one
 
+        spy = _pyav._decode_from
         monkeypatch.setattr(_pyav, "_decode_from", broken)
         with pytest.raises(VideoDecodeError, match="clip.avi: decoding failed near frame 50"):
             video.get_frames([50])  # behind the decode: a new one, which fails
         monkeypatch.setattr(_pyav, "_decode_from", spy)
         assert [read_index(f.numpy()) for f in video.get_frames([150, TS_FRAMES - 1])] == [150, TS_FRAMES - 1]
-        assert starts[-1:] == [None] and len(starts) == 3
+        assert decode_starts == [None, None, None]  # the failed decode is not resumed: a new one
 
 
 @pytest.mark.parametrize(
