@@ -650,8 +650,9 @@ class StreamDecoder:
         for frame in self._frames:
             if self.index.seekable:
                 t = _frame_time(frame)
-                if t is not None:
-                    self._last = max(self._last, int(np.searchsorted(pts, t)))
+                # A frame between the index's times counts as the next indexed one; an untimed one makes every frame
+                # count as passed. Overstating the position only costs a seek, understating it would lose frames.
+                self._last = len(pts) if t is None else max(self._last, int(np.searchsorted(pts, t)))
             else:
                 self._last = t = self._last + 1
             yield t, frame
