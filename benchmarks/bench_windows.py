@@ -27,11 +27,11 @@ from collections.abc import Callable
 import av
 import numpy as np
 import torch
+from bench_decode import SHORT, out_hw  # the frame size every decoder delivers (this script's folder is on the path)
 from einops import rearrange
 
 from vidvlm.data.video import open_video
 
-SHORT = 224
 WRONG = 8.0  # mean |difference| in levels above which a frame is another frame (scaling filters differ by 1-2)
 Windows = list[np.ndarray]
 
@@ -64,11 +64,6 @@ def windows_of(path: str, seconds: float, frames: int) -> Windows:
     return [np.round(np.linspace(a, min(a + per, n) - 1, frames)).astype(np.int64) for a in range(0, n, per)]
 
 
-def out_size(height: int, width: int) -> tuple[int, int]:
-    scale = SHORT / min(height, width)
-    return round(height * scale), round(width * scale)
-
-
 def run_vidvlm(path: str, windows: Windows) -> list[torch.Tensor]:
     with open_video(path, num_threads=1, index_cache="") as video:
         return [video.get_frames(w, size=SHORT) for w in windows]
@@ -81,7 +76,7 @@ def run_pyav_one_pass(path: str, windows: Windows) -> list[torch.Tensor]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type, stream.codec_context.thread_count = "SLICE", 1
-        h, w = out_size(stream.codec_context.height, stream.codec_context.width)
+        h, w = out_hw(stream.codec_context.height, stream.codec_context.width)
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 kept[i] = frame.to_ndarray(width=w, height=h, format="rgb24")
@@ -94,7 +89,7 @@ def run_torchcodec(seek_mode: str) -> Callable[[str, Windows], list[torch.Tensor
 
     def run(path: str, windows: Windows) -> list[torch.Tensor]:
         probe = VideoDecoder(path, seek_mode=seek_mode, num_ffmpeg_threads=1)
-        h, w = out_size(probe.metadata.height, probe.metadata.width)
+        h, w = out_hw(probe.metadata.height, probe.metadata.width)
         decoder = VideoDecoder(path, seek_mode=seek_mode, num_ffmpeg_threads=1, transforms=[Resize((h, w))])
         return [decoder.get_frames_at(win.tolist()).data for win in windows]
 

@@ -394,8 +394,13 @@ class Skipping:
     last: int = -(2**62)  # max(keep)
 
     def want(self, pts: list[int]) -> None:
+        """Adds the frames of the next request. A reader asks only for frames after the ones it asked before, so the
+        frames up to the last of those no longer matter: both sets stay within about one request's span, however
+        long the file read window by window."""
+        self.keep = {k for k in self.keep if k > self.last}
         self.keep.update(pts)
         self.last = max(self.last, *pts)
+        self.passed = {p for p in self.passed if p > self.last}
 
     def decodes(self, pts: int | None) -> bool:
         """Whether the packet presented at ``pts`` is decoded in full (recording it in ``passed`` when not)."""
