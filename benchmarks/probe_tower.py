@@ -14,9 +14,12 @@ the manifest's single-shape clips (their labels are unambiguous), trained on the
 
 (``last3x3`` is what the LLaVA recipes' ``spatial2d`` pooler with ``size: 3`` hands the connector.) A fifth label,
 ``when``, is the time of the clip's event in seconds (``none`` without one; single-event clips only), scored exactly
-(the times lie on a 0.5 s grid). ``--per-frame`` encodes every frame alone, as an ensemble member with
-``per_frame: true`` does (one time step per frame instead of one per tubelet). Clips are read
-with the checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
+(the times lie on a 0.5 s grid); ``when±0.5`` scores the same predictions as the questions do, right when within
+0.5 s of the true time (or both ``none``). ``--difference`` adds the same readings of the *changes* between
+consecutive time steps (``d`` + reading: step t minus step t - 1, ``[(T' - 1) * ...]``), where an event (a shape
+appears, starts, stops, turns) is a change at one step. ``--per-frame`` encodes every frame alone, as an ensemble
+member with ``per_frame: true`` does (one time step per frame instead of one per tubelet). Clips are read with the
+checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
 Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
 majority class of the scored part is printed beside each accuracy.
 
@@ -91,8 +94,34 @@ def features(
     return feats, labels
 
 
-def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float]:
-    """(accuracy, majority share) of a logistic regression trained on ``x[:split]``, scored on ``x[split:]``."""
+def differences(feats: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+    """Each reading's change from one time step to the next: ``[N, T' * X]`` -> ``[N, (T' - 1) * X]`` (and the
+    token grid ``[N, T' * n, D]`` -> ``[N, (T' - 1) * n, D]``)."""
+    out = {}
+    for name, x in feats.items():
+        if x.dim() == 3:
+            x = rearrange(x, "b (t n) d -> b t n d", t=steps)
+            out[f"d{name}"] = rearrange(x[:, 1:] - x[:, :-1], "b t n d -> b (t n) d")
+        else:
+            x = rearrange(x, "b (t f) -> b t f", t=steps)
+            out[f"d{name}"] = rearrange(x[:, 1:] - x[:, :-1], "b t f -> b (t f)")
+    return out
+
+
+def within_half_second(predicted: torch.Tensor, y: torch.Tensor, classes: list[str]) -> float:
+    """Share of "when" predictions (class indices) within 0.5 s of the truth; ``none`` is right only for ``none``."""
+    times = [None if c == "none" else float(c) for c in classes]
+    hits = [
+        (times[p] is None and times[t] is None)
+        or (times[p] is not None and times[t] is not None and abs(times[p] - times[t]) <= 0.5)
+        for p, t in zip(predicted.tolist(), y.tolist(), strict=True)
+    ]
+    return sum(hits) / len(hits)
+
+
+def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float, float]:
+    """(accuracy, majority share, within 0.5 s) of a logistic regression trained on ``x[:split]``, scored on
+    ``x[split:]``."""
     torch.manual_seed(seed)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
@@ -105,9 +134,16 @@ def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[fl
         F.cross_entropy(x[:split] @ weight + bias, y[:split]).backward()
         opt.step()
     with torch.no_grad():
-        accuracy = ((x[split:] @ weight + bias).argmax(1) == y[split:]).float().mean().item()
-    majority = max((y[split:] == c).float().mean().item() for c in range(len(classes)))
-    return accuracy, majority
+        predicted = (x[split:] @ weight + bias).argmax(1)
+    return _scores(predicted, y[split:], classes)
+
+
+def _scores(predicted: torch.Tensor, y: torch.Tensor, classes: list[str]) -> tuple[float, float, float]:
+    """(accuracy, majority share, within 0.5 s: the "when" score, NaN for labels that are not times)."""
+    accuracy = (predicted == y).float().mean().item()
+    majority = max((y == c).float().mean().item() for c in range(len(classes)))
+    timed = all(c == "none" or c.replace(".", "", 1).isdigit() for c in classes)
+    return accuracy, majority, within_half_second(predicted, y, classes) if timed else float("nan")
 
 
 class SequenceReader(nn.Module):
@@ -136,8 +172,8 @@ class SequenceReader(nn.Module):
 
 def sequence_probe(
     x: torch.Tensor, labels: list[str], split: int, seed: int, positions: bool = False
-) -> tuple[float, float]:
-    """(accuracy, majority share) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``."""
+) -> tuple[float, float, float]:
+    """(accuracy, majority share, within 0.5 s) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``."""
     torch.manual_seed(seed)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
@@ -149,9 +185,8 @@ def sequence_probe(
         F.cross_entropy(reader(x[pick]), y[pick]).backward()
         opt.step()
     with torch.no_grad():
-        accuracy = (reader(x[split:]).argmax(1) == y[split:]).float().mean().item()
-    majority = max((y[split:] == c).float().mean().item() for c in range(len(classes)))
-    return accuracy, majority
+        predicted = reader(x[split:]).argmax(1)
+    return _scores(predicted, y[split:], classes)
 
 
 def main() -> None:
@@ -164,6 +199,7 @@ def main() -> None:
     parser.add_argument("--sequence", action="store_true", help="also the attention reader over the pooled tokens")
     parser.add_argument("--per-frame", action="store_true", help="encode each frame alone (one time step per frame)")
     parser.add_argument("--positions", action="store_true", help="the sequence reader gets token positions")
+    parser.add_argument("--difference", action="store_true", help="also each reading's change between time steps")
     parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
     args = parser.parse_args()
 
@@ -178,19 +214,23 @@ def main() -> None:
     print(
         f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}"
     )
-    print("| reading | dim | " + " | ".join(attributes) + " |")
-    print("|---|---|" + "---|" * len(attributes))
     tokens = feats.pop(f"tokens{args.grid}x{args.grid}")
     if args.sequence:
         feats[f"seq{args.grid}x{args.grid}" + ("+pos" if args.positions else "")] = tokens
+    if args.difference:
+        feats.update(differences(feats, steps=len(feats["cls"][0]) // tokens.shape[-1]))
+    columns = [*attributes, "when±0.5"] if "when" in attributes else attributes
+    print("| reading | dim | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for name, x in feats.items():
         if x.dim() == 3:
             cells = [sequence_probe(x, labels[a], split, args.seed, args.positions) for a in attributes]
         else:
             cells = [probe(x, labels[a], split, args.seed) for a in attributes]
-        print(
-            f"| {name} | {x[0].numel()} | " + " | ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj in cells) + " |"
-        )
+        text = [f"{acc:.3f} (majority {maj:.2f})" for acc, maj, _ in cells]
+        if "when" in attributes:
+            text.append(f"{cells[attributes.index('when')][2]:.3f}")
+        print(f"| {name} | {x[0].numel()} | " + " | ".join(text) + " |")
 
 
 if __name__ == "__main__":

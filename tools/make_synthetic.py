@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compositional", action="store_true", help="train/val/test: leave out the held-out colour-shape pairs"
     )
+    parser.add_argument(
+        "--qa-per-shape",
+        nargs="+",
+        default=[],
+        choices=["color", "shape", "size", "direction"],
+        metavar="TYPE",
+        help="with --conversations: ask these question types about every shape of a scene, not one",
+    )
     parser.add_argument("--text", action="store_true", help="write the text-only corpus OUT/text.jsonl instead")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -71,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             events=args.events,
             conversations=args.conversations,
             compositional=args.compositional,
+            qa_per_shape=args.qa_per_shape,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

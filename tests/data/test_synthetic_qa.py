@@ -118,6 +118,38 @@ def test_video_conversations_and_qa_match_the_ground_truth(talk: list[dict]) -> 
     assert any("what happens after" in q["question"] for r in talk for q in r["qa"])  # across shapes
 
 
+def test_per_shape_questions_ask_about_every_shape_and_change_nothing_else(tmp_path: Path, talk: list[dict]) -> None:
+    keywords = {"frames": FRAMES, "size": SIZE, "fps": FPS, "shapes": (1, 3), "events": True, "conversations": True}
+    rows = read_rows(make_synthetic(tmp_path, 40, seed=11, qa_per_shape=["color", "direction"], **keywords))
+    multi = 0
+    for row, plain in zip(rows, talk, strict=True):
+        assert {k: v for k, v in row.items() if k not in ("conversation", "qa")} == {
+            k: v for k, v in plain.items() if k not in ("conversation", "qa")
+        }
+        qa = row["qa"]
+        assert [q for q in qa if q in plain["qa"]] == plain["qa"]  # the usual questions, first of their type
+        order = [QUESTION_TYPES.index(q["type"]) for q in qa]
+        assert order == sorted(order)
+        for q in qa:
+            assert q["answer"] == answer(row, q["question"]), (row["caption"], q)
+        for kind in ("color", "direction"):
+            asked = [q["question"] for q in qa if q["type"] == kind]
+            assert len(asked) == len(row["shapes"]) == len(set(asked))
+        for kind in ("shape", "size", "count"):
+            assert sum(q["type"] == kind for q in qa) == 1
+        for user, assistant in zip(row["conversation"][::2], row["conversation"][1::2], strict=True):
+            assert assistant["content"] == answer(row, user["content"].removeprefix("<video>\n"))
+        multi += len(row["shapes"]) > 1
+    assert multi >= 10
+
+
+def test_per_shape_questions_need_conversations_and_known_types(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="qa_per_shape"):
+        make_synthetic(tmp_path, 2, seed=0, size=SIZE, shapes=(1, 3), qa_per_shape=["color"])
+    with pytest.raises(ConfigError, match="qa_per_shape.*count"):
+        make_synthetic(tmp_path, 2, seed=0, size=SIZE, shapes=(1, 3), conversations=True, qa_per_shape=["count"])
+
+
 def test_still_conversations_need_no_motion(tmp_path: Path) -> None:
     rows = read_rows(make_synthetic(tmp_path, 16, seed=2, size=SIZE, images=True, shapes=(1, 3), conversations=True))
     for row in rows:

@@ -201,6 +201,13 @@ def test_cli_scenes_and_text(tmp_path: Path) -> None:
     subprocess.run([*tool, "--out", str(tmp_path / "s"), *common, *scene_flags], check=True, capture_output=True)
     rows = read_rows(tmp_path / "s" / "manifest.jsonl")
     assert all(len(r["shapes"]) == 2 and "events" in r and r["conversation"] and r["qa"] for r in rows)
+    per_shape = [*scene_flags, "--qa-per-shape", "color"]
+    subprocess.run([*tool, "--out", str(tmp_path / "p"), *common, *per_shape], check=True, capture_output=True)
+    for row, plain in zip(read_rows(tmp_path / "p" / "manifest.jsonl"), rows, strict=True):
+        colours = [q["answer"] for q in row["qa"] if q["type"] == "color"]
+        assert sorted(colours) == sorted(s["color"] for s in row["shapes"]) and row["shapes"] == plain["shapes"]
+    bad = subprocess.run([*tool, "--out", str(tmp_path / "b"), *common, "--qa-per-shape", "color"], capture_output=True)
+    assert bad.returncode == 2 and b"qa_per_shape" in bad.stderr and b"Traceback" not in bad.stderr
     subprocess.run([*tool, "--out", str(tmp_path / "t"), "--num", "5", "--text"], check=True, capture_output=True)
     assert len((tmp_path / "t" / "text.jsonl").read_text().splitlines()) == 5
     bad = subprocess.run([*tool, "--out", str(tmp_path / "b"), *common, "--shapes", "1", "5"], capture_output=True)

@@ -133,13 +133,52 @@ def _after_event(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | No
     return question, f"the {b.color} {b.shape} {then['event']}"
 
 
-def scene_qa(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
+PER_SHAPE_TYPES = ("color", "shape", "size", "direction")
+
+
+def scene_qa(scene: Scene, rng: np.random.Generator, per_shape: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One question of each type that the scene can answer, about a random shape.
+
+    Args:
+        scene: the scene's ground truth.
+        rng: draws the shapes asked about and the phrasings.
+        per_shape: types of :data:`PER_SHAPE_TYPES` asked about every shape of the scene instead of one: each other
+            shape's question follows the first of its type. The first questions are those made without it (the
+            extra ones are drawn afterwards), so a scene of one shape gets the same list.
 
     Returns:
         ``[{"question": ..., "answer": ..., "type": ..., "value": ...}]`` in :data:`QUESTION_TYPES` order;
         ``value`` is the answer as data (a colour, a count as int, a time in seconds as float, ...).
     """
+    unknown = sorted(set(per_shape) - set(PER_SHAPE_TYPES))
+    if unknown:
+        raise ConfigError(f"qa_per_shape: {unknown} not among {list(PER_SHAPE_TYPES)}")
+    asked: dict[str, Track] = {}  # the shape each type's first question is about
+    out = _one_of_each(scene, rng, asked)
+    for kind in (k for k in QUESTION_TYPES if k in per_shape and k in asked):
+        first = next(i for i, q in enumerate(out) if q["type"] == kind)
+        extra = [_about(kind, t, scene, rng) for t in scene.tracks if t is not asked[kind]]
+        out[first + 1 : first + 1] = extra
+    return out
+
+
+def _about(kind: str, t: Track, scene: Scene, rng: np.random.Generator) -> dict[str, Any]:
+    """The question of type ``kind`` (one of :data:`PER_SHAPE_TYPES`) about shape ``t``."""
+    if kind == "color":
+        name = "shape" if len(scene.tracks) == 1 and rng.integers(2) else t.shape
+        question, answer = _pick(rng, _QUESTIONS["color"]).format(kind=name), t.color
+    elif kind == "shape":
+        question, answer = _pick(rng, _QUESTIONS["shape"]).format(color=t.color), t.shape
+    elif kind == "size":
+        question, answer = _pick(rng, _QUESTIONS["size"]).format(color=t.color, kind=t.shape), t.size
+    else:
+        answer = _motion_answer(t)
+        question = _pick(rng, _QUESTIONS["direction"]).format(ref=_ref(t, rng))
+    return {"question": question, "answer": answer, "type": kind, "value": answer}
+
+
+def _one_of_each(scene: Scene, rng: np.random.Generator, asked: dict[str, Track]) -> list[dict[str, Any]]:
+    """:func:`scene_qa` without ``per_shape``; ``asked`` gets the shape each attribute question is about."""
     tracks = scene.tracks
     still = scene.num_frames == 1
     medium = "image" if still else "video"
@@ -148,17 +187,9 @@ def scene_qa(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
     def add(kind: str, question: str, answer: str, value: Any) -> None:
         out.append({"question": question, "answer": answer, "type": kind, "value": value})
 
-    t = _pick(rng, tracks)
-    kind = "shape" if len(tracks) == 1 and rng.integers(2) else t.shape
-    add("color", _pick(rng, _QUESTIONS["color"]).format(kind=kind), t.color, t.color)
-    t = _pick(rng, tracks)
-    add("shape", _pick(rng, _QUESTIONS["shape"]).format(color=t.color), t.shape, t.shape)
-    t = _pick(rng, tracks)
-    add("size", _pick(rng, _QUESTIONS["size"]).format(color=t.color, kind=t.shape), t.size, t.size)
-    if not still:
-        t = _pick(rng, tracks)
-        answer = _motion_answer(t)
-        add("direction", _pick(rng, _QUESTIONS["direction"]).format(ref=_ref(t, rng)), answer, answer)
+    for kind in ("color", "shape", "size") + (() if still else ("direction",)):
+        asked[kind] = t = _pick(rng, tracks)
+        out.append(_about(kind, t, scene, rng))
     n = len(tracks)
     add("count", _pick(rng, _QUESTIONS["count"]).format(medium=medium), str(n), n)
     timed = [t for t in tracks if t.event_frame is not None]
