@@ -386,12 +386,13 @@ class Skipping:
         ahead: decode every frame after the last wanted one too (a reader that goes on to later frames: the packets
             the decoder reads ahead of its output must not be lost to the skip).
         passed: pts of the packets fed while skipping: those frames may not have been decoded.
+        last: the latest pts ever wanted (the frames at or before it are no longer asked for).
     """
 
     keep: set[int] = field(default_factory=set)
     ahead: bool = False
     passed: set[int] = field(default_factory=set)
-    last: int = -(2**62)  # max(keep)
+    last: int = -(2**62)
 
     def want(self, pts: list[int]) -> None:
         """Adds the frames of the next request. A reader asks only for frames after the ones it asked before, so the

@@ -208,7 +208,7 @@ def make_synthetic(
     events: bool = False,
     conversations: bool = False,
     compositional: bool = False,
-    qa_per_shape: tuple[str, ...] | list[str] = (),
+    qa_per_shape: str | tuple[str, ...] | list[str] = (),
 ) -> Path:
     """Write ``num`` moving-shape clips (or stills with ``images=True``) and their manifest into ``out_dir``.
 
@@ -243,14 +243,14 @@ def make_synthetic(
             direction; videos of at least 4 frames only).
         conversations: add ``conversation`` and ``qa`` to each row.
         compositional: ``"train"``, ``"val"`` and ``"test"`` draw only pairs outside :data:`HELD_OUT_PAIRS`.
-        qa_per_shape: with ``conversations``, question types (``"color"``, ``"shape"``, ``"size"``,
-            ``"direction"``) asked about every shape of a scene instead of one
+        qa_per_shape: with ``conversations``, question types (one or several of ``"color"``, ``"shape"``,
+            ``"size"``, ``"direction"``) asked about every shape of a scene instead of one
             (:func:`vidvlm.data.synthetic_qa.scene_qa`); the clips and the other questions stay those made without it.
 
     Returns:
         The manifest's path.
     """
-    from vidvlm.data.synthetic_qa import PER_SHAPE_TYPES, conversation, scene_qa
+    from vidvlm.data.synthetic_qa import conversation, per_shape_types, scene_qa
     from vidvlm.data.synthetic_scenes import check_scene_size, sample_scene, scene_of_clip
 
     if split not in _SPLIT_STREAM:
@@ -260,11 +260,9 @@ def make_synthetic(
             f"make_synthetic: need num >= 1, frames >= 2, an even size >= 32; got {num}, {frames}, {size}"
         )
     count = _shape_count(shapes, events)
-    if qa_per_shape and not conversations:
+    per_shape = per_shape_types(qa_per_shape)
+    if per_shape and not conversations:
         raise ConfigError("qa_per_shape: needs conversations=True (it shapes the questions)")
-    unknown = sorted(set(qa_per_shape) - set(PER_SHAPE_TYPES))
-    if unknown:
-        raise ConfigError(f"qa_per_shape: {unknown} not among {list(PER_SHAPE_TYPES)}")
     if events and (images or frames < 4):
         raise ConfigError(f"events: need videos of at least 4 frames, got images={images}, frames={frames}")
     if count is not None and not images:
@@ -295,7 +293,7 @@ def make_synthetic(
             write_mp4(out / name, pixels, fps=fps)
         if scene is not None and conversations:
             talk = np.random.default_rng([*stream, 2, i])
-            qa = scene_qa(scene, talk, tuple(qa_per_shape))
+            qa = scene_qa(scene, talk, per_shape)
             row.update(conversation=conversation(scene, qa, talk), qa=qa)
         rows.append(row)
     manifest = out / manifest_name

@@ -136,7 +136,22 @@ def _after_event(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | No
 PER_SHAPE_TYPES = ("color", "shape", "size", "direction")
 
 
-def scene_qa(scene: Scene, rng: np.random.Generator, per_shape: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def per_shape_types(types: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``types`` (one name or several) as a tuple, each checked against :data:`PER_SHAPE_TYPES`.
+
+    Raises:
+        ConfigError: naming ``qa_per_shape`` and the unknown types.
+    """
+    chosen = (types,) if isinstance(types, str) else tuple(types)
+    unknown = sorted(set(chosen) - set(PER_SHAPE_TYPES))
+    if unknown:
+        raise ConfigError(f"qa_per_shape: {unknown} not among {list(PER_SHAPE_TYPES)}")
+    return chosen
+
+
+def scene_qa(
+    scene: Scene, rng: np.random.Generator, per_shape: str | tuple[str, ...] | list[str] = ()
+) -> list[dict[str, Any]]:
     """One question of each type that the scene can answer, about a random shape.
 
     Args:
@@ -150,9 +165,7 @@ def scene_qa(scene: Scene, rng: np.random.Generator, per_shape: tuple[str, ...] 
         ``[{"question": ..., "answer": ..., "type": ..., "value": ...}]`` in :data:`QUESTION_TYPES` order;
         ``value`` is the answer as data (a colour, a count as int, a time in seconds as float, ...).
     """
-    unknown = sorted(set(per_shape) - set(PER_SHAPE_TYPES))
-    if unknown:
-        raise ConfigError(f"qa_per_shape: {unknown} not among {list(PER_SHAPE_TYPES)}")
+    per_shape = per_shape_types(per_shape)
     asked: dict[str, Track] = {}  # the shape each type's first question is about
     out = _one_of_each(scene, rng, asked)
     for kind in (k for k in QUESTION_TYPES if k in per_shape and k in asked):
