@@ -46,6 +46,7 @@ from vidvlm.data.collate import collate_video_text
 from vidvlm.data.datasets import VideoTextDataset
 from vidvlm.data.sampling import UniformSampler
 from vidvlm.errors import VidVLMError
+from vidvlm.eval.qa import WHEN_TOLERANCE_S
 from vidvlm.layers.pooling import Spatial2DPooler
 from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.base import FRONT_END
@@ -109,11 +110,12 @@ def differences(feats: dict[str, torch.Tensor], steps: int) -> dict[str, torch.T
 
 
 def within_half_second(predicted: torch.Tensor, y: torch.Tensor, classes: list[str]) -> float:
-    """Share of "when" predictions (class indices) within 0.5 s of the truth; ``none`` is right only for ``none``."""
+    """Share of "when" predictions (class indices) within 0.5 s of the truth (``tools/eval.py``'s rule); ``none`` is
+    right only for ``none``."""
     times = [None if c == "none" else float(c) for c in classes]
     hits = [
         (times[p] is None and times[t] is None)
-        or (times[p] is not None and times[t] is not None and abs(times[p] - times[t]) <= 0.5)
+        or (times[p] is not None and times[t] is not None and abs(times[p] - times[t]) <= WHEN_TOLERANCE_S)
         for p, t in zip(predicted.tolist(), y.tolist(), strict=True)
     ]
     return sum(hits) / len(hits)
