@@ -157,3 +157,22 @@ def test_resume_changes_names_keys_that_matter(tmp_path):
         "model.width: (absent) -> 3",
         "stages.0.steps: 8 -> 9",
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": 0}, r"data\.synthetic\.sets\.qa: missing 'num'"),
+        ({"num": 2, "colour": "red"}, r"data\.synthetic\.sets\.qa: .*'colour'"),
+        ({"num": 2, "qa_per_shape": ["color"]}, r"data\.synthetic\.sets\.qa: qa_per_shape: needs conversations"),
+        ({"num": 2, "split": "dev"}, r"data\.synthetic\.sets\.qa: split: 'dev'"),
+    ],
+)
+def test_generator_errors_name_the_synthetic_set(tmp_path, options, message):
+    from vidvlm.train.data import ensure_synthetic
+
+    data = {**BASE["data"], "synthetic": {"out_dir": str(tmp_path / "gen"), "sets": {"qa": options}}}
+    cfg = load_train_config(_write(tmp_path, {**BASE, "data": data}))
+    with pytest.raises(ConfigError, match=message):
+        ensure_synthetic(cfg)
+    assert not (tmp_path / "gen" / "qa" / "manifest.jsonl").exists()

@@ -47,7 +47,9 @@ def ensure_synthetic(cfg: TrainConfig) -> list[Path]:
                 written.append(make_text_corpus(out, num, seed, file_name="manifest.jsonl", **kwargs))
             else:
                 written.append(make_synthetic(out, num, seed, **kwargs))
-        except (KeyError, TypeError) as e:
+        except KeyError as e:
+            raise ConfigError(f"data.synthetic.sets.{name}: missing {e}") from e
+        except (ConfigError, TypeError) as e:  # the generator names the option; say which set it belongs to
             raise ConfigError(f"data.synthetic.sets.{name}: {e}") from e
     return written
 
