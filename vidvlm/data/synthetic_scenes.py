@@ -224,6 +224,19 @@ def pick_shapes(rng: np.random.Generator, n: int, pairs: Sequence[tuple[str, str
     raise AssertionError(f"no {n} pairs with distinct colours and shapes in {pairs}")
 
 
+def story_path(
+    story: str, directions: tuple[str, ...], k: int | None, frames: int, step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A track's path as its story makes it: int ``[F, 2]`` (dx, dy) of each frame's position from the middle
+    frame's, and bool ``[F]`` visibility (an event at frame ``k``; ``step`` pixels per moving frame)."""
+    visible = np.ones(frames, dtype=bool)
+    if story == "appears":
+        visible[:k] = False
+    elif story == "disappears":
+        visible[k:] = False
+    return _offsets(story, directions, k, frames, step), visible
+
+
 def _offsets(story: str, directions: tuple[str, ...], k: int | None, frames: int, step: int) -> np.ndarray:
     """int ``[F, 2]``: (dx, dy) of each frame's position from the middle frame's."""
     velocity = np.zeros((max(frames - 1, 0), 2), dtype=np.int64)  # between frame f and f + 1
@@ -304,12 +317,7 @@ def sample_scene(
                 side = shape_side(size_name, size)
                 axis = np.arange(reach, size - side - reach + 1)
                 candidates = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
-                offsets = _offsets(story, directions, k, frames, step)
-                visible = np.ones(frames, dtype=bool)
-                if story == "appears":
-                    visible[:k] = False
-                elif story == "disappears":
-                    visible[k:] = False
+                offsets, visible = story_path(story, directions, k, frames, step)
                 free = np.flatnonzero(_free_positions(candidates, offsets, side, visible, tracks))
                 if not len(free):
                     break
