@@ -41,15 +41,15 @@ def ensure_synthetic(cfg: TrainConfig) -> list[Path]:
         if (out / "manifest.jsonl").is_file():
             continue
         kwargs = dict(options)
+        if "num" not in kwargs:
+            raise ConfigError(f"data.synthetic.sets.{name}: missing 'num' (how many clips to make)")
+        num, seed = kwargs.pop("num"), kwargs.pop("seed", cfg.seed)
         try:
-            num, seed = kwargs.pop("num"), kwargs.pop("seed", cfg.seed)
             if kwargs.pop("text", False):
                 written.append(make_text_corpus(out, num, seed, file_name="manifest.jsonl", **kwargs))
             else:
                 written.append(make_synthetic(out, num, seed, **kwargs))
-        except KeyError as e:
-            raise ConfigError(f"data.synthetic.sets.{name}: missing {e}") from e
-        except (ConfigError, TypeError) as e:  # the generator names the option; say which set it belongs to
+        except (ConfigError, KeyError, TypeError) as e:  # the generator names the option; say which set it is in
             raise ConfigError(f"data.synthetic.sets.{name}: {e}") from e
     return written
 
