@@ -229,27 +229,22 @@ def story_path(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A track's path as its story makes it: int ``[F, 2]`` (dx, dy) of each frame's position from the middle
     frame's, and bool ``[F]`` visibility (an event at frame ``k``; ``step`` pixels per moving frame)."""
+    velocity = np.zeros((max(frames - 1, 0), 2), dtype=np.int64)  # between frame f and f + 1
     visible = np.ones(frames, dtype=bool)
-    if story == "appears":
+    if story != "still":
+        velocity[:] = DIRECTIONS[directions[0]]
+    if story == "starts":
+        velocity[:k] = 0
+    elif story == "stops":
+        velocity[k:] = 0
+    elif story == "turns":
+        velocity[k:] = DIRECTIONS[directions[1]]
+    elif story == "appears":
         visible[:k] = False
     elif story == "disappears":
         visible[k:] = False
-    return _offsets(story, directions, k, frames, step), visible
-
-
-def _offsets(story: str, directions: tuple[str, ...], k: int | None, frames: int, step: int) -> np.ndarray:
-    """int ``[F, 2]``: (dx, dy) of each frame's position from the middle frame's."""
-    velocity = np.zeros((max(frames - 1, 0), 2), dtype=np.int64)  # between frame f and f + 1
-    if story != "still":
-        velocity[:] = DIRECTIONS[directions[0]]
-        if story == "starts":
-            velocity[:k] = 0
-        elif story == "stops":
-            velocity[k:] = 0
-        elif story == "turns":
-            velocity[k:] = DIRECTIONS[directions[1]]
     position = np.concatenate([np.zeros((1, 2), dtype=np.int64), np.cumsum(velocity * step, axis=0)])
-    return position - position[frames // 2]
+    return position - position[frames // 2], visible
 
 
 def _free_positions(
