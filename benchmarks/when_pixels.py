@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from vidvlm.data.datasets import path_in_folder
 from vidvlm.data.sampling import SamplerConfig, build_sampler
 from vidvlm.data.synthetic import BACKGROUND_RGB, COLORS_RGB
 from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, motion_step, story_path
 from vidvlm.data.transforms import build_transform
 from vidvlm.data.video import open_video
+from vidvlm.errors import VidVLMError
 from vidvlm.eval.qa import WHEN_TOLERANCE_S
 
 STORY_OF_EVENT = {event: story for story, event in EVENT_OF_STORY.items()}
@@ -100,7 +102,7 @@ def run(manifest: Path, size: int, num_frames: int, limit: int | None) -> dict:
     transform = build_transform(size, preset="none", train=False)
     hits, per_event, moved, rested = [], {}, [], []
     for row in rows:
-        with open_video(manifest.parent / row["path"]) as video:
+        with open_video(path_in_folder(row["path"], manifest.parent, str(manifest))) as video:
             meta = video.metadata
             sampled = np.asarray(sampler(meta))
             clip = transform(video.get_frames(sampled))  # [T, 3, S, S] in 0..1
@@ -143,7 +145,14 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="first N clips with events")
     args = p.parse_args()
     torch.set_num_threads(1)
-    results = [run(args.manifest, s, f, args.limit) for f in args.frames for s in args.sizes]
+    try:
+        results = [run(args.manifest, s, f, args.limit) for f in args.frames for s in args.sizes]
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {args.manifest}: cannot read the manifest: {e}") from None
+    except VidVLMError as e:  # a video that does not decode, a path outside the manifest's folder: named already
+        raise SystemExit(f"error: {e}") from None
+    except KeyError as e:
+        raise SystemExit(f"error: {args.manifest}: a row without the scenes' ground truth ({e})") from None
     keys = list(dict.fromkeys(k for r in results for k in r))
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
