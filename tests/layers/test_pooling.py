@@ -32,6 +32,8 @@ CONFIGS = {
     "spatial2d_max": {"size": [2, 3], "mode": "max", "num_prefix_tokens": P},
     "spatial2d_bilinear": {"size": 3, "mode": "bilinear", "num_prefix_tokens": P},
     "spatial2d_prefix": {"size": 2, "mode": "avg", "num_prefix_tokens": P, "keep_prefix": True},
+    "slowfast_full": {"fast_size": 1, "slow_every": 2, "num_prefix_tokens": P, "keep_prefix": True},
+    "slowfast_pooled": {"fast_size": 1, "slow_size": 2, "slow_every": 3, "num_prefix_tokens": P},
     "resampler": {"num_queries": 5, "depth": 2, "num_heads": 4, "max_frames": 8},
     "seqTransf": {"depth": 2, "num_heads": 4, "max_frames": 8},
     "tome_frame": {"r": 3, "steps": 2, "num_prefix_tokens": P},
@@ -40,7 +42,7 @@ CONFIGS = {
 
 
 def _build(key: str):
-    name = key.split("_")[0] if key.startswith(("spatial2d", "tome", "meanP")) else key
+    name = key.split("_")[0] if key.startswith(("spatial2d", "slowfast", "tome", "meanP")) else key
     pooler = build_pooler(PoolerConfig(name, dict(CONFIGS[key])), D)
     torch.manual_seed(0)
     with torch.no_grad():  # random weights everywhere, so zero-initialised parts cannot hide a mask bug
@@ -68,9 +70,9 @@ def test_non_square_grid_and_odd_frame_counts(key):
     ones read the grid as given, so pooling a frame's left columns never mixes in its right ones."""
     gh, gw = 3, 5
     params = dict(CONFIGS[key])
-    if key.startswith(("spatial2d", "adaptive3d")):
+    if key.startswith(("spatial2d", "slowfast", "adaptive3d")):
         params["grid"] = [gh, gw]
-    name = key.split("_")[0] if key.startswith(("spatial2d", "tome", "meanP")) else key
+    name = key.split("_")[0] if key.startswith(("spatial2d", "slowfast", "tome", "meanP")) else key
     pooler = build_pooler(PoolerConfig(name, params), D).eval()
     n = P + gh * gw
     for t in (1, 3, 5):
@@ -160,6 +162,38 @@ def test_spatial2d_keep_prefix_puts_each_frames_class_token_before_its_grid():
     assert pooler.token_steps(3, N).tolist() == [0] * (P + 4) + [1] * (P + 4) + [2] * (P + 4)
     with pytest.raises(ConfigError, match="keep_prefix: needs num_prefix_tokens >= 1"):
         build_pooler(PoolerConfig("spatial2d", {"size": 2, "keep_prefix": True}), D)
+
+
+def test_slowfast_keeps_every_kth_step_fine_and_pools_the_rest():
+    """Steps 0 and 2 of 4 (slow_every 2) are the whole grid after their class token, steps 1 and 3 one averaged
+    cell after theirs; blocks in time order, and the steps, the mask and M say so. At T = 1 the image is slow."""
+    tokens = _tokens(2, 4, N, D)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    pooler = _build("slowfast_full")
+    out = pooler(tokens, mask)
+    slow, fast = P + H * W, P + 1
+    assert out.shape == (2, 2 * slow + 2 * fast, D) and pooler.num_output_tokens(4, N) == out.shape[1]
+    starts = [0, slow, slow + fast, 2 * slow + fast]
+    for t, start in enumerate(starts):
+        if t % 2 == 0:  # slow: the step's tokens as they are
+            torch.testing.assert_close(out[0, start : start + slow], tokens[0, t])
+        else:  # fast: class token, then the mean of the patches
+            torch.testing.assert_close(out[0, start], tokens[0, t, 0])
+            torch.testing.assert_close(out[0, start + 1], tokens[0, t, P:].mean(0))
+    assert pooler.token_steps(4, N).tolist() == [0] * slow + [1] * fast + [2] * slow + [3] * fast
+    assert pooler.output_mask(mask, N)[1].tolist() == [True] * (2 * slow + fast) + [False] * fast
+    assert (out[1, starts[3] :] == 0).all()
+    image = tokens[:, :1]
+    torch.testing.assert_close(pooler(image), image[:, 0])  # T = 1: the image's own tokens, class token first
+    pooled = _build("slowfast_pooled")  # slow steps 0 and 3 of 4 pooled to 2 x 2 (class token dropped)
+    ref = build_pooler(PoolerConfig("spatial2d", {"size": 2, "num_prefix_tokens": P}), D)
+    out = pooled(tokens)
+    assert out.shape == (2, 4 + 1 + 1 + 4, D)
+    torch.testing.assert_close(out[:, :4], ref(tokens[:, :1]))
+    torch.testing.assert_close(out[:, 6:], ref(tokens[:, 3:4]))
+    torch.testing.assert_close(out[:, 4], tokens[:, 1, P:].mean(1))
+    with pytest.raises(ConfigError, match="slow_every: must be >= 1"):
+        build_pooler(PoolerConfig("slowfast", {"slow_every": 0}), D)
 
 
 def test_adaptive3d_time_and_space_and_T1():

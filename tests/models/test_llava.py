@@ -36,11 +36,11 @@ def lms(tmp_path_factory):
     }
 
 
-def build(lm_dir, lora: bool = False, **overrides) -> LlavaModel:
+def build(lm_dir, lora: bool = False, pooler: PoolerConfig = POOLER, **overrides) -> LlavaModel:
     torch.manual_seed(0)
     spec = LoraSpec(r=4, alpha=8) if lora else None
     cfg = LlavaConfig.tiny(lm=LanguageModelConfig(source=str(lm_dir), lora=spec), **overrides)
-    cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, pooler=POOLER))
+    cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, pooler=pooler))
     model = LlavaModel(cfg)
     for p in model.front_end.connector.parameters():  # visual tokens at the LM's scale, so masks visibly matter
         torch.nn.init.normal_(p, std=0.5)
@@ -437,6 +437,26 @@ def test_frame_times_and_separators_come_from_the_real_timestamps(lms):
     separator = tok(",", add_special_tokens=False)["input_ids"]
     assert sum(ids[i : i + len(separator)] == separator for i in range(len(ids))) >= 3
     assert inputs["inputs_embeds"].shape[1] == len(ids)
+
+
+def test_frame_times_mark_each_step_of_a_slowfast_layout(lms):
+    """With the slowfast pooler a step's block is the whole grid (steps 0 and 2) or one pooled cell (step 1): each
+    time marker is followed by exactly its own step's visual tokens, and the sequence holds them all."""
+    slowfast = PoolerConfig("slowfast", {"fast_size": 1, "slow_every": 2, "num_prefix_tokens": 1})
+    model = build(lms["llama"], pooler=slowfast, frame_times=True)
+    video, times = clips(1, t=3), torch.tensor([[0.0, 0.5, 1.5]])
+    visual = model.front_end(video)
+    frames = visual.frame_index[0].tolist()
+    sizes = [frames.count(f) for f in sorted(set(frames))]
+    assert len(sizes) == 3 and sizes[0] == sizes[2] > sizes[1] == 1
+    ids = model.sequences.sequence(QA, [0], visual, times, False, "0")[0].ids
+    tok = model.tokenizer.hf
+    for t, size in zip(("0.0", "0.5", "1.5"), sizes, strict=True):
+        marker = tok(f"Time {t} s:", add_special_tokens=False)["input_ids"]
+        at = next(i for i in range(len(ids)) if ids[i : i + len(marker)] == marker) + len(marker)
+        assert ids[at : at + size] == [-1] * size and ids[at + size] != -1
+    assert ids.count(-1) == sum(sizes)
+    assert torch.isfinite(model({"video": video, "conversation": [QA], "timestamps": times})["lm_loss"])
 
 
 def test_the_prefill_cache_goes_to_generate_under_the_name_transformers_uses():

@@ -246,6 +246,71 @@ class Spatial2DPooler(Pooler):
         return rearrange(x * valid[:, :, None, None], "b t m d -> b (t m) d")
 
 
+class SlowFastPooler(Pooler):
+    """SlowFast (SlowFast-LLaVA, LLaVA-Video): a few *slow* time steps keep a fine grid, the others are pooled hard.
+
+    Steps ``0, k, 2k, ...`` (``k = slow_every``) are slow: their patch grid is pooled to ``slow_size`` (None: the
+    whole grid, unpooled); every other step is pooled to ``fast_size``, as :class:`Spatial2DPooler` does (``mode``,
+    ``grid`` and ``keep_prefix`` as there). Tokens stay in time order, one block per step, so an LM can tell which
+    frame each comes from (:meth:`token_steps`). With S = ceil(T / k) slow steps, M = S * (P' + s) + (T - S) * (P' + f)
+    (s, f: the slow and fast cells, P': the kept prefix tokens). A fine grid on every step keeps which attribute
+    belongs to which object apart in a scene of several, but multiplies the tokens; a few fine steps keep it for a
+    fraction of them. Slow steps are fixed by their index, not by a clip's length, so padding a clip changes none of
+    its real tokens. At T = 1 the image is a slow step: its fine grid.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        fast_size: int | tuple[int, int] | list[int] = 2,
+        slow_size: int | tuple[int, int] | list[int] | None = None,
+        slow_every: int = 4,
+        mode: str = "avg",
+        num_prefix_tokens: int = 0,
+        grid: tuple[int, int] | list[int] | None = None,
+        keep_prefix: bool = False,
+    ) -> None:
+        super().__init__()
+        if int(slow_every) < 1:
+            raise ConfigError(f"pooler.params.slow_every: must be >= 1 (every k-th step is slow), got {slow_every}")
+        self.slow_every, self.num_prefix_tokens, self.grid = int(slow_every), num_prefix_tokens, grid
+        self.kept = num_prefix_tokens if keep_prefix else 0  # prefix tokens each step's block starts with
+        self.fast = Spatial2DPooler(dim, fast_size, mode, num_prefix_tokens, grid, keep_prefix)
+        self.slow = (
+            None if slow_size is None else Spatial2DPooler(dim, slow_size, mode, num_prefix_tokens, grid, keep_prefix)
+        )
+
+    def _is_slow(self, step: int) -> bool:
+        return step % self.slow_every == 0
+
+    def _per_step(self, num_frames: int, num_tokens: int) -> list[int]:
+        """Tokens of each step's block."""
+        slow = self.kept + num_tokens - self.num_prefix_tokens if self.slow is None else self.slow._per_frame
+        return [slow if self._is_slow(t) else self.fast._per_frame for t in range(num_frames)]
+
+    def num_output_tokens(self, num_frames: int, num_tokens: int) -> int:
+        return sum(self._per_step(num_frames, num_tokens))
+
+    def output_mask(self, frame_mask: Tensor, num_tokens: int) -> Tensor:
+        sizes = torch.tensor(self._per_step(frame_mask.shape[1], num_tokens), device=frame_mask.device)
+        return torch.repeat_interleave(frame_mask.bool(), sizes, dim=1)
+
+    def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
+        return torch.repeat_interleave(torch.arange(num_frames), torch.tensor(self._per_step(num_frames, num_tokens)))
+
+    def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        valid = _valid(tokens, frame_mask)
+        steps = tokens.shape[1]
+        fast = rearrange(self.fast(tokens, valid), "b (t m) d -> b t m d", t=steps)
+        if self.slow is None:  # the whole grid: each step's tokens as they are (prefix kept or dropped)
+            patch_grid(tokens.shape[2] - self.num_prefix_tokens, self.grid)  # checks the grid as the fast pooler does
+            slow = tokens[:, :, self.num_prefix_tokens - self.kept :] * valid[:, :, None, None]
+        else:
+            slow = rearrange(self.slow(tokens, valid), "b (t m) d -> b t m d", t=steps)
+        blocks = [slow[:, t] if self._is_slow(t) else fast[:, t] for t in range(steps)]
+        return torch.cat(blocks, dim=1)
+
+
 class ResamplerPooler(Pooler):
     """Learned queries that cross-attend to every real token of the clip (Perceiver resampler / Q-Former style).
 
@@ -420,6 +485,7 @@ POOLERS: dict[str, type[Pooler]] = {
     "video_chatgpt": SpatioTemporalMeanPooler,
     "adaptive3d": Adaptive3DPooler,
     "spatial2d": Spatial2DPooler,
+    "slowfast": SlowFastPooler,
     "resampler": ResamplerPooler,
     "seqTransf": TemporalTransformerPooler,
     "tome": ToMePooler,
@@ -512,6 +578,7 @@ __all__ = [
     "SpatioTemporalMeanPooler",
     "Adaptive3DPooler",
     "Spatial2DPooler",
+    "SlowFastPooler",
     "ResamplerPooler",
     "TemporalTransformerPooler",
     "ToMePooler",

@@ -51,7 +51,7 @@ from vidvlm.models.base import FRONT_END
 from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionConfig, VisionOutput, fill_to_tubelets
 
 TOWERS = ("native", "pretrained", "framewise", "checkpoint", "ensemble")
-GRID_POOLERS = ("adaptive3d", "spatial2d")  # poolers that read the full patch grid
+GRID_POOLERS = ("adaptive3d", "spatial2d", "slowfast")  # poolers that read the full patch grid
 
 
 @dataclass
