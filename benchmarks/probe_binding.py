@@ -94,14 +94,10 @@ def tokens(
     shapes = [dataset.rows[i].extra["shapes"] for i in many + single]
     feats = {k: torch.cat(v) for k, v in out.items()}
     # both streams as the recipes' ensemble gives them: each frame's tokens beside its tubelet's, on channels
-    repeat = feats["frame"].shape[1] // feats["tubelet"].shape[1]
-    feats["both"] = torch.cat([feats["frame"], to_frames(feats["tubelet"], repeat)], dim=-1)
+    per_tubelet = feats["frame"].shape[1] // feats["tubelet"].shape[1]
+    tubelets = repeat(feats["tubelet"], "b t n d -> b (t k) n d", k=per_tubelet)  # each repeated to its frames
+    feats["both"] = torch.cat([feats["frame"], tubelets], dim=-1)
     return feats, shapes, prefix, side
-
-
-def to_frames(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``[N, T', n, D]`` -> ``[N, T' * k, n, D]``: each time step repeated ``k`` times in place."""
-    return repeat(x, "b t n d -> b (t k) n d", k=k)
 
 
 def pooled(x: torch.Tensor, grid: int, prefix: int, slow_every: int = 0) -> torch.Tensor:

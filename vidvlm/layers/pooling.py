@@ -300,15 +300,20 @@ class SlowFastPooler(Pooler):
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         valid = _valid(tokens, frame_mask)
-        steps = tokens.shape[1]
-        fast = rearrange(self.fast(tokens, valid), "b (t m) d -> b t m d", t=steps)
+        steps = range(tokens.shape[1])
+        slow_at = [t for t in steps if self._is_slow(t)]  # each step is pooled once, by its own pooler
+        fast_at = [t for t in steps if not self._is_slow(t)]
+        slow_tokens, slow_valid = tokens[:, slow_at], valid[:, slow_at]
         if self.slow is None:  # the whole grid: each step's tokens as they are (prefix kept or dropped)
             patch_grid(tokens.shape[2] - self.num_prefix_tokens, self.grid)  # checks the grid as the fast pooler does
-            slow = tokens[:, :, self.num_prefix_tokens - self.kept :] * valid[:, :, None, None]
+            slow = slow_tokens[:, :, self.num_prefix_tokens - self.kept :] * slow_valid[:, :, None, None]
         else:
-            slow = rearrange(self.slow(tokens, valid), "b (t m) d -> b t m d", t=steps)
-        blocks = [slow[:, t] if self._is_slow(t) else fast[:, t] for t in range(steps)]
-        return torch.cat(blocks, dim=1)
+            slow = rearrange(self.slow(slow_tokens, slow_valid), "b (t m) d -> b t m d", t=len(slow_at))
+        fast = ()
+        if fast_at:
+            fast = rearrange(self.fast(tokens[:, fast_at], valid[:, fast_at]), "b (t m) d -> t b m d", t=len(fast_at))
+        slow_blocks, fast_blocks = iter(rearrange(slow, "b t m d -> t b m d")), iter(fast)
+        return torch.cat([next(slow_blocks) if self._is_slow(t) else next(fast_blocks) for t in steps], dim=1)
 
 
 class ResamplerPooler(Pooler):
