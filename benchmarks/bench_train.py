@@ -86,16 +86,24 @@ def autocast(args: argparse.Namespace):
 
 def build_vidvlm(name: str, batch: int, args: argparse.Namespace):
     """Model, step(b) and T of a vidvlm case; ``step(b)`` trains on ``b`` random samples."""
+    cfg, model_cfg = load_config(name)
+    return vidvlm_step(cfg, model_cfg, batch, args)
+
+
+def vidvlm_step(cfg, model_cfg, batch: int, args: argparse.Namespace, stage_index: int = 0):
+    """Model, step(b) and T of a contrastive training config (``cfg``, its checked ``model_cfg``), trained as its
+    stage ``stage_index`` trains it; ``step(b)`` trains on ``b`` random samples (``args.device``, ``args.dtype``)."""
     from vidvlm.models.registry import build_model
     from vidvlm.train.optim import apply_stage_trainable, build_optimizer
 
-    cfg, model_cfg = load_config(name)
     model = build_model(cfg.model).to(args.device).train()  # as Trainer builds it
-    stage = cfg.stages[0]
+    stage = cfg.stages[stage_index]
     apply_stage_trainable(model, stage)
     opt = build_optimizer(model, cfg.optim, stage)
     frames = model.num_frames
     size, length, vocab = model.front_end.image_size, model_cfg.text.context_length, model_cfg.text.vocab_size
+    if model_cfg.text.kind == "hf":  # a transformers text model: its own vocabulary
+        vocab = model.text.model.config.vocab_size
     inputs = {}
     for b in {1, batch}:
         video = torch.randn(b, frames, 3, size, size, device=args.device)
