@@ -6,17 +6,28 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl av open_clip_torch ftfy wcwidth
-# Then one device call (carry [".whl"], timeout_s 540):
-#   bash benchmarks/device_checks.sh mfu extract encoder
+#       -d .whl av gguf open_clip_torch ftfy wcwidth                  # 37 MB (checked 2026-12-02)
+# Then device calls (carry [".whl"], timeout_s 600), the most wanted first; each section's limit is below:
+#   bash benchmarks/device_checks.sh mfu extract
+#   bash benchmarks/device_checks.sh encoder
 #
 # Sections, in the order of what the issues still miss (each bounded by its own timeout, each writing its table and
-# log to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time costs only itself):
+# log (tables included) to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time
+# costs only itself; a call brings back at most 8 files):
 #   mfu      #17: bf16 training throughput and MFU of the ViT-B/16 8-frame contrastive recipe against open_clip;
 #            #15: the same with 50 % / 75 % of the tokens dropped (bench_mfu.py)             ~2 min
 #   extract  #17: extraction at 640 videos, 12 workers, against the transformers loop, with
 #            vidvlm's stage split and the decode-bound ceiling (bench_extract.py)             ~3 min
 #   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~3 min
+#   llava    #14: the SmolLM2 recipe (configs/llava_smollm2_8f_shapes.yaml, bf16, LLAVA_SET overrides), then
+#            tools/eval.py on the held-out test clips. A call of its own: it needs the av and gguf wheels in .whl,
+#            the contrastive tower run (carry runs/contrastive_tiny_8f_shapes/final, 2 MB) and SmolLM2's GGUF (98 MB,
+#            over one call's 64 MiB): split it here (mkdir .gg; echo /.gg/ >> .git/info/exclude;
+#            split -b 48M <.venv/.../SmolLM2-135M-Instruct.Q4_1.gguf> .gg/smollm2.part-), then three calls back to
+#            back (the machine stays warm 30 s after a call, and what earlier calls carried stays there):
+#            carry [".whl", "runs/contrastive_tiny_8f_shapes/final"] command `true`; carry [".gg/smollm2.part-aa"]
+#            command `true`; carry [".gg/smollm2.part-ab"] command `bash benchmarks/device_checks.sh llava`.
+#            Clips are generated there (data.synthetic). Time there: unknown (LLAVA_LIMIT, default 420 s).
 # SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,16 +41,23 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
-      'cuda', torch.cuda.is_available())"; } | tee "$OUT/env.txt"
+      'cuda', torch.cuda.is_available())"; } | tee -a "$OUT/status.txt"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   MFU="--size tiny --batch 2 --rounds 1 --steps 1 --warmup 1 --token-drop 0.5"
   ENC="--frames 2 --models vidvlm-joint videomae --rounds 1"
   EXT="--tower tiny --num-videos 4 --num-workers 1 --batch-size 2 --runs 1"
+  LLAVA_DEV="stages.0.steps=2 stages.1.steps=2 stages.2.steps=2 stages.3.steps=2 log_every=1 eval_every=0"
+  EVAL_DEV=(--device cpu --num-workers 0)
+  head -n 4 data/shapes_llava8s/test/manifest.jsonl >data/shapes_llava8s/test/smoke.jsonl
+  TEST=data/shapes_llava8s/test/smoke.jsonl
 else
   MFU="--device cuda --dtype bf16 --batch 32 --rounds 3 --steps 10 --token-drop 0.5 0.75"
   ENC="--device cuda --dtype bf16 --batch 32 --frames 16 --models vidvlm-joint videomae --modes eager compiled --rounds 3 --iters 5"
   EXT="--device cuda --num-videos 640 --clip-frames 64 --num-workers 12 --batch-size 32 --runs 3"
+  LLAVA_DEV="mixed_precision=bf16 data.num_workers=8"
+  EVAL_DEV=(--device cuda --num-workers 8 --batch-size 64)
+  TEST=data/shapes_llava8s/test/manifest.jsonl
 fi
 $PY -c "import open_clip" 2>/dev/null || MFU="$MFU --cases vidvlm-8f vidvlm-1f"  # the peer did not travel
 
@@ -52,13 +70,28 @@ run() {  # run NAME SECONDS CMD...: the command's output in $OUT/NAME.log, its e
   echo "$name rc=$rc ${limit}s-limit $((SECONDS - start))s" | tee -a "$OUT/status.txt"
 }
 
+llava() {  # the SmolLM2 recipe and its held-out evaluation; ${LLAVA_SET} adds overrides (e.g. the tiny study's leads)
+  local gguf=smollm2 run_dir=runs/llava_smollm2_device
+  if ls .gg/smollm2.part-* >/dev/null 2>&1; then
+    cat .gg/smollm2.part-* >/tmp/smollm2.gguf && gguf=/tmp/smollm2.gguf
+  fi
+  run llava_prepare 180 $PY tools/prepare_lm.py $gguf --out lms/smollm2 --overwrite
+  # shellcheck disable=SC2086  # the overrides are words
+  run llava_train "${LLAVA_LIMIT:-420}" $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml \
+    output_dir=$run_dir --overwrite $LLAVA_DEV ${LLAVA_SET:-}
+  cp "$run_dir/metrics.jsonl" "$OUT/llava_metrics.jsonl" 2>/dev/null
+  run llava_eval 240 $PY tools/eval.py --checkpoint "$run_dir/final" --manifest "$TEST" "${EVAL_DEV[@]}" \
+    --predictions "$OUT/llava_answers.jsonl" --out "$OUT/llava_test_metrics.json"
+}
+
 for section in "${@:-mfu extract encoder}"; do
   for s in $section; do
     case $s in
-      mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU --markdown "$OUT/mfu.md" ;;
-      encoder) run encoder 300 $PY benchmarks/bench_encoder.py $ENC --markdown "$OUT/encoder.md" ;;
+      mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU ;;
+      encoder) run encoder 300 $PY benchmarks/bench_encoder.py $ENC ;;
+      llava) llava ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, extract, encoder)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, extract, encoder, llava)" >&2; exit 2 ;;
     esac
   done
 done
