@@ -13,6 +13,9 @@ one sample per shape and task:
 
     color-of-shape   query: the shape's kind ("square")    label: its colour   (the recipe's colour question)
     shape-of-color   query: the shape's colour ("red")     label: its kind     (the recipe's shape question)
+    when-of-shape    query: the shape's kind               label: the time of its event (appears, disappears,
+                     starts, stops or turns; shapes without one are left out), scored as the recipe's "when"
+                     answers are: right when within 0.5 s
 
 and trains an attention reader (``probe_tower.SequenceReader`` with learned token positions, its query token
 replaced by a learned embedding of the query word) on the tokens of 70 % of the clips, scoring it on the rest.
@@ -25,9 +28,10 @@ frames' own patches on the same grid (the model's input, a control for the reade
 ``--slow-every k`` keeps the whole grid on steps 0, k, 2k, ... (the ``slowfast`` pooler; k = 7 of 8 steps: the first
 and the last); ``--ends`` keeps the first and last time step only (a shape that appears or disappears shows in one
 of them; two steps of a whole 8 x 8 grid cost the reader what eight of a 3 x 3 do). Beside each
-accuracy: ``in scene``, what a reader that knows the scene's colours (kinds) but not which shape has which gets by
-picking one of them (the mean of 1 / shapes), and ``one shape``, the same reader on the one-shape clips of the
-manifest (no binding needed, a ceiling for the features). Clips are read as ``tools/eval.py`` reads them
+accuracy: ``in scene``, what a reader that knows the scene's colours (kinds, event times) but not which shape has
+which gets by picking one of them (the mean of 1 / shapes; for times, of the share of the scene's event times within
+0.5 s of the asked one), ``best constant``, one answer for all (chosen on the training samples), and ``one shape``,
+the same reader on the one-shape clips of the manifest (no binding needed, a ceiling for the features). Clips are read as ``tools/eval.py`` reads them
 (evaluation transform, uniform sampler). A probe is a lower bound on what the tokens hold and a diagnostic, not a
 benchmark against a peer.
 """
@@ -56,7 +60,9 @@ from vidvlm.models.towers import TowerEnsemble
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_tower import SequenceReader  # noqa: E402  (benchmarks/ is not a package)
 
-TASKS = {"color-of-shape": ("shape", "color"), "shape-of-color": ("color", "shape")}  # task: (query key, label key)
+# task: (query key, label key); "time" is the shape's event time (seconds) from the manifest's "events"
+TASKS = {"color-of-shape": ("shape", "color"), "shape-of-color": ("color", "shape"), "when-of-shape": ("shape", "time")}
+TOLERANCE = {"time": 0.5}  # labels scored as right within this distance (the recipe's "when" rule)
 
 
 @torch.no_grad()
@@ -91,13 +97,21 @@ def tokens(
         side = int(round((out["frame"][-1].shape[2] - prefix) ** 0.5))
         pixels = rearrange(video, "b t c (h p) (w q) -> b t (h w) (c p q)", h=side, w=side)
         out["pixels"].append(torch.cat([pixels.new_zeros(*pixels.shape[:2], prefix, pixels.shape[-1]), pixels], 2))
-    shapes = [dataset.rows[i].extra["shapes"] for i in many + single]
+    shapes = [scene(dataset.rows[i].extra) for i in many + single]
     feats = {k: torch.cat(v) for k, v in out.items()}
     # both streams as the recipes' ensemble gives them: each frame's tokens beside its tubelet's, on channels
     per_tubelet = feats["frame"].shape[1] // feats["tubelet"].shape[1]
     tubelets = repeat(feats["tubelet"], "b t n d -> b (t k) n d", k=per_tubelet)  # each repeated to its frames
     feats["both"] = torch.cat([feats["frame"], tubelets], dim=-1)
     return feats, shapes, prefix, side
+
+
+def scene(extra: dict) -> list[dict]:
+    """A clip's shapes (the manifest's ``shapes``), each with ``time``: the time of its first event, if any."""
+    shapes = [dict(s) for s in extra["shapes"]]
+    for event in extra.get("events") or []:
+        shapes[event["shape"]].setdefault("time", float(event["time"]))
+    return shapes
 
 
 def pooled(x: torch.Tensor, grid: int, prefix: int, slow_every: int = 0) -> torch.Tensor:
@@ -111,16 +125,31 @@ def pooled(x: torch.Tensor, grid: int, prefix: int, slow_every: int = 0) -> torc
     return pool(x)
 
 
-def samples(shapes: list[list[dict]], task: str) -> tuple[list[int], list[str], list[str]]:
-    """One sample per shape of each clip: (clip index, query word, label)."""
+def samples(shapes: list[list[dict]], task: str) -> tuple[list[int], list[str], list]:
+    """One sample per shape of each clip that has the label: (clip index, query word, label)."""
     query_key, label_key = TASKS[task]
     clips, queries, labels = [], [], []
-    for i, scene in enumerate(shapes):
-        for shape in scene:
-            clips.append(i)
-            queries.append(shape[query_key])
-            labels.append(shape[label_key])
+    for i, shapes_of_clip in enumerate(shapes):
+        for shape in shapes_of_clip:
+            if label_key in shape:
+                clips.append(i)
+                queries.append(shape[query_key])
+                labels.append(shape[label_key])
     return clips, queries, labels
+
+
+def scores(labels: list, label_key: str, answer, idx: torch.Tensor) -> torch.Tensor:
+    """Whether ``answer`` counts as right for each sample ``idx`` of ``labels`` (bool ``[len(idx)]``)."""
+    tol = TOLERANCE.get(label_key)
+    return torch.tensor([(abs(answer - labels[i]) <= tol) if tol is not None else (answer == labels[i]) for i in idx])
+
+
+def in_scene(shapes_of_clip: list[dict], label_key: str, label) -> float:
+    """What picking the label of a random shape of the clip scores: the share of its shapes' labels that count as
+    right for ``label`` (the in-scene chance)."""
+    values = [s[label_key] for s in shapes_of_clip if label_key in s]
+    tol = TOLERANCE.get(label_key)
+    return sum((abs(v - label) <= tol) if tol is not None else (v == label) for v in values) / len(values)
 
 
 class QueryReader(SequenceReader):
@@ -145,6 +174,7 @@ def binding_probe(
     """Accuracy of a :class:`QueryReader` trained on the samples of clips in ``train`` and scored on the others,
     split by the scored clip's shape count (``1`` and ``2-3``), with the in-scene chance of each."""
     torch.manual_seed(seed)
+    label_key = TASKS[task][1]
     clips, queries, labels = samples(shapes, task)
     words, classes = sorted(set(queries)), sorted(set(labels))
     c, q = torch.tensor(clips), torch.tensor([words.index(w) for w in queries])
@@ -159,11 +189,22 @@ def binding_probe(
         F.cross_entropy(reader(x[c[pick]], q[pick]), y[pick]).backward()
         opt.step()
     with torch.no_grad():
-        right = torch.cat([reader(x[c[i]], q[i]).argmax(1) == y[i] for i in test_idx.split(256)])
+        guess = torch.cat([reader(x[c[i]], q[i]).argmax(1) for i in test_idx.split(256)])
+    tol = TOLERANCE.get(label_key)
+    if tol is None:
+        right = guess == y[test_idx]
+    else:  # numeric labels: right within the tolerance
+        values = torch.tensor(classes, dtype=torch.float64)
+        right = (values[guess] - values[y[test_idx]]).abs() <= tol + 1e-9
     n = torch.tensor([len(shapes[i]) for i in c[test_idx].tolist()])
+    chance = torch.tensor([in_scene(shapes[clips[i]], label_key, labels[i]) for i in test_idx.tolist()])
+    # the best constant answer, chosen on the training samples, scored on the same samples as the reader
+    hits = [[scores(labels, label_key, v, fit_idx).sum().item(), v] for v in classes]
+    constant = scores(labels, label_key, max(hits)[1], test_idx)
     return {
         "2-3": right[n >= 2].float().mean().item(),
-        "chance": (1.0 / n[n >= 2].float()).mean().item(),
+        "chance": chance[n >= 2].mean().item(),
+        "constant": constant[n >= 2].float().mean().item(),
         "1": right[n == 1].float().mean().item() if (n == 1).any() else float("nan"),
         "scored": int((n >= 2).sum()),
     }
@@ -199,8 +240,8 @@ def main() -> None:
     if args.ends:
         print("time steps: the first and the last of each stream")
     slow = f" + whole grid every {args.slow_every}" if args.slow_every else ""
-    print("| stream | grid | tokens | task | 2-3 shapes | in scene | one shape |")
-    print("|---|---|---|---|---|---|---|")
+    print("| stream | grid | tokens | task | 2-3 shapes | in scene | best constant | one shape |")
+    print("|---|---|---|---|---|---|---|---|")
     for stream in args.streams:
         for grid in args.grids:
             if grid > side:
@@ -211,7 +252,7 @@ def main() -> None:
                 r = binding_probe(x, shapes, task, train, args.seed, args.steps)
                 print(
                     f"| {stream} | {grid}x{grid}{slow} | {x.shape[1]} | {task} | {r['2-3']:.3f} ({r['scored']}) "
-                    f"| {r['chance']:.3f} | {r['1']:.3f} |",
+                    f"| {r['chance']:.3f} | {r['constant']:.3f} | {r['1']:.3f} |",
                     flush=True,
                 )
 
