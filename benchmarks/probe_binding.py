@@ -31,9 +31,11 @@ of them; two steps of a whole 8 x 8 grid cost the reader what eight of a 3 x 3 d
 accuracy: ``in scene``, what a reader that knows the scene's colours (kinds, event times) but not which shape has
 which gets by picking one of them (the mean of 1 / shapes; for times, of the share of the scene's event times within
 0.5 s of the asked one), ``best constant``, one answer for all (chosen on the training samples), and ``one shape``,
-the same reader on the one-shape clips of the manifest (no binding needed, a ceiling for the features). Clips are read as ``tools/eval.py`` reads them
-(evaluation transform, uniform sampler). A probe is a lower bound on what the tokens hold and a diagnostic, not a
-benchmark against a peer.
+the same reader on the one-shape clips of the manifest (no binding needed, a ceiling for the features). Clips are
+read as ``tools/eval.py`` reads them (evaluation transform, uniform sampler). ``--checkpoint`` may also be a trained
+LLaVA recipe (``final/`` or a ``checkpoint-*`` folder) whose tower is the per-frame + tubelet ensemble: its two
+members, as the LM trained them, give the ``frame`` and ``tubelet`` streams. A probe is a lower bound on what the
+tokens hold and a diagnostic, not a benchmark against a peer.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from vidvlm.data.sampling import UniformSampler
 from vidvlm.errors import VidVLMError
 from vidvlm.layers.pooling import SlowFastPooler, Spatial2DPooler
 from vidvlm.models.base import FRONT_END
+from vidvlm.models.frontend import MultiLevelTower
 from vidvlm.models.registry import load
 from vidvlm.models.towers import TowerEnsemble
 
@@ -63,6 +66,22 @@ from probe_tower import SequenceReader  # noqa: E402  (benchmarks/ is not a pack
 # task: (query key, label key); "time" is the shape's event time (seconds) from the manifest's "events"
 TASKS = {"color-of-shape": ("shape", "color"), "shape-of-color": ("color", "shape"), "when-of-shape": ("shape", "time")}
 TOLERANCE = {"time": 0.5}  # labels scored as right within this distance (the recipe's "when" rule)
+
+
+def members(tower: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The towers read for the ``frame`` and ``tubelet`` streams: a single tower for both, or, for a LLaVA recipe's
+    two-member ensemble (a per-frame member, then a tubelet member of the same frames), its two members' own towers
+    (trained apart under the LM), each unwrapped from its multi-level wrapper (the probe takes the layers itself)."""
+    if not isinstance(tower, TowerEnsemble):
+        return tower, tower
+    specs = [tuple(spec) for spec in tower.inputs]
+    if specs != [(None, 1, True), (None, 1, False)]:
+        raise SystemExit(
+            f"error: an ensemble of inputs {specs}; the probe reads a per-frame member followed by a tubelet member "
+            "of the same frames"
+        )
+    first, second = (t.tower if isinstance(t, MultiLevelTower) else t for t in tower.towers)
+    return first, second
 
 
 @torch.no_grad()
@@ -82,16 +101,16 @@ def tokens(
     single = [i for i, c in enumerate(counts) if c == 1][:one_shape]
     if len(many) < 10:
         raise SystemExit(f"error: {manifest}: {len(many)} rows with two or more shapes in 'shapes'; need at least 10")
-    tower = front_end.base_tower
-    prefix = tower.num_prefix_tokens
+    frame_tower, tubelet_tower = members(front_end.base_tower)
+    prefix = frame_tower.num_prefix_tokens
     out: dict[str, list[torch.Tensor]] = {"frame": [], "tubelet": [], "pixels": []}
     for batch in DataLoader(Subset(dataset, many + single), batch_size=32, collate_fn=collate_video_text):
         video, mask = batch["video"], batch["frame_mask"]
         for stream in ("frame", "tubelet"):
             if stream == "frame":
-                vision = TowerEnsemble.encode_frames(tower, video, mask, True)
+                vision = TowerEnsemble.encode_frames(frame_tower, video, mask, True)
             else:
-                vision = tower(video, mask, output_hidden_states=True)
+                vision = tubelet_tower(video, mask, output_hidden_states=True)
             out[stream].append(torch.cat([vision.hidden_states[-2], vision.last_hidden_state], dim=-1))
         # the frames themselves on the same grid: each patch's pixels, after an empty prefix token
         side = int(round((out["frame"][-1].shape[2] - prefix) ** 0.5))
