@@ -44,13 +44,12 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import autocast, peak_rss_kib, rss_baseline, run_in_subprocess, vidvlm_step  # noqa: E402
+from bench_train import autocast, measure, run_in_subprocess, vidvlm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/contrastive_vitb16_8f_webvid.yaml"
@@ -190,26 +189,11 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, step, frames = build_case(name, args)
-    cuda = args.device == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if not cuda:
-        step(1)  # library start-up and AdamW state, outside the RSS baseline
-        base = rss_baseline()
-    for _ in range(args.warmup):
-        step(args.batch)
-    flops = count_flops(step, args.batch)
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        step(args.batch)
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (peak_rss_kib() - base) / 1024
+    counted = []
+    times, peak = measure(
+        step, args.batch, args.warmup, args.steps, args.device, lambda: counted.append(count_flops(step, args.batch))
+    )
+    flops = counted[0]
     params = sum(p.numel() for p in model.parameters())
     return {
         "name": name, "frames": frames, "times": times, "peak_mib": peak, "flops": flops, "params": params,

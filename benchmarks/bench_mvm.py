@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import run_in_subprocess, timed_cpu_steps  # noqa: E402  (benchmarks/ is not a package)
+from bench_train import measure, run_in_subprocess  # noqa: E402  (benchmarks/ is not a package)
 
 CASES = ["enc-full", "enc-mask", "mae-enc-full", "mae-enc-mask", "mvm-vidvlm", "mvm-videomae"]
 SIZE_ARGS = ("frames", "size", "patch", "tubelet", "width", "depth", "heads", "decoder_width", "decoder_depth",
@@ -154,7 +154,7 @@ def run_case(name: str, a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model, step, tokens = build(name, a)
-    times, peak = timed_cpu_steps(step, a.batch, a.warmup, a.steps)
+    times, peak = measure(step, a.batch, a.warmup, a.steps, "cpu")
     counter = FlopCounterMode(display=False)
     with counter:
         step(a.batch)

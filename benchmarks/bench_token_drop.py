@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import load_config, run_in_subprocess, timed_cpu_steps  # noqa: E402  (benchmarks/ is not a package)
+from bench_train import load_config, measure, run_in_subprocess  # noqa: E402  (benchmarks/ is not a package)
 
 CONFIG = "vidvlm-8f"  # bench_train's name for configs/contrastive_tiny_8f_shapes.yaml
 CASES = {"drop-0": 0.0, "drop-50": 0.5, "drop-75": 0.75}
@@ -71,7 +71,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     model, step = build(CASES[name], args.kind, args.batch)
     seen = []
     model.front_end.tower.register_forward_hook(lambda m, a, o: seen.append(tuple(o.last_hidden_state.shape[1:3])))
-    times, peak = timed_cpu_steps(step, args.batch, args.warmup, args.steps)
+    times, peak = measure(step, args.batch, args.warmup, args.steps, "cpu")
     steps, tokens = seen[-1]
     return {
         "name": name, "times": times, "peak_mib": peak, "tokens": steps * tokens,

@@ -240,19 +240,33 @@ def peak_rss_kib() -> int:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def timed_cpu_steps(step, batch: int, warmup: int, steps: int) -> tuple[list[float], float]:
-    """On the CPU: ``step(1)`` (library start-up and optimiser state, outside the RSS baseline), ``warmup`` untimed
-    steps, then ``steps`` timed ones. Returns the seconds of each timed step and the peak RSS growth in MiB."""
-    step(1)
-    base = rss_baseline()
+def measure(step, batch: int, warmup: int, steps: int, device: str, after_warmup=None) -> tuple[list[float], float]:
+    """``warmup`` untimed steps of ``step(batch)``, then ``after_warmup()`` if given (untimed), then ``steps`` timed
+    ones. Returns the seconds of each timed step and the peak memory growth in MiB: on CUDA
+    ``max_memory_allocated`` over the timed steps above the allocation before them; on the CPU the peak RSS over all
+    full-batch steps above the RSS after one batch-1 step (library start-up and optimiser state left out)."""
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if not cuda:
+        step(1)
+        base = rss_baseline()
     for _ in range(warmup):
         step(batch)
+    if after_warmup is not None:
+        after_warmup()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     times = []
     for _ in range(steps):
+        sync()
         start = time.perf_counter()
         step(batch)
+        sync()
         times.append(time.perf_counter() - start)
-    return times, (peak_rss_kib() - base) / 1024
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (peak_rss_kib() - base) / 1024
+    return times, peak
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
@@ -262,25 +276,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     builder = build_open_clip if name == "open_clip" else lambda b, a: build_vidvlm(name, b, a)
     model, step, frames = builder(args.batch, args)
-    cuda = args.device == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if not cuda:
-        step(1)  # library start-up and AdamW state, outside the RSS baseline
-        base = rss_baseline()
-    for _ in range(args.warmup):
-        step(args.batch)
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        step(args.batch)
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else (peak_rss_kib() - base) / 1024
+    times, peak = measure(step, args.batch, args.warmup, args.steps, args.device)
     return {
         "name": name, "frames": frames, "times": times, "peak_mib": peak, "params": param_parts(name, model),
         "threads": torch.get_num_threads(),
