@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import autocast, measure, run_in_subprocess, vidvlm_step  # noqa: E402
+from bench_train import autocast, interleaved, measure, run_in_subprocess, vidvlm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/contrastive_vitb16_8f_webvid.yaml"
@@ -288,25 +288,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.workdir = args.workdir or tmp
         write_towers(args.size, Path(args.workdir))  # once, before any case reads them
-        results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
-        for r in range(args.rounds):
-            for name in args.cases:
-                if args.device == "cpu":
-                    options = ["--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
-                               "--warmup", str(args.warmup), "--workdir", args.workdir, "--drop-kind", args.drop_kind,
-                               "--set", *args.set]  # fmt: skip
-                    if args.grad_checkpointing:
-                        options.append("--grad-checkpointing")
-                    res = run_in_subprocess(__file__, name, options, args.threads)
-                else:
-                    res = run_case(name, args)
-                    torch.cuda.empty_cache()
-                entry = results[name]
-                entry["times"] += res["times"]
-                entry["peaks"].append(res["peak_mib"])
-                entry.update(frames=res["frames"], flops=res["flops"], params=res["params"], threads=res["threads"])
-                ms = statistics.median(res["times"]) * 1e3
-                print(f"round {r} {name:12s} {ms:9.1f} ms/step  {res['flops'] / 1e9:,.1f} GFLOP", file=sys.stderr)
+        options = ["--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--workdir", args.workdir, "--drop-kind", args.drop_kind,
+                   *(["--grad-checkpointing"] if args.grad_checkpointing else []), "--set", *args.set]  # fmt: skip
+
+        def run_one(name: str) -> dict:
+            if args.device == "cpu":
+                return run_in_subprocess(__file__, name, options, args.threads)
+            res = run_case(name, args)
+            torch.cuda.empty_cache()
+            return res
+
+        results = interleaved(args.cases, args.rounds, run_one, ("frames", "flops", "params", "threads"))
     table = render(results, args)
     print(table)
     if args.markdown:

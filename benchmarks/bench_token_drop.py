@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import load_config, measure, run_in_subprocess  # noqa: E402  (benchmarks/ is not a package)
+from bench_train import interleaved, load_config, measure, run_in_subprocess  # noqa: E402  (benchmarks/ is not a package)
 
 CONFIG = "vidvlm-8f"  # bench_train's name for configs/contrastive_tiny_8f_shapes.yaml
 CASES = {"drop-0": 0.0, "drop-50": 0.5, "drop-75": 0.75}
@@ -95,18 +95,12 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
-    results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
-    for r in range(args.rounds):
-        for name in args.cases:
-            options = ["--kind", args.kind, "--batch", str(args.batch), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup)]  # fmt: skip
-            res = run_in_subprocess(__file__, name, options, args.threads)
-            entry = results[name]
-            entry["times"] += res["times"]
-            entry["peaks"].append(res["peak_mib"])
-            entry.update(tokens=res["tokens"], threads=res["threads"])
-            ms = statistics.median(res["times"]) * 1e3
-            print(f"round {r} {name:8s} {ms:8.1f} ms/step  peak {res['peak_mib']:.0f} MiB", file=sys.stderr)
+    options = ["--kind", args.kind, "--batch", str(args.batch), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]  # fmt: skip
+    results = interleaved(
+        args.cases, args.rounds, lambda name: run_in_subprocess(__file__, name, options, args.threads),
+        ("tokens", "threads"),
+    )  # fmt: skip
     print(render(results, args))
 
 

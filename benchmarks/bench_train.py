@@ -283,6 +283,23 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def interleaved(cases: list[str], rounds: int, run_one, keep: tuple[str, ...]) -> dict[str, dict]:
+    """Runs ``run_one(name)`` for every case, round by round (so that drifting load hits all cases alike), and
+    gathers per case the timed steps of every round (``times``), each round's ``peak_mib`` (``peaks``) and the
+    ``keep`` keys of its last result."""
+    results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in cases}
+    for r in range(rounds):
+        for name in cases:
+            res = run_one(name)
+            entry = results[name]
+            entry["times"] += res["times"]
+            entry["peaks"].append(res["peak_mib"])
+            entry.update({k: res[k] for k in keep})
+            ms = statistics.median(res["times"]) * 1e3
+            print(f"round {r} {name:16s} {ms:9.1f} ms/step  peak {res['peak_mib']:.0f} MiB", file=sys.stderr)
+    return results
+
+
 def run_in_subprocess(script: str, name: str, options: list[str], threads: int | None) -> dict:
     """Run case ``name`` of a benchmark ``script`` in a fresh process (so its peak RSS is its own) and return the
     JSON its last output line holds; a failed case stops the benchmark with its error output."""
@@ -319,22 +336,17 @@ def main() -> None:
         return
     if "open_clip" in args.cases:
         require_open_clip()  # fail before any measurement
-    results: dict[str, dict] = {c: {"times": [], "peaks": []} for c in args.cases}
-    for r in range(args.rounds):
-        for name in args.cases:
-            if args.device == "cpu":
-                options = ["--dtype", args.dtype, "--batch", str(args.batch), "--steps", str(args.steps),
-                           "--warmup", str(args.warmup)]  # fmt: skip
-                res = run_in_subprocess(__file__, name, options, args.threads)
-            else:
-                res = run_case(name, args)
-                torch.cuda.empty_cache()
-            entry = results[name]
-            entry["times"] += res["times"]
-            entry["peaks"].append(res["peak_mib"])
-            entry.update(frames=res["frames"], params=res["params"], threads=res["threads"])
-            ms = statistics.median(res["times"]) * 1e3
-            print(f"round {r} {name:10s} T={res['frames']} {ms:8.1f} ms/step", file=sys.stderr)
+    options = ["--dtype", args.dtype, "--batch", str(args.batch), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]  # fmt: skip
+
+    def run_one(name: str) -> dict:
+        if args.device == "cpu":
+            return run_in_subprocess(__file__, name, options, args.threads)
+        res = run_case(name, args)
+        torch.cuda.empty_cache()
+        return res
+
+    results = interleaved(args.cases, args.rounds, run_one, ("frames", "params", "threads"))
     table = render(results, args)
     print(table)
     if args.markdown:
