@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import autocast, interleaved, measure, run_in_subprocess, vidvlm_step  # noqa: E402
+from bench_train import autocast, case_runner, interleaved, measure, vidvlm_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/contrastive_vitb16_8f_webvid.yaml"
@@ -291,14 +291,7 @@ def main() -> None:
         options = ["--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--workdir", args.workdir, "--drop-kind", args.drop_kind,
                    *(["--grad-checkpointing"] if args.grad_checkpointing else []), "--set", *args.set]  # fmt: skip
-
-        def run_one(name: str) -> dict:
-            if args.device == "cpu":
-                return run_in_subprocess(__file__, name, options, args.threads)
-            res = run_case(name, args)
-            torch.cuda.empty_cache()
-            return res
-
+        run_one = case_runner(__file__, options, args, run_case)
         results = interleaved(args.cases, args.rounds, run_one, ("frames", "flops", "params", "threads"))
     table = render(results, args)
     print(table)

@@ -300,6 +300,21 @@ def interleaved(cases: list[str], rounds: int, run_one, keep: tuple[str, ...]) -
     return results
 
 
+def case_runner(script: str, options: list[str], args: argparse.Namespace, run_case):
+    """``run(name)`` for :func:`interleaved`: on the CPU, case ``name`` of ``script`` in a fresh process with
+    ``options`` (so that its peak RSS is its own); on CUDA, ``run_case(name, args)`` in this process, then the cache
+    emptied."""
+
+    def run(name: str) -> dict:
+        if args.device == "cpu":
+            return run_in_subprocess(script, name, options, args.threads)
+        res = run_case(name, args)
+        torch.cuda.empty_cache()
+        return res
+
+    return run
+
+
 def run_in_subprocess(script: str, name: str, options: list[str], threads: int | None) -> dict:
     """Run case ``name`` of a benchmark ``script`` in a fresh process (so its peak RSS is its own) and return the
     JSON its last output line holds; a failed case stops the benchmark with its error output."""
@@ -338,14 +353,7 @@ def main() -> None:
         require_open_clip()  # fail before any measurement
     options = ["--dtype", args.dtype, "--batch", str(args.batch), "--steps", str(args.steps),
                "--warmup", str(args.warmup)]  # fmt: skip
-
-    def run_one(name: str) -> dict:
-        if args.device == "cpu":
-            return run_in_subprocess(__file__, name, options, args.threads)
-        res = run_case(name, args)
-        torch.cuda.empty_cache()
-        return res
-
+    run_one = case_runner(__file__, options, args, run_case)
     results = interleaved(args.cases, args.rounds, run_one, ("frames", "params", "threads"))
     table = render(results, args)
     print(table)
