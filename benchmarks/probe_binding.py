@@ -157,18 +157,17 @@ def samples(shapes: list[list[dict]], task: str) -> tuple[list[int], list[str], 
     return clips, queries, labels
 
 
-def scores(labels: list, label_key: str, answer, idx: torch.Tensor) -> torch.Tensor:
-    """Whether ``answer`` counts as right for each sample ``idx`` of ``labels`` (bool ``[len(idx)]``)."""
+def right(answer, label, label_key: str) -> bool:
+    """Whether ``answer`` counts for ``label``: the same, or for numeric labels within ``TOLERANCE[label_key]``."""
     tol = TOLERANCE.get(label_key)
-    return torch.tensor([(abs(answer - labels[i]) <= tol) if tol is not None else (answer == labels[i]) for i in idx])
+    return abs(answer - label) <= tol + 1e-9 if tol is not None else answer == label
 
 
 def in_scene(shapes_of_clip: list[dict], label_key: str, label) -> float:
     """What picking the label of a random shape of the clip scores: the share of its shapes' labels that count as
     right for ``label`` (the in-scene chance)."""
     values = [s[label_key] for s in shapes_of_clip if label_key in s]
-    tol = TOLERANCE.get(label_key)
-    return sum((abs(v - label) <= tol) if tol is not None else (v == label) for v in values) / len(values)
+    return sum(right(v, label, label_key) for v in values) / len(values)
 
 
 class QueryReader(SequenceReader):
@@ -209,22 +208,23 @@ def binding_probe(
         opt.step()
     with torch.no_grad():
         guess = torch.cat([reader(x[c[i]], q[i]).argmax(1) for i in test_idx.split(256)])
-    tol = TOLERANCE.get(label_key)
-    if tol is None:
-        right = guess == y[test_idx]
-    else:  # numeric labels: right within the tolerance
-        values = torch.tensor(classes, dtype=torch.float64)
-        right = (values[guess] - values[y[test_idx]]).abs() <= tol + 1e-9
-    n = torch.tensor([len(shapes[i]) for i in c[test_idx].tolist()])
-    chance = torch.tensor([in_scene(shapes[clips[i]], label_key, labels[i]) for i in test_idx.tolist()])
+    scored = test_idx.tolist()
+
+    def hits(answers: list) -> torch.Tensor:  # [len(scored)]: 1.0 where the answer counts
+        return torch.tensor([float(right(a, labels[i], label_key)) for a, i in zip(answers, scored, strict=True)])
+
+    reader_hits = hits([classes[g] for g in guess.tolist()])
     # the best constant answer, chosen on the training samples, scored on the same samples as the reader
-    hits = [[scores(labels, label_key, v, fit_idx).sum().item(), v] for v in classes]
-    constant = scores(labels, label_key, max(hits)[1], test_idx)
+    fitted = fit_idx.tolist()
+    best = max(classes, key=lambda v: sum(right(v, labels[i], label_key) for i in fitted))
+    constant = hits([best] * len(scored))
+    n = torch.tensor([len(shapes[clips[i]]) for i in scored])
+    chance = torch.tensor([in_scene(shapes[clips[i]], label_key, labels[i]) for i in scored])
     return {
-        "2-3": right[n >= 2].float().mean().item(),
+        "2-3": reader_hits[n >= 2].mean().item(),
         "chance": chance[n >= 2].mean().item(),
-        "constant": constant[n >= 2].float().mean().item(),
-        "1": right[n == 1].float().mean().item() if (n == 1).any() else float("nan"),
+        "constant": constant[n >= 2].mean().item(),
+        "1": reader_hits[n == 1].mean().item() if (n == 1).any() else float("nan"),
         "scored": int((n >= 2).sum()),
     }
 
