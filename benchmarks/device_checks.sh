@@ -49,7 +49,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EXT="--tower tiny --num-videos 4 --num-workers 1 --batch-size 2 --runs 1"
   LLAVA_DEV="stages.0.steps=2 stages.1.steps=2 stages.2.steps=2 stages.3.steps=2 log_every=1 eval_every=0"
   EVAL_DEV=(--device cpu --num-workers 0)
-  head -n 4 data/shapes_llava8s/test/manifest.jsonl >data/shapes_llava8s/test/smoke.jsonl
+  [ -f data/shapes_llava8s/test/manifest.jsonl ] &&  # llava's clips, where they were generated
+    head -n 4 data/shapes_llava8s/test/manifest.jsonl >data/shapes_llava8s/test/smoke.jsonl
   TEST=data/shapes_llava8s/test/smoke.jsonl
 else
   MFU="--device cuda --dtype bf16 --batch 32 --rounds 3 --steps 10 --token-drop 0.5 0.75"
