@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import autocast, case_runner, interleaved, measure, vidvlm_step  # noqa: E402
+from bench_train import (  # noqa: E402
+    autocast,
+    case_runner,
+    interleaved,
+    measure,
+    open_clip_optimizer,
+    open_clip_update,
+    vidvlm_step,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/contrastive_vitb16_8f_webvid.yaml"
@@ -127,15 +134,7 @@ def build_open_clip(batch: int, args: argparse.Namespace):
     model = CLIP(spec["embed"], vision, text, quick_gelu=True).to(args.device).train()
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    cfg = vidvlm_config(frames, args)[0]  # the same optimiser settings as the vidvlm case
-    o = cfg.optim
-    no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n]
-    ids_no_wd = {id(p) for p in no_wd}
-    rest = [p for p in model.parameters() if id(p) not in ids_no_wd]
-    opt = torch.optim.AdamW(
-        [{"params": no_wd, "weight_decay": 0.0}, {"params": rest, "weight_decay": o.weight_decay}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-    )  # fmt: skip
+    opt = open_clip_optimizer(model, vidvlm_config(frames, args)[0].optim)  # the vidvlm case's settings
     loss_fn = ClipLoss(cache_labels=True)
     size, length = v["image_size"], t["max_position_embeddings"]
     inputs = {}
@@ -149,11 +148,7 @@ def build_open_clip(batch: int, args: argparse.Namespace):
             frame_emb = model.encode_image(clips, normalize=True)
             video = torch.nn.functional.normalize(frame_emb.unflatten(0, (b, frames)).mean(dim=1), dim=-1)
             loss = loss_fn(video, model.encode_text(ids, normalize=True), model.logit_scale.exp())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        open_clip_update(model, opt, loss)
 
     return model, step, frames
 

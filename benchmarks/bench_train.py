@@ -138,6 +138,27 @@ def open_clip_cfgs(model_cfg) -> tuple[int, dict, dict]:
     return model_cfg.embed_dim, vision, text
 
 
+def open_clip_optimizer(model: torch.nn.Module, optim) -> torch.optim.AdamW:
+    """AdamW with a vidvlm config's ``optim`` settings, grouped by open_clip's training script's rule: no weight
+    decay on gains, biases (and other 1-D tensors) and ``logit_scale``."""
+    no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n]
+    ids_no_wd = {id(p) for p in no_wd}
+    rest = [p for p in model.parameters() if id(p) not in ids_no_wd]
+    return torch.optim.AdamW(
+        [{"params": no_wd, "weight_decay": 0.0}, {"params": rest, "weight_decay": optim.weight_decay}],
+        lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+    )  # fmt: skip
+
+
+def open_clip_update(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Backward, optimiser step, ``zero_grad``, then ``logit_scale`` clamped as open_clip's training loop does."""
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+
+
 def build_open_clip(batch: int, args: argparse.Namespace):
     """Model, step(b) and T (= 1) of open_clip at the size and optimiser settings of the 1-frame config."""
     require_open_clip()
@@ -148,15 +169,7 @@ def build_open_clip(batch: int, args: argparse.Namespace):
     embed_dim, vision, text = open_clip_cfgs(model_cfg)
     model = CLIP(embed_dim, CLIPVisionCfg(**vision), CLIPTextCfg(**text), output_dict=True)
     model = model.to(args.device).train()
-    # open_clip's training script: no weight decay on gains, biases (and other 1-D tensors) and logit_scale
-    no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n]
-    ids_no_wd = {id(p) for p in no_wd}
-    rest = [p for p in model.parameters() if id(p) not in ids_no_wd]
-    o = cfg.optim
-    opt = torch.optim.AdamW(
-        [{"params": no_wd, "weight_decay": 0.0}, {"params": rest, "weight_decay": o.weight_decay}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-    )  # fmt: skip
+    opt = open_clip_optimizer(model, cfg.optim)
     loss_fn = ClipLoss(cache_labels=True)
     size, length, vocab = vision["image_size"], text["context_length"], text["vocab_size"]
     inputs = {}
@@ -169,11 +182,7 @@ def build_open_clip(batch: int, args: argparse.Namespace):
         with autocast(args):
             out = model(images, ids)
             loss = sum(loss_fn(**out, output_dict=True).values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))  # as open_clip's training loop does after every step
+        open_clip_update(model, opt, loss)
 
     return model, step, 1
 
