@@ -120,3 +120,28 @@ def test_content_keep_keeps_the_object_and_breaks_ties_at_random():
     random = make_keep(2, 4, 16, 0.75, "random", generator=torch.Generator().manual_seed(0))
     hits = sum(bool((random[:, f] == p).any(-1).all()) for f, p in enumerate(where))
     assert hits < 4  # random dropping loses the square somewhere (the control: the test can tell them apart)
+
+
+def test_content_keep_random_share_keeps_the_object_and_samples_the_rest_uniformly():
+    video, where = _moving_square()  # 16 patches per frame; the square's patch and the one it left score highest
+    scores = content_scores(video, tubelet_size=1, patch_size=8)
+    draws = 400
+    counts = torch.zeros(16)
+    for seed in range(draws):
+        keep = content_keep(scores, 0.5, random_share=0.5, generator=torch.Generator().manual_seed(seed))
+        assert keep.shape == (2, 4, 8) and bool((keep[..., 1:] > keep[..., :-1]).all())  # distinct, ascending
+        for f, patch in enumerate(where):
+            assert bool((keep[:, f] == patch).any(-1).all()), f"frame {f}: the square's patch was dropped"
+        counts += visible_mask(keep[:, 2:3], 16).sum((0, 1)).float()
+    # frame 2: the top 4 are the three patches that change (where the square was, is, will be) and one flat patch
+    # (a tie); 4 more are drawn from the other 12 flat ones, so each of the 13 flat patches is kept 5 / 13 of the time
+    moving = list(where[1:4])
+    flat = [p for p in range(16) if p not in moving]
+    assert bool((counts[moving] == 2 * draws).all())
+    rates = counts[flat] / (2 * draws)
+    assert float(rates.min()) > 0.3 and float(rates.max()) < 0.48, rates  # all seen, none favoured
+    top_only = content_keep(scores, 0.5, generator=torch.Generator().manual_seed(0))
+    same_draw = content_keep(scores, 0.5, random_share=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_only, same_draw)  # share 0 is the plain top-K, draw for draw
+    with pytest.raises(ConfigError, match="random_share"):
+        content_keep(scores, 0.5, random_share=1.5)

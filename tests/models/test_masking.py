@@ -149,6 +149,10 @@ def test_token_drop_refuses_what_cannot_drop():
         TokenDropConfig(1.0)
     with pytest.raises(ConfigError, match="front_end.token_drop.kind"):
         TokenDropConfig(0.5, "block")
+    with pytest.raises(ConfigError, match="front_end.token_drop.random_share: only kind 'content'"):
+        TokenDropConfig(0.5, "random", random_share=0.5)
+    with pytest.raises(ConfigError, match="front_end.token_drop.random_share: must lie"):
+        TokenDropConfig(0.5, "content", random_share=-0.1)
     with pytest.raises(ConfigError, match="front_end.token_drop: pooler 'spatial2d'"):
         dataclasses.replace(FrontEndConfig(token_drop=TokenDropConfig(0.5)), pooler=_pooler("spatial2d"))
     cfg = FrontEndConfig(tower=TowerConfig("framewise", arch={"model_type": "x"}), token_drop=TokenDropConfig(0.5))

@@ -10,7 +10,8 @@ sorted ascending within a step (so a 0 % mask keeps the original order and chang
 * ``content`` (token dropping only, :func:`content_keep`): the tokens whose pixels carry the most, kept per time
   step: :func:`content_scores` adds a patch's change from the neighbouring frames (the redundancy EVEREST and
   run-length tokenisation remove: static patches repeat the previous frame) to its spatial contrast (a flat patch
-  carries little), so flat, static background goes first and small or moving objects stay.
+  carries little), so flat, static background goes first and small or moving objects stay; with a
+  ``random_share`` part of the kept tokens is drawn at random from the rest, so the background is still seen.
 
 At ``T' = 1`` (an image) ``tube`` and ``random`` are the same random patch mask, and ``content`` ranks by contrast.
 The encoder gathers the visible tokens (:func:`gather_tokens`) before its blocks, so dropped tokens cost nothing;
@@ -113,21 +114,36 @@ def content_scores(video: Tensor, tubelet_size: int, patch_size: int) -> Tensor:
     return reduce(score, "b (t s) n -> b t n", "mean", s=tubelet_size)
 
 
-def content_keep(scores: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
-    """Keep the highest-scoring patch tokens of every time step (ties, such as a flat background, broken at random).
+def content_keep(
+    scores: Tensor, ratio: float, random_share: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Keep the highest-scoring patch tokens of every time step (ties, such as a flat background, broken at random),
+    or, with ``random_share``, that share of the kept tokens drawn at random from the rest.
 
     Args:
         scores: float ``[B, T', N]`` (:func:`content_scores`).
         ratio: fraction of each step's tokens to drop, in ``[0, 1)``.
-        generator: random generator for the tie-breaking (None: the global one of the scores' device).
+        random_share: fraction of the K kept tokens drawn uniformly from those outside the top ones, in ``[0, 1]``
+            (0: the top K by score; 1: a random mask). Mixing keeps the object in every step while the model still
+            sees the background it meets with every token at evaluation.
+        generator: random generator for the ties and the random share (None: the global one of the scores' device).
 
     Returns:
         long ``[B, T', K]`` with ``K = num_visible(N, ratio)``, ascending within each step.
     """
+    if not 0.0 <= random_share <= 1.0:
+        raise ConfigError(f"content keep: random_share must lie in [0, 1], got {random_share}")
     k = num_visible(scores.shape[-1], ratio)
     scale = scores.abs().amax().clamp(min=1.0)
     jitter = torch.rand(scores.shape, device=scores.device, generator=generator) * (scale * 1e-6)
-    return (scores + jitter).topk(k, dim=-1).indices.sort(dim=-1).values
+    top = k - int(round(k * random_share))
+    if top == k:
+        return (scores + jitter).topk(k, dim=-1).indices.sort(dim=-1).values
+    ranked = (scores + jitter).argsort(dim=-1, descending=True)  # [B, T', N]
+    rest = ranked[..., top:]
+    draw = torch.rand(rest.shape, device=scores.device, generator=generator).argsort(dim=-1)[..., : k - top]
+    keep = torch.cat([ranked[..., :top], rest.gather(-1, draw)], dim=-1)
+    return keep.sort(dim=-1).values
 
 
 def full_keep(batch: int, steps: int, num_tokens: int, device: torch.device | str | None = None) -> Tensor:

@@ -65,16 +65,23 @@ class TokenDropConfig:
             the patch: :func:`vidvlm.layers.masking.content_scores`; flat, static background is dropped first).
             The ``divided`` and ``factorised`` layouts attend over time between the k-th visible tokens of the
             steps, which are one position only with ``tube``: use ``tube`` with them.
+        random_share: with ``content``, the fraction of the kept tokens drawn at random from those outside the top
+            scores (0: the top ones only), so that the model also sees the background it meets at evaluation.
     """
 
     ratio: float = 0.0
     kind: DropKind = "random"
+    random_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"front_end.token_drop.ratio: must lie in [0, 1), got {self.ratio}")
         if self.kind not in DROP_KINDS:
             raise ConfigError(f"front_end.token_drop.kind: expected one of {list(DROP_KINDS)}, got {self.kind!r}")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise ConfigError(f"front_end.token_drop.random_share: must lie in [0, 1], got {self.random_share}")
+        if self.random_share and self.kind != "content":
+            raise ConfigError(f"front_end.token_drop.random_share: only kind 'content' takes it, not {self.kind!r}")
 
 
 @dataclass
@@ -479,7 +486,7 @@ class VideoFrontEnd(nn.Module):
             scores = content_scores(filled, vit.cfg.tubelet_size, vit.cfg.patch_size)
         if scores.shape[1] < steps:  # the keyframe step: scored by where the clip's content lies overall
             scores = torch.cat([scores, scores.mean(1, keepdim=True)], dim=1)
-        return content_keep(scores, drop.ratio)
+        return content_keep(scores, drop.ratio, drop.random_share)
 
     def forward(
         self, video: torch.Tensor, frame_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None

@@ -174,7 +174,7 @@ class StageConfig:
         lr_mult: pattern -> multiplier, on top of ``optim.groups`` (the longest matching pattern wins).
         mixture: dataset name -> weight for this stage (default: ``data.mixture``).
         warmup_steps: warm-up of this stage (default: ``schedule.warmup_steps``).
-        token_drop: the video front-end's token dropping in this stage (``{ratio, kind}``, as
+        token_drop: the video front-end's token dropping in this stage (``{ratio, kind, random_share}``, as
             ``front_end.token_drop``; default: the model's own). ``{ratio: 0}`` in a last stage is FLIP's short
             unmasked tuning.
     """
