@@ -144,6 +144,25 @@ def test_content_drop_follows_the_object_in_tubelets_and_the_keyframe_step():
     assert out.vision.last_hidden_state.shape[:3] == (2, 3, 1 + 4)
 
 
+def test_content_drop_random_share_reaches_the_front_end():
+    """``random_share`` is what the front-end draws with: at share 1 the kept tokens are a random draw, which loses
+    the moving square somewhere in 20 clips; at share 0 it is never lost."""
+    torch.manual_seed(0)
+    vision = VisionConfig(image_size=16, patch_size=4, width=16, depth=1, num_heads=2, num_tubelets=2, tubelet_size=2)
+    video = torch.full((20, 4, 3, 16, 16), -1.0)
+    for f in range(4):
+        video[:, f, :, 4:8, 4 * f : 4 * f + 4] = 1.0  # row 1, column f: patch 4 + f
+
+    def square_always_kept(share: float) -> bool:
+        drop = TokenDropConfig(0.75, "content", random_share=share)
+        fe = VideoFrontEnd(FrontEndConfig(tower=TowerConfig(vision=vision), num_frames=4, token_drop=drop)).train()
+        keep = fe.drop_keep(video)
+        return all(bool((keep[:, s] == p).any(-1).all()) for s, pair in enumerate([(4, 5), (6, 7)]) for p in pair)
+
+    assert square_always_kept(0.0)
+    assert not square_always_kept(1.0)
+
+
 def test_token_drop_refuses_what_cannot_drop():
     with pytest.raises(ConfigError, match="front_end.token_drop.ratio"):
         TokenDropConfig(1.0)
