@@ -147,3 +147,21 @@ def test_content_keep_random_share_keeps_the_object_and_samples_the_rest_uniform
     assert torch.equal(used.get_state(), expected.get_state())
     with pytest.raises(ConfigError, match="random_share"):
         content_keep(scores, 0.5, random_share=1.5)
+
+
+def test_content_keep_without_random_ties_depends_on_the_pixels_alone():
+    """Evaluation's selection (``token_drop.at_eval``): the object is kept, flat ties go to the first positions, no
+    random number is drawn, and a clip gets the same tokens whatever else is in its batch."""
+    video, where = _moving_square()  # 16 patches per frame, the square at patch 4 + f
+    scores = content_scores(video, tubelet_size=1, patch_size=8)
+    state = torch.get_rng_state()
+    keep = content_keep(scores, 0.75, random_ties=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    # frame 2: the patches the square was on, is on and moves to (5, 6, 7), then the first flat one (0)
+    assert keep[:, 2].tolist() == [[0, 5, 6, 7]] * 2
+    assert keep[:, 0].tolist() == [[0, 1, 4, 5]] * 2  # frame 0 has one neighbour: 4 and 5 change, ties 0 and 1
+    other = torch.cat([scores[:1], torch.rand_like(scores[:1])])
+    assert torch.equal(content_keep(other, 0.75, random_ties=False)[0], keep[0])
+    assert torch.equal(content_keep(scores[:1], 0.75, random_ties=False), keep[:1])
+    with pytest.raises(ConfigError, match="random_share must be 0 without random_ties"):
+        content_keep(scores, 0.75, random_share=0.5, random_ties=False)

@@ -10,7 +10,15 @@ import torch
 
 from tests.models.test_registry import CAPTIONS, make_batch
 from vidvlm.errors import ConfigError
-from vidvlm.layers.masking import full_keep, hidden_positions, make_keep, mask_text, visible_mask
+from vidvlm.layers.masking import (
+    content_keep,
+    content_scores,
+    full_keep,
+    hidden_positions,
+    make_keep,
+    mask_text,
+    visible_mask,
+)
 from vidvlm.losses import clip_loss, hard_negatives, itm_loss, masked_pixel_loss, mlm_loss
 from vidvlm.models.frontend import FrontEndConfig, TokenDropConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.masking import MaskingConfig, MaskingModel, XFMConfig, XFMModel
@@ -161,6 +169,60 @@ def test_content_drop_random_share_reaches_the_front_end():
 
     assert square_always_kept(0.0)
     assert not square_always_kept(1.0)
+
+
+def test_content_at_eval_encodes_the_top_tokens_in_evaluation_too(tmp_path):
+    """``at_eval``: eval mode encodes the content-chosen quarter of each step (the same forward as the plain
+    front-end given that selection), the same tokens on every call and for a clip alone or in a batch; training
+    still breaks ties at random; a saved model keeps the setting."""
+    plain = front_end(0.0)
+    drop = front_end(0.75, "content")
+    drop.cfg.token_drop = TokenDropConfig(0.75, "content", at_eval=True)
+    drop.set_token_drop(None)
+    drop.load_state_dict(plain.state_dict())
+    video, mask = clips(4)
+    plain.eval(), drop.eval()
+    with torch.no_grad():
+        out = drop(video, mask)
+        again = drop(video, mask)
+        alone = drop(video[:1], mask[:1])
+        full = plain(video, mask)
+        steps, _ = drop.token_grid(video)
+        scores = content_scores(video, 1, 4)
+        keep = content_keep(scores, 0.75, random_ties=False)
+        same = plain(video, mask, keep=keep)
+    assert out.vision.last_hidden_state.shape[2] == 1 + 4
+    torch.testing.assert_close(out.tokens, same.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(again.tokens, out.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(alone.tokens, out.tokens[:1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out.tokens, full.tokens, atol=1e-3)  # it really encodes fewer tokens
+    flat = torch.zeros_like(video)  # every patch ties
+    assert drop.drop_keep(flat).tolist() == [[[0, 1, 2, 3]] * steps] * 2  # evaluation: ties by position
+    drop.train()
+    a, b = drop.drop_keep(flat), drop.drop_keep(flat)
+    assert a.shape == (2, steps, 4) and not torch.equal(a, b)  # training: ties at random, as before
+    from vidvlm.models.contrastive import ContrastiveConfig  # a saved model is evaluated the same way
+
+    cfg = ContrastiveConfig.tiny()
+    cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, token_drop=drop.cfg.token_drop))
+    model = build_model(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = load(tmp_path / "m").eval()
+    assert loaded.front_end.cfg.token_drop.at_eval
+    batch = make_batch(model)
+    with torch.no_grad():
+        saved, kept = (
+            model.encode_video(batch["video"], batch["frame_mask"]),
+            loaded.encode_video(batch["video"], batch["frame_mask"]),
+        )
+    torch.testing.assert_close(kept, saved, rtol=0, atol=0)
+    assert loaded.front_end.drop_keep(batch["video"], batch["frame_mask"]) is not None
+    with pytest.raises(ConfigError, match="front_end.token_drop.at_eval: needs kind 'content'"):
+        TokenDropConfig(0.5, "random", at_eval=True)
+    with pytest.raises(ConfigError, match="front_end.token_drop.at_eval: needs kind 'content'"):
+        TokenDropConfig(0.0, "content", at_eval=True)
+    with pytest.raises(ConfigError, match="stage 'x': at_eval belongs"):
+        drop.set_token_drop(TokenDropConfig(0.5, "content", at_eval=True), "stage 'x'")
 
 
 def test_token_drop_refuses_what_cannot_drop():

@@ -82,6 +82,7 @@ def test_a_stage_without_token_drop_uses_the_models(tmp_path):
         ("{ratio: 0.5, kind: blocks}", "video_chatgpt", "stage 'a': token_drop.kind"),
         ("{ratio: 0.5, size: 2}", "video_chatgpt", "stage 'a': token_drop: unknown key 'size'"),
         ("{ratio: 0.5}", "spatial2d", "stage 'a': token_drop: pooler 'spatial2d' reads the full patch grid"),
+        ("{ratio: 0.5, kind: content, at_eval: true}", "video_chatgpt", "stage 'a': token_drop: at_eval belongs"),
     ],
 )
 def test_a_bad_stage_token_drop_is_refused_before_training(tmp_path, drop, pooler, message):

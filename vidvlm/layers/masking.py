@@ -12,6 +12,7 @@ sorted ascending within a step (so a 0 % mask keeps the original order and chang
   run-length tokenisation remove: static patches repeat the previous frame) to its spatial contrast (a flat patch
   carries little), so flat, static background goes first and small or moving objects stay; with a
   ``random_share`` part of the kept tokens is drawn at random from the rest, so the background is still seen.
+  Unlike the random kinds it can also select tokens at evaluation (``random_ties=False``: ties by position).
 
 At ``T' = 1`` (an image) ``tube`` and ``random`` are the same random patch mask, and ``content`` ranks by contrast.
 The encoder gathers the visible tokens (:func:`gather_tokens`) before its blocks, so dropped tokens cost nothing;
@@ -115,7 +116,11 @@ def content_scores(video: Tensor, tubelet_size: int, patch_size: int) -> Tensor:
 
 
 def content_keep(
-    scores: Tensor, ratio: float, random_share: float = 0.0, generator: torch.Generator | None = None
+    scores: Tensor,
+    ratio: float,
+    random_share: float = 0.0,
+    generator: torch.Generator | None = None,
+    random_ties: bool = True,
 ) -> Tensor:
     """Keep the highest-scoring patch tokens of every time step (ties, such as a flat background, broken at random),
     or, with ``random_share``, that share of the kept tokens drawn at random from the rest.
@@ -127,6 +132,9 @@ def content_keep(
             (0: the top K by score; 1: a random mask). Mixing keeps the object in every step while the model still
             sees the background it meets with every token at evaluation.
         generator: random generator for the ties and the random share (None: the global one of the scores' device).
+        random_ties: False breaks ties by position (the first patches in row-major order win) and draws nothing, so
+            a clip's selection depends on its pixels alone: evaluation (``token_drop.at_eval``). Needs
+            ``random_share`` 0.
 
     Returns:
         long ``[B, T', K]`` with ``K = num_visible(N, ratio)``, ascending within each step.
@@ -134,6 +142,10 @@ def content_keep(
     if not 0.0 <= random_share <= 1.0:
         raise ConfigError(f"content keep: random_share must lie in [0, 1], got {random_share}")
     k = num_visible(scores.shape[-1], ratio)
+    if not random_ties:
+        if random_share:
+            raise ConfigError("content keep: random_share must be 0 without random_ties")
+        return scores.argsort(dim=-1, descending=True, stable=True)[..., :k].sort(dim=-1).values
     scale = scores.abs().amax().clamp(min=1.0)
     jitter = torch.rand(scores.shape, device=scores.device, generator=generator) * (scale * 1e-6)
     top = k - int(round(k * random_share))

@@ -14,13 +14,16 @@ One typed config (:class:`FrontEndConfig`) chooses every part the same way, ``na
 * the pooler (``vidvlm.layers.pooling``: ``name`` + ``params``) over all tokens or the per-frame embeddings;
 * the connector (``vidvlm.layers.connectors``: ``name`` + parameters) to the family's width, or none.
 
-Token dropping (``token_drop``, FLIP / open_clip patch dropout; off by default): in training only, a fraction
-``ratio`` of every time step's patch tokens is dropped before the tower's blocks (``random``: other positions in
-every step; ``tube``: the same positions in every step; ``content``: per step, flat and static patches first),
-through the video ViT's visible-token path (the visible tokens are gathered, so dropped ones cost nothing).
-Evaluation always sees every token. It needs a video-ViT tower (``native``, ``pretrained``, ``checkpoint``, also
-multi-level) and a pooler that does not read the patch grid. A training stage can set its own ratio
-(``stages[i].token_drop``, :meth:`VideoFrontEnd.set_token_drop`), e.g. a short unmasked last stage as FLIP does.
+Token dropping (``token_drop``, FLIP / open_clip patch dropout; off by default): in training, a fraction ``ratio``
+of every time step's patch tokens is dropped before the tower's blocks (``random``: other positions in every step;
+``tube``: the same positions in every step; ``content``: per step, flat and static patches first), through the
+video ViT's visible-token path (the visible tokens are gathered, so dropped ones cost nothing). Evaluation sees
+every token, unless ``content`` dropping sets ``at_eval``: then every forward in eval mode (evaluation, captioning,
+feature extraction) encodes the same share of tokens, chosen by content with ties broken by position, so the model
+never meets at inference the flat background it did not train on. It needs a video-ViT tower (``native``,
+``pretrained``, ``checkpoint``, also multi-level) and a pooler that does not read the patch grid. A training
+stage can set its own ratio (``stages[i].token_drop``, :meth:`VideoFrontEnd.set_token_drop`), e.g. a short
+unmasked last stage as FLIP does.
 
 The front-end also owns what the model's input is: frames per clip (``num_frames``, in frames), the input side
 (``image_size``) and normalisation (``normalize``). Datasets and samplers inherit them (``vidvlm.train.data``).
@@ -67,11 +70,16 @@ class TokenDropConfig:
             steps, which are one position only with ``tube``: use ``tube`` with them.
         random_share: with ``content``, the fraction of the kept tokens drawn at random from those outside the top
             scores (0: the top ones only), so that the model also sees the background it meets at evaluation.
+        at_eval: with ``content``, also select tokens in eval mode (the top ``1 - ratio`` of each step by content,
+            ties by position: deterministic, whatever the batch), so training and inference see the same kind of
+            input and inference is as cheap as a training step. Only the model's own ``front_end.token_drop``
+            takes it (a checkpoint must say how it is evaluated), not a training stage's.
     """
 
     ratio: float = 0.0
     kind: DropKind = "random"
     random_share: float = 0.0
+    at_eval: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -82,6 +90,11 @@ class TokenDropConfig:
             raise ConfigError(f"front_end.token_drop.random_share: must lie in [0, 1], got {self.random_share}")
         if self.random_share and self.kind != "content":
             raise ConfigError(f"front_end.token_drop.random_share: only kind 'content' takes it, not {self.kind!r}")
+        if self.at_eval and (self.kind != "content" or self.ratio == 0):
+            raise ConfigError(
+                "front_end.token_drop.at_eval: needs kind 'content' with a ratio above 0 (a random mask would differ "
+                f"on every call), got kind {self.kind!r}, ratio {self.ratio}"
+            )
 
 
 @dataclass
@@ -405,6 +418,11 @@ class VideoFrontEnd(nn.Module):
     def set_token_drop(self, drop: TokenDropConfig | None, where: str = "front_end.token_drop") -> None:
         """Use ``drop`` in training from now on (a training stage's own ratio, e.g. FLIP's unmasked final stage
         with ratio 0); None restores the configured ``cfg.token_drop``. The config itself is not changed."""
+        if drop is not None and drop.at_eval:
+            raise ConfigError(
+                f"{where}: at_eval belongs to the model's own front_end.token_drop (a checkpoint must say how it is "
+                "evaluated), not to a training stage"
+            )
         drop = self.cfg.token_drop if drop is None else drop
         if drop.ratio > 0 and not self.can_drop_tokens:
             raise ConfigError(
@@ -473,9 +491,10 @@ class VideoFrontEnd(nn.Module):
     def drop_keep(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """The visible tokens ``keep [B, T', K]`` that ``token_drop`` leaves of ``video [B, T, 3, H, W]``
         (``frame_mask [B, T]``: padded frames, which ``content`` scores as the tower sees them: repeats of the last
-        real frame) in training; None in evaluation or with ratio 0."""
-        drop = self.token_drop
-        if not self.training or drop.ratio == 0:
+        real frame) in training (the stage's ``token_drop``); in evaluation, the model's own when it sets
+        ``at_eval`` (the top tokens by content, ties by position), else None; None with ratio 0."""
+        drop = self.token_drop if self.training else self.cfg.token_drop
+        if drop.ratio == 0 or not (self.training or drop.at_eval):
             return None
         steps, n = self.token_grid(video)
         if drop.kind != "content":
@@ -486,6 +505,8 @@ class VideoFrontEnd(nn.Module):
             scores = content_scores(filled, vit.cfg.tubelet_size, vit.cfg.patch_size)
         if scores.shape[1] < steps:  # the keyframe step: scored by where the clip's content lies overall
             scores = torch.cat([scores, scores.mean(1, keepdim=True)], dim=1)
+        if not self.training:
+            return content_keep(scores, drop.ratio, random_ties=False)
         return content_keep(scores, drop.ratio, drop.random_share)
 
     def forward(
@@ -497,9 +518,10 @@ class VideoFrontEnd(nn.Module):
             video: float ``[B, T, 3, H, W]`` after :meth:`transform` (an image is ``T = 1``).
             frame_mask: bool ``[B, T]``, True for real frames (real frames first), None = all real.
             keep: long ``[B, T', K]`` the patch tokens to encode (a masking objective's mask; needs
-                :attr:`can_drop_tokens`), or None for ``token_drop``'s own in training and every token otherwise.
+                :attr:`can_drop_tokens`), or None for ``token_drop``'s own in training (and in evaluation with
+                ``at_eval``) and every token otherwise.
 
-        In training with ``token_drop`` the tower encodes only the visible tokens (fewer tokens per time step).
+        With ``token_drop`` the tower encodes only the visible tokens (fewer tokens per time step).
 
         Returns:
             :class:`FrontEndOutput` with ``tokens [B, M, D]``, ``mask [B, M]`` or None, ``frame_index [B, M]``.
