@@ -14,6 +14,10 @@ interleaved round by round, the median step over all rounds; peak memory = the g
 full-batch steps above the RSS after one batch-1 step (a lower bound: memory the allocator kept is reused unseen).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_token_drop.py --threads 1 --rounds 3 --steps 5
+
+``--inference --kind content``: what a model trained with ``token_drop.at_eval`` saves at inference, the clips'
+embeddings (``encode_video``) in eval mode under ``no_grad``, every token (drop-0) against the content-chosen half
+or quarter (content scoring included).
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ CONFIG = "vidvlm-8f"  # bench_train's name for configs/contrastive_tiny_8f_shape
 CASES = {"drop-0": 0.0, "drop-50": 0.5, "drop-75": 0.75}
 
 
-def build(ratio: float, kind: str, batch: int):
-    """Model and ``step(b)`` of the recipe with ``front_end.token_drop = {ratio, kind}``."""
+def build(ratio: float, kind: str, batch: int, inference: bool = False):
+    """Model and ``step(b)`` of the recipe with ``front_end.token_drop = {ratio, kind}`` (``inference``: the clips'
+    embeddings in eval mode under ``no_grad``, with ``at_eval`` where tokens are dropped)."""
     from vidvlm.models.registry import build_model
     from vidvlm.train.optim import apply_stage_trainable, build_optimizer
 
     cfg, model_cfg = load_config(CONFIG)
     data = dict(cfg.model)
-    data["front_end"] = {**data["front_end"], "token_drop": {"ratio": ratio, "kind": kind}}
+    drop = {"ratio": ratio, "kind": kind, **({"at_eval": True} if inference and ratio > 0 else {})}
+    data["front_end"] = {**data["front_end"], "token_drop": drop}
     model = build_model(data).train()
     stage = cfg.stages[0]
     apply_stage_trainable(model, stage)
@@ -51,6 +57,15 @@ def build(ratio: float, kind: str, batch: int):
         video = torch.randn(b, model.num_frames, 3, size, size)
         ids = torch.randint(1, vocab, (b, length))
         inputs[b] = ({"video": video, "text": [""] * b}, ids, torch.ones(b, length, dtype=torch.bool))
+
+    if inference:
+        model.eval()
+
+        def embed(b: int) -> None:
+            with torch.no_grad():
+                model.encode_video(inputs[b][0]["video"])
+
+        return model, embed
 
     def step(b: int) -> None:
         batch_dict, ids, mask = inputs[b]
@@ -68,7 +83,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, step = build(CASES[name], args.kind, args.batch)
+    model, step = build(CASES[name], args.kind, args.batch, args.inference)
     seen = []
     model.front_end.tower.register_forward_hook(lambda m, a, o: seen.append(tuple(o.last_hidden_state.shape[1:3])))
     times, peak = measure(step, args.batch, args.warmup, args.steps, "cpu")
@@ -88,15 +103,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per case per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--inference", action="store_true",
+                        help="time the clips' embedding in eval mode (no_grad) instead of a training step; with "
+                             "--kind content the dropped cases set at_eval")  # fmt: skip
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
+    if args.inference and args.kind != "content":
+        parser.error("--inference: only --kind content selects tokens at evaluation (at_eval)")
     if args.batch is None:
         args.batch = load_config(CONFIG)[0].data.batch_size
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
     options = ["--kind", args.kind, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]  # fmt: skip
+               "--warmup", str(args.warmup)] + (["--inference"] if args.inference else [])  # fmt: skip
     results = interleaved(
         args.cases, args.rounds, lambda name: run_in_subprocess(__file__, name, options, args.threads),
         ("tokens", "threads"),
@@ -108,7 +128,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
     threads = next(iter(results.values()))["threads"]
     ref = results.get("drop-0")
     lines = [
-        f"CPU ({threads} threads); batch {args.batch}; token_drop.kind {args.kind}; median step of {args.rounds} "
+        f"CPU ({threads} threads); batch {args.batch}; token_drop.kind {args.kind}"
+        f"{'; inference (eval-mode embedding, at_eval)' if args.inference else ''}; median step of {args.rounds} "
         f"rounds x {args.steps} steps ({args.warmup} warm-up steps per round excluded); peak = peak RSS growth.",
         "",
         "| case | tower tokens / clip | median step ms | samples/s | peak MiB | speed vs drop-0 | memory vs drop-0 |",
