@@ -196,6 +196,11 @@ def test_content_at_eval_encodes_the_top_tokens_in_evaluation_too(tmp_path):
     torch.testing.assert_close(again.tokens, out.tokens, rtol=0, atol=0)
     torch.testing.assert_close(alone.tokens, out.tokens[:1], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out.tokens, full.tokens, atol=1e-3)  # it really encodes fewer tokens
+    with torch.no_grad():  # an image (T = 1): ranked by contrast alone, the same path
+        image = drop(video[:, :1])
+        image_keep = content_keep(content_scores(video[:, :1], 1, 4), 0.75, random_ties=False)
+        torch.testing.assert_close(image.tokens, plain(video[:, :1], keep=image_keep).tokens, rtol=0, atol=0)
+    assert image.vision.last_hidden_state.shape[1:3] == (1, 1 + 4)
     flat = torch.zeros_like(video)  # every patch ties
     assert drop.drop_keep(flat).tolist() == [[[0, 1, 2, 3]] * steps] * 2  # evaluation: ties by position
     drop.train()

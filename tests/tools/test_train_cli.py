@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.tools.tiny_run import tiny_run_overrides
 
@@ -142,3 +143,40 @@ def test_overwrite_into_a_live_runs_folder_is_one_line_error(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.timeout(240)
+def test_content_at_eval_trains_saves_and_evaluates_on_the_chosen_tokens(tmp_path, capsys, monkeypatch):
+    """``token_drop.at_eval`` from the command line: the saved model keeps it and tools/eval.py encodes half of each
+    step's patch tokens, the same ones when the clips come in another batch size."""
+    from vidvlm.models.frontend import VideoFrontEnd
+
+    data, out = tmp_path / "shapes", tmp_path / "run"
+    drop = "model.front_end.token_drop={ratio: 0.5, kind: content, at_eval: true}"
+    assert train_cli.main(["--config", str(CONFIG), *_overrides(out, data), drop]) == 0
+    import vidvlm.models.registry as registry
+
+    model = registry.load(out / "final")
+    assert model.front_end.cfg.token_drop.at_eval and model.front_end.cfg.token_drop.ratio == 0.5
+    grid = model.front_end.base_tower.token_grid(4, 32, 32)[1]
+
+    kept: list = []
+    encode = VideoFrontEnd.encode
+
+    def recording(self, video, frame_mask=None, keep=None):
+        kept.append(None if keep is None else keep.clone())
+        return encode(self, video, frame_mask, keep)
+
+    monkeypatch.setattr(VideoFrontEnd, "encode", recording)
+    args = ["--checkpoint", str(out / "final"), "--manifest", str(data / "val" / "manifest.jsonl"), "--num-frames", "4"]
+    capsys.readouterr()
+    results = []
+    for batch in ("8", "3"):
+        kept.clear()
+        assert eval_cli.main([*args, "--batch-size", batch]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+        assert kept and all(k is not None and k.shape[-1] == grid // 2 for k in kept)
+        if batch == "8":
+            whole = kept[0]
+    assert torch.equal(torch.cat(kept), whole)  # the same tokens, batch by batch
+    assert results[0]["num_videos"] == results[1]["num_videos"] == 8
