@@ -13,7 +13,10 @@ Each pipeline reads a manifest of clips, samples 8 frames per clip uniformly, re
 A run iterates one epoch over the manifest (each file listed several times, shuffled with a fixed seed) and times it
 whole, from creating the iterator to the last batch (timing from the first batch instead would credit the work the
 other workers did meanwhile). Pipelines run interleaved, in rotating order, and the median over repeats is reported.
-Optional peers that do not import are skipped.
+Each row also gives the CPU a clip cost inside its worker (``time.thread_time`` around ``__getitem__``: decoding,
+sampling, transforms; not collation) and the faster peer's CPU per clip over this one's: the rate ratio a pipeline
+would reach if every pipeline turned its workers' CPU into clips equally well, so a rate ratio below it is lost to
+start-up, collation, transfer or contention, not to the per-clip work. Optional peers that do not import are skipped.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py [--repeats 3] [--cache /tmp/vidvlm_bench_pipeline]
 """
@@ -112,21 +115,47 @@ def write_manifest(folder: str, paths: list[str]) -> str:
     return manifest
 
 
-def clips_per_second(dataset: Dataset, collate: Callable, workers: int, seed: int) -> float:
+class ItemCpu(Dataset):
+    """Wraps a dataset: each item comes with the CPU its ``__getitem__`` took on the worker's thread (ms)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[object, float]:
+        start = time.thread_time()
+        item = self.dataset[i]
+        return item, (time.thread_time() - start) * 1000
+
+
+def with_item_cpu(collate: Callable) -> Callable:
+    def collate_timed(samples: list[tuple[object, float]]) -> dict:
+        batch = collate([item for item, _ in samples])
+        batch["_item_cpu_ms"] = [ms for _, ms in samples]
+        return batch
+
+    return collate_timed
+
+
+def clips_per_second(dataset: Dataset, collate: Callable, workers: int, seed: int) -> tuple[float, list[float]]:
+    """One epoch: clips per second, and the CPU each clip cost inside its worker (ms)."""
     loader = DataLoader(
-        dataset,
+        ItemCpu(dataset),
         batch_size=BATCH,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=with_item_cpu(collate),
         drop_last=True,
     )
-    clips, start = 0, time.perf_counter()  # the whole epoch, worker start-up included (a fork: tens of ms)
+    clips, cpu, start = 0, [], time.perf_counter()  # the whole epoch, worker start-up included (a fork: tens of ms)
     for batch in loader:
         assert batch["video"].shape[1:] == (FRAMES, 3, SIZE, SIZE), batch["video"].shape
         clips += batch["video"].shape[0]
-    return clips / (time.perf_counter() - start)
+        cpu += batch["_item_cpu_ms"]
+    return clips / (time.perf_counter() - start), cpu
 
 
 def main() -> None:
@@ -172,20 +201,36 @@ def main() -> None:
                 print(f"skipping {name}: {err}")
         for workers in args.workers:
             rates: dict[str, list[float]] = {p: [] for p in pipelines}
+            item_cpu: dict[str, list[float]] = {p: [] for p in pipelines}
             names = list(pipelines)
             for r in range(args.repeats):
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     dataset, collate = pipelines[name]
-                    rates[name].append(clips_per_second(dataset, collate, workers, seed=r))
+                    rate, cpu = clips_per_second(dataset, collate, workers, seed=r)
+                    rates[name].append(rate)
+                    item_cpu[name] += cpu
             med = {p: statistics.median(v) for p, v in rates.items()}
+            cpu_med = {p: statistics.median(v) for p, v in item_cpu.items()}
             peers = [p for p in pipelines if not p.startswith("vidvlm")]
             best = max(peers or ["vidvlm VideoTextDataset"], key=med.get)
             for name in pipelines:
-                rows.append((set_name, workers, name, med[name], med[name] / med[best], best))
-                ratio = med[name] / med[best]
-                print(f"{set_name:34s} workers={workers} {name:32s} {med[name]:7.2f} clips/s  x{ratio:.2f}", flush=True)
-    header = "| clips | workers | pipeline | clips/s (median) | ratio to the faster peer |\n|---|---|---|---|---|\n"
-    table = header + "".join(f"| {c} | {w} | {p} | {v:.2f} | {ratio:.2f} |\n" for c, w, p, v, ratio, _ in rows)
+                # the CPU ratio (the faster peer's CPU per clip over this pipeline's) is what the rate ratio would be
+                # if every pipeline turned its workers' CPU into clips equally well
+                rate_ratio, cpu_ratio = med[name] / med[best], cpu_med[best] / cpu_med[name]
+                row = (set_name, workers, name, med[name], rate_ratio, cpu_med[name], cpu_ratio)
+                rows.append(row)
+                print(
+                    f"{set_name:34s} workers={workers} {name:32s} {med[name]:7.2f} clips/s  x{row[4]:.2f}  "
+                    f"CPU per clip in a worker {row[5]:6.1f} ms  x{row[6]:.2f}",
+                    flush=True,
+                )
+    header = (
+        "| clips | workers | pipeline | clips/s (median) | ratio to the faster peer | CPU per clip in a worker, ms "
+        "(median) | the faster peer's CPU per clip / this one's |\n|---|---|---|---|---|---|---|\n"
+    )
+    table = header + "".join(
+        f"| {c} | {w} | {p} | {v:.2f} | {ratio:.2f} | {ms:.1f} | {cr:.2f} |\n" for c, w, p, v, ratio, ms, cr in rows
+    )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     machine = f"{os.cpu_count()} cores, load average {load} at the end, torch {torch.__version__}"
     print("\n" + machine + "\n" + table)
