@@ -217,11 +217,10 @@ def main() -> None:
                 # the CPU ratio (the faster peer's CPU per clip over this pipeline's) is what the rate ratio would be
                 # if every pipeline turned its workers' CPU into clips equally well
                 rate_ratio, cpu_ratio = med[name] / med[best], cpu_med[best] / cpu_med[name]
-                row = (set_name, workers, name, med[name], rate_ratio, cpu_med[name], cpu_ratio)
-                rows.append(row)
+                rows.append((set_name, workers, name, med[name], rate_ratio, cpu_med[name], cpu_ratio))
                 print(
-                    f"{set_name:34s} workers={workers} {name:32s} {med[name]:7.2f} clips/s  x{row[4]:.2f}  "
-                    f"CPU per clip in a worker {row[5]:6.1f} ms  x{row[6]:.2f}",
+                    f"{set_name:34s} workers={workers} {name:32s} {med[name]:7.2f} clips/s  x{rate_ratio:.2f}  "
+                    f"CPU per clip in a worker {cpu_med[name]:6.1f} ms  x{cpu_ratio:.2f}",
                     flush=True,
                 )
     header = (
