@@ -16,7 +16,10 @@ other workers did meanwhile). Pipelines run interleaved, in rotating order, and 
 Each row also gives the CPU a clip cost inside its worker (``time.thread_time`` around ``__getitem__``: decoding,
 sampling, transforms; not collation) and the faster peer's CPU per clip over this one's: the rate ratio a pipeline
 would reach if every pipeline turned its workers' CPU into clips equally well, so a rate ratio below it is lost to
-start-up, collation, transfer or contention, not to the per-clip work. Optional peers that do not import are skipped.
+start-up, collation, transfer or contention, not to the per-clip work. The last column accounts for all of it: the
+CPU of the whole epoch per clip delivered, every worker process's (``RUSAGE_CHILDREN`` once the epoch's workers have
+ended: start-up, decoding, collation, sending) and the main process's (receiving). Optional peers that do not import
+are skipped.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_pipeline.py [--repeats 3] [--cache /tmp/vidvlm_bench_pipeline]
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -139,8 +143,19 @@ def with_item_cpu(collate: Callable) -> Callable:
     return collate_timed
 
 
-def clips_per_second(dataset: Dataset, collate: Callable, workers: int, seed: int) -> tuple[float, list[float]]:
-    """One epoch: clips per second, and the CPU each clip cost inside its worker (ms)."""
+def process_cpu_ms() -> tuple[float, float]:
+    """CPU (user + system, ms) of this process and of its children that have ended (the DataLoader's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime) * 1000, (children.ru_utime + children.ru_stime) * 1000
+
+
+def clips_per_second(dataset: Dataset, collate: Callable, workers: int, seed: int) -> tuple[float, list[float], dict]:
+    """One epoch: clips per second, the CPU each clip cost inside its worker (ms), and the epoch's whole CPU per clip.
+
+    The last is ``{"workers": ms, "main": ms}``: every worker process's CPU (start-up, decoding, collation, sending)
+    and the main process's (receiving the batches), each over the clips delivered. The workers are counted when they
+    end, which a non-persistent DataLoader makes them do at the end of the epoch.
+    """
     loader = DataLoader(
         ItemCpu(dataset),
         batch_size=BATCH,
@@ -150,12 +165,16 @@ def clips_per_second(dataset: Dataset, collate: Callable, workers: int, seed: in
         collate_fn=with_item_cpu(collate),
         drop_last=True,
     )
+    main0, workers0 = process_cpu_ms()
     clips, cpu, start = 0, [], time.perf_counter()  # the whole epoch, worker start-up included (a fork: tens of ms)
     for batch in loader:
         assert batch["video"].shape[1:] == (FRAMES, 3, SIZE, SIZE), batch["video"].shape
         clips += batch["video"].shape[0]
         cpu += batch["_item_cpu_ms"]
-    return clips / (time.perf_counter() - start), cpu
+    rate = clips / (time.perf_counter() - start)
+    del loader  # joins the workers, so that RUSAGE_CHILDREN counts them
+    main1, workers1 = process_cpu_ms()
+    return rate, cpu, {"workers": (workers1 - workers0) / clips, "main": (main1 - main0) / clips}
 
 
 def main() -> None:
@@ -202,13 +221,15 @@ def main() -> None:
         for workers in args.workers:
             rates: dict[str, list[float]] = {p: [] for p in pipelines}
             item_cpu: dict[str, list[float]] = {p: [] for p in pipelines}
+            epoch_cpu: dict[str, list[dict]] = {p: [] for p in pipelines}
             names = list(pipelines)
             for r in range(args.repeats):
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     dataset, collate = pipelines[name]
-                    rate, cpu = clips_per_second(dataset, collate, workers, seed=r)
+                    rate, cpu, whole = clips_per_second(dataset, collate, workers, seed=r)
                     rates[name].append(rate)
                     item_cpu[name] += cpu
+                    epoch_cpu[name].append(whole)
             med = {p: statistics.median(v) for p, v in rates.items()}
             cpu_med = {p: statistics.median(v) for p, v in item_cpu.items()}
             peers = [p for p in pipelines if not p.startswith("vidvlm")]
@@ -217,18 +238,24 @@ def main() -> None:
                 # the CPU ratio (the faster peer's CPU per clip over this pipeline's) is what the rate ratio would be
                 # if every pipeline turned its workers' CPU into clips equally well
                 rate_ratio, cpu_ratio = med[name] / med[best], cpu_med[best] / cpu_med[name]
-                rows.append((set_name, workers, name, med[name], rate_ratio, cpu_med[name], cpu_ratio))
+                worker_ms = statistics.median(e["workers"] for e in epoch_cpu[name])
+                main_ms = statistics.median(e["main"] for e in epoch_cpu[name])
+                row = (set_name, workers, name, med[name], rate_ratio, cpu_med[name], cpu_ratio, worker_ms, main_ms)
+                rows.append(row)
                 print(
                     f"{set_name:34s} workers={workers} {name:32s} {med[name]:7.2f} clips/s  x{rate_ratio:.2f}  "
-                    f"CPU per clip in a worker {cpu_med[name]:6.1f} ms  x{cpu_ratio:.2f}",
+                    f"CPU per clip in a worker {cpu_med[name]:6.1f} ms  x{cpu_ratio:.2f}  "
+                    f"whole epoch per clip: workers {worker_ms:6.1f} ms, main {main_ms:5.1f} ms",
                     flush=True,
                 )
     header = (
         "| clips | workers | pipeline | clips/s (median) | ratio to the faster peer | CPU per clip in a worker, ms "
-        "(median) | the faster peer's CPU per clip / this one's |\n|---|---|---|---|---|---|---|\n"
+        "(median) | the faster peer's CPU per clip / this one's | the epoch's CPU per clip, workers / main, ms |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     table = header + "".join(
-        f"| {c} | {w} | {p} | {v:.2f} | {ratio:.2f} | {ms:.1f} | {cr:.2f} |\n" for c, w, p, v, ratio, ms, cr in rows
+        f"| {c} | {w} | {p} | {v:.2f} | {ratio:.2f} | {ms:.1f} | {cr:.2f} | {wm:.1f} / {mm:.1f} |\n"
+        for c, w, p, v, ratio, ms, cr, wm, mm in rows
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     machine = f"{os.cpu_count()} cores, load average {load} at the end, torch {torch.__version__}"
