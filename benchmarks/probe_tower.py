@@ -1,7 +1,8 @@
 """Linear probes of a vision tower's frozen features: which attributes of the moving-shapes world can be read off them.
 
     OMP_NUM_THREADS=2 python benchmarks/probe_tower.py --checkpoint runs/contrastive_tiny_8f_shapes/final \
-        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0] [--sequence] [--per-frame]
+        --manifest data/shapes_llava8s/qa/manifest.jsonl [--num 900] [--grid 3] [--seed 0] [--sequence] [--per-frame] \
+        [--score-manifest data/shapes_llava8s/compositional/manifest.jsonl]
 
 Before a tower is frozen under a language model (the LLaVA recipes), this says what it can give: a logistic
 regression per attribute (colour, shape, size, first direction of motion) on four readings of the tower's output for
@@ -21,7 +22,9 @@ appears, starts, stops, turns) is a change at one step. ``--per-frame`` encodes 
 member with ``per_frame: true`` does (one time step per frame instead of one per tubelet). Clips are read with the
 checkpoint's own evaluation transform and the uniform sampler's centre frames, as ``tools/eval.py`` does.
 Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
-majority class of the scored part is printed beside each accuracy.
+majority class of the scored part is printed beside each accuracy. ``--score-manifest`` scores the same probes (trained
+on the same 70 % of ``--manifest``) on a second manifest's single-shape clips too, e.g. colour-shape pairs the first
+never shows.
 
 ``--sequence`` adds ``seq{g}x{g}``: the pooled grid read as a *sequence* of tokens, unflattened and unstandardised, by
 two pre-norm transformer blocks (width 128, an MLP in front as the LLaVA connector, no position embedding) and a
@@ -121,9 +124,11 @@ def within_half_second(predicted: torch.Tensor, y: torch.Tensor, classes: list[s
     return sum(hits) / len(hits)
 
 
-def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[float, float, float]:
-    """(accuracy, majority share, within 0.5 s) of a logistic regression trained on ``x[:split]``, scored on
-    ``x[split:]``."""
+def probe(
+    x: torch.Tensor, labels: list[str], split: int, seed: int, parts: list[slice] | None = None
+) -> list[tuple[float, float, float]]:
+    """(accuracy, majority share, within 0.5 s) of a logistic regression trained on ``x[:split]``, scored on each of
+    ``parts`` (default: ``x[split:]``)."""
     torch.manual_seed(seed)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
@@ -136,8 +141,8 @@ def probe(x: torch.Tensor, labels: list[str], split: int, seed: int) -> tuple[fl
         F.cross_entropy(x[:split] @ weight + bias, y[:split]).backward()
         opt.step()
     with torch.no_grad():
-        predicted = (x[split:] @ weight + bias).argmax(1)
-    return _scores(predicted, y[split:], classes)
+        predicted = (x @ weight + bias).argmax(1)
+    return [_scores(predicted[part], y[part], classes) for part in parts or [slice(split, None)]]
 
 
 def _scores(predicted: torch.Tensor, y: torch.Tensor, classes: list[str]) -> tuple[float, float, float]:
@@ -173,9 +178,15 @@ class SequenceReader(nn.Module):
 
 
 def sequence_probe(
-    x: torch.Tensor, labels: list[str], split: int, seed: int, positions: bool = False
-) -> tuple[float, float, float]:
-    """(accuracy, majority share, within 0.5 s) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``."""
+    x: torch.Tensor,
+    labels: list[str],
+    split: int,
+    seed: int,
+    positions: bool = False,
+    parts: list[slice] | None = None,
+) -> list[tuple[float, float, float]]:
+    """(accuracy, majority share, within 0.5 s) of a :class:`SequenceReader` trained on ``x[:split]`` ``[N, M, D]``,
+    scored on each of ``parts`` (default: ``x[split:]``)."""
     torch.manual_seed(seed)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
@@ -187,8 +198,8 @@ def sequence_probe(
         F.cross_entropy(reader(x[pick]), y[pick]).backward()
         opt.step()
     with torch.no_grad():
-        predicted = reader(x[split:]).argmax(1)
-    return _scores(predicted, y[split:], classes)
+        predicted = reader(x).argmax(1)
+    return [_scores(predicted[part], y[part], classes) for part in parts or [slice(split, None)]]
 
 
 def main() -> None:
@@ -203,19 +214,31 @@ def main() -> None:
     parser.add_argument("--positions", action="store_true", help="the sequence reader gets token positions")
     parser.add_argument("--difference", action="store_true", help="also each reading's change between time steps")
     parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
+    parser.add_argument(
+        "--score-manifest",
+        type=Path,
+        help="also score the same probes on this manifest's single-shape clips (e.g. the compositional split)",
+    )
     args = parser.parse_args()
 
     try:
         feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid, args.per_frame)
+        split = int(len(shapes) * 0.7)
+        parts = [slice(split, len(shapes))]
+        if args.score_manifest is not None:  # appended after the manifest's clips: the probes never train on them
+            more, more_shapes = features(args.checkpoint, args.score_manifest, args.num, args.grid, args.per_frame)
+            feats = {name: torch.cat([x, more[name]]) for name, x in feats.items()}
+            parts.append(slice(len(shapes), len(shapes) + len(more_shapes)))
+            shapes = shapes + more_shapes
     except VidVLMError as e:
         raise SystemExit(f"error: {e}") from None
-    split = int(len(shapes) * 0.7)
     attributes = args.attributes
     labels = {a: [s.get(a) or "none" for s in shapes] for a in attributes}
     per = " (each frame alone)" if args.per_frame else ""
-    print(
-        f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {len(shapes) - split}"
-    )
+    scored = " and ".join(f"{p.stop - p.start}" for p in parts)
+    print(f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {scored}")
+    if len(parts) > 1:
+        print(f"each cell: {args.manifest.parent.name} held-out part / {args.score_manifest.parent.name}")
     tokens = feats.pop(f"tokens{args.grid}x{args.grid}")
     if args.sequence:
         feats[f"seq{args.grid}x{args.grid}" + ("+pos" if args.positions else "")] = tokens
@@ -226,12 +249,12 @@ def main() -> None:
     print("|---|---|" + "---|" * len(columns))
     for name, x in feats.items():
         if x.dim() == 3:
-            cells = [sequence_probe(x, labels[a], split, args.seed, args.positions) for a in attributes]
+            cells = [sequence_probe(x, labels[a], split, args.seed, args.positions, parts) for a in attributes]
         else:
-            cells = [probe(x, labels[a], split, args.seed) for a in attributes]
-        text = [f"{acc:.3f} (majority {maj:.2f})" for acc, maj, _ in cells]
+            cells = [probe(x, labels[a], split, args.seed, parts) for a in attributes]
+        text = [" / ".join(f"{acc:.3f} (majority {maj:.2f})" for acc, maj, _ in cell) for cell in cells]
         if "when" in attributes:
-            text.append(f"{cells[attributes.index('when')][2]:.3f}")
+            text.append(" / ".join(f"{within:.3f}" for _, _, within in cells[attributes.index("when")]))
         print(f"| {name} | {x[0].numel()} | " + " | ".join(text) + " |")
 
 
