@@ -24,7 +24,7 @@ checkpoint's own evaluation transform and the uniform sampler's centre frames, a
 Features are standardised with the training part's statistics; Adam, 300 full-batch steps, weight decay 1e-3. The
 majority class of the scored part is printed beside each accuracy. ``--score-manifest`` scores the same probes (trained
 on the same 70 % of ``--manifest``) on a second manifest's single-shape clips too, e.g. colour-shape pairs the first
-never shows.
+never shows. ``--gray`` shows the tower the clips in grey (luma in all three channels): colour mostly gone, shape kept.
 
 ``--sequence`` adds ``seq{g}x{g}``: the pooled grid read as a *sequence* of tokens, unflattened and unstandardised, by
 two pre-norm transformer blocks (width 128, an MLP in front as the LLaVA connector, no position embedding) and a
@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from vidvlm.data.collate import collate_video_text
 from vidvlm.data.datasets import VideoTextDataset
 from vidvlm.data.sampling import UniformSampler
+from vidvlm.data.transforms import NORMALIZE_PRESETS
 from vidvlm.errors import VidVLMError
 from vidvlm.eval.qa import WHEN_TOLERANCE_S
 from vidvlm.layers.pooling import Spatial2DPooler
@@ -59,13 +60,22 @@ from vidvlm.models.towers import TowerEnsemble
 ATTRIBUTES = ("direction", "color", "shape", "size", "when")
 
 
+def to_gray(video: torch.Tensor, preset: str) -> torch.Tensor:
+    """Normalised frames ``[B, T, 3, H, W]`` -> the same frames in grey (ITU-R BT.601 luma in all three channels),
+    normalised again with ``preset``: colour gone, brightness kept."""
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZE_PRESETS[preset])
+    rgb = video * std + mean
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(-3, keepdim=True)
+    return (luma - mean) / std
+
+
 @torch.no_grad()
 def features(
-    checkpoint: str, manifest: Path, num: int, grid: int, per_frame: bool = False
+    checkpoint: str, manifest: Path, num: int, grid: int, per_frame: bool = False, gray: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
     and each clip's labels (the shape's ground truth and ``when``); ``tokens{g}x{g}`` is the pooled grid
-    unflattened, ``[N, M, D]``."""
+    unflattened, ``[N, M, D]``. With ``gray`` the tower sees the clips in grey."""
     model = load(checkpoint).eval()
     model.require(FRONT_END, "probe its vision tower")
     front_end = model.front_end
@@ -78,6 +88,8 @@ def features(
     g = f"{grid}x{grid}"
     out: dict[str, list[torch.Tensor]] = {"cls": [], f"last{g}": [], f"pen{g}": [], "mean": [], f"tokens{g}": []}
     for batch in DataLoader(Subset(dataset, keep), batch_size=32, collate_fn=collate_video_text):
+        if gray:
+            batch["video"] = to_gray(batch["video"], front_end.cfg.normalize)
         if per_frame:  # each frame a one-frame clip, as an ensemble member with per_frame: true
             vision = TowerEnsemble.encode_frames(tower, batch["video"], batch["frame_mask"], output_hidden_states=True)
         else:
@@ -214,6 +226,7 @@ def main() -> None:
     parser.add_argument("--positions", action="store_true", help="the sequence reader gets token positions")
     parser.add_argument("--difference", action="store_true", help="also each reading's change between time steps")
     parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
+    parser.add_argument("--gray", action="store_true", help="the tower sees the clips in grey (colour removed)")
     parser.add_argument(
         "--score-manifest",
         type=Path,
@@ -222,11 +235,13 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid, args.per_frame)
+        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid, args.per_frame, args.gray)
         split = int(len(shapes) * 0.7)
         parts = [slice(split, len(shapes))]
         if args.score_manifest is not None:  # appended after the manifest's clips: the probes never train on them
-            more, more_shapes = features(args.checkpoint, args.score_manifest, args.num, args.grid, args.per_frame)
+            more, more_shapes = features(
+                args.checkpoint, args.score_manifest, args.num, args.grid, args.per_frame, args.gray
+            )
             feats = {name: torch.cat([x, more[name]]) for name, x in feats.items()}
             parts.append(slice(len(shapes), len(shapes) + len(more_shapes)))
             shapes = shapes + more_shapes
@@ -234,7 +249,7 @@ def main() -> None:
         raise SystemExit(f"error: {e}") from None
     attributes = args.attributes
     labels = {a: [s.get(a) or "none" for s in shapes] for a in attributes}
-    per = " (each frame alone)" if args.per_frame else ""
+    per = (" (each frame alone)" if args.per_frame else "") + (" (in grey)" if args.gray else "")
     scored = " and ".join(f"{p.stop - p.start}" for p in parts)
     print(f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {scored}")
     if len(parts) > 1:
