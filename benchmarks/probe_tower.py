@@ -62,7 +62,7 @@ ATTRIBUTES = ("direction", "color", "shape", "size", "when")
 
 def to_gray(video: torch.Tensor, preset: str) -> torch.Tensor:
     """Normalised frames ``[B, T, 3, H, W]`` -> the same frames in grey (ITU-R BT.601 luma in all three channels),
-    normalised again with ``preset``: colour gone, brightness kept."""
+    normalised again with ``preset``: hue gone, brightness kept."""
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZE_PRESETS[preset])
     rgb = video * std + mean
     luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(-3, keepdim=True)
@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--positions", action="store_true", help="the sequence reader gets token positions")
     parser.add_argument("--difference", action="store_true", help="also each reading's change between time steps")
     parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
-    parser.add_argument("--gray", action="store_true", help="the tower sees the clips in grey (colour removed)")
+    parser.add_argument("--gray", action="store_true", help="the tower sees the clips in grey (no hue)")
     parser.add_argument(
         "--score-manifest",
         type=Path,
