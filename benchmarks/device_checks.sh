@@ -27,7 +27,11 @@
 #            back (the machine stays warm 30 s after a call, and what earlier calls carried stays there):
 #            carry [".whl", "runs/contrastive_tiny_8f_shapes/final"] command `true`; carry [".gg/smollm2.part-aa"]
 #            command `true`; carry [".gg/smollm2.part-ab"] command `bash benchmarks/device_checks.sh llava`.
-#            Clips are generated there (data.synthetic). Time there: unknown (LLAVA_LIMIT, default 420 s).
+#            Clips are generated there (data.synthetic). Time there: unknown (LLAVA_LIMIT, default 420 s); where the
+#            limit cuts training, the newest checkpoint-* is evaluated instead of final/ (status.txt says which).
+#   llava-leads  the same with the tiny study's best setting (the config header's "leads" command: per-frame +
+#            tubelet streams, class vectors, bidirectional visual attention, frame times, 12,000 instruction clips,
+#            every question of a clip per sample, captions in the task stage), same calls as llava.
 # SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,18 +75,35 @@ run() {  # run NAME SECONDS CMD...: the command's output in $OUT/NAME.log, its e
   echo "$name rc=$rc ${limit}s-limit $((SECONDS - start))s" | tee -a "$OUT/status.txt"
 }
 
-llava() {  # the SmolLM2 recipe and its held-out evaluation; ${LLAVA_SET} adds overrides (e.g. the tiny study's leads)
-  local gguf=smollm2 run_dir=runs/llava_smollm2_device
+# The tiny study's best setting on SmolLM2 (configs/llava_smollm2_8f_shapes.yaml, header): an array, so that the
+# values with spaces stay one override each.
+TOWER=runs/contrastive_tiny_8f_shapes/final
+LEADS=(
+  "model.front_end.tower={name: ensemble, members: [{name: checkpoint, source: $TOWER, layers: [-2, -1], per_frame: true}, {name: checkpoint, source: $TOWER, layers: [-2, -1]}]}"
+  "model.front_end.pooler={name: spatial2d, params: {size: 3, num_prefix_tokens: 1, keep_prefix: true}}"
+  model.visual_attention=bidirectional model.frame_times=true model.max_length=352
+  "data.synthetic.sets.qa12k={num: 12000, seed: 1, split: train, frames: 16, fps: 2, size: 48, shapes: [1, 3], events: true, conversations: true, compositional: true}"
+  data.datasets.qa.manifest=data/shapes_llava8s/qa12k/manifest.jsonl "data.datasets.qa.options={qa_turns: 7}"
+  "stages.3.mixture={qa: 0.8, captions: 0.2}"
+)
+
+llava() {  # llava NAME [OVERRIDES...]: the SmolLM2 recipe (+ overrides, + ${LLAVA_SET} words) and its held-out eval
+  local name=$1 gguf=smollm2 run_dir=runs/${1}_smollm2_device checkpoint
+  shift
   if ls .gg/smollm2.part-* >/dev/null 2>&1; then
     cat .gg/smollm2.part-* >/tmp/smollm2.gguf && gguf=/tmp/smollm2.gguf
   fi
-  run llava_prepare 180 $PY tools/prepare_lm.py $gguf --out lms/smollm2 --overwrite
-  # shellcheck disable=SC2086  # the overrides are words
-  run llava_train "${LLAVA_LIMIT:-420}" $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml \
-    output_dir=$run_dir --overwrite $LLAVA_DEV ${LLAVA_SET:-}
-  cp "$run_dir/metrics.jsonl" "$OUT/llava_metrics.jsonl" 2>/dev/null
-  run llava_eval 240 $PY tools/eval.py --checkpoint "$run_dir/final" --manifest "$TEST" "${EVAL_DEV[@]}" \
-    --predictions "$OUT/llava_answers.jsonl" --out "$OUT/llava_test_metrics.json"
+  [ -f lms/smollm2/config.json ] || run "${name}_prepare" 180 $PY tools/prepare_lm.py $gguf --out lms/smollm2 --overwrite
+  # shellcheck disable=SC2086  # LLAVA_DEV and LLAVA_SET are words
+  run "${name}_train" "${LLAVA_LIMIT:-420}" $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml \
+    output_dir=$run_dir --overwrite $LLAVA_DEV "$@" ${LLAVA_SET:-}
+  cp "$run_dir/metrics.jsonl" "$OUT/${name}_metrics.jsonl" 2>/dev/null
+  checkpoint=$run_dir/final  # a run cut by the limit: its newest checkpoint
+  [ -d "$checkpoint" ] || checkpoint=$(ls -d "$run_dir"/checkpoint-* 2>/dev/null | sort | tail -n 1)
+  echo "${name}_eval checkpoint=${checkpoint:-none}" | tee -a "$OUT/status.txt"
+  [ -n "$checkpoint" ] || return
+  run "${name}_eval" 240 $PY tools/eval.py --checkpoint "$checkpoint" --manifest "$TEST" "${EVAL_DEV[@]}" \
+    --predictions "$OUT/${name}_answers.jsonl" --out "$OUT/${name}_test_metrics.json"
 }
 
 for section in "${@:-mfu extract encoder}"; do
@@ -90,9 +111,10 @@ for section in "${@:-mfu extract encoder}"; do
     case $s in
       mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU ;;
       encoder) run encoder 300 $PY benchmarks/bench_encoder.py $ENC ;;
-      llava) llava ;;
+      llava) llava llava ;;
+      llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, extract, encoder, llava)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done
