@@ -98,8 +98,9 @@ llava() {  # llava NAME [OVERRIDES...]: the SmolLM2 recipe (+ overrides, + ${LLA
   run "${name}_train" "${LLAVA_LIMIT:-420}" $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml \
     output_dir=$run_dir --overwrite $LLAVA_DEV "$@" ${LLAVA_SET:-}
   cp "$run_dir/metrics.jsonl" "$OUT/${name}_metrics.jsonl" 2>/dev/null
-  checkpoint=$run_dir/final  # a run cut by the limit: its newest checkpoint
-  [ -d "$checkpoint" ] || checkpoint=$(ls -d "$run_dir"/checkpoint-* 2>/dev/null | sort | tail -n 1)
+  checkpoint=$run_dir/final  # a run cut by the limit: its newest complete checkpoint
+  [ -d "$checkpoint" ] || checkpoint=$($PY -c "import sys; from vidvlm.train.checkpoint import latest_checkpoint
+print(latest_checkpoint(sys.argv[1]) or '')" "$run_dir")
   echo "${name}_eval checkpoint=${checkpoint:-none}" | tee -a "$OUT/status.txt"
   [ -n "$checkpoint" ] || return
   run "${name}_eval" 240 $PY tools/eval.py --checkpoint "$checkpoint" --manifest "$TEST" "${EVAL_DEV[@]}" \

@@ -71,13 +71,12 @@ def to_gray(video: torch.Tensor, preset: str) -> torch.Tensor:
 
 @torch.no_grad()
 def features(
-    checkpoint: str, manifest: Path, num: int, grid: int, per_frame: bool = False, gray: bool = False
+    model: nn.Module, manifest: Path, num: int, grid: int, per_frame: bool = False, gray: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
     and each clip's labels (the shape's ground truth and ``when``); ``tokens{g}x{g}`` is the pooled grid
-    unflattened, ``[N, M, D]``. With ``gray`` the tower sees the clips in grey."""
-    model = load(checkpoint).eval()
-    model.require(FRONT_END, "probe its vision tower")
+    unflattened, ``[N, M, D]``. ``model``: a loaded model with a front-end, in eval mode. With ``gray`` the tower
+    sees the clips in grey."""
     front_end = model.front_end
     dataset = VideoTextDataset(manifest, UniformSampler(front_end.cfg.num_frames), front_end.transform(train=False))
     keep = [i for i, row in enumerate(dataset.rows) if len(row.extra.get("shapes") or []) == 1][:num]
@@ -235,13 +234,13 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        feats, shapes = features(args.checkpoint, args.manifest, args.num, args.grid, args.per_frame, args.gray)
+        model = load(args.checkpoint).eval()
+        model.require(FRONT_END, "probe its vision tower")
+        feats, shapes = features(model, args.manifest, args.num, args.grid, args.per_frame, args.gray)
         split = int(len(shapes) * 0.7)
         parts = [slice(split, len(shapes))]
         if args.score_manifest is not None:  # appended after the manifest's clips: the probes never train on them
-            more, more_shapes = features(
-                args.checkpoint, args.score_manifest, args.num, args.grid, args.per_frame, args.gray
-            )
+            more, more_shapes = features(model, args.score_manifest, args.num, args.grid, args.per_frame, args.gray)
             feats = {name: torch.cat([x, more[name]]) for name, x in feats.items()}
             parts.append(slice(len(shapes), len(shapes) + len(more_shapes)))
             shapes = shapes + more_shapes
