@@ -35,9 +35,11 @@ def _losses(out: Path) -> dict[int, float]:
 def test_train_resume_load_eval(tmp_path, capsys):
     data = tmp_path / "shapes"
     full = tmp_path / "full"
-    assert train_cli.main(["--config", str(CONFIG), *_overrides(full, data)]) == 0
+    # --resume if-any on a folder with no checkpoint yet starts the run (a job script's one command)
+    assert train_cli.main(["--config", str(CONFIG), *_overrides(full, data), "--resume", "if-any"]) == 0
     assert (data / "train" / "manifest.jsonl").is_file()  # generated from data.synthetic
     assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-00000002", "checkpoint-00000004"]
+    assert sorted(_losses(full)) == [1, 2, 3, 4]
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert any("val/t2v_R@1" in r for r in rows)  # the final evaluation ran retrieval
     saved = (full / "checkpoint-00000002" / "train_config.yaml").read_text()
@@ -47,7 +49,7 @@ def test_train_resume_load_eval(tmp_path, capsys):
     part = tmp_path / "part"
     part.mkdir()
     shutil.copytree(full / "checkpoint-00000002", part / "checkpoint-00000002")
-    assert train_cli.main(["--config", str(CONFIG), *_overrides(part, data), "--resume"]) == 0
+    assert train_cli.main(["--config", str(CONFIG), *_overrides(part, data), "--resume", "if-any"]) == 0
     a, b = _losses(full), _losses(part)
     assert sorted(b) == [3, 4]
     assert [b[s] for s in (3, 4)] == pytest.approx([a[s] for s in (3, 4)], rel=1e-5)

@@ -67,6 +67,19 @@ def test_crash_mid_save_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-00000010"]
 
 
+def test_resume_auto_and_if_any(tmp_path):
+    with pytest.raises(CheckpointError, match="found no complete checkpoint.*if-any"):
+        ckpt.resolve_resume("auto", tmp_path)
+    assert ckpt.resolve_resume("if-any", tmp_path) is None  # a fresh run
+    assert ckpt.resolve_resume("if-any", tmp_path / "not_made_yet") is None
+    for step in (2, 4):
+        (tmp_path / ckpt.checkpoint_name(step)).mkdir()
+        (tmp_path / ckpt.checkpoint_name(step) / ckpt.STATE_FILE).write_text("{}")
+    (tmp_path / ckpt.checkpoint_name(6)).mkdir()  # incomplete: never chosen
+    for mode in ("auto", "if-any"):
+        assert ckpt.resolve_resume(mode, tmp_path) == tmp_path / ckpt.checkpoint_name(4)
+
+
 def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoint-00000003").mkdir()
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):

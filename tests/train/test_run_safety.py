@@ -109,6 +109,58 @@ def test_metrics_have_one_row_per_step_after_resume(tmp_path):
     assert _steps(tmp_path) == list(range(1, 9))
 
 
+def _rows(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], "val/loss" in r) for r in rows]
+
+
+@pytest.mark.parametrize("eval_every", [0, 4])
+def test_a_crash_after_the_last_checkpoint_repeats_no_row_and_a_finished_run_is_left_alone(tmp_path, eval_every):
+    """Killed between the last checkpoint and ``final/``: the resume logs each step and each evaluation once,
+    whether the final evaluation came after the checkpoint (``eval_every=0``: its row is dropped and it runs again)
+    or before it (``eval_every=4``: the checkpoint records it, so it is not repeated). A finished run resumed with
+    ``auto`` / ``if-any`` is left as it is."""
+    val = TinyDataset(8)
+    kw = {"checkpoint_every": 4, "eval_every": eval_every}
+    t = _trainer(tmp_path, **kw)
+    t.val_data = val
+    t.train()
+    expected = [(s, False) for s in range(1, 9)] + [(8, True)]
+    if eval_every:
+        expected.insert(4, (4, True))
+    assert _rows(tmp_path) == expected
+    shutil.rmtree(tmp_path / "final")  # the kill: the last checkpoint is written, final/ is not
+    t = _trainer(tmp_path, **kw)
+    t.val_data = val
+    hist = t.train(resume="if-any")
+    assert [(m["step"], "val/loss" in m) for m in hist] == ([(8, True)] if not eval_every else [])
+    assert _rows(tmp_path) == expected and (tmp_path / "final" / "model.safetensors").is_file()
+    # finished: nothing trained, evaluated or rewritten
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "train.lock"}
+    for mode in ("auto", "if-any"):
+        t = _trainer(tmp_path, **kw)
+        t.val_data = val
+        assert t.train(resume=mode) == []
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "train.lock"} == before
+    # asking for more steps (forced) is not finished: it continues from the last checkpoint
+    t = _trainer(tmp_path, ["stages.0.steps=10"], **kw)
+    hist = t.train(resume="auto", force_resume=True)
+    assert [m["step"] for m in hist if "grad_norm" in m] == [9, 10]
+
+
+def test_a_checkpoint_without_the_row_count_rewinds_by_step(tmp_path):
+    """Checkpoints written before ``metrics_rows`` existed still resume: rows are kept up to the step."""
+    _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train()
+    state_file = tmp_path / "checkpoint-00000004" / ckpt.STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state["metrics_rows"] == 4
+    del state["metrics_rows"], state["last_eval_step"]
+    state_file.write_text(json.dumps(state))
+    t = _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3)
+    t.train(resume=tmp_path / "checkpoint-00000004")
+    assert _steps(tmp_path) == list(range(1, 9)) and t.state.metrics_rows == 8
+
+
 def test_resume_drops_later_checkpoints(tmp_path):
     # resuming from step 4 rewrites history from there: the old checkpoint-8 must not outlive the new run
     _trainer(tmp_path, checkpoint_every=4, keep_checkpoints=3).train()
@@ -129,6 +181,10 @@ def test_truncate_metrics(tmp_path):
     assert truncate_metrics(path, 2) == 2
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 2]
     assert truncate_metrics(tmp_path / "missing.jsonl", 2) == 0
+    # with the checkpoint's row count, a row logged at its step after it was saved goes too
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 2, "val/loss": 1.0}\n{"step": 3}\n')
+    assert truncate_metrics(path, 2, rows=2) == 2
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 1}, {"step": 2}]
 
 
 def test_final_is_swapped_never_deleted_first(tmp_path, monkeypatch):

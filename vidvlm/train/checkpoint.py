@@ -7,7 +7,11 @@ A checkpoint directory ``{output_dir}/checkpoint-{step:08d}`` holds:
 - ``train_config.yaml``: the resolved run config;
 - ``optimizer.safetensors`` (state tensors) + ``optimizer.json`` (param groups and non-tensor state);
 - ``rng_state_{rank}.safetensors`` + ``rng_state_{rank}.json`` (python, numpy, torch, cuda generators);
-- ``trainer_state.json`` (step, stage, data position, scheduler, scaler): written last, it marks completeness.
+- ``trainer_state.json`` (step, stage, data position, scheduler, scaler, the step of the latest evaluation and the
+  number of ``metrics.jsonl`` rows logged so far): written last, it marks completeness.
+
+``final/`` holds the model files, ``train_config.yaml`` and ``trainer_state.json`` of the run's last step (which
+marks the run finished: :func:`vidvlm.train.rundir.finished_step`).
 
 Saving writes ``tmp-checkpoint-*`` in the same directory, fsyncs every file, renames it, then prunes old ones, so a
 crash mid-save leaves the previous checkpoint intact. A directory that already exists (``final/``, a checkpoint saved
@@ -64,16 +68,21 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    """``"auto"`` -> the newest checkpoint of ``output_dir``; otherwise a checkpoint directory path.
+def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``"auto"`` the newest of ``output_dir``, ``"if-any"`` the same or None (a
+    fresh run) when the folder has none yet, so one command both starts a job and restarts it after a crash;
+    otherwise ``resume`` is a checkpoint directory's path.
 
     Raises:
-        CheckpointError: nothing to resume from, or the directory is incomplete.
+        CheckpointError: ``"auto"`` found nothing to resume from, or the directory is incomplete.
     """
-    if resume == "auto":
+    if resume in ("auto", "if-any"):
         found = latest_checkpoint(output_dir)
-        if found is None:
-            raise CheckpointError(f"{output_dir}: --resume auto found no complete checkpoint-* directory")
+        if found is None and resume == "auto":
+            raise CheckpointError(
+                f"{output_dir}: --resume auto found no complete checkpoint-* directory"
+                " (--resume if-any starts a fresh run instead)"
+            )
         return found
     path = Path(resume)
     if not (path / STATE_FILE).is_file():

@@ -5,7 +5,9 @@ A fresh run refuses a folder that already holds a run (``overwrite`` removes tha
 the same run stopped before its first checkpoint (same config, no checkpoint, no ``final/``), which it replaces.
 A resume refuses a config that differs from the checkpoint's in a key that changes training (see
 :func:`vidvlm.train.config.resume_changes`) unless forced, and rewinds the folder to the checkpoint: checkpoints of
-later steps (an abandoned continuation) are deleted and ``metrics.jsonl`` keeps only the rows up to its step.
+later steps (an abandoned continuation) are deleted and ``metrics.jsonl`` keeps only the rows written before it.
+A run that finished (``final/`` at its last step, same config) is recognised (:func:`finished_step`), so a
+restart-anything job command does not train or evaluate it again.
 
 One run at a time: the trainer holds ``train.lock`` in the folder (:func:`lock_run_dir`, :mod:`vidvlm.locks`) from
 before it reads the folder until it returns, so a second run, resume or ``overwrite`` into a folder that a live run
@@ -116,7 +118,7 @@ def prepare_output_dir(output_dir: str | Path, resume_dir: Path | None, *, overw
 
     Restores a ``final/`` left aside by an interrupted replacement; for a fresh run or with ``overwrite`` deletes the
     run files (the checkpoint resumed from excepted); on resume deletes checkpoints after the resumed step and cuts
-    ``metrics.jsonl`` at that step.
+    ``metrics.jsonl`` back to the rows written before the checkpoint.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,15 +131,24 @@ def prepare_output_dir(output_dir: str | Path, resume_dir: Path | None, *, overw
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     if resume_dir is None:
         return
-    step = int(ckpt.read_json(resume_dir / ckpt.STATE_FILE)["step"])
+    state = ckpt.read_json(resume_dir / ckpt.STATE_FILE)
+    step = int(state["step"])
     for c in ckpt.list_checkpoints(out):
         if (ckpt.checkpoint_step(c) or 0) > step and c.resolve() != keep:
             shutil.rmtree(c)
-    truncate_metrics(out / METRICS_FILE, step)
+    truncate_metrics(out / METRICS_FILE, step, int(state.get("metrics_rows", -1)))
 
 
-def truncate_metrics(path: Path, step: int) -> int:
-    """Keep the rows of a ``metrics.jsonl`` up to ``step`` (and drop a torn last line); returns the rows dropped.
+def truncate_metrics(path: Path, step: int, rows: int = -1) -> int:
+    """Rewind a ``metrics.jsonl`` to a checkpoint; returns the rows dropped (a torn last line is always dropped).
+
+    Args:
+        path: the file (missing: nothing to do).
+        step: the checkpoint's step; rows of later steps are dropped.
+        rows: the number of rows the run had written when the checkpoint was saved (``TrainState.metrics_rows``);
+            when known (>= 0) exactly those are kept, so an evaluation logged at ``step`` after the checkpoint goes
+            too and is not repeated on resume. -1 (checkpoints written before the count existed): keep every row up
+            to ``step``.
 
     The file is rewritten through a temporary file and an atomic rename.
     """
@@ -150,13 +161,30 @@ def truncate_metrics(path: Path, step: int) -> int:
         except json.JSONDecodeError:  # a line cut short by a kill
             dropped += 1
             continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+        in_step = isinstance(row, dict) and int(row.get("step", 0)) <= step
+        if in_step and (rows < 0 or len(kept) < rows):
             kept.append(line)
         else:
             dropped += 1
     if dropped:
         write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
+
+
+def finished_step(cfg: TrainConfig) -> int | None:
+    """The last step of a run that already finished in ``cfg.output_dir`` with this config, else None.
+
+    Finished means ``final/`` records the run's last step (``final/trainer_state.json``, written with it) and its
+    ``train_config.yaml`` matches ``cfg`` in every key that changes training; a config asking for more steps (with
+    ``--force-resume``) is not finished.
+    """
+    final = Path(cfg.output_dir) / FINAL
+    try:
+        step = int(json.loads((final / ckpt.STATE_FILE).read_text())["step"])
+        same = not resume_changes(read_mapping(final / CONFIG_FILE), cfg)
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):  # no final/, or not one this check can read
+        return None
+    return step if same and step == cfg.num_steps else None
 
 
 def _restartable(out: Path, cfg: TrainConfig, found: list[Path]) -> bool:

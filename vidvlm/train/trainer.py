@@ -51,7 +51,7 @@ from vidvlm.train.optim import (
     build_scheduler,
     check_patterns,
 )
-from vidvlm.train.rundir import METRICS_FILE, check_output_dir, lock_run_dir, prepare_output_dir
+from vidvlm.train.rundir import METRICS_FILE, check_output_dir, finished_step, lock_run_dir, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class TrainState:
     replaced_samples: int = 0
     drawn_by_dataset: dict[str, int] = field(default_factory=dict)
     replaced_by_dataset: dict[str, int] = field(default_factory=dict)
+    last_eval_step: int = -1  # the step the latest evaluation ran at (the final one is not repeated on resume)
+    metrics_rows: int = 0  # rows logged to metrics.jsonl so far (a resume keeps exactly these); -1: unknown
 
 
 @dataclass
@@ -179,7 +181,6 @@ class Trainer:
             self.compiled_blocks = compile_blocks(model)
         self.state = TrainState()
         self.history: list[dict] = []
-        self._last_eval_step = -1
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -246,6 +247,7 @@ class Trainer:
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
+        self.state.metrics_rows += 1  # on every rank, so the count is in the checkpoint whichever rank writes it
         if self.acc.is_main_process:
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -300,7 +302,8 @@ class Trainer:
         """Run every stage (from ``resume``'s position when given); returns the logged metrics of this call.
 
         Args:
-            resume: a checkpoint directory, ``"auto"`` (the newest of ``output_dir``) or None for a fresh run.
+            resume: a checkpoint directory, ``"auto"`` (the newest of ``output_dir``), ``"if-any"`` (the newest,
+                or a fresh run when there is none yet) or None for a fresh run.
             overwrite: replace the run that ``output_dir`` holds (its checkpoints, ``final/``, metrics, config).
             force_resume: resume even though keys that change training differ from the checkpoint's config.
 
@@ -339,6 +342,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
+        if resume in ("auto", "if-any") and not overwrite and (done := finished_step(cfg)) is not None:
+            logger.warning("%s: the run finished already (final/ at step %d); nothing to do", self.out, done)
+            return []
         resume_dir = ckpt.resolve_resume(str(resume), self.out) if resume is not None else None
         forced = check_output_dir(cfg, resume_dir, overwrite=overwrite, force_resume=force_resume)
         check_patterns(acc.unwrap_model(self.model), cfg.stages, cfg.optim.groups)
@@ -354,6 +360,8 @@ class Trainer:
             prepare_output_dir(self.out, resume_dir, overwrite=overwrite)
             save_train_config(cfg, self.out / "train_config.yaml")
         acc.wait_for_everyone()
+        if self.state.metrics_rows < 0:
+            self.state.metrics_rows = _count_lines(self.out / METRICS_FILE)
         acc.init_trackers("vidvlm", config={"output_dir": str(self.out), "seed": cfg.seed})
         bar = tqdm(total=cfg.num_steps, initial=self.state.step, disable=not acc.is_main_process, desc="train")
         try:
@@ -372,6 +380,7 @@ class Trainer:
 
     def _read_state(self, directory: Path) -> TrainState:
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
+        meta.setdefault("metrics_rows", -1)  # a checkpoint from before the count: counted after the rewind
         return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
 
     def _prepare_stage(self, stage: StageConfig, resume_dir: Path | None) -> tuple[Any, Any]:
@@ -554,7 +563,7 @@ class Trainer:
             variant_words=cfg.eval.variant_words,
             accelerator=self.acc,
         )
-        self._last_eval_step = self.state.step
+        self.state.last_eval_step = self.state.step
         self._log({"step": self.state.step, **{f"val/{k}": v for k, v in metrics.items()}})
         self.model.train()
         return metrics
@@ -562,15 +571,20 @@ class Trainer:
     def _save_final(self) -> None:
         """Write ``final/`` (model + run config); an existing one is swapped out atomically, never deleted first."""
         acc = self.acc
-        if self.val_data is not None and self._last_eval_step != self.state.step:
+        if self.val_data is not None and self.state.last_eval_step != self.state.step:
             self.evaluate()
         acc.wait_for_everyone()
         if acc.is_main_process:
             tmp = ckpt.begin_dir(self.out / "tmp-final")
             ckpt.save_model(acc.unwrap_model(self.model), tmp)
             save_train_config(self.cfg, tmp / "train_config.yaml")
+            ckpt.write_json(tmp / ckpt.STATE_FILE, asdict(self.state))  # marks the run finished at this step
             replace_dir(tmp, self.out / "final")
         acc.wait_for_everyone()
+
+
+def _count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
 def _enable_grad_checkpointing(model: nn.Module) -> None:
