@@ -71,14 +71,21 @@ def to_gray(video: torch.Tensor, preset: str) -> torch.Tensor:
 
 @torch.no_grad()
 def features(
-    model: nn.Module, manifest: Path, num: int, grid: int, per_frame: bool = False, gray: bool = False
+    model: nn.Module,
+    manifest: Path,
+    num: int,
+    grid: int,
+    per_frame: bool = False,
+    gray: bool = False,
+    num_frames: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """``{reading: [N, F]}`` for the first ``num`` single-shape clips of ``manifest`` (see the module docstring),
     and each clip's labels (the shape's ground truth and ``when``); ``tokens{g}x{g}`` is the pooled grid
     unflattened, ``[N, M, D]``. ``model``: a loaded model with a front-end, in eval mode. With ``gray`` the tower
-    sees the clips in grey."""
+    sees the clips in grey; ``num_frames`` samples that many frames instead of the model's own count."""
     front_end = model.front_end
-    dataset = VideoTextDataset(manifest, UniformSampler(front_end.cfg.num_frames), front_end.transform(train=False))
+    frames = num_frames or front_end.cfg.num_frames
+    dataset = VideoTextDataset(manifest, UniformSampler(frames), front_end.transform(train=False))
     keep = [i for i, row in enumerate(dataset.rows) if len(row.extra.get("shapes") or []) == 1][:num]
     if not keep:
         raise SystemExit(f"{manifest}: no single-shape rows with a 'shapes' ground truth")
@@ -227,6 +234,9 @@ def main() -> None:
     parser.add_argument("--attributes", nargs="+", choices=ATTRIBUTES, default=list(ATTRIBUTES), help="labels to probe")
     parser.add_argument("--gray", action="store_true", help="the tower sees the clips in grey (no hue)")
     parser.add_argument(
+        "--num-frames", type=int, help="frames sampled per clip (default: the model's; e.g. more with --per-frame)"
+    )
+    parser.add_argument(
         "--score-manifest",
         type=Path,
         help="also score the same probes on this manifest's single-shape clips (e.g. the compositional split)",
@@ -236,11 +246,13 @@ def main() -> None:
     try:
         model = load(args.checkpoint).eval()
         model.require(FRONT_END, "probe its vision tower")
-        feats, shapes = features(model, args.manifest, args.num, args.grid, args.per_frame, args.gray)
+        feats, shapes = features(model, args.manifest, args.num, args.grid, args.per_frame, args.gray, args.num_frames)
         split = int(len(shapes) * 0.7)
         parts = [slice(split, len(shapes))]
         if args.score_manifest is not None:  # appended after the manifest's clips: the probes never train on them
-            more, more_shapes = features(model, args.score_manifest, args.num, args.grid, args.per_frame, args.gray)
+            more, more_shapes = features(
+                model, args.score_manifest, args.num, args.grid, args.per_frame, args.gray, args.num_frames
+            )
             feats = {name: torch.cat([x, more[name]]) for name, x in feats.items()}
             parts.append(slice(len(shapes), len(shapes) + len(more_shapes)))
             shapes = shapes + more_shapes
@@ -249,6 +261,7 @@ def main() -> None:
     attributes = args.attributes
     labels = {a: [s.get(a) or "none" for s in shapes] for a in attributes}
     per = (" (each frame alone)" if args.per_frame else "") + (" (in grey)" if args.gray else "")
+    per += f" ({args.num_frames} frames)" if args.num_frames else ""
     scored = " and ".join(f"{p.stop - p.start}" for p in parts)
     print(f"{args.checkpoint}{per}: {len(shapes)} single-shape clips, probes on {split}, scored on {scored}")
     if len(parts) > 1:
