@@ -40,6 +40,12 @@ def test_train_resume_load_eval(tmp_path, capsys):
     assert (data / "train" / "manifest.jsonl").is_file()  # generated from data.synthetic
     assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-00000002", "checkpoint-00000004"]
     assert sorted(_losses(full)) == [1, 2, 3, 4]
+    # the same job command again, once the run has finished: nothing is trained, evaluated or written
+    rows_before = (full / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert train_cli.main(["--config", str(CONFIG), *_overrides(full, data), "--resume", "if-any"]) == 0
+    assert "the run finished already (final/ at step 4)" in capsys.readouterr().out
+    assert (full / "metrics.jsonl").read_text() == rows_before
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert any("val/t2v_R@1" in r for r in rows)  # the final evaluation ran retrieval
     saved = (full / "checkpoint-00000002" / "train_config.yaml").read_text()
