@@ -185,8 +185,10 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
     if keyframes.size == 0 or keyframes[0] != 0:
         # Streams without flagged keyframes (or a leading non-key frame) can only be decoded from the start.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
-    if container.format.name in _DECODE_TIMES_ONLY and not _presented_in_order(container, stream, pts, keyframes):
-        return _index_in_decode_order(path, container, stream)
+    if container.format.name in _DECODE_TIMES_ONLY:
+        reordered = _index_if_reordered(path, container, stream, pts, keyframes)
+        if reordered is not None:
+            return reordered
     last_duration = int(durations[order[-1]])
     time_base = float(stream.time_base) if stream.time_base else 1.0
 
@@ -234,24 +236,32 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
 _DECODE_TIMES_ONLY = {"avi"}
 
 
-def _presented_in_order(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: np.ndarray, keyframes: np.ndarray
-) -> bool:
-    """Whether the first GOP's frames come out of the decoder with the index's first times, in order (up to 64 frames:
-    reordering shows within a few)."""
-    count = min(len(pts), int(keyframes[1]) if len(keyframes) > 1 else len(pts), 64)
-    seen: list[int | None] = []
+def _index_if_reordered(
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    pts: np.ndarray,
+    keyframes: np.ndarray,
+) -> FrameIndex | None:
+    """None when the first GOP's frames come out of the decoder with the index's first times, in order (up to 64
+    frames: reordering shows within a few); otherwise the decode-order index of ``_index_in_decode_order``, counted in
+    the same pass, so the frames already decoded for the check are not decoded again."""
+    check = min(len(pts), int(keyframes[1]) if len(keyframes) > 1 else len(pts), 64)
+    expected = pts[:check].tolist()
+    decoded, first, reordered = 0, None, False
     frames = _decode_from(container, stream, None)
     try:
         for frame in frames:
-            seen.append(_frame_time(frame))
-            if len(seen) == count:
-                break
+            if not reordered and _frame_time(frame) != expected[decoded]:
+                reordered = True  # from here on the pass only counts the frames
+            decoded, first = decoded + 1, first or frame
+            if not reordered and decoded == check:
+                return None
     except av.error.FFmpegError:
-        pass  # a damaged file: compare what came out
+        pass  # a damaged file: judge (or count) what came out
     finally:
         frames.close()
-    return seen == pts[: len(seen)].tolist()
+    return _decode_order_index(path, container, stream, decoded, first) if reordered else None
 
 
 def _index_in_decode_order(
@@ -272,6 +282,17 @@ def _index_in_decode_order(
         pass  # corrupt data near the end: the frames before the error are the video
     finally:
         frames.close()
+    return _decode_order_index(path, container, stream, count, first)
+
+
+def _decode_order_index(
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    count: int,
+    first: av.VideoFrame | None,
+) -> FrameIndex:
+    """The unseekable index of ``count`` frames in decode order, ``first`` the first of them."""
     if first is None:
         raise VideoDecodeError(f"{path}: no frame of the video stream decodes (corrupt or truncated data)")
     rate = stream.average_rate or stream.guessed_rate or stream.codec_context.framerate
