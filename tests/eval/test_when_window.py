@@ -50,3 +50,40 @@ def test_the_window_sampler_takes_consecutive_frames_and_refuses_short_clips():
     assert sampler(SimpleNamespace(num_frames=16, path="a.mp4")).tolist() == list(range(4, 12))
     with pytest.raises(ValueError, match="a.mp4"):
         sampler(SimpleNamespace(num_frames=10, path="a.mp4"))
+
+
+def test_the_jitter_sampler_draws_one_frame_per_segment_by_path_and_mirrors_it():
+    from types import SimpleNamespace
+
+    clip = SimpleNamespace(num_frames=16, path="a.mp4")
+    pick = when_window.JitterSampler(8)(clip)
+    assert ((pick // 2) == np.arange(8)).all()  # one frame of each two-frame segment
+    assert (pick == when_window.JitterSampler(8)(clip)).all()  # the same clip, the same draw
+    draws = [when_window.JitterSampler(8)(SimpleNamespace(num_frames=16, path=f"{k}.mp4")) for k in range(8)]
+    assert len({tuple(d) for d in draws}) > 1  # other clips, other draws
+    assert (when_window.JitterSampler(8, mirror=True)(clip) == pick ^ 1).all()  # the other frame of each segment
+    with pytest.raises(ValueError, match="a.mp4"):
+        when_window.JitterSampler(8)(SimpleNamespace(num_frames=5, path="a.mp4"))
+
+
+def answered(value, said, frame_times, written):
+    return {"value": value, "prediction": f"at {said} seconds", "frame_times": frame_times, "written": written}
+
+
+def test_follows_is_one_for_a_reader_of_the_written_times_and_zero_for_an_order_reader():
+    real = [0.0, 1.5, 2.0, 3.5, 4.0, 5.5, 6.0, 7.5]  # a jitter draw at 2 fps
+    mirrored = [0.5, 1.0, 2.5, 3.0, 4.5, 5.0, 6.5, 7.0]
+    events = [1.2, 2.0, 3.1, 3.9, 5.3, 5.8]
+    first = [int(np.searchsorted(real, t)) for t in events]  # the frame where each event shows
+
+    def run(reader, written):
+        return [answered(t, reader(written, p), real, written) for t, p in zip(events, first, strict=True)]
+
+    def time_reader(written, p):
+        return written[p]
+
+    def order_reader(written, p):
+        return 0.5 + p
+
+    for reader, want in ((time_reader, 1.0), (order_reader, 0.0)):
+        assert when_window.follows(run(reader, real), run(reader, mirrored)) == pytest.approx(want)
