@@ -127,6 +127,21 @@ def test_uniform_train_stays_in_segments_and_covers_them() -> None:
         assert set(draws[:, seg]) == set(range(lo[seg], hi[seg]))
 
 
+def test_uniform_subset_draw_spreads_each_place_over_the_video_and_keeps_evaluation() -> None:
+    meta, n = cfr(16), 8
+    segment, subset = UniformSampler(n), UniformSampler(n, draw="subset")
+    draws = np.stack([subset(meta, np.random.default_rng(seed)) for seed in range(400)])
+    assert ((np.diff(draws, axis=1) > 0) & (draws[:, 1:] < 16)).all()  # distinct frames, in order
+    # A place's frame is no longer tied to its segment (2 frames wide): the first ranges over frames 0..8.
+    assert draws[:, 0].min() == 0 and draws[:, 0].max() >= 5 and len(np.unique(draws[:, 3])) >= 6
+    seg = np.stack([segment(meta, np.random.default_rng(seed)) for seed in range(400)])
+    assert (seg // 2 == np.arange(n)).all()  # the default draw stays inside each segment
+    np.testing.assert_array_equal(subset(meta), segment(meta))  # evaluation: the same centres
+    with pytest.raises(ConfigError, match="draw"):
+        UniformSampler(4, draw="random")
+    assert build_sampler(from_dict(SamplerConfig, {"num_frames": 4, "draw": "subset"}, "t")).draw == "subset"
+
+
 def test_uniform_train_matches_mmaction_support_when_divisible() -> None:
     # mmaction2 train (clip_len=1): avg = N // K, off_k = k*avg + U{0..avg-1}; equal to our segments when K | N
     n_total, k = 96, 8
@@ -221,6 +236,7 @@ samplers = st.one_of(
         st.integers(1, 12),
         st.sampled_from(["center", "start"]),
         st.sampled_from(["repeat_last", "loop", "fewer"]),
+        st.sampled_from(["segment", "subset"]),
     ),
     st.builds(
         StridedClipSampler,

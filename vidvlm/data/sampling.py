@@ -75,23 +75,30 @@ class UniformSampler:
       in test mode with ``clip_len=1`` (TSN).
     - ``anchor="start"``: ``floor(i*N/n)``, the segment start; this is transformers' ``default_sample_indices_fn``.
 
-    Training draws one frame uniformly inside each segment. When ``N < n`` the ``short_policy`` applies.
+    Training draws one frame uniformly inside each segment (``draw="segment"``), or, with ``draw="subset"``, ``n``
+    distinct frames from the whole video, in order: a frame's place in the sequence then says its time only roughly,
+    and a model has to read the frame times (e.g. ``model.frame_times`` of the LLaVA family) to know when it was
+    taken. When ``N < n`` the ``short_policy`` applies.
 
     Args:
         num_frames: ``n``, the number of frames returned (when the video has at least ``n``).
         anchor: ``"center"`` or ``"start"`` (evaluation only).
         short_policy: see the module docstring.
+        draw: ``"segment"`` or ``"subset"`` (training only).
     """
 
     num_frames: int
     anchor: Literal["center", "start"] = "center"
     short_policy: ShortPolicy = "repeat_last"
+    draw: Literal["segment", "subset"] = "segment"
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
             raise ConfigError(f"num_frames: must be >= 1, got {self.num_frames}")
         if self.anchor not in ("center", "start"):
             raise ConfigError(f"anchor: {self.anchor!r} is not one of ['center', 'start']")
+        if self.draw not in ("segment", "subset"):
+            raise ConfigError(f"draw: {self.draw!r} is not one of ['segment', 'subset']")
         _check_policy(self.short_policy)
 
     def __call__(self, metadata: VideoMetadata, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -102,6 +109,8 @@ class UniformSampler:
         lo = i * big_n // n
         if rng is None:
             return (2 * i + 1) * big_n // (2 * n) if self.anchor == "center" else lo
+        if self.draw == "subset":
+            return np.sort(rng.choice(big_n, size=n, replace=False)).astype(np.int64)
         hi = (i + 1) * big_n // n  # exclusive, hi > lo because N >= n
         return lo + np.floor(rng.random(n) * (hi - lo)).astype(np.int64)
 
@@ -295,13 +304,14 @@ def window_metadata(metadata: VideoMetadata, start: float | None, end: float | N
 class SamplerConfig:
     """Which sampler to build and its parameters (fields unused by the chosen ``name`` are ignored).
 
-    ``name``: ``"uniform"`` (``num_frames``, ``anchor``), ``"strided"`` (``clip_len``, ``frame_interval``,
+    ``name``: ``"uniform"`` (``num_frames``, ``anchor``, ``draw``), ``"strided"`` (``clip_len``, ``frame_interval``,
     ``num_clips``), ``"fps"`` (``fps``, ``min_frames``, ``max_frames``) or ``"all"`` (``max_frames``).
     """
 
     name: Literal["uniform", "strided", "fps", "all"] = "uniform"
     num_frames: int = 8
     anchor: Literal["center", "start"] = "center"
+    draw: Literal["segment", "subset"] = "segment"
     clip_len: int = 8
     frame_interval: int = 1
     num_clips: int = 1
@@ -314,7 +324,7 @@ class SamplerConfig:
 def build_sampler(cfg: SamplerConfig) -> Sampler:
     """Build the sampler a :class:`SamplerConfig` describes."""
     if cfg.name == "uniform":
-        return UniformSampler(cfg.num_frames, anchor=cfg.anchor, short_policy=cfg.short_policy)
+        return UniformSampler(cfg.num_frames, anchor=cfg.anchor, short_policy=cfg.short_policy, draw=cfg.draw)
     if cfg.name == "strided":
         return StridedClipSampler(cfg.clip_len, cfg.frame_interval, cfg.num_clips, short_policy=cfg.short_policy)
     if cfg.name == "fps":
