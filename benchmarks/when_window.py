@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidvlm.data.sampling import UniformSampler
 from vidvlm.eval.qa import WHEN_TOLERANCE_S, parse_seconds
 
 
@@ -72,11 +73,13 @@ class JitterSampler:
     def __call__(self, metadata, rng=None) -> np.ndarray:
         if metadata.num_frames < self.count:
             raise ValueError(f"{metadata.path}: {metadata.num_frames} frames, jitter needs {self.count}")
-        i = np.arange(self.count, dtype=np.int64)
-        lo, hi = i * metadata.num_frames // self.count, (i + 1) * metadata.num_frames // self.count
         draw = np.random.default_rng([self.seed, zlib.crc32(str(metadata.path).encode())])
-        pick = lo + np.floor(draw.random(self.count) * (hi - lo)).astype(np.int64)
-        return lo + hi - 1 - pick if self.mirror else pick
+        pick = UniformSampler(self.count)(metadata, draw)
+        if not self.mirror:
+            return pick
+        i = np.arange(self.count, dtype=np.int64)
+        lo, hi = i * metadata.num_frames // self.count, (i + 1) * metadata.num_frames // self.count  # its segments
+        return lo + hi - 1 - pick
 
 
 def ask(model, dataset, batch_size: int, written: torch.Tensor | None = None) -> list[dict]:
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         for way, rows in answers.items():
             s = summarise(rows, order_map if way.startswith("window") else None)
             if way in same_frames:
-                pairs = list(zip(rows, answers[same_frames[way]], strict=True))
+                pairs = zip(rows, answers[same_frames[way]], strict=True)
                 s["changed"] = float(np.mean([a["prediction"] != b["prediction"] for a, b in pairs]))
                 s["follows"] = follows(answers[same_frames[way]], rows)
             report[label]["ways"][way] = {"summary": s, "answers": rows}

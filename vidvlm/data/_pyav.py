@@ -244,37 +244,42 @@ def _index_if_reordered(
     keyframes: np.ndarray,
 ) -> FrameIndex | None:
     """None when the first GOP's frames come out of the decoder with the index's first times, in order (up to 64
-    frames: reordering shows within a few); otherwise the decode-order index of ``_index_in_decode_order``, counted in
-    the same pass, so the frames already decoded for the check are not decoded again."""
+    frames: reordering shows within a few); otherwise the decode-order index of ``_index_in_decode_order``, whose
+    count goes on from this decode, so the frames already decoded for the check are not decoded again."""
     check = min(len(pts), int(keyframes[1]) if len(keyframes) > 1 else len(pts), 64)
     expected = pts[:check].tolist()
-    decoded, first, reordered = 0, None, False
+    first = None
     frames = _decode_from(container, stream, None)
     try:
-        for frame in frames:
-            if not reordered and _frame_time(frame) != expected[decoded]:
-                reordered = True  # from here on the pass only counts the frames
-            decoded, first = decoded + 1, first or frame
-            if not reordered and decoded == check:
+        for decoded, frame in enumerate(frames, 1):
+            first = first or frame
+            if _frame_time(frame) != expected[decoded - 1]:
+                return _index_in_decode_order(path, container, stream, frames=frames, count=decoded, first=first)
+            if decoded == check:
                 return None
     except av.error.FFmpegError:
-        pass  # a damaged file: judge (or count) what came out
+        pass  # a damaged file whose frames came out in order as far as they go
     finally:
         frames.close()
-    return _decode_order_index(path, container, stream, decoded, first) if reordered else None
+    return None
 
 
 def _index_in_decode_order(
-    path: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    path: str,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    frames: Iterator[av.VideoFrame] | None = None,
+    count: int = 0,
+    first: av.VideoFrame | None = None,
 ) -> FrameIndex:
     """The index of a stream whose timestamps cannot address frames (``FrameIndex.seekable`` False): one decode of
     the whole stream counts the frames that come out (a damaged tail ends the count), in the order they come out.
+    ``frames``: a decode from the start already under way, of which ``count`` frames, ``first`` the first, came out.
 
     Raises:
         VideoDecodeError: when no frame decodes.
     """
-    count, first = 0, None
-    frames = _decode_from(container, stream, None)
+    frames = _decode_from(container, stream, None) if frames is None else frames
     try:
         for frame in frames:
             count, first = count + 1, first or frame
@@ -282,17 +287,6 @@ def _index_in_decode_order(
         pass  # corrupt data near the end: the frames before the error are the video
     finally:
         frames.close()
-    return _decode_order_index(path, container, stream, count, first)
-
-
-def _decode_order_index(
-    path: str,
-    container: av.container.InputContainer,
-    stream: av.video.stream.VideoStream,
-    count: int,
-    first: av.VideoFrame | None,
-) -> FrameIndex:
-    """The unseekable index of ``count`` frames in decode order, ``first`` the first of them."""
     if first is None:
         raise VideoDecodeError(f"{path}: no frame of the video stream decodes (corrupt or truncated data)")
     rate = stream.average_rate or stream.guessed_rate or stream.codec_context.framerate
