@@ -31,7 +31,8 @@
 #            limit cuts training, the newest checkpoint-* is evaluated instead of final/ (status.txt says which).
 #   llava-leads  the same with the tiny study's best setting (the config header's "leads" command: per-frame +
 #            tubelet streams, class vectors, bidirectional visual attention, frame times, 12,000 instruction clips,
-#            every question of a clip per sample, captions in the task stage), same calls as llava.
+#            every question of a clip per sample, captions in the task stage, the tower trained in joint), same
+#            calls as llava.
 # SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +86,7 @@ LEADS=(
   "data.synthetic.sets.qa12k={num: 12000, seed: 1, split: train, frames: 16, fps: 2, size: 48, shapes: [1, 3], events: true, conversations: true, compositional: true}"
   data.datasets.qa.manifest=data/shapes_llava8s/qa12k/manifest.jsonl "data.datasets.qa.options={qa_turns: 7}"
   "stages.3.mixture={qa: 0.8, captions: 0.2}"
+  model.front_end.freeze_tower=false "stages.2.trainable=[front_end.*, '*.lora_*']"
 )
 
 llava() {  # llava NAME [OVERRIDES...]: the SmolLM2 recipe (+ overrides, + ${LLAVA_SET} words) and its held-out eval
