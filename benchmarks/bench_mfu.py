@@ -272,7 +272,7 @@ def main() -> None:
         parser.error("--dtype bf16 is for --device cuda (bf16 autocast on CPU is not measured here)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
-    if "open_clip-8f" in args.cases:
+    if "open_clip-8f" in ([args.case] if args.case else args.cases):  # a case process checks only its own case
         try:
             import open_clip  # noqa: F401
         except ImportError as e:
