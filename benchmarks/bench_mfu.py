@@ -185,9 +185,15 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model, step, frames = build_case(name, args)
     counted = []
+    if args.compile and name != "open_clip-8f":  # as ``compile: true`` in a config: every vidvlm block compiled
+        from vidvlm.layers.transformer import compile_blocks
+
+        counted.append(count_flops(step, args.batch))  # on an eager step: the counter cannot see into compiled code
+        compile_blocks(model)
     times, peak = measure(
-        step, args.batch, args.warmup, args.steps, args.device, lambda: counted.append(count_flops(step, args.batch))
-    )
+        step, args.batch, args.warmup, args.steps, args.device,
+        lambda: counted or counted.append(count_flops(step, args.batch)),
+    )  # fmt: skip
     flops = counted[0]
     params = sum(p.numel() for p in model.parameters())
     return {
@@ -212,7 +218,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
     flops_kind = "hardware FLOPs (recomputation counted)" if args.grad_checkpointing else "model FLOPs"
     lines = [
         f"Device: {dev}; dtype {args.dtype}; size {args.size}; batch {args.batch}; gradient checkpointing "
-        f"{'on' if args.grad_checkpointing else 'off'}; median step of {args.rounds} rounds x {args.steps} steps "
+        f"{'on' if args.grad_checkpointing else 'off'}; vidvlm blocks {'compiled' if args.compile else 'eager'}; "
+        f"median step of {args.rounds} rounds x {args.steps} steps "
         f"({args.warmup} warm-up steps per round excluded); FLOPs: {flops_kind} of one step, FlopCounterMode"
         f"{' (attention not counted on the CPU)' if args.device == 'cpu' else ''}; "
         f"peak {peak or 'not given'} TFLOP/s; overrides {args.set or 'none'}.",
@@ -254,6 +261,7 @@ def main() -> None:
     parser.add_argument("--token-drop", type=float, nargs="*", default=[], help="also these drop ratios (0-1)")
     parser.add_argument("--drop-kind", default="tube", choices=["random", "tube"], help="token_drop.kind")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute the towers' blocks")
+    parser.add_argument("--compile", action="store_true", help="compile vidvlm's transformer blocks (compile: true)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU")
     parser.add_argument("--set", nargs="*", default=[], help="KEY=VALUE overrides of the vidvlm config")
     parser.add_argument("--workdir", help="where the random-weight towers are written (default: a temp dir)")
@@ -285,7 +293,8 @@ def main() -> None:
         write_towers(args.size, Path(args.workdir))  # once, before any case reads them
         options = ["--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--workdir", args.workdir, "--drop-kind", args.drop_kind,
-                   *(["--grad-checkpointing"] if args.grad_checkpointing else []), "--set", *args.set]  # fmt: skip
+                   *(["--grad-checkpointing"] if args.grad_checkpointing else []),
+                   *(["--compile"] if args.compile else []), "--set", *args.set]  # fmt: skip
         run_one = case_runner(__file__, options, args, run_case)
         results = interleaved(args.cases, args.rounds, run_one, ("frames", "flops", "params", "threads"))
     table = render(results, args)

@@ -55,10 +55,13 @@ def write_video(
     rotation: int = 0,
     container_options: dict[str, str] | None = None,
     pix_fmt: str = "yuv420p",
+    metadata: dict[str, str] | None = None,
 ) -> str:
     """Writes ``num_frames`` pattern frames; ``pts`` (with ``time_base``) gives irregular timing; ``rotation`` sets the
-    display matrix (counter-clockwise degrees) and stores frames turned the other way, so they display upright."""
+    display matrix (counter-clockwise degrees) and stores frames turned the other way, so they display upright;
+    ``metadata`` are the container's tags."""
     with av.open(path, "w", options=container_options or {}) as out:
+        out.metadata.update(metadata or {})
         stream = out.add_stream(codec, rate=rate, options=options or {})
         stream.pix_fmt = pix_fmt
         stored_h, stored_w = (W, H) if rotation in (90, 270) else (H, W)

@@ -56,6 +56,20 @@ def test_random_bytes_named_jpg(tmp_path):
     assert_fails(write(tmp_path / "noise.jpg", np.random.default_rng(1).bytes(4096)), "not a readable image")
 
 
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_metadata_that_is_not_utf8_is_survived(tmp_path, backend):
+    """A tag with bytes that are not UTF-8 (PyAV reads tags strictly by default) leaves the frames readable."""
+    pytest.importorskip({"pyav": "av"}.get(backend, backend))
+    path = write_video(str(tmp_path / "tagged.mp4"), "libx264", 12, metadata={"title": "VIDVLMTAG"})
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data.count(b"VIDVLMTAG") == 1
+    write(path, data.replace(b"VIDVLMTAG", b"\xff\xfeVIDVL\xc3\x28"))  # same length: the atom sizes still hold
+    with open_video(path, backend=backend) as video:
+        frames = video.get_frames(list(range(12)))
+    assert [read_index(f.numpy()) for f in frames] == list(range(12))
+
+
 def test_audio_only(tmp_path):
     assert_fails(write_audio_only(str(tmp_path / "tone.m4a")), "no video stream")
 

@@ -26,6 +26,10 @@ from av.video.reformatter import VideoReformatter
 from vidvlm.data import _index_mp4
 from vidvlm.errors import VideoDecodeError
 
+# Metadata that is not UTF-8 must not make a readable video unreadable. PyAV before 19 decodes it strictly unless
+# ``av.open`` is told ``metadata_errors="ignore"``; PyAV 19 dropped that argument (and rejects it).
+_OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+
 
 @dataclass(frozen=True)
 class FrameIndex:
@@ -96,10 +100,10 @@ def open_container(
     container = None
     if container_format:  # on failure, probe below (which words the error if the file is unreadable)
         with contextlib.suppress(av.error.FFmpegError, UnicodeDecodeError, ValueError):
-            container = av.open(path, format=container_format.split(",")[0], metadata_errors="ignore")
+            container = av.open(path, format=container_format.split(",")[0], **_OPEN_OPTIONS)
     if container is None:
         try:
-            container = av.open(path, metadata_errors="ignore")
+            container = av.open(path, **_OPEN_OPTIONS)
         except (av.error.FFmpegError, UnicodeDecodeError) as err:
             raise VideoDecodeError(f"{path}: not a readable video or image ({err})") from err
     try:
@@ -158,7 +162,7 @@ def build_index(path: str, container: av.container.InputContainer, stream_index:
         clean, discarded, end, last_size = True, 0, table.end, int(stream.index_entries[-1].size)
     elif container.format.name == _index_mp4.FORMAT:
         # The table reader may have moved this demuxer (seeking back is unreliable on damaged files): scan afresh.
-        with av.open(path, metadata_errors="ignore") as fresh:
+        with av.open(path, **_OPEN_OPTIONS) as fresh:
             scan = _demux_scan(fresh, fresh.streams[stream_index])
         times, keys, durations, clean, discarded, end, last_size = scan
     else:
