@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vidvlm.errors import ConfigError
 from vidvlm.losses import clip_loss, get_loss, siglip_loss
@@ -171,3 +172,28 @@ def test_gather_with_grad_equals_single_process(tmp_path):
                 torch.testing.assert_close(gv, WORLD * fv.grad, rtol=1e-4, atol=1e-6)
                 torch.testing.assert_close(gt, WORLD * ft.grad, rtol=1e-4, atol=1e-6)
                 torch.testing.assert_close(gs, scale.grad, rtol=1e-4, atol=1e-6)
+
+
+class _ReadBacks(TorchDispatchMode):
+    """Counts reads of a tensor's value into Python (``.item()``, ``bool(t)``): each one stalls the host on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_diagonal_pairs_read_nothing_back(loss):
+    v, t = _emb(4, 8, 0), _emb(4, 8, 1)
+    scale, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-10.0, dtype=torch.float64)
+    args = (scale,) if loss == "clip" else (scale, bias)
+    with _ReadBacks() as reads:
+        get_loss(loss)(v, t, *args)
+    assert reads.count == 0
+    with _ReadBacks() as reads:  # given pairs are checked once per condition, on the tensor as given (the CPU here)
+        get_loss(loss)(v, t, *args, torch.tensor([0, 1, 2, 3]))
+    assert reads.count == 2

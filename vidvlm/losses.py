@@ -83,6 +83,22 @@ def _gather_no_grad(x: Tensor, sizes: list[int]) -> Tensor:
         return gather_with_grad(x, sizes)
 
 
+def _check_text_to_video(text_to_video: Tensor, num_texts: int, num_videos: int) -> None:
+    """Raise unless ``text_to_video`` is ``[num_texts]`` indices in ``[0, num_videos)`` naming every video.
+
+    Checked where the tensor lies, before it moves: the trainer's comes from the batch on the CPU, so the check costs
+    an accelerator no synchronisation; one on an accelerator is read back once, not once per condition.
+    """
+    if text_to_video.shape != (num_texts,):
+        raise ValueError(f"text_to_video: expected shape [{num_texts}], got {tuple(text_to_video.shape)}")
+    t2v = text_to_video.long()
+    in_range = (t2v >= 0).all() & (t2v < num_videos).all()
+    if not bool(in_range):
+        raise ValueError(f"text_to_video: indices must lie in [0, {num_videos})")
+    if not bool((torch.bincount(t2v, minlength=num_videos) > 0).all()):
+        raise ValueError("text_to_video: every video needs at least one caption in the batch")
+
+
 def _pairs(
     video: Tensor, text: Tensor, text_to_video: Tensor | None, local_loss: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -95,18 +111,13 @@ def _pairs(
     if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
         raise ValueError(f"contrastive loss: expected video [B, D] and text [Bt, D], got {video.shape}, {text.shape}")
     bv = video.shape[0]
-    if text_to_video is None:
+    if text_to_video is None:  # pairs on the diagonal: valid by construction
         if text.shape[0] != bv:
             raise ValueError(f"contrastive loss: {text.shape[0]} texts for {bv} videos needs text_to_video")
         text_to_video = torch.arange(bv, device=video.device)
-    text_to_video = text_to_video.to(device=video.device, dtype=torch.long)
-    if text_to_video.shape != (text.shape[0],):
-        raise ValueError(f"text_to_video: expected shape [{text.shape[0]}], got {tuple(text_to_video.shape)}")
-    if text_to_video.min() < 0 or text_to_video.max() >= bv:
-        raise ValueError(f"text_to_video: indices must lie in [0, {bv})")
-    counts = torch.bincount(text_to_video, minlength=bv)
-    if bool((counts == 0).any()):
-        raise ValueError("text_to_video: every video needs at least one caption in the batch")
+    else:
+        _check_text_to_video(text_to_video, text.shape[0], bv)
+        text_to_video = text_to_video.to(device=video.device, dtype=torch.long)
     rank, world = _world()
     v_sizes, t_sizes = _sizes(bv, video.device), _sizes(text.shape[0], video.device)
     offset = sum(v_sizes[:rank])  # global index of this rank's first video
