@@ -8,17 +8,18 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl av gguf open_clip_torch ftfy wcwidth                  # 37 MB (checked 2026-12-02)
 # Then device calls (carry [".whl"], timeout_s 600), the most wanted first; each section's limit is below:
-#   bash benchmarks/device_checks.sh mfu extract
-#   bash benchmarks/device_checks.sh encoder
+#   bash benchmarks/device_checks.sh extract mfu-compile      # what the thirty-first session's H200 call left
+#   bash benchmarks/device_checks.sh mfu encoder              # its repeat (one call took 3 min 11 s for mfu extract encoder)
 #
 # Sections, in the order of what the issues still miss (each bounded by its own timeout, each writing its table and
 # log (tables included) to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time
 # costs only itself; a call brings back at most 8 files):
 #   mfu      #17: bf16 training throughput and MFU of the ViT-B/16 8-frame contrastive recipe against open_clip;
-#            #15: the same with 50 % / 75 % of the tokens dropped (bench_mfu.py)             ~2 min
+#            #15: the same with 50 % / 75 % of the tokens dropped (bench_mfu.py)             ~1 min on an H200
+#   mfu-compile  the same two main cases with vidvlm's blocks compiled (compile: true)      ~2 min
 #   extract  #17: extraction at 640 videos, 12 workers, against the transformers loop, with
 #            vidvlm's stage split and the decode-bound ceiling (bench_extract.py)             ~3 min
-#   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~3 min
+#   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~1 min
 #   llava    #14: the SmolLM2 recipe (configs/llava_smollm2_8f_shapes.yaml, bf16, LLAVA_SET overrides), then
 #            tools/eval.py on the held-out test clips. A call of its own: it needs the av and gguf wheels in .whl,
 #            the contrastive tower run (carry runs/contrastive_tiny_8f_shapes/final, 2 MB) and SmolLM2's GGUF (98 MB,
@@ -34,6 +35,9 @@
 #            every question of a clip per sample, captions in the task stage, the tower trained in joint), same
 #            calls as llava.
 # SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement).
+# Measured so far (BENCHMARKS.md): mfu and encoder on an H200 (thirty-first session). extract failed there at once on
+# PyAV 19.0.2, which rejects av.open's metadata_errors (fixed since: vidvlm passes it only to PyAV < 19); mfu-compile
+# and the llava sections have not run on a GPU yet. The three times above are the H200's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_out}
@@ -113,11 +117,13 @@ for section in "${@:-mfu extract encoder}"; do
   for s in $section; do
     case $s in
       mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU ;;
+      mfu-compile) run mfu_compile 300 $PY benchmarks/bench_mfu.py $MFU --compile --token-drop --cases vidvlm-8f \
+        $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
       encoder) run encoder 300 $PY benchmarks/bench_encoder.py $ENC ;;
       llava) llava llava ;;
       llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done
