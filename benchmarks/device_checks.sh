@@ -28,8 +28,12 @@
 #            back (the machine stays warm 30 s after a call, and what earlier calls carried stays there):
 #            carry [".whl", "runs/contrastive_tiny_8f_shapes/final"] command `true`; carry [".gg/smollm2.part-aa"]
 #            command `true`; carry [".gg/smollm2.part-ab"] command `bash benchmarks/device_checks.sh llava`.
-#            Clips are generated there (data.synthetic). Time there: unknown (LLAVA_LIMIT, default 420 s); where the
-#            limit cuts training, the newest checkpoint-* is evaluated instead of final/ (status.txt says which).
+#            Clips are generated there (data.synthetic, about 2 min on one core). Time there: unknown (LLAVA_LIMIT,
+#            default 420 s); where the limit cuts training, the newest checkpoint-* is evaluated instead of final/
+#            (status.txt says which). LLAVA_FIT=SECONDS first times LLAVA_FIT_STEPS (12) steps of each stage there and
+#            scales every stage's steps alike to train for about that long (the tiny LM needed about 12x the
+#            recipe's 12,800 samples). In one 600-s call, with the clips made by the timing run (about 2.5 min):
+#            LLAVA_FIT=200 LLAVA_LIMIT=330 bash benchmarks/device_checks.sh llava-leads
 #   llava-leads  the same with the tiny study's best setting (the config header's "leads" command: per-frame +
 #            tubelet streams, class vectors, bidirectional visual attention, frame times, 12,000 instruction clips,
 #            every question of a clip per sample, captions in the task stage, the tower trained in joint), same
@@ -93,6 +97,34 @@ LEADS=(
   model.front_end.freeze_tower=false "stages.2.trainable=[front_end.*, '*.lora_*']"
 )
 
+llava_fit() {  # llava_fit NAME [OVERRIDES...]: LLAVA_SET words that stretch (or shrink) every stage of the recipe
+  # alike so that its training takes about LLAVA_FIT seconds, from a short timing run of each stage on this machine
+  # (LLAVA_FIT_STEPS steps per stage; the first two of each stage are left out of its median step time).
+  local name=$1 timing=runs/${1}_smollm2_timing n=${LLAVA_FIT_STEPS:-12}
+  shift
+  # shellcheck disable=SC2086  # LLAVA_DEV is words
+  run "${name}_timing" 300 $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml output_dir=$timing \
+    --overwrite $LLAVA_DEV "$@" stages.0.steps=$n stages.1.steps=$n stages.2.steps=$n stages.3.steps=$n \
+    log_every=1 eval_every=0 checkpoint_every=100000
+  LLAVA_SET=$($PY - "$timing/metrics.jsonl" "${LLAVA_FIT}" "$@" 2>>"$OUT/status.txt" <<'PYEOF'
+import json, statistics, sys
+from vidvlm.train.config import load_train_config
+metrics, budget, overrides = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+stages = load_train_config("configs/llava_smollm2_8f_shapes.yaml", overrides).stages
+times = {}
+for line in open(metrics):
+    row = json.loads(line)
+    if "step_time_s" in row and "stage" in row:
+        times.setdefault(row["stage"], []).append(row["step_time_s"])
+per_step = [statistics.median(times[s.name][2:] or times[s.name]) for s in stages]
+k = budget / sum(s.steps * t for s, t in zip(stages, per_step))
+print(" ".join(f"stages.{i}.steps={max(1, round(s.steps * k))}" for i, s in enumerate(stages)))
+print(f"llava_fit: step s {[round(t, 3) for t in per_step]}, recipe x {k:.2f} to fill {budget:.0f} s", file=sys.stderr)
+PYEOF
+  ) || LLAVA_SET=""
+  echo "${name}_fit LLAVA_SET='$LLAVA_SET'" | tee -a "$OUT/status.txt"
+}
+
 llava() {  # llava NAME [OVERRIDES...]: the SmolLM2 recipe (+ overrides, + ${LLAVA_SET} words) and its held-out eval
   local name=$1 gguf=smollm2 run_dir=runs/${1}_smollm2_device checkpoint
   shift
@@ -100,6 +132,7 @@ llava() {  # llava NAME [OVERRIDES...]: the SmolLM2 recipe (+ overrides, + ${LLA
     cat .gg/smollm2.part-* >/tmp/smollm2.gguf && gguf=/tmp/smollm2.gguf
   fi
   [ -f lms/smollm2/config.json ] || run "${name}_prepare" 180 $PY tools/prepare_lm.py $gguf --out lms/smollm2 --overwrite
+  [ -n "${LLAVA_FIT:-}" ] && llava_fit "$name" "$@"
   # shellcheck disable=SC2086  # LLAVA_DEV and LLAVA_SET are words
   run "${name}_train" "${LLAVA_LIMIT:-420}" $PY tools/train.py --config configs/llava_smollm2_8f_shapes.yaml \
     output_dir=$run_dir --overwrite $LLAVA_DEV "$@" ${LLAVA_SET:-}
