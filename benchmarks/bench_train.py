@@ -139,14 +139,14 @@ def open_clip_cfgs(model_cfg) -> tuple[int, dict, dict]:
 
 
 def open_clip_optimizer(model: torch.nn.Module, optim) -> torch.optim.AdamW:
-    """AdamW with a vidvlm config's ``optim`` settings, grouped by open_clip's training script's rule: no weight
-    decay on gains, biases (and other 1-D tensors) and ``logit_scale``."""
+    """AdamW with a vidvlm config's ``optim`` settings (``fused`` too), grouped by open_clip's training script's rule:
+    no weight decay on gains, biases (and other 1-D tensors) and ``logit_scale``."""
     no_wd = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n]
     ids_no_wd = {id(p) for p in no_wd}
     rest = [p for p in model.parameters() if id(p) not in ids_no_wd]
     return torch.optim.AdamW(
         [{"params": no_wd, "weight_decay": 0.0}, {"params": rest, "weight_decay": optim.weight_decay}],
-        lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+        lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=optim.fused,
     )  # fmt: skip
 
 

@@ -81,6 +81,33 @@ def test_param_groups_and_no_decay(tmp_path):
     assert isinstance(opt, torch.optim.AdamW)
 
 
+def test_fused_adamw_matches_the_default_update(tmp_path):
+    """``optim.fused: true`` builds torch's fused AdamW; three updates land where the default loop's do."""
+    params = {}
+    for fused in (None, True):
+        cfg = make_cfg(tmp_path, [f"optim.fused={'null' if fused is None else 'true'}"])
+        torch.manual_seed(0)
+        model = TinyModel()
+        stage = StageConfig(name="s", steps=3)
+        apply_stage_trainable(model, stage)
+        opt = build_optimizer(model, cfg.optim, stage)
+        assert opt.defaults["fused"] is fused
+        model.eval()  # no dropout: both runs see the same losses
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            batch = {"video": torch.randn(4, 12, generator=g), "label": torch.tensor([0, 1, 2, 3]), "index": None}
+            out = model(batch)
+            (out["ce_loss"] + out["aux_loss"]).backward()
+            opt.step()
+            opt.zero_grad()
+        params[fused] = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(0)
+    start = list(TinyModel().parameters())
+    assert all((a != b).any() for a, b in zip(params[None], start, strict=True))  # the updates moved every tensor
+    for a, b in zip(params[None], params[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_schedule_shape():
     f = [lr_factor(s, 10, 2, 0.1) for s in range(11)]
     assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)

@@ -231,8 +231,7 @@ class ContrastiveModel(VLMModel):
         """
         texts, t2v = self.select_captions(batch)
         video = self.encode_video(batch["video"], batch.get("frame_mask"))
-        text = self.encode_text(texts)
-        t2v = t2v.to(video.device)
+        text = self.encode_text(texts)  # t2v stays on the host: the loss checks it there, then moves it
         if self.config.loss == "clip":
             scale = self.logit_scale.exp().clamp(max=100.0)
             loss = clip_loss(video, text, scale, t2v, local_loss=self.config.local_loss)

@@ -66,7 +66,7 @@ from vidvlm.models.frontend import (
     with_source_hashes,
 )
 from vidvlm.models.llava_chat import ChatSession
-from vidvlm.models.llava_sequence import SequenceBuilder
+from vidvlm.models.llava_sequence import SequenceBuilder, label_positions
 from vidvlm.models.lm import DTYPES, load_causal_lm, weights_sha256
 from vidvlm.models.prompting import IGNORE, PLAIN_TEMPLATE, ChatLayout
 from vidvlm.models.registry import register_family
@@ -251,6 +251,7 @@ class LlavaModel(VLMModel):
             batch.get("timestamps"),
             batch.get("clips_per_sample"),
             paths=batch.get("path"),
+            positions=True,
         )
         return {"lm_loss": self._lm_loss(inputs)}
 
@@ -259,13 +260,16 @@ class LlavaModel(VLMModel):
         nothing is predicted): the value of ``self.lm(**inputs).loss``, with the LM head applied only at positions
         that some sample of the batch labels (``logits_to_keep``). Answers are a few percent of a conversation's
         tokens, and the head over a 49k-word vocabulary is otherwise the largest matmul of the step."""
+        keep = inputs.get("label_positions")
+        inputs = {k: v for k, v in inputs.items() if k != "label_positions"}
         if not self._keeps_logits:
             return self.lm(**inputs).loss
-        labels = inputs["labels"]
+        labels = inputs.pop("labels")
         targets = labels[:, 1:]  # position p predicts token p + 1
-        keep = (targets != IGNORE).any(0).nonzero().squeeze(1)  # [K] positions, shared by the batch
-        rest = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = self.lm(**rest, logits_to_keep=keep).logits  # [B, K, V]
+        if keep is None:  # inputs built without positions: found on the labels where they lie
+            keep = label_positions(labels)
+        keep = keep.to(labels.device)  # [K] positions, shared by the batch
+        logits = self.lm(**inputs, logits_to_keep=keep).logits  # [B, K, V]
         return F.cross_entropy(
             rearrange(logits.float(), "b k v -> (b k) v"),
             rearrange(targets[:, keep], "b k -> (b k)"),
@@ -283,6 +287,7 @@ class LlavaModel(VLMModel):
         paths: Sequence[str] | None = None,
         clip_of: torch.Tensor | None = None,
         visual: FrontEndOutput | None = None,
+        positions: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The LM's keyword arguments for B conversations and their clips (see :meth:`SequenceBuilder.assemble`).
 
@@ -297,6 +302,7 @@ class LlavaModel(VLMModel):
             clip_of: long ``[K]``: the conversations' clips are ``video[clip_of]`` (see :meth:`generate`).
             visual: the front-end's output for ``video`` when the caller already has it (a conversation about one
                 clip over several turns); ``video`` is then not read.
+            positions: also ``label_positions`` (training; for the loss, not an argument of the LM).
         """
         if visual is None and video is not None:
             visual = self.front_end(video, frame_mask)
@@ -309,7 +315,7 @@ class LlavaModel(VLMModel):
             visual = select_clips(visual, clip_of)
             timestamps = None if timestamps is None else timestamps[clip_of]
         batch = {"timestamps": timestamps, "clips_per_sample": clips_per_sample, "path": paths}
-        return self.sequences.assemble(list(conversations), visual, batch, generation=generation)
+        return self.sequences.assemble(list(conversations), visual, batch, generation=generation, positions=positions)
 
     @torch.no_grad()
     def generate(
@@ -411,9 +417,9 @@ class LlavaModel(VLMModel):
         """A text-only batch (``vidvlm.data.text_corpus``): conversations through the chat template with the loss
         on the answers, plain sentences as language modelling on every token; no visual tokens either way."""
         if batch.get("conversation") is not None:
-            return self.prepare_inputs(batch["conversation"], None, paths=batch.get("path"))
+            return self.prepare_inputs(batch["conversation"], None, paths=batch.get("path"), positions=True)
         device = self.lm.get_input_embeddings().weight.device
-        return self.sequences.plain_text(list(batch["text"]), device)
+        return self.sequences.plain_text(list(batch["text"]), device, positions=True)
 
     def _user_turn(self, question: str | None) -> str:
         return "<video>\n" + (question or self.config.caption_prompt)

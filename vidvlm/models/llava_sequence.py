@@ -9,6 +9,7 @@ labels only on the answers and an attention mask of the configured kind.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,30 +39,45 @@ class SequenceBuilder:
         self.mark = _placeholder_token(tokenizer) if config.prompt_tokens == "whole" else None
 
     def assemble(
-        self, convs: list[list[dict[str, str]]], visual: FrontEndOutput, batch: dict[str, Any], generation: bool
+        self,
+        convs: list[list[dict[str, str]]],
+        visual: FrontEndOutput,
+        batch: dict[str, Any],
+        generation: bool,
+        positions: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Embeddings, masks, positions (and labels for training) of a batch of conversations.
 
         Returns:
             ``inputs_embeds [B, L, D]``, ``attention_mask`` (``[B, L]`` for causal attention, else additive
-            ``[B, 1, L, L]``), ``position_ids [B, L]``, ``labels [B, L]`` (training) and ``attention_mask_2d``
-            (generation). Training pads on the right, generation on the left.
+            ``[B, 1, L, L]``; None when training with causal attention, where it would change nothing),
+            ``position_ids [B, L]``, ``labels [B, L]`` (training) and ``attention_mask_2d``
+            (generation). Training pads on the right, generation on the left. With ``positions`` (training) also
+            ``label_positions``, long ``[K]`` on the host (:func:`label_positions`): not an argument of the LM.
         """
         counts = list(batch.get("clips_per_sample") or [1] * len(convs))
         if sum(counts) != visual.tokens.shape[0] or len(counts) != len(convs):
             raise ConfigError(f"batch: {visual.tokens.shape[0]} clips for clips_per_sample {list(counts)}")
         times = batch.get("timestamps")
+        # The layout is built on the host from the tokens' mask, frames and times, each read back once per batch:
+        # indexing them on an accelerator token by token would wait for it at every visual token.
+        host = dataclasses.replace(
+            visual,
+            mask=None if visual.mask is None else visual.mask.cpu(),
+            frame_index=visual.frame_index.cpu(),
+        )
+        times = None if times is None else times.cpu()
         embed = self.embed()
         rows, start = [], 0
         for i, (conv, n) in enumerate(zip(convs, counts, strict=True)):
             clips = list(range(start, start + n))
             start += n
-            rows.append(self.sequence(conv, clips, visual, times, generation, sample_name(batch, i)))
+            rows.append(self.sequence(conv, clips, host, times, generation, sample_name(batch, i)))
         device = visual.tokens.device
         length = max(len(r[1]) for r in rows)
         b, d = len(rows), visual.tokens.shape[-1]
         embeds = torch.zeros(b, length, d, dtype=embed.weight.dtype, device=device)
-        labels = torch.full((b, length), IGNORE, dtype=torch.long, device=device)
+        labels = torch.full((b, length), IGNORE, dtype=torch.long)  # on the host: see label_positions
         group = torch.full((b, length), -1, dtype=torch.long, device=device)
         real = torch.zeros(b, length, dtype=torch.bool, device=device)
         for i, (parts, lab, grp) in enumerate(rows):
@@ -73,22 +89,31 @@ class SequenceBuilder:
             if len(vis):
                 row = row.index_put((vis,), parts.visual_tokens(visual).to(row.dtype))
             embeds[i, at], real[i, at] = row, True
-            labels[i, at] = torch.tensor(lab, dtype=torch.long, device=device)
+            labels[i, at] = torch.tensor(lab, dtype=torch.long)
             group[i, at] = torch.tensor(grp, dtype=torch.long, device=device)
-        positions = (real.long().cumsum(1) - 1).masked_fill(~real, 1)
-        out = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": self.mask(real, group, embeds)}
+        position_ids = (real.long().cumsum(1) - 1).masked_fill(~real, 1)
+        if generation or self.config.visual_attention != "causal":
+            attention_mask = self.mask(real, group, embeds)
+        else:
+            # training pads on the right and attention is causal: no real token attends to a pad and no pad has a
+            # label, so the mask changes no loss; without it transformers need not read one back from the device
+            attention_mask = None
+        out = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": attention_mask}
         if generation:
             out["attention_mask_2d"] = real.long()
         else:
-            out["labels"] = labels
+            out["labels"] = labels.to(device)
+            if positions:
+                out["label_positions"] = label_positions(labels)
         return out
 
-    def plain_text(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    def plain_text(self, texts: list[str], device: torch.device, positions: bool = False) -> dict[str, torch.Tensor]:
         """LM inputs for text-only sentences (no chat template, no visual tokens): each text with the tokenizer's
         own special tokens and EOS after it, cut to ``max_length``, right padded; the loss is on every real token.
 
         Returns:
-            ``input_ids [B, L]``, ``attention_mask [B, L]`` and ``labels [B, L]`` (-100 on padding).
+            ``input_ids [B, L]``, ``attention_mask [B, L]`` and ``labels [B, L]`` (-100 on padding); with
+            ``positions`` also ``label_positions`` as in :meth:`assemble`.
         """
         eos = self.tokenizer.eos_token_id
         rows = []
@@ -102,7 +127,10 @@ class SequenceBuilder:
         for i, r in enumerate(rows):
             ids[i, : len(r)], real[i, : len(r)] = torch.tensor(r, dtype=torch.long), True
         labels = ids.masked_fill(~real, IGNORE)
-        return {"input_ids": ids.to(device), "attention_mask": real.long().to(device), "labels": labels.to(device)}
+        out = {"input_ids": ids.to(device), "attention_mask": real.long().to(device), "labels": labels.to(device)}
+        if positions:
+            out["label_positions"] = label_positions(labels)
+        return out
 
     def sequence(
         self,
@@ -140,6 +168,8 @@ class SequenceBuilder:
     def _expand(
         self, pieces: list, clips: list[int], visual: FrontEndOutput, times: torch.Tensor | None
     ) -> tuple[_Parts, list[int], list[int]]:
+        """Ids, labels and groups of one sample's pieces; ``visual``'s ``mask`` and ``frame_index`` and ``times``
+        are on the host."""
         parts = _Parts()
         labels: list[int] = []
         groups: list[int] = []
@@ -166,11 +196,11 @@ class SequenceBuilder:
                 continue
             clip = clips[piece.clip]
             keep = torch.ones(visual.tokens.shape[1], dtype=torch.bool) if visual.mask is None else visual.mask[clip]
-            frames = visual.frame_index[clip]
-            stamps = None if times is None else token_times(frames[None], times[clip : clip + 1].cpu())[0]
+            frames = visual.frame_index[clip].tolist()
+            stamps = None if times is None else token_times(visual.frame_index[clip][None], times[clip : clip + 1])[0]
             previous = None
-            for m in torch.nonzero(keep.cpu()).flatten().tolist():
-                frame = int(frames[m])
+            for m in torch.nonzero(keep).flatten().tolist():
+                frame = frames[m]
                 if frame != previous:
                     if previous is not None and self.config.frame_separator:
                         text(self.config.frame_separator)
@@ -217,6 +247,13 @@ class _Parts:
         clips = torch.tensor([c for c, _ in self.visual_src], device=visual.tokens.device)
         tokens = torch.tensor([m for _, m in self.visual_src], device=visual.tokens.device)
         return visual.tokens[clips, tokens]
+
+
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token some row labels: ``labels [B, L]`` -> long ``[K]`` (where the LM head is needed).
+    The builders take them from the labels while these are still on the host, so the loss does not read the labels
+    back from an accelerator."""
+    return (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
 
 
 def _placeholder_token(tokenizer: Any) -> str:

@@ -24,6 +24,7 @@ from vidvlm.layers.transformer import TransformerBlock
 from vidvlm.models.tokenizer import last_token_index
 
 HF_CONFIG_FILE = "text_tower_config.json"
+CAUSAL_HF_TEXT = frozenset({"clip_text_model"})  # transformers text models whose self-attention is causal
 
 
 @dataclass
@@ -111,8 +112,9 @@ class NativeTextEncoder(nn.Module):
         if length > self.cfg.context_length:
             raise ValueError(f"text: {length} tokens exceed text.context_length={self.cfg.context_length}")
         x = self.token_embed(input_ids) + self.pos_embed[:length]
-        # right padding: with causal attention real tokens never see pads, but bidirectional towers need the mask
-        mask = AttnMask(causal=self.cfg.causal, key_padding=None if bool(attention_mask.all()) else attention_mask)
+        # right padding: with causal attention real tokens never see pads, so the mask is left out (and never read
+        # back from an accelerator); bidirectional towers need it
+        mask = AttnMask(causal=self.cfg.causal, key_padding=None if self.cfg.causal else attention_mask)
         for blk in self.layers:
             x = blk(x, mask)
         x = self.norm(x)
@@ -162,6 +164,7 @@ class HFTextEncoder(nn.Module):
                 raise ConfigError(f"text.source: cannot load {cfg.source}: {e}") from e
         self.width = int(self.model.config.hidden_size)
         self.layers = _find_layers(self.model)
+        self.causal = self.model.config.model_type in CAUSAL_HF_TEXT
 
     @property
     def vocab_rows(self) -> int:
@@ -183,7 +186,11 @@ class HFTextEncoder(nn.Module):
         Returns:
             tokens ``[B, L, D]`` and pooled ``[B, D]``.
         """
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask.long())
+        # a causal model (CLIP's text tower) on right-padded ids: no real token attends to a pad, so the padding
+        # mask changes no real token's output. Leaving it out spares transformers a read of it on the device (a
+        # host-device synchronisation every step) and lets attention take its causal kernels.
+        padding = None if self.causal else attention_mask.long()
+        out = self.model(input_ids=input_ids, attention_mask=padding)
         tokens = out.last_hidden_state
         return tokens, pool_tokens(tokens, attention_mask, self.cfg.pooling)
 

@@ -330,13 +330,14 @@ class VideoViT(nn.Module):
         if video.ndim != 5:
             raise ValueError(f"video: expected [B, T, C, H, W], got shape {tuple(video.shape)}")
         if frame_mask is not None:
-            frame_mask = frame_mask.to(device=video.device, dtype=torch.bool)
+            # checked where it lies, before it moves: a mask on the host costs an accelerator no synchronisation
+            frame_mask = frame_mask.bool()
             if frame_mask.shape != video.shape[:2]:
                 raise ValueError(f"frame_mask: expected shape {tuple(video.shape[:2])}, got {tuple(frame_mask.shape)}")
             if not bool(frame_mask.any(1).all()):
                 raise ValueError("frame_mask: every clip needs at least one real frame")
-            if bool(frame_mask.all()):
-                frame_mask = None  # no padding: unmasked attention can use the fastest (flash) kernels
+            # no padding: unmasked attention can use the fastest (flash) kernels
+            frame_mask = None if bool(frame_mask.all()) else frame_mask.to(video.device)
         x, frame_mask = self.embed(video, frame_mask)
         if keep is not None:
             p = self.num_prefix_tokens

@@ -134,13 +134,18 @@ class ParamGroupSpec:
 
 @dataclass
 class OptimConfig:
-    """AdamW settings. Norms, biases, embeddings and temperatures never get weight decay."""
+    """AdamW settings. Norms, biases, embeddings and temperatures never get weight decay.
+
+    ``fused``: torch's fused AdamW (one kernel updates every parameter; CUDA and CPU); None leaves torch's default
+    (a loop of multi-tensor kernels on CUDA, a per-parameter loop on the CPU). The update is the same up to rounding.
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05
     groups: list[ParamGroupSpec] = field(default_factory=list)
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         _check_lr(self.lr, "optim.lr")

@@ -159,7 +159,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, stage: StageConfig) ->
     """AdamW over the trainable parameters of ``model`` with the groups of :func:`build_param_groups`."""
     groups = build_param_groups(model, optim, stage)
     # "names" is metadata for logs and checkpoints; AdamW keeps unknown group keys untouched.
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=optim.fused)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -95,6 +94,11 @@ class StepResult:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device``. A ``frame_mask`` with no padded frame becomes None (every frame real, as
+    the models read it), decided here on the host: a model never reads it back from an accelerator."""
+    mask = batch.get("frame_mask")
+    if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+        batch = {**batch, "frame_mask": None}
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -235,12 +239,14 @@ class Trainer:
             if shutdown is not None:
                 shutdown()
 
-    def _any(self, flag: bool) -> bool:
-        """True when ``flag`` is set on any rank (MAX all-reduce: every rank takes the same decision)."""
-        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+    def _decide(self, bad: torch.Tensor, grad_norm: torch.Tensor) -> tuple[bool, float]:
+        """Whether any rank had a bad step (a MAX all-reduce: every rank takes the same decision), and the gradient
+        norm (the same on every rank), from 0-d ``bad`` and ``grad_norm``: the step's one read of the device."""
+        flag = bad.float().reshape(1).to(self.acc.device)
         if self.acc.num_processes > 1:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        any_bad, norm = torch.cat([flag, grad_norm.reshape(1).to(flag.device)]).tolist()
+        return any_bad > 0, norm
 
     def _mean(self, values: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(values.detach().to(self.acc.device), reduction="mean")
@@ -436,7 +442,7 @@ class Trainer:
             NonFiniteLossError: a non-finite loss or gradient with ``nonfinite: stop`` (a checkpoint is written).
         """
         cfg, acc = self.cfg, self.acc
-        losses, parts, bad = [], {}, False
+        losses, parts, finite = [], {}, []
         drawn, replaced = [0] * len(self.names), [0] * len(self.names)
         for micro in range(cfg.grad_accum):
             batch = next(batches)
@@ -462,20 +468,21 @@ class Trainer:
                         f"stage {stage.name!r}: the loss of a batch from {sources} reaches no trainable parameter "
                         "(train a part that this data passes through, or drop the dataset from the stage's mixture)"
                     )
-                finite = bool(torch.isfinite(loss.detach()).item())
-                bad = bad or not finite
-                # Backward runs on every rank even for a bad loss (zeroed), so DDP's collectives stay matched.
-                acc.backward(loss if finite else loss * 0.0)
+                # Not read here (a read waits for the accelerator): the step is skipped below if any loss is bad.
+                # Backward runs on every rank even for a bad loss, so DDP's collectives stay matched.
+                finite.append(torch.isfinite(loss.detach()))
+                acc.backward(loss)
             losses.append(loss.detach().float())
             for k, v in terms.items():
                 parts.setdefault(k, []).append(v.detach().float())
         params = [p for p in acc.unwrap_model(self.model).parameters() if p.requires_grad]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = acc.clip_grad_norm_(params, max_norm)
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        # fp16: the GradScaler already skips steps with inf/NaN gradients and lowers its scale.
-        grad_bad = cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm)
-        skip = self._any(bad or grad_bad)
+        norm = acc.clip_grad_norm_(params, max_norm)
+        norm = torch.as_tensor(float("nan") if norm is None else norm).detach().float()
+        bad = ~torch.stack(finite).all().to(norm.device)
+        if cfg.mixed_precision != "fp16":  # fp16: the GradScaler skips steps with inf/NaN gradients itself
+            bad = bad | ~torch.isfinite(norm)
+        skip, grad_norm = self._decide(bad, norm)
         if skip and cfg.nonfinite == "stop":
             optimizer.zero_grad(set_to_none=True)
             path = self.save_checkpoint(optimizer, scheduler)
@@ -503,8 +510,10 @@ class Trainer:
     def _count_samples(self, result: StepResult) -> None:
         """Add the samples drawn and replaced by every rank in this step to the per-dataset counts."""
         n = len(self.names)
-        counts = torch.tensor(result.drawn + result.replaced, dtype=torch.int64, device=self.acc.device)
-        counts = self.acc.reduce(counts, reduction="sum").tolist()
+        counts = result.drawn + result.replaced
+        if self.acc.num_processes > 1:  # one process: the counts are already on the host
+            counts = torch.tensor(counts, dtype=torch.int64, device=self.acc.device)
+            counts = self.acc.reduce(counts, reduction="sum").tolist()
         state = self.state
         for k, name in enumerate(self.names):
             state.drawn_by_dataset[name] = state.drawn_by_dataset.get(name, 0) + int(counts[k])
@@ -529,13 +538,14 @@ class Trainer:
             raise VideoDecodeError(message)
 
     def _step_metrics(self, stage: StageConfig, result: StepResult, seconds: float) -> dict[str, Any]:
+        names = ["loss", *result.parts]  # the rank means of the loss and its parts, read in one go
+        losses = dict(zip(names, self._mean(torch.stack([result.loss, *result.parts.values()])).tolist(), strict=True))
         return {
             "step": self.state.step,
             "stage": stage.name,
             "epoch": self.state.epoch,
             "lr": result.lr,
-            "loss": float(self._mean(result.loss).item()),
-            **{k: float(self._mean(v).item()) for k, v in result.parts.items()},
+            **losses,
             "grad_norm": result.grad_norm,
             # this rank's samples of the step per dataset (a text-only step shows only text datasets)
             "drawn": {n: c for n, c in zip(self.names, result.drawn, strict=True) if c},
