@@ -18,7 +18,7 @@ from vidvlm.losses import clip_loss, siglip_loss
 from vidvlm.models.contrastive import ContrastiveConfig, ContrastiveModel
 from vidvlm.models.frontend import TowerConfig
 from vidvlm.models.registry import load
-from vidvlm.models.text import TextConfig
+from vidvlm.models.text import HFTextEncoder, TextConfig
 from vidvlm.models.tokenizer import TextTokenizer
 from vidvlm.models.vision import VisionConfig
 
@@ -164,6 +164,9 @@ def test_trained_tokenizer_round_trip(kind, tmp_path):
     eos = tok.hf.convert_tokens_to_ids("<eos>")
     assert ids[0, 4].item() == eos  # truncation keeps the end token
     assert mask[1].sum() < mask[0].sum() and (ids[1][~mask[1]] == tok.pad_id).all()
+    tok.hf.padding_side = "left"  # e.g. an LM's tokenizer: encode still pads on the right (causal towers need it)
+    assert torch.equal(tok.encode(["A red square moves LEFT", "red"], max_len=5)[1], mask) and mask[1, 0]
+    tok.hf.padding_side = "right"
     tok.save(tmp_path)
     again = TextTokenizer.load(tmp_path)
     assert torch.equal(again.encode(["A red square moves LEFT", "red"], 5)[0], ids)
@@ -198,12 +201,37 @@ def test_hf_text_tower_matches_transformers(hf_dirs):
         ref = bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, 0]
         _, pooled = model.text(ids, mask)
     torch.testing.assert_close(pooled, ref)
+    assert not model.text.causal  # BERT: bidirectional, so it is given the padding mask
     locked = [n for n, p in model.text.named_parameters() if not p.requires_grad]
     assert any("layer.0." in n for n in locked) and not any("layer.1." in n for n in locked)
     # a fully locked tower stays in eval mode during training, so BERT's dropout is off
     full = ContrastiveModel(ContrastiveConfig.tiny(text=text, lock_text=True)).train()
     assert full.training and not full.text.training and full.front_end.tower.training
     torch.testing.assert_close(full.encode_text(["a red square"]), full.encode_text(["a red square"]))
+
+
+def test_hf_clip_text_tower_needs_no_padding_mask(tmp_path):
+    """CLIP's text tower is causal: on right-padded ids it is run without the padding mask (no read of it on the
+    device) and its real tokens, and so the pooled end token, are transformers' with the mask."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=16, bos_token_id=1,
+                                        eos_token_id=2, pad_token_id=0)).eval()  # fmt: skip
+    clip.save_pretrained(tmp_path)
+    tower = HFTextEncoder(TextConfig(kind="hf", source=str(tmp_path), pooling="eos", context_length=16)).eval()
+    assert tower.causal
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2], [1, 9, 2, 0, 0, 0]])
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    with torch.no_grad():
+        ref = clip(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        tokens, pooled = tower(ids, mask)
+        unmasked = clip(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(tokens[mask], ref[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, ref[torch.arange(2), torch.tensor([5, 2])], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, unmasked)  # the mask is left out: the pads are those of the unmasked run,
+    assert not torch.allclose(unmasked[1, 3:], ref[1, 3:], atol=1e-3)  # which differ from the masked run's
 
 
 def test_pretrained_towers_round_trip_without_sources(hf_dirs, tmp_path):

@@ -57,9 +57,9 @@ class TextTokenizer:
             raise TypeError("encode: expected a list of strings, got one string")
         if not texts:
             raise ValueError("encode: expected at least one text")
-        enc = self.hf(
-            list(texts), padding="longest", truncation=True, max_length=max_len, return_tensors="pt"
-        )  # fmt: skip
+        # right padding whatever the tokenizer's default: causal text towers leave the padding mask out
+        enc = self.hf(list(texts), padding="longest", padding_side="right", truncation=True, max_length=max_len,
+                      return_tensors="pt")  # fmt: skip
         return enc["input_ids"].long(), enc["attention_mask"].bool()
 
     def save(self, directory: str | Path) -> None:
