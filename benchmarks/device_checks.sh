@@ -40,7 +40,9 @@
 #            tubelet streams, class vectors, bidirectional visual attention, frame times, 12,000 instruction clips,
 #            every question of a clip per sample, captions in the task stage, the tower trained in joint), same
 #            calls as llava.
-# SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement).
+# SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement). Before a llava
+# call, `python benchmarks/meta_step.py --config <the run's config>` runs one step of each stage on the meta device
+# here: a step that mixes devices fails there as it would on the GPU (80565c2's LLaVA layout did).
 # Measured so far (BENCHMARKS.md): mfu and encoder on an H200 (thirty-first session). extract failed there at once on
 # PyAV 19.0.2, which rejects av.open's metadata_errors (fixed since: vidvlm passes it only to PyAV < 19); mfu-compile
 # and the llava sections have not run on a GPU yet. The three times above are the H200's.

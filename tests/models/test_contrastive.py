@@ -202,6 +202,7 @@ def test_hf_text_tower_matches_transformers(hf_dirs):
         _, pooled = model.text(ids, mask)
     torch.testing.assert_close(pooled, ref)
     assert not model.text.causal  # BERT: bidirectional, so it is given the padding mask
+    assert not model.text.model.use_kernels  # loaded without hub kernels (code fetched from the Hub)
     locked = [n for n, p in model.text.named_parameters() if not p.requires_grad]
     assert any("layer.0." in n for n in locked) and not any("layer.1." in n for n in locked)
     # a fully locked tower stays in eval mode during training, so BERT's dropout is off

@@ -325,10 +325,45 @@ def test_a_text_only_batch_loss_equals_the_lms_own(lms):
         {"video": None, "text_only": True, "text": ["a red square moves left", "two shapes"]},
         {"video": None, "text_only": True, "conversation": [talk, [talk[0], {**talk[1], "content": "a blue one"}]]},
     ):
-        inputs = model._text_only_inputs(batch)
+        inputs = {k: v for k, v in model._text_only_inputs(batch).items() if k != "label_positions"}
         ours, _ = _loss_and_grads(model, lambda b=batch: model(b)["lm_loss"])
         ref, _ = _loss_and_grads(model, lambda i=inputs: model.lm(**i).loss)
         torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["video", "text", "conversation"])
+def test_a_padded_batch_loss_is_the_samples_losses_alone(lms, kind):
+    """Training batches are right padded and, with causal attention, built without an attention mask (no real
+    token attends to a pad, no pad is labelled): the batch's loss is the token-weighted mean of each sample's loss
+    computed alone, with no padding at all."""
+    model = build(lms["llama"], visual_attention="causal")  # eval mode: no dropout
+    talk = [{"role": "user", "content": "what color is a square?"}, {"role": "assistant", "content": "red"}]
+    long = [talk[0], {"role": "assistant", "content": "a red one that moves left and then up, quickly"}]
+    if kind == "video":
+        texts = ["red", "a small blue circle"]
+        samples = [{"video": clips(1, 3) * (k + 1), "text": [t]} for k, t in enumerate(texts)]
+        batch = {"video": torch.cat([s["video"] for s in samples]), "text": texts}
+    elif kind == "text":
+        texts = ["two shapes", "a red square moves left"]
+        samples = [{"video": None, "text_only": True, "text": [t]} for t in texts]
+        batch = {"video": None, "text_only": True, "text": texts}
+    else:
+        samples = [{"video": None, "text_only": True, "conversation": [c]} for c in (talk, long)]
+        batch = {"video": None, "text_only": True, "conversation": [talk, long]}
+
+    def inputs(b):
+        return (
+            model._text_only_inputs(b) if kind != "video" else model.prepare_inputs(model._conversations(b), b["video"])
+        )
+
+    assert inputs(batch)["attention_mask"] is None
+    with torch.no_grad():
+        losses = [model(s)["lm_loss"] for s in samples]
+        counts = [int((inputs(s)["labels"][:, 1:] != IGNORE).sum()) for s in samples]
+        whole = model(batch)["lm_loss"]
+    assert counts[0] != counts[1]  # different lengths: the batch is padded
+    want = sum(loss * n for loss, n in zip(losses, counts, strict=True)) / sum(counts)
+    torch.testing.assert_close(whole, want, atol=1e-5, rtol=1e-5)
 
 
 def test_the_attention_kernel_is_chosen_in_the_config_and_gives_the_same_loss(lms):

@@ -177,6 +177,7 @@ def test_load_gives_the_saved_model_and_tokenizer(tmp_path, kind):
     model, tokenizer = save_lm(tmp_path, kind, chat_template=chat)
     loaded, tok = load_causal_lm(tmp_path)
     assert type(loaded) is type(model) and not loaded.training
+    assert not loaded.use_kernels  # no hub kernels (code fetched from the Hub), whatever transformers' default
     assert tok.is_fast
     assert tok(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
     ids = _ids(tokenizer)
@@ -236,6 +237,7 @@ def test_gguf_loads_as_the_hf_model(gguf_lm):
         assert tok.apply_chat_template(CHAT) == tokenizer.apply_chat_template(CHAT)
         torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=1e-5, rtol=1e-5)
         # a plain dense model: its weights train (the GGUF quantiser is not left on it)
+        assert not loaded.use_kernels
         loaded.train()
         loaded(input_ids=ids).logits.sum().backward()
         assert loaded.model.layers[0].self_attn.q_proj.weight.grad is not None

@@ -22,6 +22,7 @@ def test_framewise_hf_per_frame_and_padding(tmp_path: Path) -> None:
     hf = transformers.Dinov2Model(cfg).eval()
     hf.save_pretrained(tmp_path / "dino")
     tower = FrameWiseTower.from_hf(tmp_path / "dino")
+    assert not tower.model.use_kernels  # loaded without hub kernels (code fetched from the Hub)
     video = torch.randn(2, 3, 3, 16, 16)
     mask = torch.tensor([[True, True, False], [True, True, True]])
     with torch.no_grad():

@@ -112,8 +112,9 @@ class SequenceBuilder:
         own special tokens and EOS after it, cut to ``max_length``, right padded; the loss is on every real token.
 
         Returns:
-            ``input_ids [B, L]``, ``attention_mask [B, L]`` and ``labels [B, L]`` (-100 on padding); with
-            ``positions`` also ``label_positions`` as in :meth:`assemble`.
+            ``input_ids [B, L]``, ``attention_mask`` None (right padding and causal attention: a pad changes no
+            labelled position) and ``labels [B, L]`` (-100 on padding); with ``positions`` also ``label_positions``
+            as in :meth:`assemble`.
         """
         eos = self.tokenizer.eos_token_id
         rows = []
@@ -127,7 +128,8 @@ class SequenceBuilder:
         for i, r in enumerate(rows):
             ids[i, : len(r)], real[i, : len(r)] = torch.tensor(r, dtype=torch.long), True
         labels = ids.masked_fill(~real, IGNORE)
-        out = {"input_ids": ids.to(device), "attention_mask": real.long().to(device), "labels": labels.to(device)}
+        # right padding under the LM's causal attention, and no label on a pad: no mask is needed (see assemble)
+        out = {"input_ids": ids.to(device), "attention_mask": None, "labels": labels.to(device)}
         if positions:
             out["label_positions"] = label_positions(labels)
         return out

@@ -20,6 +20,7 @@ import torch
 
 from vidvlm.atomic import building_dir
 from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.models.hf_loading import NO_REMOTE_CODE
 from vidvlm.models.tokenizer import TOKENIZER_FILES
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ def _tokenizer(directory: Path, gguf: str | None, name: str):
 def _model(directory: Path, gguf: str | None, config, dtype: torch.dtype, name: str, attn: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(trust_remote_code=False, local_files_only=True, dtype=dtype, output_loading_info=True)
+    kwargs = dict(local_files_only=True, dtype=dtype, output_loading_info=True, **NO_REMOTE_CODE)
     if attn is not None:
         kwargs["attn_implementation"] = attn
     if gguf:

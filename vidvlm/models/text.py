@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.transformer import TransformerBlock
+from vidvlm.models.hf_loading import NO_REMOTE_CODE
 from vidvlm.models.tokenizer import last_token_index
 
 HF_CONFIG_FILE = "text_tower_config.json"
@@ -158,7 +159,7 @@ class HFTextEncoder(nn.Module):
             try:
                 # safetensors only: a pytorch_model.bin would be unpickled
                 self.model = AutoModel.from_pretrained(
-                    cfg.source, trust_remote_code=False, local_files_only=True, use_safetensors=True
+                    cfg.source, local_files_only=True, use_safetensors=True, **NO_REMOTE_CODE
                 )
             except (OSError, ValueError) as e:
                 raise ConfigError(f"text.source: cannot load {cfg.source}: {e}") from e

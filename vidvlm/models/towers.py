@@ -28,6 +28,7 @@ from vidvlm.models.convert import (
     load_converted,
     timm_vision_config,
 )
+from vidvlm.models.hf_loading import NO_REMOTE_CODE
 from vidvlm.models.vision import VIDEO_FIELDS, VideoViT, VisionOutput
 
 
@@ -277,7 +278,7 @@ class FrameWiseTower(nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json (expected an HF model directory)")
-        model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(path, use_safetensors=True, **NO_REMOTE_CODE)
         vision = getattr(model, "vision_model", None)
         config = json.loads(model.config.to_json_string())  # JSON-safe, as the checkpoint's config stores it
         arch = {"kind": "hf", "config": config, "vision_model": vision is not None}
