@@ -12,6 +12,11 @@ Cases (``--cases``):
   through its image tower as one batch of ``B*T`` images, their embeddings averaged (CLIP4Clip's meanP, which has
   no temporal blocks: vidvlm's ``seqTransf`` does a little more work), ``open_clip.loss.ClipLoss``, AdamW.
 
+* ``vidvlm-8f-trainer``: ``vidvlm-8f`` through the trainer's own step (``Trainer._train_step``, as ``tools/train.py``
+  runs it) on batches made beforehand in pinned host memory, as its loader delivers them: the copy to the device,
+  per-step seeding, accelerate's autocast and clipping at the config's ``max_grad_norm``, the skip decision (the
+  step's one read of the device) and the schedule. What training adds to the bare step, decoding aside; compared
+  with ``vidvlm-8f`` in the same run (opt-in: ``--cases ... vidvlm-8f-trainer``).
 * ``vidvlm-8f-drop50``, ``vidvlm-8f-drop75`` (``--token-drop 0.5 0.75``): ``vidvlm-8f`` with that share of each
   frame's patch tokens dropped before the tower's blocks (``front_end.token_drop``, ``--drop-kind``; FLIP's
   speed-up, compared with ``vidvlm-8f`` in the same interleaved run).
@@ -61,7 +66,8 @@ from bench_train import (  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/contrastive_vitb16_8f_webvid.yaml"
 CASES = ["open_clip-8f", "vidvlm-8f", "vidvlm-1f"]
-PEER_OF = {"vidvlm-8f": "open_clip-8f"}
+OPTIONAL = ["vidvlm-8f-trainer"]  # run only when named in --cases
+PEER_OF = {"vidvlm-8f": "open_clip-8f", "vidvlm-8f-trainer": "vidvlm-8f"}
 SIZES = {  # HF CLIP vision / text configs and the shared embedding width
     "b16": {
         "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -157,9 +163,49 @@ def drop_case(ratio: float) -> str:
     return f"vidvlm-8f-drop{round(ratio * 100)}"
 
 
+def build_trainer_case(args: argparse.Namespace):
+    """Model, step(b) and T of ``vidvlm-8f-trainer``: the trainer's step on pre-made batches (see the docstring)."""
+    from vidvlm.models.registry import build_model
+    from vidvlm.train.trainer import Trainer
+
+    precision = "bf16" if args.dtype == "bf16" else "'no'"  # quoted: YAML reads a bare no as false
+    run_dir = Path(args.workdir) / "trainer_case"
+    cfg, model_cfg = vidvlm_config(8, args, [f"mixed_precision={precision}", f"output_dir={run_dir}", "data.val=null",
+                                             "eval_every=0", "checkpoint_every=0",
+                                             f"grad_checkpointing={str(args.grad_checkpointing).lower()}"])  # fmt: skip
+    model = build_model(cfg.model)
+    frames, size = model.num_frames, model.front_end.image_size
+    vocab, length = model.text.model.config.vocab_size, model_cfg.text.context_length
+    trainer = Trainer(cfg, model=model, datasets={"clips": list(range(args.batch))})  # the list is never read
+    stage = cfg.stages[UNFREEZE]
+    trainer.state.stage = UNFREEZE
+    optimizer, scheduler = trainer._prepare_stage(stage, None)
+    pin = args.device == "cuda"
+    batches = {}
+    for b in {1, args.batch}:
+        ids = torch.randint(1, vocab, (b, length), device=args.device)
+        tokens = (ids, torch.ones(b, length, dtype=torch.bool, device=args.device))
+        video = torch.randn(b, frames, 3, size, size)
+        batch = {
+            "video": video.pin_memory() if pin else video, "frame_mask": torch.ones(b, frames, dtype=torch.bool),
+            "text": [""] * b, "drawn_per_source": [b], "replaced_per_source": [0],
+        }  # fmt: skip
+        batches[b] = (batch, tokens)
+
+    def step(b: int) -> None:
+        batch, tokens = batches[b]
+        model.tokenize = lambda texts: tokens  # pre-made random ids instead of string tokenisation
+        trainer._train_step(stage, iter([dict(batch)]), optimizer, scheduler)  # the step pops the counts
+        trainer.state.step += 1
+
+    return model, step, frames
+
+
 def build_case(name: str, args: argparse.Namespace):
     if name == "open_clip-8f":
         return build_open_clip(args.batch, args)
+    if name == "vidvlm-8f-trainer":
+        return build_trainer_case(args)
     extra = []
     if "-drop" in name:
         ratio = int(name.rsplit("-drop", 1)[1]) / 100
@@ -253,7 +299,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, CUDA only")
     parser.add_argument("--size", default="b16", choices=sorted(SIZES), help="tower size (tiny: a CPU smoke)")
-    parser.add_argument("--cases", nargs="+", default=CASES, help=f"of {CASES} (and the drop cases)")
+    parser.add_argument("--cases", nargs="+", default=CASES, help=f"of {CASES + OPTIONAL} (and the drop cases)")
     parser.add_argument("--batch", type=int, default=32, help="clips per step")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case per round")
@@ -272,9 +318,9 @@ def main() -> None:
     if any(not 0 < r < 1 for r in args.token_drop):
         parser.error(f"--token-drop: ratios in (0, 1), got {args.token_drop}")
     drops = [drop_case(r) for r in args.token_drop]
-    unknown = sorted(set(args.cases) - set(CASES) - {n for n in args.cases if "-drop" in n})
+    unknown = sorted(set(args.cases) - set(CASES) - set(OPTIONAL) - {n for n in args.cases if "-drop" in n})
     if unknown:
-        parser.error(f"--cases: unknown {unknown} (choose from {CASES})")
+        parser.error(f"--cases: unknown {unknown} (choose from {CASES + OPTIONAL})")
     args.cases = list(dict.fromkeys([*args.cases, *drops]))
     if args.dtype == "bf16" and args.device != "cuda":
         parser.error("--dtype bf16 is for --device cuda (bf16 autocast on CPU is not measured here)")

@@ -8,9 +8,10 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl av gguf open_clip_torch ftfy wcwidth                  # 37 MB (checked 2026-12-02)
 # Then device calls (carry [".whl"], timeout_s 600), the most wanted first; each section's limit is below:
-#   bash benchmarks/device_checks.sh extract mfu mfu-fused    # what the thirty-first session's H200 call left, and
+#   bash benchmarks/device_checks.sh extract mfu              # what the thirty-first session's H200 call left, and
 #                                                               mfu again: its model no longer reads the GPU (32nd)
-#   bash benchmarks/device_checks.sh mfu-compile encoder      # (one call took 3 min 11 s for mfu extract encoder)
+#   bash benchmarks/device_checks.sh mfu-trainer mfu-fused mfu-compile   # the next call (one call took 3 min 11 s
+#                                                               for mfu extract encoder)
 #
 # Sections, in the order of what the issues still miss (each bounded by its own timeout, each writing its table and
 # log (tables included) to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time
@@ -19,6 +20,8 @@
 #            #15: the same with 50 % / 75 % of the tokens dropped (bench_mfu.py)             ~1 min on an H200
 #   mfu-compile  the same two main cases with vidvlm's blocks compiled (compile: true)      ~2 min
 #   mfu-fused    the same with torch's fused AdamW on both sides (optim.fused: true)          ~1 min
+#   mfu-trainer  vidvlm-8f bare against the same step through the trainer (its copy of the batch to the device,
+#                seeding, clipping, skip decision, schedule) on pre-made batches                  ~1 min
 #   extract  #17: extraction at 640 videos, 12 workers, against the transformers loop, with
 #            vidvlm's stage split and the decode-bound ceiling (bench_extract.py)             ~3 min
 #   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~1 min
@@ -156,13 +159,14 @@ for section in "${@:-mfu extract encoder}"; do
       mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU ;;
       mfu-compile) run mfu_compile 300 $PY benchmarks/bench_mfu.py $MFU --compile --token-drop --cases vidvlm-8f \
         $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
+      mfu-trainer) run mfu_trainer 240 $PY benchmarks/bench_mfu.py $MFU --token-drop --cases vidvlm-8f vidvlm-8f-trainer ;;
       mfu-fused) run mfu_fused 240 $PY benchmarks/bench_mfu.py $MFU --set optim.fused=true --token-drop \
         --cases vidvlm-8f vidvlm-1f $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
       encoder) run encoder 300 $PY benchmarks/bench_encoder.py $ENC ;;
       llava) llava llava ;;
       llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done
