@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from vidvlm.errors import ConfigError
@@ -219,18 +220,24 @@ def hard_negatives(
     return torch.where(has, choice, torch.full_like(choice, -1))
 
 
-def itm_loss(logits: Tensor, matched: Tensor) -> Tensor:
-    """Image/video-text matching: cross-entropy of ``logits [N, 2]`` (column 1 = matched) against bool ``[N]``."""
-    return F.cross_entropy(logits, matched.long().to(logits.device))
+def itm_loss(logits: Tensor, matched: Tensor, scored: Tensor | None = None) -> Tensor:
+    """Image/video-text matching: cross-entropy of ``logits [N, 2]`` (column 1 = matched) against bool ``[N]``,
+    averaged over the rows that bool ``scored [N]`` keeps (None: every row; 0 with gradient when it keeps none).
+    Rows are weighted, not selected: the shapes never depend on the data, so nothing is read back from a GPU."""
+    ce = F.cross_entropy(logits, matched.long().to(logits.device), reduction="none")
+    if scored is None:
+        return ce.mean()
+    w = scored.to(ce.dtype)
+    return (ce * w).sum() / w.sum().clamp(min=1)
 
 
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Masked language modelling: cross-entropy of ``logits [B, L, V]`` at the positions where ``labels`` long
-    ``[B, L]`` is not -100 (the hidden tokens' ids); 0 (with gradient) when nothing is hidden."""
-    picked = labels != -100
-    if not bool(picked.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[picked], labels[picked])
+    ``[B, L]`` is not -100 (the hidden tokens' ids), averaged over them; 0 (with gradient) when nothing is hidden.
+    The other positions are ignored, not selected away, so nothing is read back from a GPU."""
+    total = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(labels, "b l -> (b l)"),
+                            ignore_index=-100, reduction="sum")  # fmt: skip
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 def masked_pixel_loss(
@@ -273,6 +280,18 @@ def box_cxcywh_to_xyxy(box: Tensor) -> Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def giou_loss(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
+    """``1 - GIoU`` of corner boxes ``a, b [N, 4]`` (``x0, y0, x1, y1``) -> ``[N]``: torchvision's
+    ``generalized_box_iou_loss`` values and gradients, with the intersection from clamped sides instead of a
+    bool-mask assignment (a data-dependent shape, which reads the boxes back from a GPU)."""
+    x0, y0, x1, y1 = a.unbind(-1)
+    u0, v0, u1, v1 = b.unbind(-1)
+    inter = (torch.min(x1, u1) - torch.max(x0, u0)).clamp(min=0) * (torch.min(y1, v1) - torch.max(y0, v0)).clamp(min=0)
+    union = (x1 - x0) * (y1 - y0) + (u1 - u0) * (v1 - v0) - inter
+    hull = (torch.max(x1, u1) - torch.min(x0, u0)) * (torch.max(y1, v1) - torch.min(y0, v0))
+    return 1 - (inter / (union + eps) - (hull - union) / (hull + eps))
+
+
 def box_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Box regression (X-FM's bounding-box prediction): L1 and generalised IoU, each averaged over the valid boxes.
 
@@ -285,16 +304,18 @@ def box_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> tuple
         ``(l1, giou)`` scalars: the mean absolute error per coordinate and the mean of ``1 - GIoU``; both 0 (with
         gradient) when no box is valid.
     """
-    from torchvision.ops import generalized_box_iou_loss
-
     finite = ~torch.isnan(target).any(-1)
     valid = finite if valid is None else valid & finite
-    if not bool(valid.any()):
-        zero = pred.sum() * 0.0
-        return zero, zero
-    p, t = pred[valid].float(), target[valid].float()
-    l1 = (p - t).abs().mean()
-    giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(p), box_cxcywh_to_xyxy(t), reduction="mean")
+    # Rows without a box are weighted 0, not selected away (no data-dependent shape, so no read of a GPU): both
+    # sides get the same placeholder box there, which scores 0 and passes no gradient to the prediction.
+    keep = valid[:, None]
+    placeholder = torch.full_like(pred, 0.5, dtype=torch.float32)
+    p = torch.where(keep, pred.float(), placeholder)
+    t = torch.where(keep, target.to(p.device, torch.float32), placeholder)
+    w = valid.to(p.dtype)
+    n = w.sum().clamp(min=1)
+    l1 = ((p - t).abs().mean(-1) * w).sum() / n
+    giou = (giou_loss(box_cxcywh_to_xyxy(p), box_cxcywh_to_xyxy(t)) * w).sum() / n
     return l1, giou
 
 

@@ -28,10 +28,6 @@ from vidvlm.train.trainer import _to_device
 # taken off this list; a new family must read nothing.
 READS = {
     "llava": 2,  # the sequence layout, built on the host: the tokens' frame_index and the clips' timestamps
-    # the masking objectives pick hard negatives and masked positions by value (bool indexing: data-dependent
-    # shapes) and check that some exist (.item()); the tiny config runs every objective
-    "flava": 14,
-    "xfm": 14,
 }
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.models.test_registry import CAPTIONS, make_batch
 from vidvlm.errors import ConfigError
@@ -282,6 +283,15 @@ def test_itm_and_mlm_losses_hand_case():
     assert mlm_loss(vocab, torch.tensor([[2, -100]])).item() == pytest.approx(math.log(2.0))
     none = mlm_loss(vocab.requires_grad_(), torch.tensor([[-100, -100]]))
     assert none.item() == 0.0 and none.requires_grad
+    # weighted, not selected: the same values as cross-entropy over the chosen rows alone
+    g = torch.Generator().manual_seed(0)
+    logits, matched = torch.randn(5, 2, generator=g), torch.tensor([True, False, False, True, False])
+    scored = torch.tensor([True, True, False, True, False])
+    torch.testing.assert_close(itm_loss(logits, matched, scored), itm_loss(logits[scored], matched[scored]))
+    assert itm_loss(logits.requires_grad_(), matched, torch.zeros(5, dtype=torch.bool)).item() == 0.0
+    vocab, labels = torch.randn(2, 3, 7, generator=g), torch.tensor([[1, -100, 4], [-100, -100, 6]])
+    picked = labels != -100
+    torch.testing.assert_close(mlm_loss(vocab, labels), F.cross_entropy(vocab[picked], labels[picked]))
 
 
 def test_masked_pixel_loss_hand_case():

@@ -12,11 +12,33 @@ from tests.models.test_masking import _Stub, family
 from tests.models.test_registry import make_batch
 from vidvlm.errors import ConfigError
 from vidvlm.layers.masking import make_keep, visible_mask
-from vidvlm.losses import box_loss
+from vidvlm.losses import box_loss, giou_loss
 from vidvlm.models.frontend import TowerConfig
 from vidvlm.models.masking import MaskingConfig, MaskingModel, XFMConfig
 
 OFF = dict(itc_weight=0.0, itm_weight=0.0, mlm_weight=0.0, video_mlm_weight=0.0)
+
+
+def test_giou_matches_torchvision():
+    """Values and gradients of ``giou_loss`` are torchvision's (overlapping, touching, disjoint, nested boxes)."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(64, 2, generator=g)
+    a = torch.cat([lo, lo + torch.rand(64, 2, generator=g) * 0.5], 1)
+    b = torch.cat([lo + torch.randn(64, 2, generator=g) * 0.3, lo + torch.rand(64, 2, generator=g)], 1)
+    b[:4] = a[:4]  # identical
+    b[4, 0] = a[4, 2]  # touching on one side
+    b[5] = torch.tensor([5.0, 5.0, 6.0, 6.0])  # far apart
+    ours_a, ours_b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ref_a, ref_b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours, ref = giou_loss(ours_a, ours_b), generalized_box_iou_loss(ref_a, ref_b, reduction="none")
+    torch.testing.assert_close(ours, ref)
+    weights = torch.rand(64, generator=g)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(ours_a.grad, ref_a.grad)
+    torch.testing.assert_close(ours_b.grad, ref_b.grad)
 
 
 def test_box_loss_hand_case():

@@ -279,14 +279,16 @@ class MaskingModel(VLMModel):
         arange = torch.arange(b, device=sim.device)
         neg_text = hard_negatives(sim, same, sample=self.config.itm_sample)  # [B] a caption for each clip
         neg_video = hard_negatives(sim.T, same.T, sample=self.config.itm_sample)  # [B] a clip for each caption
-        has_t, has_v = neg_text >= 0, neg_video >= 0
-        video_idx = torch.cat([arange, arange[has_t], neg_video[has_v]])
-        text_idx = torch.cat([arange, neg_text[has_t], arange[has_v]])
-        matched = torch.zeros(video_idx.shape[0], dtype=torch.bool, device=sim.device)
+        # 3B pairs always (the shapes never depend on the data: nothing is read back from a GPU); a clip or caption
+        # without a negative (-1) pairs with index 0 and is left out of the loss
+        video_idx = torch.cat([arange, arange, neg_video.clamp(min=0)])
+        text_idx = torch.cat([arange, neg_text.clamp(min=0), arange])
+        scored = torch.cat([torch.ones_like(arange, dtype=torch.bool), neg_text >= 0, neg_video >= 0])
+        matched = torch.zeros(3 * b, dtype=torch.bool, device=sim.device)
         matched[:b] = True
         v_mask = None if vis.mask is None else vis.mask[video_idx]
         fused = self._fuse(tokens[text_idx], amask[text_idx], vis.tokens[video_idx], v_mask)
-        return itm_loss(self.itm_head(fused[:, 0]), matched)
+        return itm_loss(self.itm_head(fused[:, 0]), matched, scored)
 
     def _mask_text(self, ids: torch.Tensor, amask: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """BERT-masked ``ids`` long ``[B, L]`` and their labels (-100 where nothing is predicted)."""

@@ -15,8 +15,9 @@ from vidvlm.models.vision import fill_to_tubelets
 
 
 def _padding(mask: torch.Tensor | None) -> AttnMask | None:
-    """A key-padding mask, or None when every key is real (so the fastest kernels run)."""
-    return None if mask is None or bool(mask.all()) else AttnMask(key_padding=mask)
+    """A key-padding mask (None: every key is real). Not dropped when it pads nothing: that would read it back from
+    a GPU every call."""
+    return None if mask is None else AttnMask(key_padding=mask)
 
 
 class FusionEncoder(nn.Module):
