@@ -226,9 +226,10 @@ class FrontEndOutput:
     Attributes:
         tokens: ``[B, M, D]`` visual tokens (after the connector).
         mask: bool ``[B, M]``, True for real tokens (tokens of padded frames are False); None when all are real.
-        frame_index: long ``[B, M]``, the input frame each token comes from (the first frame of its tubelet or
-            pooling cell), -1 for tokens that mix every frame (e.g. a mean over time). With the clip's
-            ``timestamps [B, T]`` this gives each token's time (:func:`token_times`).
+        frame_index: long ``[B, M]`` on the host, the input frame each token comes from (the first frame of its
+            tubelet or pooling cell), -1 for tokens that mix every frame (e.g. a mean over time). With the clip's
+            ``timestamps [B, T]`` this gives each token's time (:func:`token_times`). It is layout, which families
+            read on the host (LLaVA's frame times), so it is made there: no read of the device.
         vision: the tower's output (``last_hidden_state [B, T', N', Dv]``, ``pooler_output [B, T', Dv]``).
     """
 
@@ -251,7 +252,8 @@ def select_clips(out: FrontEndOutput, index: torch.Tensor) -> FrontEndOutput:
         vision = VisionOutput(
             pick(vision.last_hidden_state), pick(vision.pooler_output), hidden, pick(vision.frame_mask)
         )
-    return FrontEndOutput(out.tokens[index], pick(out.mask), out.frame_index[index], vision)
+    frame_index = out.frame_index[index.to(out.frame_index.device)]  # on the host: the index is read there
+    return FrontEndOutput(out.tokens[index], pick(out.mask), frame_index, vision)
 
 
 def token_times(frame_index: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -536,14 +538,15 @@ class VideoFrontEnd(nn.Module):
         mask = None
         if out.frame_mask is not None:
             mask = self.pooler.output_mask(out.frame_mask, tokens.shape[2]).to(video.device)
-        frame_index = self._frame_index(steps, tokens.shape[2], video.shape[0], video.device)
+        frame_index = self._frame_index(steps, tokens.shape[2], video.shape[0])
         return FrontEndOutput(self.connector(pooled), mask, frame_index, out)
 
-    def _frame_index(self, steps: int, num_tokens: int, batch: int, device: torch.device) -> torch.Tensor:
-        """Input frame of each pooled token, ``[B, M]`` (-1: mixes time; the keyframe step maps to its frame)."""
-        step = self.pooler.token_steps(steps, num_tokens)
+    def _frame_index(self, steps: int, num_tokens: int, batch: int) -> torch.Tensor:
+        """Input frame of each pooled token, ``[B, M]`` on the host (-1: mixes time; the keyframe step maps to its
+        frame)."""
+        step = self.pooler.token_steps(steps, num_tokens).cpu()
         frame = torch.where(step >= 0, step * self.tower.tubelet_size, step)
-        return frame.to(device).expand(batch, -1)
+        return frame.expand(batch, -1)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def resolved_config(self) -> FrontEndConfig:

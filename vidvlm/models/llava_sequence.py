@@ -58,14 +58,15 @@ class SequenceBuilder:
         counts = list(batch.get("clips_per_sample") or [1] * len(convs))
         if sum(counts) != visual.tokens.shape[0] or len(counts) != len(convs):
             raise ConfigError(f"batch: {visual.tokens.shape[0]} clips for clips_per_sample {list(counts)}")
-        times = batch.get("timestamps")
-        # The layout is built on the host from the tokens' mask, frames and times, each read back once per batch:
-        # indexing them on an accelerator token by token would wait for it at every visual token.
+        # The layout is built on the host from the tokens' mask, frames (made there by the front-end) and times, the
+        # first and last read back once per batch: indexing them on a GPU token by token would wait for it at every
+        # visual token. The times are read only when they are written into the prompt.
         host = dataclasses.replace(
             visual,
             mask=None if visual.mask is None else visual.mask.cpu(),
             frame_index=visual.frame_index.cpu(),
         )
+        times = batch.get("timestamps") if self.config.frame_times else None
         times = None if times is None else times.cpu()
         embed = self.embed()
         rows, start = [], 0
