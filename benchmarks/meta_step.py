@@ -50,12 +50,18 @@ def main() -> int:
     args = parser.parse_args()
 
     from vidvlm.train.config import load_train_config
-    from vidvlm.train.optim import apply_stage_trainable
-    from vidvlm.train.trainer import Trainer, _to_device
+    from vidvlm.train.trainer import Trainer
 
-    out = tempfile.mkdtemp(prefix="vidvlm-meta-step-")
-    cfg = load_train_config(args.config, [*args.overrides, f"output_dir={out}", "data.num_workers=0"])
-    trainer = Trainer(cfg)
+    with tempfile.TemporaryDirectory(prefix="vidvlm-meta-step-") as out:  # the run directory: nothing is kept
+        cfg = load_train_config(args.config, [*args.overrides, f"output_dir={out}", "data.num_workers=0"])
+        return run_stages(cfg, Trainer(cfg))
+
+
+def run_stages(cfg, trainer) -> int:
+    """One step of each stage on ``meta``; prints a line per stage; 1 when a stage failed, else 0."""
+    from vidvlm.train.optim import apply_stage_trainable
+    from vidvlm.train.trainer import _to_device
+
     model = trainer.model
     failed = 0
     for i, stage in enumerate(cfg.stages):
