@@ -49,12 +49,18 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, as tools/train.py takes them")
     args = parser.parse_args()
 
+    from vidvlm.errors import VidVLMError
     from vidvlm.train.config import load_train_config
     from vidvlm.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="vidvlm-meta-step-") as out:  # the run directory: nothing is kept
-        cfg = load_train_config(args.config, [*args.overrides, f"output_dir={out}", "data.num_workers=0"])
-        return run_stages(cfg, Trainer(cfg))
+        try:
+            cfg = load_train_config(args.config, [*args.overrides, f"output_dir={out}", "data.num_workers=0"])
+            trainer = Trainer(cfg)
+        except VidVLMError as e:  # a bad config or data: one line, as tools/train.py says it
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return run_stages(cfg, trainer)
 
 
 def run_stages(cfg, trainer) -> int:

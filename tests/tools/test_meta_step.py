@@ -32,3 +32,12 @@ def test_meta_step_runs_every_stage_and_counts_the_reads(tmp_path):
         for name in ("align", "instruct")
     ], lines
     assert not (tmp_path / "run").exists()  # a pre-flight writes no run
+
+
+def test_meta_step_bad_config_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/meta_step.py"), "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.yaml'}: config file not found"]
