@@ -6,7 +6,9 @@ without failing. On the ``meta`` device tensors have shapes and no data, so both
 model and the data as ``tools/train.py`` would, each stage's trainable parts are set, the stage's first batch with
 clips (the first batch when the stage has none) is moved as the trainer moves it, and its forward and backward run
 under :class:`tests.models.device_reads.DeviceReads`, which counts the reads (and hands back zeros so the step goes
-on). A data-dependent shape (``nonzero``) stops the stage with NotImplementedError. Exit status 1 when a stage fails.
+on) and the blocking copies of host data onto the device (each a stream synchronisation on CUDA; the batch's own
+move is non-blocking, as the trainer's). A data-dependent shape (``nonzero``) stops the stage with
+NotImplementedError. Exit status 1 when a stage fails.
 
     python benchmarks/meta_step.py --config runs/smol_leads_pf/train_config.yaml          # a run's own config
     python benchmarks/meta_step.py --config configs/llava_tiny_8f_shapes.yaml data.batch_size=4
@@ -89,7 +91,11 @@ def run_stages(cfg, trainer) -> int:
             print(f"stage {stage.name!r} ({kind}): FAILED {type(e).__name__}: {str(e)[:160]} at {where[-3:]}")
             continue
         reads = ", ".join(f"{what} {list(shape)}" for what, shape in counter.reads) or "none"
-        print(f"stage {stage.name!r} ({kind}): ok; {len(counter.reads)} reads of the device: {reads}")
+        copies = ", ".join(f"{list(shape)} at {where}" for _, shape, where in counter.copies) or "none"
+        print(
+            f"stage {stage.name!r} ({kind}): ok; {len(counter.reads)} reads of the device: {reads}; "
+            f"{len(counter.copies)} blocking copies to it: {copies}"
+        )
         model.zero_grad(set_to_none=True)
     return 1 if failed else 0
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from vidvlm.devices import device_tensor, to_device
 from vidvlm.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ def _sizes(n: int, device: torch.device) -> list[int]:
     rank, world = _world()
     if world == 1:
         return [n]
-    mine = torch.tensor([n], device=device, dtype=torch.long)
+    mine = device_tensor([n], device, torch.long)
     out = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(out, mine)
     return [int(x) for x in out]
@@ -118,7 +119,7 @@ def _pairs(
         text_to_video = torch.arange(bv, device=video.device)
     else:
         _check_text_to_video(text_to_video, text.shape[0], bv)
-        text_to_video = text_to_video.to(device=video.device, dtype=torch.long)
+        text_to_video = to_device(text_to_video, video.device, torch.long)
     rank, world = _world()
     v_sizes, t_sizes = _sizes(bv, video.device), _sizes(text.shape[0], video.device)
     offset = sum(v_sizes[:rank])  # global index of this rank's first video
@@ -224,7 +225,7 @@ def itm_loss(logits: Tensor, matched: Tensor, scored: Tensor | None = None) -> T
     """Image/video-text matching: cross-entropy of ``logits [N, 2]`` (column 1 = matched) against bool ``[N]``,
     averaged over the rows that bool ``scored [N]`` keeps (None: every row; 0 with gradient when it keeps none).
     Rows are weighted, not selected: the shapes never depend on the data, so nothing is read back from a GPU."""
-    ce = F.cross_entropy(logits, matched.long().to(logits.device), reduction="none")
+    ce = F.cross_entropy(logits, to_device(matched, logits.device, torch.long), reduction="none")
     if scored is None:
         return ce.mean()
     w = scored.to(ce.dtype)
@@ -311,7 +312,7 @@ def box_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> tuple
     keep = valid[:, None]
     placeholder = torch.full_like(pred, 0.5, dtype=torch.float32)
     p = torch.where(keep, pred.float(), placeholder)
-    t = torch.where(keep, target.to(p.device, torch.float32), placeholder)
+    t = torch.where(keep, to_device(target, p.device, torch.float32), placeholder)
     w = valid.to(p.dtype)
     n = w.sum().clamp(min=1)
     l1 = ((p - t).abs().mean(-1) * w).sum() / n

@@ -1,13 +1,16 @@
-"""A training step does not read the accelerator back on the host (contract, every registered family).
+"""A training step does not make the host wait for the accelerator (contract, every registered family).
 
 Each ``.item()``, ``bool(t)``, ``.tolist()`` or ``.cpu()`` of a tensor on a GPU makes the host wait until the GPU has
-run everything queued before it; the GPU then idles while the host queues the next kernels. A few such reads per
-step cost little; one per visual token costs the step. The trainer reads once per step (the skip decision and the
-gradient norm), and the families' forward and backward should add nothing to that.
+run everything queued before it; the GPU then idles while the host queues the next kernels. So does a blocking copy
+of host data onto the GPU (``ids.to("cuda")``, ``torch.tensor(xs, device="cuda")``): torch synchronises the stream
+for it. A few such waits per step cost little; one per visual token costs the step. The trainer reads once per step
+(the skip decision and the gradient norm), and the families' forward and backward should add nothing to that: host
+values go over with :func:`vidvlm.devices.to_device` (pinned memory, ``non_blocking=True``).
 
 Measured without a GPU: the model and the batch go to the ``meta`` device, where tensors have shapes and no data.
-:class:`~tests.models.device_reads.DeviceReads` counts every op that would read one back and hands back a stand-in
-so the step goes on. ``benchmarks/meta_step.py`` does the same for every stage of a training config.
+:class:`~tests.models.device_reads.DeviceReads` counts every op that would read one back (and hands back a stand-in
+so the step goes on) and every blocking copy onto it. ``benchmarks/meta_step.py`` does the same for every stage of a
+training config.
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ from vidvlm.models.registry import build_model
 from vidvlm.train.trainer import _to_device
 
 
-def _training_step_reads(model, batch: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """The reads of one forward and backward of ``model`` on ``batch``, moved to the device as the trainer does."""
+def _training_step(model, batch: dict) -> DeviceReads:
+    """The counts of one forward and backward of ``model`` on ``batch``, moved to the device as the trainer does."""
     model.train().to(META)
     random.seed(0)
     counter = DeviceReads()
     with counter:
         out = model(_to_device(batch, META))
         sum(v for k, v in out.items() if k.endswith("_loss")).backward()
-    return counter.reads
+    return counter
+
+
+def _training_step_reads(model, batch: dict) -> list[tuple[str, tuple[int, ...]]]:
+    return _training_step(model, batch).reads
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -45,10 +52,19 @@ def test_training_step_reads_nothing_back_from_the_device(family):
     assert _training_step_reads(model, batch) == [], family
 
 
-def test_llava_reads_per_batch_not_per_visual_token():
-    """The layout of a LLaVA sequence with frame times reads the timestamps once per batch (the front-end makes the
-    tokens' frame index on the host): 16 visual tokens a clip read no more than 1."""
-    counts = {}
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_step_copies_host_data_without_waiting(family):
+    """Token ids, targets, positions and indices made on the host reach the device without a blocking copy."""
+    model = tiny_model(family)
+    batch = make_batch(model, num_frames=4, pad_last=False)
+    assert _training_step(model, batch).copies == [], family
+
+
+def test_llava_frame_times_read_nothing_and_at_most_once_per_batch():
+    """The layout of a LLaVA sequence with frame times reads the timestamps on the host (the front-end makes the
+    tokens' frame index there). The trainer leaves them there: no read. Timestamps a caller put on the device are
+    read once per batch, not per visual token: 16 tokens a clip read no more than 1."""
+    reads, moved_reads = {}, {}
     grid = PoolerConfig("spatial2d", {"size": 2, "num_prefix_tokens": 1})  # 4 tokens per frame
     for pooler, pool_input in [(PoolerConfig(), "embeddings"), (grid, "tokens")]:
         cfg = tiny_config("llava")
@@ -59,20 +75,51 @@ def test_llava_reads_per_batch_not_per_visual_token():
         model.prepare_for_training(["a red square moves left", "a blue circle"])
         batch = make_batch(model, num_frames=4, pad_last=False)
         tokens = model.front_end(batch["video"]).tokens.shape[1]
-        counts[tokens] = len(_training_step_reads(model, batch))
-    assert max(counts) >= 16 and min(counts) <= 4, counts
-    assert set(counts.values()) == {1}, counts  # the timestamps, [B, T]
+        counter = _training_step(model, batch)
+        reads[tokens] = counter.reads + counter.copies
+        on_device = {**_to_device(batch, META), "timestamps": batch["timestamps"].to(META)}
+        with DeviceReads() as counter:
+            model(on_device)
+        moved_reads[tokens] = counter.reads
+    assert max(reads) >= 16 and min(reads) <= 4, reads
+    assert all(r == [] for r in reads.values()), reads
+    assert all(r == [("copy to host", (2, 4))] for r in moved_reads.values()), moved_reads  # timestamps [B, T]
 
 
 def test_padded_frames_are_read_where_they_lie():
-    """A frame mask with padding stays a mask (checked on the host, then moved); one without becomes None."""
+    """A frame mask with padding stays a mask, on the host (checked there, then moved without waiting); one without
+    becomes None."""
     model = tiny_model("contrastive")
     padded = make_batch(model, num_frames=4, pad_last=True)
-    assert _to_device(padded, META)["frame_mask"] is not None
+    moved = _to_device(padded, META)
+    assert moved["frame_mask"] is not None and moved["frame_mask"].device.type == "cpu"
+    assert moved["video"].device == META
     assert _to_device(make_batch(model, num_frames=4, pad_last=False), META)["frame_mask"] is None
     video = padded["video"].to(META)
     model.to(META)
     counter = DeviceReads()
     with counter:
         model.encode_video(video, padded["frame_mask"])  # a host mask: checked there, no read of the device
-    assert counter.reads == []
+    assert counter.reads == [] and counter.copies == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_padded_batch_is_not_read_back(family):
+    """Clips of different lengths (stills among clips, as the mixtures make): the step neither reads the device nor
+    copies to it with a wait. LLaVA alone reads its visual tokens' mask once per batch, to lay out the sequences."""
+    model = tiny_model(family)
+    counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
+    assert counter.copies == [], family
+    expected = ["copy to host"] if family == "llava" else []
+    assert [kind for kind, _ in counter.reads] == expected, (family, counter.reads)
+
+
+@pytest.mark.parametrize("family", ["contrastive", "coca"])
+def test_a_padded_batch_of_tubelets_is_not_read_back(family):
+    """Two-frame tubelets: padded frames are filled with the last real one on the device, without reading the mask
+    (as the generative recipe's stills among clips)."""
+    tower = tiny_config(family).front_end.tower
+    tower = dataclasses.replace(tower, vision=dataclasses.replace(tower.vision, tubelet_size=2, num_tubelets=2))
+    model = tiny_model(family, tower=tower)
+    counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
+    assert counter.reads == [] and counter.copies == [], (family, counter.reads, counter.copies)

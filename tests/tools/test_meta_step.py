@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 
 @pytest.mark.timeout(300)
-def test_meta_step_runs_every_stage_and_counts_the_reads(tmp_path):
+def test_meta_step_runs_every_stage_and_counts_the_reads_and_copies(tmp_path):
     config = tmp_path / "llava.yaml"
     text = CONFIG.format(out=tmp_path / "run", lm=make_tiny_lm(tmp_path / "lm"), data=tmp_path / "data")
     config.write_text(text.replace("  max_length: 64\n", "  max_length: 96\n  frame_times: true\n"))
@@ -26,9 +26,10 @@ def test_meta_step_runs_every_stage_and_counts_the_reads(tmp_path):
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("stage ")]
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    # frame times: the layout reads the clips' timestamps [B, T] once per batch, and nothing else
+    # frame times: the layout reads the clips' timestamps on the host, where the trainer leaves them; host values
+    # (ids, labels, positions) go over without a wait
     assert lines == [
-        f"stage {name!r} (video (4, 4, 3, 32, 32)): ok; 1 reads of the device: copy to host [4, 4]"
+        f"stage {name!r} (video (4, 4, 3, 32, 32)): ok; 0 reads of the device: none; 0 blocking copies to it: none"
         for name in ("align", "instruct")
     ], lines
     assert not (tmp_path / "run").exists()  # a pre-flight writes no run

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from vidvlm.devices import device_tensor, to_device
 from vidvlm.errors import ConfigError, VidVLMError
 
 BACKENDS = ("auto", "xformers", "sdpa", "math")
@@ -243,18 +244,20 @@ def _bool_mask(mask: AttnMask, b: int, nq: int, nk: int, device: torch.device) -
     kpos = torch.arange(nk, device=device)
     if mask.seq_lens is not None:
         seg = torch.repeat_interleave(
-            torch.arange(len(mask.seq_lens), device=device), torch.tensor(mask.seq_lens, device=device)
+            torch.arange(len(mask.seq_lens), device=device), device_tensor(mask.seq_lens, device)
         )
         out = out & rearrange(seg[:, None] == seg[None, :], "q k -> 1 1 q k")
     if mask.causal or mask.prefix_len is not None:
         qpos = torch.arange(nq, device=device) + (nk - nq)
         visible = rearrange(kpos[None, :] <= qpos[:, None], "q k -> 1 1 q k")
         if mask.prefix_len is not None:
-            plen = torch.as_tensor(mask.prefix_len, device=device).reshape(-1)
-            visible = visible | (kpos[None, :] < plen[:, None])[:, None, None, :]  # [B|1, 1, 1, Nk]
+            plen = mask.prefix_len  # an int is compared as it is: nothing to copy over
+            if isinstance(plen, Tensor):  # [B] or []
+                plen = rearrange(to_device(plen, device), "... -> (...) 1 1 1")
+            visible = visible | (kpos < plen)  # keys before P: [1 | B, 1, 1, Nk]
         out = out & visible
     if mask.key_padding is not None:
-        out = out & rearrange(mask.key_padding.to(device), "b k -> b 1 1 k")
+        out = out & rearrange(to_device(mask.key_padding, device), "b k -> b 1 1 k")
     return out
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor
 
+from vidvlm.devices import device_tensor
 from vidvlm.errors import ConfigError
 
 MaskKind = Literal["tube", "random"]
@@ -230,7 +231,7 @@ def mask_text(
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"mlm ratio: must lie in (0, 1], got {ratio}")
     dev = input_ids.device
-    maskable = attention_mask.to(torch.bool) & ~torch.isin(input_ids, torch.tensor(special_ids, device=dev))
+    maskable = attention_mask.to(torch.bool) & ~torch.isin(input_ids, device_tensor(special_ids, dev, torch.long))
     n = maskable.sum(1)
     count = torch.where(n > 0, (n.float() * ratio).round().long().clamp(min=1), n)
     scores = torch.rand(input_ids.shape, device=dev, generator=generator).masked_fill(~maskable, 2.0)

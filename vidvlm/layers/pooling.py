@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
+from vidvlm.devices import device_tensor, to_device
 from vidvlm.errors import ConfigError, VidVLMError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.transformer import TransformerBlock
@@ -56,7 +57,7 @@ def _valid(tokens: Tensor, frame_mask: Tensor | None) -> Tensor:
         raise VidVLMError(
             f"pooler: frame_mask {tuple(frame_mask.shape)} does not match tokens [B, T] = {tuple(tokens.shape[:2])}"
         )
-    return frame_mask.to(device=tokens.device, dtype=torch.bool)
+    return to_device(frame_mask, tokens.device, torch.bool)
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -131,8 +132,10 @@ class SpatioTemporalMeanPooler(Pooler):
         return num_frames + num_tokens - self.num_prefix_tokens
 
     def output_mask(self, frame_mask: Tensor, num_tokens: int) -> Tensor:
-        rest = torch.ones(frame_mask.shape[0], num_tokens - self.num_prefix_tokens, dtype=torch.bool)
-        return torch.cat([frame_mask.bool(), rest.to(frame_mask.device)], dim=1)
+        rest = torch.ones(
+            frame_mask.shape[0], num_tokens - self.num_prefix_tokens, dtype=torch.bool, device=frame_mask.device
+        )
+        return torch.cat([frame_mask.bool(), rest], dim=1)
 
     def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
         spatial = torch.full((num_tokens - self.num_prefix_tokens,), -1, dtype=torch.long)
@@ -292,8 +295,11 @@ class SlowFastPooler(Pooler):
         return sum(self._per_step(num_frames, num_tokens))
 
     def output_mask(self, frame_mask: Tensor, num_tokens: int) -> Tensor:
-        sizes = torch.tensor(self._per_step(frame_mask.shape[1], num_tokens), device=frame_mask.device)
-        return torch.repeat_interleave(frame_mask.bool(), sizes, dim=1)
+        sizes = self._per_step(frame_mask.shape[1], num_tokens)
+        # the output size given: torch need not sum the sizes on the device (a read back)
+        return torch.repeat_interleave(
+            frame_mask.bool(), device_tensor(sizes, frame_mask.device), dim=1, output_size=sum(sizes)
+        )
 
     def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
         return torch.repeat_interleave(torch.arange(num_frames), torch.tensor(self._per_step(num_frames, num_tokens)))
@@ -455,7 +461,7 @@ class ToMePooler(Pooler):
             return repeat(frame_mask.bool(), "b t -> b (t m)", m=self.num_output_tokens(1, num_tokens))
         counts = [self.num_output_tokens(int(c), num_tokens) for c in frame_mask.sum(1).tolist()]
         m = self.num_output_tokens(frame_mask.shape[1], num_tokens)
-        return torch.arange(m, device=frame_mask.device)[None] < torch.tensor(counts, device=frame_mask.device)[:, None]
+        return torch.arange(m, device=frame_mask.device)[None] < device_tensor(counts, frame_mask.device)[:, None]
 
     def token_steps(self, num_frames: int, num_tokens: int) -> Tensor:
         if self.scope == "frame":

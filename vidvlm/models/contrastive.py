@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidvlm.devices import to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import masked_mean
 from vidvlm.losses import clip_loss, siglip_loss
@@ -189,7 +190,7 @@ class ContrastiveModel(VLMModel):
         """``input_ids`` long ``[B, L]`` and ``attention_mask`` bool ``[B, L]`` on the model's device."""
         ids, mask = self.require_tokenizer().encode(texts, self.config.text.context_length)
         device = self.text_proj.weight.device
-        return ids.to(device), mask.to(device)
+        return to_device(ids, device), to_device(mask, device)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Unnormalised text embeddings ``[B, E]``."""

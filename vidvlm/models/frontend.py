@@ -46,6 +46,7 @@ from einops import rearrange
 from torch import nn
 
 from vidvlm.data.transforms import NORMALIZE_PRESETS, build_transform
+from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig, build_connector
 from vidvlm.layers.masking import DROP_KINDS, DropKind, content_keep, content_scores, make_keep
@@ -537,7 +538,7 @@ class VideoFrontEnd(nn.Module):
         pooled = self.pooler(tokens, out.frame_mask)  # [B, M, Dv]
         mask = None
         if out.frame_mask is not None:
-            mask = self.pooler.output_mask(out.frame_mask, tokens.shape[2]).to(video.device)
+            mask = to_device(self.pooler.output_mask(out.frame_mask, tokens.shape[2]), video.device)
         frame_index = self._frame_index(steps, tokens.shape[2], video.shape[0])
         return FrontEndOutput(self.connector(pooled), mask, frame_index, out)
 

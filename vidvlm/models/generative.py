@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.connectors import ConnectorConfig
@@ -247,7 +248,7 @@ class _Captioner(VLMModel):
         questions = batch.get("question")
         if questions is not None and self.training:
             self.config.answers_questions = True  # saved with the model: it has learnt to answer
-        ids, targets, lengths = (t.to(video.device) for t in self.build_targets(batch["text"], questions))
+        ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(batch["text"], questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
         if self.config.contrastive_weight > 0 and questions is None:
             v = self._video_embedding(visual, mask)

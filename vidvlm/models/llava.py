@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vidvlm.config import save_config
+from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig
 from vidvlm.models.base import (
@@ -268,7 +269,7 @@ class LlavaModel(VLMModel):
         targets = labels[:, 1:]  # position p predicts token p + 1
         if keep is None:  # inputs built without positions: found on the labels where they lie
             keep = label_positions(labels)
-        keep = keep.to(labels.device)  # [K] positions, shared by the batch
+        keep = to_device(keep, labels.device)  # [K] positions, shared by the batch
         logits = self.lm(**inputs, logits_to_keep=keep).logits  # [B, K, V]
         return F.cross_entropy(
             rearrange(logits.float(), "b k v -> (b k) v"),

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidvlm.devices import to_device
 from vidvlm.errors import ConfigError
 from vidvlm.models.frontend import FrontEndOutput, token_times
 from vidvlm.models.prompting import IGNORE, ChatLayout
@@ -74,36 +75,42 @@ class SequenceBuilder:
             clips = list(range(start, start + n))
             start += n
             rows.append(self.sequence(conv, clips, host, times, generation, sample_name(batch, i)))
+        # The batch is laid out on the host and each tensor goes over once, without a synchronisation
+        # (vidvlm.devices): a tensor per row made on the device would wait for it several times per sample.
         device = visual.tokens.device
         length = max(len(r[1]) for r in rows)
-        b, d = len(rows), visual.tokens.shape[-1]
-        embeds = torch.zeros(b, length, d, dtype=embed.weight.dtype, device=device)
+        b = len(rows)
+        ids = torch.zeros(b, length, dtype=torch.long)  # 0 at visual positions: their embedding is replaced
         labels = torch.full((b, length), IGNORE, dtype=torch.long)  # on the host: see label_positions
-        group = torch.full((b, length), -1, dtype=torch.long, device=device)
-        real = torch.zeros(b, length, dtype=torch.bool, device=device)
+        group = torch.full((b, length), -1, dtype=torch.long)
+        real = torch.zeros(b, length, dtype=torch.bool)
+        visual_at = []  # (row, position, clip, token): where each visual token goes and where it comes from
         for i, (parts, lab, grp) in enumerate(rows):
-            n = len(lab)
-            at = slice(length - n, length) if generation else slice(0, n)
-            ids = torch.tensor([p if p >= 0 else 0 for p in parts.ids], dtype=torch.long, device=device)
-            row = embed(ids).to(embeds.dtype)
-            vis = torch.tensor(parts.visual_pos, dtype=torch.long, device=device)
-            if len(vis):
-                row = row.index_put((vis,), parts.visual_tokens(visual).to(row.dtype))
-            embeds[i, at], real[i, at] = row, True
+            first = length - len(lab) if generation else 0
+            at = slice(first, first + len(lab))
+            ids[i, at] = torch.tensor([max(p, 0) for p in parts.ids], dtype=torch.long)
             labels[i, at] = torch.tensor(lab, dtype=torch.long)
-            group[i, at] = torch.tensor(grp, dtype=torch.long, device=device)
-        position_ids = (real.long().cumsum(1) - 1).masked_fill(~real, 1)
+            group[i, at] = torch.tensor(grp, dtype=torch.long)
+            real[i, at] = True
+            visual_at.extend((i, first + p, c, m) for p, (c, m) in zip(parts.visual_pos, parts.visual_src, strict=True))
+        real_on = to_device(real, device)
+        embeds = embed(to_device(ids, device)).to(embed.weight.dtype).masked_fill(~real_on[..., None], 0.0)
+        if visual_at:
+            at = to_device(torch.tensor(visual_at, dtype=torch.long), device)  # [V, 4]
+            tokens = visual.tokens[at[:, 2], at[:, 3]].to(embeds.dtype)
+            embeds = embeds.index_put((at[:, 0], at[:, 1]), tokens)
+        position_ids = to_device((real.long().cumsum(1) - 1).masked_fill(~real, 1), device)
         if generation or self.config.visual_attention != "causal":
-            attention_mask = self.mask(real, group, embeds)
+            attention_mask = self.mask(real_on, to_device(group, device), embeds)
         else:
             # training pads on the right and attention is causal: no real token attends to a pad and no pad has a
             # label, so the mask changes no loss; without it transformers need not read one back from the device
             attention_mask = None
         out = {"inputs_embeds": embeds, "position_ids": position_ids, "attention_mask": attention_mask}
         if generation:
-            out["attention_mask_2d"] = real.long()
+            out["attention_mask_2d"] = real_on.long()
         else:
-            out["labels"] = labels.to(device)
+            out["labels"] = to_device(labels, device)
             if positions:
                 out["label_positions"] = label_positions(labels)
         return out
@@ -130,7 +137,7 @@ class SequenceBuilder:
             ids[i, : len(r)], real[i, : len(r)] = torch.tensor(r, dtype=torch.long), True
         labels = ids.masked_fill(~real, IGNORE)
         # right padding under the LM's causal attention, and no label on a pad: no mask is needed (see assemble)
-        out = {"input_ids": ids.to(device), "attention_mask": None, "labels": labels.to(device)}
+        out = {"input_ids": to_device(ids, device), "attention_mask": None, "labels": to_device(labels, device)}
         if positions:
             out["label_positions"] = label_positions(labels)
         return out
@@ -245,11 +252,6 @@ class _Parts:
     ids: list[int] = field(default_factory=list)
     visual_pos: list[int] = field(default_factory=list)
     visual_src: list[tuple[int, int]] = field(default_factory=list)  # (clip, token)
-
-    def visual_tokens(self, visual: FrontEndOutput) -> torch.Tensor:
-        clips = torch.tensor([c for c, _ in self.visual_src], device=visual.tokens.device)
-        tokens = torch.tensor([m for _, m in self.visual_src], device=visual.tokens.device)
-        return visual.tokens[clips, tokens]
 
 
 def label_positions(labels: torch.Tensor) -> torch.Tensor:

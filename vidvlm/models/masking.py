@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
+from vidvlm.devices import device_tensor, to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.masking import gather_tokens, hidden_positions, make_keep, mask_text
 from vidvlm.layers.pooling import masked_mean
@@ -166,7 +167,7 @@ class MaskingModel(VLMModel):
         """``input_ids`` long ``[B, L]`` and ``attention_mask`` bool ``[B, L]`` on the model's device."""
         ids, mask = self.require_tokenizer().encode(texts, self.config.text.context_length)
         device = self.text_proj.weight.device
-        return ids.to(device), mask.to(device)
+        return to_device(ids, device), to_device(mask, device)
 
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised ITC embeddings ``[B, E]`` of ``video [B, T, 3, H, W]`` (after :attr:`transform`)."""
@@ -243,7 +244,7 @@ class MaskingModel(VLMModel):
         if cfg.itc_weight > 0:
             out["itc_loss"] = cfg.itc_weight * clip_loss(v_emb, t_emb, scale)
         if cfg.itm_weight > 0:
-            same = torch.tensor([[a == b for b in texts] for a in texts], device=v_emb.device)
+            same = device_tensor([[a == b for b in texts] for a in texts], v_emb.device)
             out["itm_loss"] = cfg.itm_weight * self._itm(scale * v_emb @ t_emb.T, same, tokens, amask, vis)
         if cfg.mlm_weight > 0:
             masked, labels = self._mask_text(ids, amask, cfg.mlm_ratio)
@@ -368,7 +369,7 @@ class MaskingModel(VLMModel):
             raise ConfigError("bbox_weight: this model was built without the box head (bbox_weight was 0)")
         b, t = boxes.shape[:2]
         real = torch.full((b,), t, device=boxes.device) if frame_mask is None else frame_mask.sum(1)
-        target = boxes[torch.arange(b, device=boxes.device), (real // 2).to(boxes.device)].to(fused.dtype)
+        target = boxes[torch.arange(b, device=boxes.device), to_device(real // 2, boxes.device)].to(fused.dtype)
         l1, giou = box_loss(self.box_head(fused), target)
         return l1 + giou
 

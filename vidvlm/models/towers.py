@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from vidvlm.data.transforms import Resize
+from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.convert import (
     convert_hf_vision,
@@ -321,8 +322,13 @@ class FrameWiseTower(nn.Module):
     ) -> VisionOutput:
         """``video [B, T, C, H, W]`` -> tokens ``[B, T, N, D]`` and pooled ``[B, T, D]`` (padded frames zero)."""
         b, t = video.shape[:2]
-        mask = torch.ones(b, t, dtype=torch.bool, device=video.device) if frame_mask is None else frame_mask.bool()
-        frames = video[mask]  # only real frames: [F, C, H, W]
+        frames = rearrange(video, "b t c h w -> (b t) c h w")
+        rows = None  # every frame real
+        if frame_mask is not None:
+            frame_mask = frame_mask.bool()
+            # the real frames' rows, found where the mask lies (on the host: the device is not read)
+            rows = to_device(rearrange(frame_mask, "b t -> (b t)").nonzero().squeeze(1), video.device)
+            frames = frames.index_select(0, rows)  # only real frames: [F, C, H, W]
         hidden = None
         if self.is_timm:
             if output_hidden_states:
@@ -335,16 +341,16 @@ class FrameWiseTower(nn.Module):
             if pooled is None:
                 pooled = tokens[:, self.num_prefix_tokens :].mean(1)
             if output_hidden_states:
-                hidden = tuple(_unfold(h, mask) for h in out.hidden_states)
-        fmask = None if frame_mask is None else mask
-        return VisionOutput(_unfold(tokens, mask), _unfold(pooled, mask), hidden, frame_mask=fmask)
+                hidden = tuple(_unfold(h, b, t, rows) for h in out.hidden_states)
+        return VisionOutput(_unfold(tokens, b, t, rows), _unfold(pooled, b, t, rows), hidden, frame_mask=frame_mask)
 
 
-def _unfold(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Scatter per-real-frame rows ``[F, ...]`` back to ``[B, T, ...]`` with zeros at padded frames."""
-    out = x.new_zeros(*mask.shape, *x.shape[1:])
-    out[mask] = x
-    return out
+def _unfold(x: torch.Tensor, b: int, t: int, rows: torch.Tensor | None) -> torch.Tensor:
+    """Per-real-frame rows ``x [F, ...]`` back to ``[B, T, ...]``: row ``i`` goes to flat frame ``rows[i]`` (long
+    ``[F]``; None = every frame, in order), zeros at padded frames."""
+    if rows is not None:
+        x = x.new_zeros(b * t, *x.shape[1:]).index_copy(0, rows, x)
+    return rearrange(x, "(b t) ... -> b t ...", b=b, t=t)
 
 
 class TowerEnsemble(nn.Module):
@@ -494,7 +500,7 @@ class TowerEnsemble(nn.Module):
             tok = rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b)
             vec = self.summary(tower, out)
             if tok.shape[1] != steps:
-                step = self.step_of(steps, tok.shape[1], frames_per_step).to(tok.device)
+                step = to_device(self.step_of(steps, tok.shape[1], frames_per_step), tok.device)
                 tok, vec = tok[:, step], vec[:, step]
             patches.append(tok)
             pooled.append(vec)

@@ -32,6 +32,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vidvlm.devices import to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import PatchEmbed, SpaceTimePosEmbed
@@ -337,11 +338,11 @@ class VideoViT(nn.Module):
             if not bool(frame_mask.any(1).all()):
                 raise ValueError("frame_mask: every clip needs at least one real frame")
             # no padding: unmasked attention can use the fastest (flash) kernels
-            frame_mask = None if bool(frame_mask.all()) else frame_mask.to(video.device)
+            frame_mask = None if bool(frame_mask.all()) else to_device(frame_mask, video.device)
         x, frame_mask = self.embed(video, frame_mask)
         if keep is not None:
             p = self.num_prefix_tokens
-            x = torch.cat([x[:, :, :p], gather_tokens(x[:, :, p:], keep.to(x.device))], dim=2)
+            x = torch.cat([x[:, :, :p], gather_tokens(x[:, :, p:], to_device(keep, x.device))], dim=2)
         b, t, n, _ = x.shape
         layout = self.cfg.layout
         keep_all = output_hidden_states is not False
@@ -431,8 +432,11 @@ def fill_to_tubelets(
     """
     b, t = video.shape[:2]
     t_out = -(-t // ts) * ts
-    if t_out == t and (frame_mask is None or bool(frame_mask.all())):
-        return video, None if frame_mask is None else frame_mask[:, ::ts]  # nothing to fill: no copy of the clip
+    # nothing to fill: no copy of the clip. A mask on an accelerator is not read to find out (the vision tower passes
+    # only masks with padding; an all-real one there costs one identity gather)
+    whole = frame_mask is None or (frame_mask.device.type == "cpu" and bool(frame_mask.all()))
+    if t_out == t and whole:
+        return video, None if frame_mask is None else frame_mask[:, ::ts]
     idx = torch.arange(t_out, device=video.device)
     if frame_mask is None:
         src = repeat(idx.clamp(max=t - 1), "t -> b t", b=b)

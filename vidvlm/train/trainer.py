@@ -93,13 +93,21 @@ class StepResult:
     replaced: list[int]
 
 
+_ON_HOST = ("frame_mask", "timestamps")  # read by the models on the host: moving them would mean reading them back
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device``. A ``frame_mask`` with no padded frame becomes None (every frame real, as
-    the models read it), decided here on the host: a model never reads it back from an accelerator."""
-    mask = batch.get("frame_mask")
-    if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
-        batch = {**batch, "frame_mask": None}
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device``, except those the models read on the host. ``frame_mask``: one with no
+    padded frame becomes None (every frame real, as the models read it); one with padding stays on the host, where
+    the vision tower checks it before it moves it over (:meth:`~vidvlm.models.vision.VideoViT.forward`).
+    ``timestamps`` stay there too: they are layout (the LLaVA family writes them into the prompt)."""
+    stay = {k: batch[k] for k in _ON_HOST if isinstance(batch.get(k), torch.Tensor) and batch[k].device.type == "cpu"}
+    if "frame_mask" in stay and bool(stay["frame_mask"].all()):
+        stay["frame_mask"] = None
+    moved = {
+        k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay
+    }
+    return {**batch, **moved, **stay}
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
