@@ -24,6 +24,7 @@ import random
 import sys
 import tempfile
 import traceback
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,8 @@ def run_stages(cfg, trainer) -> int:
             print(f"stage {stage.name!r} ({kind}): FAILED {type(e).__name__}: {str(e)[:160]} at {where[-3:]}")
             continue
         reads = ", ".join(f"{what} {list(shape)}" for what, shape in counter.reads) or "none"
-        copies = ", ".join(f"{list(shape)} at {where}" for _, shape, where in counter.copies) or "none"
+        at = Counter(where for _, _, where in counter.copies)  # one line per sample adds up: grouped by line
+        copies = ", ".join(f"{n} at {where}" for where, n in at.items()) or "none"
         print(
             f"stage {stage.name!r} ({kind}): ok; {len(counter.reads)} reads of the device: {reads}; "
             f"{len(counter.copies)} blocking copies to it: {copies}"
