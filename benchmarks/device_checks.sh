@@ -6,12 +6,13 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl av gguf open_clip_torch ftfy wcwidth                  # 37 MB (checked 2026-12-02)
+#       -d .whl av gguf open_clip_torch ftfy wcwidth peft pytest pluggy iniconfig pygments pytest-timeout
+#                                                                     # 39 MB (checked 2026-12-04)
 # Then device calls (carry [".whl"], timeout_s 600), the most wanted first; each section's limit is below:
 #   bash benchmarks/device_checks.sh extract mfu              # what the thirty-first session's H200 call left, and
 #                                                               mfu again: its model no longer reads the GPU (32nd)
-#   bash benchmarks/device_checks.sh mfu-trainer mfu-fused mfu-compile   # the next call (one call took 3 min 11 s
-#                                                               for mfu extract encoder)
+#   bash benchmarks/device_checks.sh gpu-tests mfu-trainer mfu-fused    # the next call (one call took 3 min 11 s
+#                                                               for mfu extract encoder); then mfu-compile
 #
 # Sections, in the order of what the issues still miss (each bounded by its own timeout, each writing its table and
 # log (tables included) to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time
@@ -22,6 +23,9 @@
 #   mfu-fused    the same with torch's fused AdamW on both sides (optim.fused: true)          ~1 min
 #   mfu-trainer  vidvlm-8f bare against the same step through the trainer (its copy of the batch to the device,
 #                seeding, clipping, skip decision, schedule) on pre-made batches                  ~1 min
+#   gpu-tests  the suite's CUDA-only tests: a training step of every family under torch's sync debug mode (what
+#            the counts on the meta device stand for), pinned copies, attention and pooling kernels, the trainer
+#            under fp16 / bf16 (pytest and peft travel as wheels)                                  ~1 min?
 #   extract  #17: extraction at 640 videos, 12 workers, against the transformers loop, with
 #            vidvlm's stage split and the decode-bound ceiling (bench_extract.py)             ~3 min
 #   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~1 min
@@ -81,6 +85,8 @@ else
   TEST=data/shapes_llava8s/test/manifest.jsonl
 fi
 $PY -c "import open_clip" 2>/dev/null || MFU="$MFU --cases vidvlm-8f vidvlm-1f"  # the peer did not travel
+GPU_TESTS=(tests/models/test_device_reads.py tests/test_devices.py tests/layers/test_attention.py
+  tests/layers/test_pooling.py tests/models/test_contrastive.py tests/train/test_trainer.py)
 
 run() {  # run NAME SECONDS CMD...: the command's output in $OUT/NAME.log, its exit status in $OUT/status.txt
   local name=$1 limit=$2
@@ -166,7 +172,8 @@ for section in "${@:-mfu extract encoder}"; do
       llava) llava llava ;;
       llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
+      gpu-tests) run gpu_tests 300 $PY -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, gpu-tests, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done

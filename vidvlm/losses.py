@@ -215,7 +215,10 @@ def hard_negatives(
     has = ~positive.all(1)
     if sample:
         probs = torch.softmax(scores.masked_fill(~has[:, None], 0.0), dim=1)
-        choice = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        # The exponential race: with E ~ Exp(1), argmax_j p_j / E_j is column j with probability p_j (what
+        # torch.multinomial does for one draw, after two reads of the device that check the probabilities).
+        race = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
+        choice = (probs / race).argmax(1)
     else:
         choice = scores.argmax(1)
     return torch.where(has, choice, torch.full_like(choice, -1))

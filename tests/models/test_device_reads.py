@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 
 import pytest
 import torch
@@ -123,3 +124,33 @@ def test_a_padded_batch_of_tubelets_is_not_read_back(family):
     model = tiny_model(family, tower=tower)
     counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
     assert counter.reads == [] and counter.copies == [], (family, counter.reads, counter.copies)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pad_last", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
+    """What the counts on ``meta`` stand for, where it matters: torch's sync debug mode warns at every call that
+    makes the host wait for the GPU (reads, blocking copies, and waits inside kernels' host code that ``meta``
+    cannot see, such as ``torch.multinomial``'s checks). One step after a warm-up one, the batch in pinned memory as
+    the trainer's loader makes it on CUDA: none, but LLaVA's mask read on a padded batch."""
+    model = tiny_model(family).cuda().train()
+    batch = make_batch(model, num_frames=4, pad_last=pad_last)
+    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def step():
+        random.seed(0)
+        out = model(_to_device(batch, torch.device("cuda")))
+        sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+
+    step()  # first calls: lazy initialisation (libraries, kernels) is not the step's doing
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == (1 if family == "llava" and pad_last else 0), (family, syncs)

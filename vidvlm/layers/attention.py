@@ -243,8 +243,8 @@ def _bool_mask(mask: AttnMask, b: int, nq: int, nk: int, device: torch.device) -
     out = torch.ones(1, 1, 1, nk, dtype=torch.bool, device=device)
     kpos = torch.arange(nk, device=device)
     if mask.seq_lens is not None:
-        seg = torch.repeat_interleave(
-            torch.arange(len(mask.seq_lens), device=device), device_tensor(mask.seq_lens, device)
+        seg = torch.repeat_interleave(  # the output size given: torch need not read the lengths' sum back
+            torch.arange(len(mask.seq_lens), device=device), device_tensor(mask.seq_lens, device), output_size=nk
         )
         out = out & rearrange(seg[:, None] == seg[None, :], "q k -> 1 1 q k")
     if mask.causal or mask.prefix_len is not None:
