@@ -215,8 +215,9 @@ def hard_negatives(
     has = ~positive.all(1)
     if sample:
         probs = torch.softmax(scores.masked_fill(~has[:, None], 0.0), dim=1)
-        # The exponential race: with E ~ Exp(1), argmax_j p_j / E_j is column j with probability p_j (what
-        # torch.multinomial does for one draw, after two reads of the device that check the probabilities).
+        # The exponential race: with E ~ Exp(1), argmax_j p_j / E_j is column j with probability p_j. It is what
+        # torch.multinomial does for one draw, after checking the probabilities: with two reads of the device in
+        # some torch releases, asynchronous asserts in newer ones. Here nothing is checked, so nothing is read.
         race = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
         choice = (probs / race).argmax(1)
     else:

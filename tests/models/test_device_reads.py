@@ -131,8 +131,8 @@ def test_a_padded_batch_of_tubelets_is_not_read_back(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
     """What the counts on ``meta`` stand for, where it matters: torch's sync debug mode warns at every call that
-    makes the host wait for the GPU (reads, blocking copies, and waits inside kernels' host code that ``meta``
-    cannot see, such as ``torch.multinomial``'s checks). One step after a warm-up one, the batch in pinned memory as
+    makes the host wait for the GPU (reads, blocking copies, and waits in ops' own host code, which ``meta`` cannot
+    see: its ops have their own shape functions). One step after a warm-up one, the batch in pinned memory as
     the trainer's loader makes it on CUDA: none, but LLaVA's mask read on a padded batch."""
     model = tiny_model(family).cuda().train()
     batch = make_batch(model, num_frames=4, pad_last=pad_last)
