@@ -11,8 +11,8 @@
 # Then device calls (carry [".whl"], timeout_s 600), the most wanted first; each section's limit is below:
 #   bash benchmarks/device_checks.sh extract mfu              # what the thirty-first session's H200 call left, and
 #                                                               mfu again: its model no longer reads the GPU (32nd)
-#   bash benchmarks/device_checks.sh gpu-tests mfu-trainer mfu-fused    # the next call (one call took 3 min 11 s
-#                                                               for mfu extract encoder); then mfu-compile
+#   bash benchmarks/device_checks.sh gpu-tests mfu-trainer mfu-batch    # the next call (one call took 3 min 11 s
+#                                                               for mfu extract encoder); then mfu-fused mfu-compile
 #
 # Sections, in the order of what the issues still miss (each bounded by its own timeout, each writing its table and
 # log (tables included) to $OUT, or ./device_out where $OUT is unset, so a section that fails or runs out of time
@@ -21,6 +21,8 @@
 #            #15: the same with 50 % / 75 % of the tokens dropped (bench_mfu.py)             ~1 min on an H200
 #   mfu-compile  the same two main cases with vidvlm's blocks compiled (compile: true)      ~2 min
 #   mfu-fused    the same with torch's fused AdamW on both sides (optim.fused: true)          ~1 min
+#   mfu-batch    vidvlm-8f and open_clip at batch 64 (MFU_BATCH) instead of 32: does MFU grow with the batch (host
+#                launches and syncs amortised) or not (the kernels themselves)?                ~1.5 min
 #   mfu-trainer  vidvlm-8f bare against the same step through the trainer (its copy of the batch to the device,
 #                seeding, clipping, skip decision, schedule) on pre-made batches                  ~1 min
 #   gpu-tests  the suite's CUDA-only tests: a training step of every family under torch's sync debug mode (what
@@ -165,6 +167,8 @@ for section in "${@:-mfu extract encoder}"; do
       mfu) run mfu 240 $PY benchmarks/bench_mfu.py $MFU ;;
       mfu-compile) run mfu_compile 300 $PY benchmarks/bench_mfu.py $MFU --compile --token-drop --cases vidvlm-8f \
         $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
+      mfu-batch) run mfu_batch 300 $PY benchmarks/bench_mfu.py $MFU --batch "${MFU_BATCH:-64}" --token-drop \
+        --cases vidvlm-8f $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
       mfu-trainer) run mfu_trainer 240 $PY benchmarks/bench_mfu.py $MFU --token-drop --cases vidvlm-8f vidvlm-8f-trainer ;;
       mfu-fused) run mfu_fused 240 $PY benchmarks/bench_mfu.py $MFU --set optim.fused=true --token-drop \
         --cases vidvlm-8f vidvlm-1f $($PY -c "import open_clip" 2>/dev/null && echo open_clip-8f) ;;
@@ -173,7 +177,7 @@ for section in "${@:-mfu extract encoder}"; do
       llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
       gpu-tests) run gpu_tests 300 $PY -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, gpu-tests, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, mfu-batch, gpu-tests, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done
