@@ -20,7 +20,10 @@ import torch
 
 def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x`` (any shape) on ``device`` (and ``dtype``); a host tensor bound for CUDA goes through pinned memory,
-    copied without a synchronisation. A tensor already there is returned as it is (cast if ``dtype`` differs)."""
+    copied without a synchronisation. A tensor already there is returned as it is (cast if ``dtype`` differs).
+
+    A host tensor that is already pinned is copied from where it lies, later: do not change it in place until the
+    device has used it (a pageable one is first copied to a pinned temporary, so it is free at once)."""
     device = torch.device(device)
     if x.device.type == "cpu" and device.type != "cpu":
         if dtype is not None:
