@@ -23,8 +23,11 @@ import pytest
 import torch
 
 from tests.models.device_reads import META, DeviceReads
-from tests.models.test_registry import FAMILIES, make_batch, tiny_config, tiny_model
+from tests.models.frontend_kinds import KINDS, make_sources, tower_configs
+from tests.models.test_registry import FAMILIES, FRONT_END_FAMILIES, make_batch, tiny_config, tiny_model
+from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig
+from vidvlm.models.frontend import TokenDropConfig
 from vidvlm.models.registry import build_model
 from vidvlm.train.trainer import _to_device
 
@@ -154,3 +157,44 @@ def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
             torch.cuda.set_sync_debug_mode("default")
     syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == (1 if family == "llava" and pad_last else 0), (family, syncs)
+
+
+@pytest.fixture(scope="module")
+def tower_kinds(tmp_path_factory):
+    return tower_configs(make_sources(tmp_path_factory.mktemp("sources")))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FRONT_END_FAMILIES)
+def test_every_tower_kind_takes_a_padded_mask_from_the_host(family, kind, tower_kinds):
+    """Each family on each kind of front-end tower (native, pretrained, frame-wise, ensembles, multi-level), on a
+    padded batch as the trainer hands it over (the mask on the host, the clips on the device): no device mixed,
+    nothing waited for (LLaVA: its tokens' mask, once); content token dropping too, which fills tubelets from the
+    host mask."""
+    for drop in (None, {"ratio": 0.5, "kind": "content"}):
+        model = tiny_model(family, tower=tower_kinds[kind])
+        if drop is not None:
+            if not model.front_end.can_drop_tokens:
+                continue  # dropping needs a tower that encodes chosen tokens (a video ViT)
+            try:
+                model.front_end.set_token_drop(TokenDropConfig(**drop))
+            except ConfigError:
+                continue  # the family's pooler reads the whole patch grid (coca, prefix_lm): no dropping there
+        counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
+        expected = ["copy to host"] if family == "llava" else []
+        assert [r for r, _ in counter.reads] == expected and counter.copies == [], (kind, drop, counter.reads,
+                                                                                  counter.copies)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["flava", "xfm"])
+def test_masked_modelling_objectives_take_a_padded_mask_from_the_host(family):
+    """The objectives the tiny configs leave off (masked video, multimodal and text-guided video modelling; the box
+    of the described shape) on a padded batch with the mask on the host: nothing mixed, nothing waited for."""
+    cfg = dataclasses.replace(tiny_config(family), mvm_weight=1.0, mmm_weight=1.0, tmim_weight=1.0, bbox_weight=1.0)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.prepare_for_training(["a red square moves left", "a blue circle moves right", "a green triangle bounces"])
+    batch = make_batch(model, num_frames=4, pad_last=True)
+    batch["boxes"] = torch.rand(2, 4, 4).sort(-1).values  # [B, T, 4] boxes (x0 <= y0 <= x1 <= y1 suffices here)
+    counter = _training_step(model, batch)
+    assert counter.reads == [] and counter.copies == [], (family, counter.reads, counter.copies)

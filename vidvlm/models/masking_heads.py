@@ -4,9 +4,10 @@ light decoder of masked video modelling with its tubelet targets (text-guided wh
 from __future__ import annotations
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
+from vidvlm.devices import to_device
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.embeddings import SpaceTimePosEmbed
 from vidvlm.layers.masking import gather_tokens, scatter_tokens
@@ -151,8 +152,8 @@ class PixelDecoder(nn.Module):
         x = x + space.to(x.dtype) + rearrange(self.pos.temporal_table(t).to(x.dtype), "t d -> t 1 d")
         h = rearrange(x, "b t n d -> b (t n) d")
         mask = None
-        if step_mask is not None and not bool(step_mask.all()):
-            mask = AttnMask(key_padding=rearrange(step_mask[:, :, None].expand(b, t, n), "b t n -> b (t n)"))
+        if step_mask is not None:  # used as it is, even when it pads nothing: testing that would read it back
+            mask = AttnMask(key_padding=repeat(step_mask.bool(), "b t -> b (t n)", n=n))
         extra = {} if context is None else {"context": context, "context_mask": _padding(context_mask)}
         for blk in self.blocks:
             h = blk(h, mask, **extra)
@@ -179,6 +180,8 @@ def tubelet_pixels(
     """
     if tubelet_size > 1:
         video, frame_mask = fill_to_tubelets(video, frame_mask, tubelet_size)
+    elif frame_mask is not None:
+        frame_mask = to_device(frame_mask.bool(), video.device)  # the trainer's mask lies on the host
     gh, gw = video.shape[-2] // patch_size, video.shape[-1] // patch_size
     video = video[..., : gh * patch_size, : gw * patch_size]
     pixels = rearrange(

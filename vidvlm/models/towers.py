@@ -453,7 +453,7 @@ class TowerEnsemble(nn.Module):
         tokens = rearrange(out.last_hidden_state, "(b t) 1 n d -> b t n d", b=b)
         pooled = rearrange(out.pooler_output, "(b t) 1 d -> b t d", b=b)
         if frame_mask is not None:
-            real = frame_mask.to(tokens.dtype)
+            real = to_device(frame_mask, tokens.device, tokens.dtype)  # the mask may lie on the host
             tokens, pooled = tokens * real[:, :, None, None], pooled * real[:, :, None]
         hidden = None
         if out.hidden_states is not None:

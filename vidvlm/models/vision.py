@@ -417,7 +417,7 @@ def _middle_frame(video: torch.Tensor, frame_mask: torch.Tensor | None) -> torch
     b, t = video.shape[:2]
     if frame_mask is None:
         return video[:, (t - 1) // 2]
-    idx = (frame_mask.long().sum(1) - 1) // 2  # real frames are a prefix of each clip
+    idx = to_device((frame_mask.long().sum(1) - 1) // 2, video.device)  # real frames are a prefix of each clip
     return video[torch.arange(b, device=video.device), idx]
 
 
@@ -436,7 +436,9 @@ def fill_to_tubelets(
     # only masks with padding; an all-real one there costs one identity gather)
     whole = frame_mask is None or (frame_mask.device.type == "cpu" and bool(frame_mask.all()))
     if t_out == t and whole:
-        return video, None if frame_mask is None else frame_mask[:, ::ts]
+        return video, None if frame_mask is None else to_device(frame_mask[:, ::ts], video.device)
+    if frame_mask is not None:
+        frame_mask = to_device(frame_mask, video.device)  # a host mask (the trainer's) joins the clips
     idx = torch.arange(t_out, device=video.device)
     if frame_mask is None:
         src = repeat(idx.clamp(max=t - 1), "t -> b t", b=b)
