@@ -39,6 +39,8 @@ def test_host_values_go_over_without_a_blocking_copy():
 def test_to_device_on_cuda_is_exact_and_does_not_synchronise():
     """torch's sync debug mode raises on a synchronising call: a plain ``.to("cuda")`` does, to_device does not."""
     x = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    to_device(x, "cuda")  # first use: the CUDA context and the pinned-memory pool start outside the checked part
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         moved = to_device(x, "cuda", torch.int32)
