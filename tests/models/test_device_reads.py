@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from tests.models.device_reads import META, DeviceReads
-from tests.models.frontend_kinds import KINDS, make_sources, tower_configs
+from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
 from tests.models.test_registry import FAMILIES, FRONT_END_FAMILIES, make_batch, tiny_config, tiny_model
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig
-from vidvlm.models.frontend import TokenDropConfig
+from vidvlm.models.frontend import TokenDropConfig, TowerConfig
 from vidvlm.models.registry import build_model
 from vidvlm.train.trainer import _to_device
 
@@ -109,13 +109,12 @@ def test_padded_frames_are_read_where_they_lie():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_padded_batch_is_not_read_back(family):
-    """Clips of different lengths (stills among clips, as the mixtures make): the step neither reads the device nor
-    copies to it with a wait. LLaVA alone reads its visual tokens' mask once per batch, to lay out the sequences."""
+    """Clips of different lengths (stills among clips, as image-video mixtures make): the step neither reads the
+    device nor copies to it with a wait. LLaVA lays out its sequences with the token mask the front-end made on the
+    host."""
     model = tiny_model(family)
     counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
-    assert counter.copies == [], family
-    expected = ["copy to host"] if family == "llava" else []
-    assert [kind for kind, _ in counter.reads] == expected, (family, counter.reads)
+    assert counter.reads == [] and counter.copies == [], (family, counter.reads, counter.copies)
 
 
 @pytest.mark.parametrize("family", ["contrastive", "coca"])
@@ -136,7 +135,7 @@ def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
     """What the counts on ``meta`` stand for, where it matters: torch's sync debug mode warns at every call that
     makes the host wait for the GPU (reads, blocking copies, and waits in ops' own host code, which ``meta`` cannot
     see: its ops have their own shape functions). One step after a warm-up one, the batch in pinned memory as
-    the trainer's loader makes it on CUDA: none, but LLaVA's mask read on a padded batch."""
+    the trainer's loader makes it on CUDA: none."""
     model = tiny_model(family).cuda().train()
     batch = make_batch(model, num_frames=4, pad_last=pad_last)
     batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -156,7 +155,7 @@ def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == (1 if family == "llava" and pad_last else 0), (family, syncs)
+    assert syncs == [], (family, syncs)
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +168,7 @@ def tower_kinds(tmp_path_factory):
 def test_every_tower_kind_takes_a_padded_mask_from_the_host(family, kind, tower_kinds):
     """Each family on each kind of front-end tower (native, pretrained, frame-wise, ensembles, multi-level), on a
     padded batch as the trainer hands it over (the mask on the host, the clips on the device): no device mixed,
-    nothing waited for (LLaVA: its tokens' mask, once); content token dropping too, which fills tubelets from the
-    host mask."""
+    nothing waited for; content token dropping too, which fills tubelets from the host mask."""
     for drop in (None, {"ratio": 0.5, "kind": "content"}):
         model = tiny_model(family, tower=tower_kinds[kind])
         if drop is not None:
@@ -181,9 +179,7 @@ def test_every_tower_kind_takes_a_padded_mask_from_the_host(family, kind, tower_
             except ConfigError:
                 continue  # the family's pooler reads the whole patch grid (coca, prefix_lm): no dropping there
         counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
-        expected = ["copy to host"] if family == "llava" else []
-        assert [r for r, _ in counter.reads] == expected and counter.copies == [], (kind, drop, counter.reads,
-                                                                                  counter.copies)  # fmt: skip
+        assert counter.reads == [] and counter.copies == [], (kind, drop, counter.reads, counter.copies)
 
 
 @pytest.mark.parametrize("family", ["flava", "xfm"])
@@ -198,3 +194,27 @@ def test_masked_modelling_objectives_take_a_padded_mask_from_the_host(family):
     batch["boxes"] = torch.rand(2, 4, 4).sort(-1).values  # [B, T, 4] boxes (x0 <= y0 <= x1 <= y1 suffices here)
     counter = _training_step(model, batch)
     assert counter.reads == [] and counter.copies == [], (family, counter.reads, counter.copies)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "native_tubelets", "native_keyframe"])
+def test_the_masks_made_on_the_host_are_the_towers_own(kind, tower_kinds):
+    """A padded mask given on the host: the tower's step mask and the front-end's token mask are also made there
+    (the layout LLaVA reads), and they equal what the tower and the pooler compute from the mask it moved over, for
+    every tower kind (tubelets and a keyframe step too) and each family's pooler. On the CPU both are values."""
+    if kind.startswith("native_"):
+        extra = {"tubelet_size": 2, "num_tubelets": 2, "keyframe_stream": kind == "native_keyframe"}
+        tower = TowerConfig("native", native_vision(**extra))
+    else:
+        tower = tower_kinds[kind]
+    for family in FRONT_END_FAMILIES:
+        model = tiny_model(family, tower=tower).eval()
+        batch = make_batch(model, num_frames=4, pad_last=True)
+        batch["frame_mask"][0, 1:] = False  # a still and a clip one frame short
+        with torch.no_grad():
+            out = model.front_end(batch["video"], batch["frame_mask"])
+        vision = out.vision
+        assert vision.host_frame_mask is not None and out.host_mask is not None, (kind, family)
+        assert torch.equal(vision.host_frame_mask, vision.frame_mask), (kind, family)
+        num_tokens = 1 if model.front_end.cfg.pool_input == "frame" else vision.last_hidden_state.shape[2]
+        assert torch.equal(out.host_mask, model.front_end.pooler.output_mask(vision.frame_mask, num_tokens))
+        assert not bool(vision.host_frame_mask.all()), (kind, family)  # the still's padding shows

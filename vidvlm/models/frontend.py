@@ -232,12 +232,15 @@ class FrontEndOutput:
             ``timestamps [B, T]`` this gives each token's time (:func:`token_times`). It is layout, which families
             read on the host (LLaVA's frame times), so it is made there: no read of the device.
         vision: the tower's output (``last_hidden_state [B, T', N', Dv]``, ``pooler_output [B, T', Dv]``).
+        host_mask: ``mask`` on the host, when the frame mask came on the host (as the trainer gives it), else None:
+            layout too (LLaVA lays out its sequences with it), so it is made there and ``mask`` is its copy.
     """
 
     tokens: torch.Tensor
     mask: torch.Tensor | None
     frame_index: torch.Tensor
     vision: VisionOutput
+    host_mask: torch.Tensor | None = None
 
 
 def select_clips(out: FrontEndOutput, index: torch.Tensor) -> FrontEndOutput:
@@ -247,14 +250,20 @@ def select_clips(out: FrontEndOutput, index: torch.Tensor) -> FrontEndOutput:
     def pick(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x[index]
 
+    host_index = index.to(out.frame_index.device)  # layout is indexed on the host: the index is read there
+
+    def pick_host(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[host_index]
+
     vision = out.vision
     if vision is not None:
         hidden = None if vision.hidden_states is None else tuple(h[index] for h in vision.hidden_states)
         vision = VisionOutput(
-            pick(vision.last_hidden_state), pick(vision.pooler_output), hidden, pick(vision.frame_mask)
-        )
-    frame_index = out.frame_index[index.to(out.frame_index.device)]  # on the host: the index is read there
-    return FrontEndOutput(out.tokens[index], pick(out.mask), frame_index, vision)
+            pick(vision.last_hidden_state), pick(vision.pooler_output), hidden, pick(vision.frame_mask),
+            pick_host(vision.host_frame_mask),
+        )  # fmt: skip
+    tokens, mask, frame_index = out.tokens[index], pick(out.mask), pick_host(out.frame_index)
+    return FrontEndOutput(tokens, mask, frame_index, vision, pick_host(out.host_mask))
 
 
 def token_times(frame_index: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
@@ -536,11 +545,14 @@ class VideoFrontEnd(nn.Module):
             tokens = out.last_hidden_state
         steps = tokens.shape[1]
         pooled = self.pooler(tokens, out.frame_mask)  # [B, M, Dv]
-        mask = None
-        if out.frame_mask is not None:
+        mask = host_mask = None
+        if out.host_frame_mask is not None:  # the mask came on the host: the token mask is made there, then copied
+            host_mask = self.pooler.output_mask(out.host_frame_mask, tokens.shape[2])
+            mask = to_device(host_mask, video.device)
+        elif out.frame_mask is not None:
             mask = to_device(self.pooler.output_mask(out.frame_mask, tokens.shape[2]), video.device)
         frame_index = self._frame_index(steps, tokens.shape[2], video.shape[0])
-        return FrontEndOutput(self.connector(pooled), mask, frame_index, out)
+        return FrontEndOutput(self.connector(pooled), mask, frame_index, out, host_mask)
 
     def _frame_index(self, steps: int, num_tokens: int, batch: int) -> torch.Tensor:
         """Input frame of each pooled token, ``[B, M]`` on the host (-1: mixes time; the keyframe step maps to its

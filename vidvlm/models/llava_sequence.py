@@ -59,12 +59,14 @@ class SequenceBuilder:
         counts = list(batch.get("clips_per_sample") or [1] * len(convs))
         if sum(counts) != visual.tokens.shape[0] or len(counts) != len(convs):
             raise ConfigError(f"batch: {visual.tokens.shape[0]} clips for clips_per_sample {list(counts)}")
-        # The layout is built on the host from the tokens' mask, frames (made there by the front-end) and times, the
-        # first and last read back once per batch: indexing them on a GPU token by token would wait for it at every
-        # visual token. The times are read only when they are written into the prompt.
+        # The layout is built on the host from the tokens' mask, frames and times: indexing them on a GPU token by
+        # token would wait for it at every visual token. The front-end makes the frames there, and the mask too when
+        # the frame mask came there (as the trainer gives it; else it is read back once per batch); the times are
+        # read only when they are written into the prompt (the trainer leaves them on the host).
+        mask = visual.host_mask if visual.host_mask is not None else visual.mask  # made on the host when it can be
         host = dataclasses.replace(
             visual,
-            mask=None if visual.mask is None else visual.mask.cpu(),
+            mask=None if mask is None else mask.cpu(),
             frame_index=visual.frame_index.cpu(),
         )
         times = batch.get("timestamps") if self.config.frame_times else None

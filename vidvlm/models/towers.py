@@ -342,7 +342,9 @@ class FrameWiseTower(nn.Module):
                 pooled = tokens[:, self.num_prefix_tokens :].mean(1)
             if output_hidden_states:
                 hidden = tuple(_unfold(h, b, t, rows) for h in out.hidden_states)
-        return VisionOutput(_unfold(tokens, b, t, rows), _unfold(pooled, b, t, rows), hidden, frame_mask=frame_mask)
+        host = frame_mask if frame_mask is not None and frame_mask.device.type == "cpu" else None
+        mask = None if frame_mask is None else to_device(frame_mask, video.device)  # with the tokens
+        return VisionOutput(_unfold(tokens, b, t, rows), _unfold(pooled, b, t, rows), hidden, mask, host)
 
 
 def _unfold(x: torch.Tensor, b: int, t: int, rows: torch.Tensor | None) -> torch.Tensor:
@@ -458,7 +460,11 @@ class TowerEnsemble(nn.Module):
         hidden = None
         if out.hidden_states is not None:
             hidden = tuple(rearrange(h, "(b t) 1 n d -> b t n d", b=b) for h in out.hidden_states)
-        return VisionOutput(tokens, pooled, hidden, frame_mask=frame_mask)
+        host = frame_mask if frame_mask is not None and frame_mask.device.type == "cpu" else None
+        mask = None if frame_mask is None else to_device(frame_mask.bool(), tokens.device)  # with the tokens
+        return VisionOutput(
+            tokens, pooled, hidden, frame_mask=mask, host_frame_mask=None if host is None else host.bool()
+        )
 
     @staticmethod
     def summary(tower: nn.Module, out: VisionOutput) -> torch.Tensor:
@@ -511,4 +517,5 @@ class TowerEnsemble(nn.Module):
             pooled_all = torch.stack(pooled).sum(0)
             patch = torch.stack(patches).sum(0)
         tokens = torch.cat([pooled_all[:, :, None], patch], dim=2)
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled_all, frame_mask=outs[0].frame_mask)
+        first = outs[0]  # the first member sets the time steps
+        return VisionOutput(tokens, pooled_all, frame_mask=first.frame_mask, host_frame_mask=first.host_frame_mask)

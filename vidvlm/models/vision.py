@@ -145,13 +145,17 @@ class VisionOutput:
         pooler_output: ``[B, T', D]`` one vector per frame.
         hidden_states: tuple of ``[B, T', N', D]`` (embedding output, then after each block) or None.
         frame_mask: bool ``[B, T']``, True for real output time steps (a tubelet is real when its first frame is);
-            None when every step is real. Consumers use it instead of recomputing the tower's time layout.
+            None when every step is real. Consumers use it instead of recomputing the tower's time layout. It lies
+            with the tokens.
+        host_frame_mask: the same mask on the host, when the tower was given its frame mask there (as the trainer
+            gives it), else None: layout that a family can read without reading the device (LLaVA's sequences).
     """
 
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     frame_mask: torch.Tensor | None = None
+    host_frame_mask: torch.Tensor | None = None
 
 
 class AttentionPoolHead(nn.Module):
@@ -338,7 +342,10 @@ class VideoViT(nn.Module):
             if not bool(frame_mask.any(1).all()):
                 raise ValueError("frame_mask: every clip needs at least one real frame")
             # no padding: unmasked attention can use the fastest (flash) kernels
-            frame_mask = None if bool(frame_mask.all()) else to_device(frame_mask, video.device)
+            frame_mask = None if bool(frame_mask.all()) else frame_mask
+        host_steps = None if frame_mask is None or frame_mask.device.type != "cpu" else self.step_mask(frame_mask)
+        if frame_mask is not None:
+            frame_mask = to_device(frame_mask, video.device)
         x, frame_mask = self.embed(video, frame_mask)
         if keep is not None:
             p = self.num_prefix_tokens
@@ -385,7 +392,20 @@ class VideoViT(nn.Module):
         hidden = None
         if keep_all:
             hidden = tuple(states) if output_hidden_states is True else tuple(states[i] for i in output_hidden_states)
-        return VisionOutput(last_hidden_state=tokens, pooler_output=pooled, hidden_states=hidden, frame_mask=frame_mask)
+        return VisionOutput(tokens, pooled, hidden, frame_mask=frame_mask, host_frame_mask=host_steps)
+
+    def step_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The real output time steps ``[B, T']`` of bool ``frame_mask [B, T]`` (real frames first), where the mask
+        lies: a tubelet is real when its first frame is, the keyframe step always is (what :meth:`embed` gives)."""
+        steps = frame_mask.bool()
+        ts = self.cfg.tubelet_size
+        if ts > 1:
+            t_out = -(-steps.shape[1] // ts) * ts
+            last = steps.long().sum(1, keepdim=True) - 1
+            steps = (torch.arange(t_out, device=steps.device)[None] <= last)[:, ::ts]
+        if self.keyframe_embed is not None:
+            steps = torch.cat([steps, steps.new_ones(steps.shape[0], 1)], dim=1)
+        return steps
 
     def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
         """``(T', N)``: output time steps and patch tokens per step of a ``[B, num_frames, C, height, width]``
