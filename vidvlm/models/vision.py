@@ -330,7 +330,8 @@ class VideoViT(nn.Module):
 
         Returns:
             :class:`VisionOutput` with ``T' = ceil(T / tubelet_size)`` (plus one with ``keyframe_stream``); with
-            ``keep`` the tokens are ``[B, T', P + K, D]``, the visible ones in ``keep``'s order.
+            ``keep`` the tokens are ``[B, T', P + K, D]``, the visible ones in ``keep``'s order. A padded
+            ``frame_mask`` given on the host also gives ``host_frame_mask`` (:meth:`step_mask`, made there).
         """
         if video.ndim != 5:
             raise ValueError(f"video: expected [B, T, C, H, W], got shape {tuple(video.shape)}")
@@ -343,6 +344,7 @@ class VideoViT(nn.Module):
                 raise ValueError("frame_mask: every clip needs at least one real frame")
             # no padding: unmasked attention can use the fastest (flash) kernels
             frame_mask = None if bool(frame_mask.all()) else frame_mask
+        # layout for the host (LLaVA's sequences), made from a host mask before it moves
         host_steps = None if frame_mask is None or frame_mask.device.type != "cpu" else self.step_mask(frame_mask)
         if frame_mask is not None:
             frame_mask = to_device(frame_mask, video.device)
