@@ -80,3 +80,20 @@ def test_bad_config():
         DecodeConfig(num_beams=0)
     with pytest.raises(ConfigError, match="top_p"):
         DecodeConfig(top_p=0.0)
+
+
+def test_beam_search_reads_the_device_once_per_step():
+    """The beam bookkeeping lives on the host: on the ``meta`` device (shapes, no data) each step reads its top
+    extensions back once and copies its new tokens and scores without a wait."""
+    from tests.models.device_reads import META, DeviceReads
+
+    logits = torch.zeros(1, V, device=META)
+
+    def step(tokens, rows):
+        return logits.expand(tokens.shape[0], V)
+
+    steps = 5
+    with DeviceReads() as counter:
+        generate(step, [[2], [3]], EOS, PAD, DecodeConfig("beam", max_new_tokens=steps, num_beams=3), device=META)
+    assert counter.copies == []
+    assert len(counter.reads) == steps  # the stand-in ids never end a beam: every step runs

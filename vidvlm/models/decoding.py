@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
+from vidvlm.devices import device_tensor
 from vidvlm.errors import ConfigError
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
@@ -127,46 +129,53 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
     rows = torch.arange(b, device=dev).repeat_interleave(k)
     scores = torch.full((b, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # one live beam at the start, so the K beams do not duplicate each other
+    # The bookkeeping lives on the host: each step reads its top extensions back once, and the generated ids of
+    # every beam are mirrored here, so that finishing a hypothesis reads nothing more.
+    generated: list[list[int]] = [[] for _ in range(b * k)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     active = [True] * b
-    l0 = prompt.shape[1]
+    live = [[0.0] + [float("-inf")] * (k - 1) for _ in range(b)]
     for step in range(cfg.max_new_tokens):
         logp = step_fn(tokens, rows).float().log_softmax(-1)  # [B*K, V]
         vocab = logp.shape[-1]
-        cand = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
+        cand = rearrange(rearrange(scores, "b k -> (b k) 1") + logp, "(b k) v -> b (k v)", b=b)
         top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=-1)  # [B, 2K]
-        new_tokens, new_scores = [], []
+        # one read per step: both as float64, exact for the scores (float32) and for indices below 2**53
+        top_s, top_i = torch.stack([top_s.double(), top_i.double()]).tolist()
+        top_i = [[int(i) for i in row] for row in top_i]
+        sources, appended, live = [], [], []
         length = step + 1
         for r in range(b):
-            kept: list[tuple[float, Tensor]] = []
-            for s, i in zip(top_s[r].tolist(), top_i[r].tolist(), strict=True):
+            kept: list[tuple[float, int, int]] = []  # (score, source beam, token)
+            for s, i in zip(top_s[r], top_i[r], strict=True):
                 beam, tok = divmod(i, vocab)
-                seq = torch.cat([tokens[r * k + beam], torch.tensor([tok], device=dev)])
                 if not active[r] or s == float("-inf"):
                     break
                 if tok == eos_id:
                     if len(kept) < k:  # an EOS ranked below K live extensions cannot beat them (HF convention)
-                        finished[r].append((s / length**cfg.length_penalty, seq[l0:-1].tolist()))
+                        finished[r].append((s / length**cfg.length_penalty, list(generated[r * k + beam])))
                 else:
-                    kept.append((s, seq))
+                    kept.append((s, r * k + beam, tok))
                 if len(kept) == k:
                     break
             if active[r] and len(finished[r]) >= k:
                 active[r] = False
-            while len(kept) < k:  # rows that are done (or ran short) carry dead beams
-                kept.append((float("-inf"), torch.cat([tokens[r * k], torch.tensor([eos_id], device=dev)])))
-            new_tokens.extend(seq for _, seq in kept)
-            new_scores.append([s for s, _ in kept])
-        tokens = torch.stack(new_tokens)
-        scores = torch.tensor(new_scores, device=dev)
+            kept += [(float("-inf"), r * k, eos_id)] * (k - len(kept))  # rows done (or short) carry dead beams
+            sources += [src for _, src, _ in kept]
+            appended += [tok for _, _, tok in kept]
+            live.append([s for s, _, _ in kept])
+        generated = [generated[src] + [tok] for src, tok in zip(sources, appended, strict=True)]
+        src_t, tok_t = device_tensor([sources, appended], dev).unbind(0)
+        tokens = torch.cat([tokens[src_t], rearrange(tok_t, "n -> n 1")], dim=1)
+        scores = device_tensor(live, dev)
         if not any(active):
             break
     for r in range(b):
         if active[r]:  # out of length: the live beams count as finished
             for j in range(k):
-                s = scores[r, j].item()
-                if s > float("-inf"):
-                    finished[r].append((s / cfg.max_new_tokens**cfg.length_penalty, tokens[r * k + j, l0:].tolist()))
+                if live[r][j] > float("-inf"):
+                    score = live[r][j] / cfg.max_new_tokens**cfg.length_penalty
+                    finished[r].append((score, generated[r * k + j]))
     return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
 
 
@@ -192,8 +201,8 @@ def generate(
         groups.setdefault(len(p), []).append(i)
     decode = beam_search if cfg.strategy == "beam" else greedy_or_sample
     for idx in groups.values():
-        index = torch.tensor(idx, device=device)
-        prompt = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long, device=device)
+        index = device_tensor(idx, device or "cpu", torch.long)
+        prompt = device_tensor([list(prompts[i]) for i in idx], device or "cpu", torch.long)
         res = decode(lambda t, r, index=index: step_fn(t, index[r]), prompt, eos_id, pad_id, cfg)
         for i, seq in zip(idx, res, strict=True):
             out[i] = seq
