@@ -68,8 +68,8 @@ def main() -> int:
 
 def run_stages(cfg, trainer) -> int:
     """One step of each stage on ``meta``; prints a line per stage; 1 when a stage failed, else 0."""
+    from vidvlm.devices import batch_to_device
     from vidvlm.train.optim import apply_stage_trainable
-    from vidvlm.train.trainer import _to_device
 
     model = trainer.model
     failed = 0
@@ -84,7 +84,7 @@ def run_stages(cfg, trainer) -> int:
         kind = "text only" if batch.get("video") is None else f"video {tuple(batch['video'].shape)}"
         try:
             with counter:
-                result = model(_to_device(batch, META))
+                result = model(batch_to_device(batch, META))
                 sum(v for k, v in result.items() if k.endswith("_loss")).backward()
         except Exception as e:  # noqa: BLE001 (reported per stage)
             failed += 1

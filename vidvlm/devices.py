@@ -7,8 +7,9 @@ from page-locked ("pinned") memory with ``non_blocking=True`` is queued like a k
 allocator keeps the pinned block until the copy has run, so the temporary may go out of scope at once.
 
 :func:`to_device` and :func:`device_tensor` do that on CUDA; elsewhere they copy as ``.to`` does (a non-blocking
-request, which other devices treat as they can). ``tests/models/test_device_reads.py`` counts the blocking copies of
-every family's training step on the ``meta`` device and expects none.
+request, which other devices treat as they can). :func:`batch_to_device` moves a collated batch as the trainer and
+its evaluation do, leaving on the host what the models read there. ``tests/models/test_device_reads.py`` counts the
+reads and blocking copies of every family's training step on the ``meta`` device and expects none.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+# read by the models on the host (the vision tower checks the mask, LLaVA lays out its sequences with both): a
+# trainer that moved them would make the models read them back
+ON_HOST = ("frame_mask", "timestamps")
 
 
 def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -37,3 +42,19 @@ def to_device(x: torch.Tensor, device: torch.device | str, dtype: torch.dtype | 
 def device_tensor(data: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.tensor(data, dtype=dtype)`` made on the host and moved with :func:`to_device`."""
     return to_device(torch.tensor(data, dtype=dtype), device)
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A collated batch's tensors on ``device`` (non-blocking: from pinned memory they overlap the step), except
+    those the models read on the host (:data:`ON_HOST`). ``frame_mask``: one with no padded frame becomes None
+    (every frame real, as the models read it); one with padding stays on the host, where the vision tower checks it
+    before it moves it over and makes the layout masks (:meth:`vidvlm.models.vision.VideoViT.forward`).
+    ``timestamps`` stay there too: they are layout (the LLaVA family writes them into the prompt). The trainer and
+    its evaluation move every batch with this."""
+    stay = {k: batch[k] for k in ON_HOST if isinstance(batch.get(k), torch.Tensor) and batch[k].device.type == "cpu"}
+    if "frame_mask" in stay and bool(stay["frame_mask"].all()):
+        stay["frame_mask"] = None
+    moved = {
+        k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay
+    }
+    return {**batch, **moved, **stay}

@@ -25,11 +25,11 @@ import torch
 from tests.models.device_reads import META, DeviceReads
 from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
 from tests.models.test_registry import FAMILIES, FRONT_END_FAMILIES, make_batch, tiny_config, tiny_model
+from vidvlm.devices import batch_to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.models.frontend import TokenDropConfig, TowerConfig
 from vidvlm.models.registry import build_model
-from vidvlm.train.trainer import _to_device
 
 
 def _training_step(model, batch: dict) -> DeviceReads:
@@ -38,7 +38,7 @@ def _training_step(model, batch: dict) -> DeviceReads:
     random.seed(0)
     counter = DeviceReads()
     with counter:
-        out = model(_to_device(batch, META))
+        out = model(batch_to_device(batch, META))
         sum(v for k, v in out.items() if k.endswith("_loss")).backward()
     return counter
 
@@ -81,7 +81,7 @@ def test_llava_frame_times_read_nothing_and_at_most_once_per_batch():
         tokens = model.front_end(batch["video"]).tokens.shape[1]
         counter = _training_step(model, batch)
         reads[tokens] = counter.reads + counter.copies
-        on_device = {**_to_device(batch, META), "timestamps": batch["timestamps"].to(META)}
+        on_device = {**batch_to_device(batch, META), "timestamps": batch["timestamps"].to(META)}
         with DeviceReads() as counter:
             model(on_device)
         moved_reads[tokens] = counter.reads
@@ -95,10 +95,10 @@ def test_padded_frames_are_read_where_they_lie():
     becomes None."""
     model = tiny_model("contrastive")
     padded = make_batch(model, num_frames=4, pad_last=True)
-    moved = _to_device(padded, META)
+    moved = batch_to_device(padded, META)
     assert moved["frame_mask"] is not None and moved["frame_mask"].device.type == "cpu"
     assert moved["video"].device == META
-    assert _to_device(make_batch(model, num_frames=4, pad_last=False), META)["frame_mask"] is None
+    assert batch_to_device(make_batch(model, num_frames=4, pad_last=False), META)["frame_mask"] is None
     video = padded["video"].to(META)
     model.to(META)
     counter = DeviceReads()
@@ -142,7 +142,7 @@ def test_a_cuda_training_step_does_not_synchronise(family, pad_last):
 
     def step():
         random.seed(0)
-        out = model(_to_device(batch, torch.device("cuda")))
+        out = model(batch_to_device(batch, torch.device("cuda")))
         sum(v for k, v in out.items() if k.endswith("_loss")).backward()
 
     step()  # first calls: lazy initialisation (libraries, kernels) is not the step's doing

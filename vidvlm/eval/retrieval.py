@@ -143,8 +143,7 @@ def embed_batch(model: Any, batch: dict[str, Any], device: str | torch.device) -
         ``video [B, D]``, ``text [Tx, D]`` (float32, on the CPU; the captions of clip 0, then clip 1, ...),
         ``captions`` (B lists, as :func:`batch_captions`) and ``labels`` long ``[B]`` (-1 where the batch has none).
     """
-    mask = batch.get("frame_mask")
-    video = model.encode_video(batch["video"].to(device), None if mask is None else mask.to(device))
+    video = model.encode_video(batch["video"].to(device), batch.get("frame_mask"))  # a mask wherever it lies
     caps = batch_captions(batch)
     text = model.encode_text([c for per_video in caps for c in per_video])
     labels = torch.as_tensor(batch.get("label", torch.full((video.shape[0],), -1))).long().cpu()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vidvlm.devices import batch_to_device
 from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel
 from vidvlm.train.data import CountingCollate
 
@@ -86,9 +87,7 @@ def _shard_pass(
     count = 0
     parts: list[dict[str, Any]] = []
     for batch in loader:
-        batch = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k not in _COUNT_KEYS
-        }
+        batch = batch_to_device({k: v for k, v in batch.items() if k not in _COUNT_KEYS}, device)  # as in training
         with accelerator.autocast() if accelerator is not None else nullcontext():
             out = model(batch)
         n = len(batch["index"]) if "index" in batch else 1

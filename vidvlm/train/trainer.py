@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vidvlm.atomic import replace_dir
+from vidvlm.devices import batch_to_device
 from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.locks import FolderLock
 from vidvlm.train import checkpoint as ckpt
@@ -91,23 +92,6 @@ class StepResult:
     lr: float
     drawn: list[int]
     replaced: list[int]
-
-
-_ON_HOST = ("frame_mask", "timestamps")  # read by the models on the host: moving them would mean reading them back
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device``, except those the models read on the host. ``frame_mask``: one with no
-    padded frame becomes None (every frame real, as the models read it); one with padding stays on the host, where
-    the vision tower checks it before it moves it over (:meth:`~vidvlm.models.vision.VideoViT.forward`).
-    ``timestamps`` stay there too: they are layout (the LLaVA family writes them into the prompt)."""
-    stay = {k: batch[k] for k in _ON_HOST if isinstance(batch.get(k), torch.Tensor) and batch[k].device.type == "cpu"}
-    if "frame_mask" in stay and bool(stay["frame_mask"].all()):
-        stay["frame_mask"] = None
-    moved = {
-        k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay
-    }
-    return {**batch, **moved, **stay}
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -456,7 +440,7 @@ class Trainer:
             batch = next(batches)
             drawn = [a + b for a, b in zip(drawn, batch.pop("drawn_per_source"), strict=True)]
             replaced = [a + b for a, b in zip(replaced, batch.pop("replaced_per_source"), strict=True)]
-            batch = _to_device(batch, acc.device)
+            batch = batch_to_device(batch, acc.device)
             seed = mix_seed(cfg.seed, self.state.step, micro, acc.process_index)
             # dropout, caption choice etc. independent of the RNG history: exact resume
             torch.manual_seed(seed)
