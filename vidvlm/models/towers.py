@@ -342,9 +342,18 @@ class FrameWiseTower(nn.Module):
                 pooled = tokens[:, self.num_prefix_tokens :].mean(1)
             if output_hidden_states:
                 hidden = tuple(_unfold(h, b, t, rows) for h in out.hidden_states)
-        host = frame_mask if frame_mask is not None and frame_mask.device.type == "cpu" else None
-        mask = None if frame_mask is None else to_device(frame_mask, video.device)  # with the tokens
-        return VisionOutput(_unfold(tokens, b, t, rows), _unfold(pooled, b, t, rows), hidden, mask, host)
+        return VisionOutput(
+            _unfold(tokens, b, t, rows), _unfold(pooled, b, t, rows), hidden, *_step_masks(frame_mask, video.device)
+        )
+
+
+def _step_masks(frame_mask: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    """A tower with one time step per frame: its ``frame_mask`` (with the tokens, on ``device``) and
+    ``host_frame_mask`` (the mask itself when it came on the host, else None) for :class:`VisionOutput`."""
+    if frame_mask is None:
+        return None, None
+    frame_mask = frame_mask.bool()
+    return to_device(frame_mask, device), frame_mask if frame_mask.device.type == "cpu" else None
 
 
 def _unfold(x: torch.Tensor, b: int, t: int, rows: torch.Tensor | None) -> torch.Tensor:
@@ -460,11 +469,7 @@ class TowerEnsemble(nn.Module):
         hidden = None
         if out.hidden_states is not None:
             hidden = tuple(rearrange(h, "(b t) 1 n d -> b t n d", b=b) for h in out.hidden_states)
-        host = frame_mask if frame_mask is not None and frame_mask.device.type == "cpu" else None
-        mask = None if frame_mask is None else to_device(frame_mask.bool(), tokens.device)  # with the tokens
-        return VisionOutput(
-            tokens, pooled, hidden, frame_mask=mask, host_frame_mask=None if host is None else host.bool()
-        )
+        return VisionOutput(tokens, pooled, hidden, *_step_masks(frame_mask, tokens.device))
 
     @staticmethod
     def summary(tower: nn.Module, out: VisionOutput) -> torch.Tensor:

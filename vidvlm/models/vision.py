@@ -399,12 +399,8 @@ class VideoViT(nn.Module):
     def step_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """The real output time steps ``[B, T']`` of bool ``frame_mask [B, T]`` (real frames first), where the mask
         lies: a tubelet is real when its first frame is, the keyframe step always is (what :meth:`embed` gives)."""
-        steps = frame_mask.bool()
         ts = self.cfg.tubelet_size
-        if ts > 1:
-            t_out = -(-steps.shape[1] // ts) * ts
-            last = steps.long().sum(1, keepdim=True) - 1
-            steps = (torch.arange(t_out, device=steps.device)[None] <= last)[:, ::ts]
+        steps = tubelet_mask(frame_mask, ts) if ts > 1 else frame_mask.bool()
         if self.keyframe_embed is not None:
             steps = torch.cat([steps, steps.new_ones(steps.shape[0], 1)], dim=1)
         return steps
@@ -443,6 +439,14 @@ def _middle_frame(video: torch.Tensor, frame_mask: torch.Tensor | None) -> torch
     return video[torch.arange(b, device=video.device), idx]
 
 
+def tubelet_mask(frame_mask: torch.Tensor, ts: int) -> torch.Tensor:
+    """The real tubelets ``[B, ceil(T/ts)]`` of bool ``frame_mask [B, T]`` (real frames first), where the mask lies:
+    a tubelet is real when its first frame is."""
+    t_out = -(-frame_mask.shape[1] // ts) * ts
+    last = frame_mask.long().sum(1, keepdim=True) - 1
+    return (torch.arange(t_out, device=frame_mask.device)[None] <= last)[:, ::ts]
+
+
 def fill_to_tubelets(
     video: torch.Tensor, frame_mask: torch.Tensor | None, ts: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -468,7 +472,4 @@ def fill_to_tubelets(
         last = frame_mask.long().sum(1, keepdim=True) - 1  # real frames are a prefix of each clip
         src = torch.minimum(repeat(idx, "t -> b t", b=b), last)
     video = torch.gather(video, 1, src[:, :, None, None, None].expand(-1, -1, *video.shape[2:]))
-    if frame_mask is None:
-        return video, None
-    real = repeat(idx, "t -> b t", b=b) <= last
-    return video, real[:, ::ts]
+    return video, None if frame_mask is None else tubelet_mask(frame_mask, ts)
