@@ -8,12 +8,14 @@ allocator keeps the pinned block until the copy has run, so the temporary may go
 
 :func:`to_device` and :func:`device_tensor` do that on CUDA; elsewhere they copy as ``.to`` does (a non-blocking
 request, which other devices treat as they can). :func:`batch_to_device` moves a collated batch as the trainer and
-its evaluation do, leaving on the host what the models read there. ``tests/models/test_device_reads.py`` counts the
+its evaluation do, leaving on the host what the models read there, and hands it over as a :class:`PlacedBatch`,
+which ``DistributedDataParallel`` passes to the model as it is. ``tests/models/test_device_reads.py`` counts the
 reads and blocking copies of every family's training step on the ``meta`` device and expects none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,17 +46,45 @@ def device_tensor(data: Any, device: torch.device | str, dtype: torch.dtype | No
     return to_device(torch.tensor(data, dtype=dtype), device)
 
 
-def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+class PlacedBatch(Mapping):
+    """A read-only batch (key -> value) whose tensors already lie where the model reads them.
+
+    A ``Mapping`` but deliberately not a ``dict``: ``DistributedDataParallel`` (as ``accelerate`` wraps a model on
+    more than one GPU) copies every tensor it finds inside the forward's dicts, lists and tuples onto its device,
+    with a blocking copy per tensor, which would undo :data:`ON_HOST`; any other object it passes through untouched.
+    The models read a batch with ``[]``, ``get`` and ``in``, which this supports.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"PlacedBatch({sorted(self._items)})"
+
+
+def batch_to_device(batch: Mapping[str, Any], device: torch.device | str) -> PlacedBatch:
     """A collated batch's tensors on ``device`` (non-blocking: from pinned memory they overlap the step), except
     those the models read on the host (:data:`ON_HOST`). ``frame_mask``: one with no padded frame becomes None
     (every frame real, as the models read it); one with padding stays on the host, where the vision tower checks it
     before it moves it over and makes the layout masks (:meth:`vidvlm.models.vision.VideoViT.forward`).
     ``timestamps`` stay there too: they are layout (the LLaVA family writes them into the prompt). The trainer and
-    its evaluation move every batch with this."""
+    its evaluation move every batch with this; the result is a :class:`PlacedBatch`, so that a model wrapped in
+    ``DistributedDataParallel`` receives it as placed here."""
     stay = {k: batch[k] for k in ON_HOST if isinstance(batch.get(k), torch.Tensor) and batch[k].device.type == "cpu"}
     if "frame_mask" in stay and bool(stay["frame_mask"].all()):
         stay["frame_mask"] = None
     moved = {
         k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay
     }
-    return {**batch, **moved, **stay}
+    return PlacedBatch({**batch, **moved, **stay})
