@@ -320,3 +320,24 @@ def test_cuda_bf16_matches_cpu_fp32(key):
         ref = pooler(tokens, mask)
         out = pooler.to("cuda", torch.bfloat16)(tokens.to("cuda", torch.bfloat16), mask.cuda())
     torch.testing.assert_close(out.float().cpu(), ref, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_pooling_reads_the_device_only_where_the_output_depends_on_the_mask(key):
+    """On the ``meta`` device (a read there stands for one that makes the host wait for a GPU): no pooler reads
+    without a mask, nor with a mask given on the host; with a padded mask on the device, only the poolers whose
+    output layout depends on each clip's real frames read it, once."""
+    from tests.models.device_reads import META, DeviceReads
+
+    pooler = _build(key).to(META)
+    tokens = torch.randn(2, 4, N, D, device=META)
+    mask = torch.tensor([[True, True, False, False], [True] * 4])
+    counter = DeviceReads()
+    with counter:
+        pooler(tokens)
+        pooler(tokens, mask)
+    assert counter.reads == [] and counter.copies == [], (key, counter.reads, counter.copies)
+    with counter:
+        pooler(tokens, mask.to(META))
+    expected = 1 if key in ("adaptive3d", "tome_video") else 0
+    assert len(counter.reads) == expected, (key, counter.reads)

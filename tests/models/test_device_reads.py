@@ -107,6 +107,23 @@ def test_padded_frames_are_read_where_they_lie():
     assert counter.reads == [] and counter.copies == []
 
 
+@pytest.mark.parametrize("tubelet", [1, 2])
+def test_a_padded_clip_longer_than_the_position_table_is_not_read_back(tubelet):
+    """Clips longer than the temporal table (resampled per real length): the lengths come from the host mask."""
+    from vidvlm.models.vision import VideoViT, VisionConfig
+
+    cfg = VisionConfig(
+        image_size=16, patch_size=8, width=16, depth=1, num_heads=2, num_tubelets=2, tubelet_size=tubelet
+    )
+    model = VideoViT(cfg).to(META)
+    mask = torch.tensor([[True] * 6 + [False] * 4, [True] * 10])
+    counter = DeviceReads()
+    with counter:
+        out = model(torch.randn(2, 10, 3, 16, 16, device=META), frame_mask=mask)
+    assert out.last_hidden_state.shape[1] == 10 // tubelet
+    assert counter.reads == [] and counter.copies == [], (counter.reads, counter.copies)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_padded_batch_is_not_read_back(family):
     """Clips of different lengths (stills among clips, as image-video mixtures make): the step neither reads the

@@ -60,6 +60,23 @@ def _valid(tokens: Tensor, frame_mask: Tensor | None) -> Tensor:
     return to_device(frame_mask, tokens.device, torch.bool)
 
 
+def _real_frame_groups(tokens: Tensor, frame_mask: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
+    """The clips of ``tokens [B, T, N, D]`` grouped by their number of real frames, for poolers whose output
+    depends on it: None when every frame is real (no mask), else ``(rows [G], frames [G, count])`` index pairs on
+    the tokens' device, one per count (clips with no real frame are left out). The mask is listed on the host: one
+    given there costs the accelerator nothing, one on the device one read."""
+    valid = _valid(tokens, frame_mask)
+    if frame_mask is None:
+        return None
+    real = (frame_mask if frame_mask.device.type == "cpu" else valid).bool().tolist()
+    frames = [[t for t, r in enumerate(row) if r] for row in real]
+    groups = []
+    for count in sorted({len(f) for f in frames} - {0}):
+        rows = [i for i, f in enumerate(frames) if len(f) == count]
+        groups.append((device_tensor(rows, tokens.device), device_tensor([frames[i] for i in rows], tokens.device)))
+    return groups
+
+
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     """Mean over dim 1 of the rows ``mask`` keeps: ``x [B, S, ...]``, ``mask`` bool ``[B, S]`` or None (all kept)
     -> ``[B, ...]``; a row with nothing kept gives zeros."""
@@ -177,20 +194,23 @@ class Adaptive3DPooler(Pooler):
         return repeat(starts, "t -> (t m)", m=h * w)
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
-        valid = _valid(tokens, frame_mask)
+        """``tokens [B, T, N, D]`` -> ``[B, t*h*w, D]``. Without a mask the batch pools in one call. With one, the
+        pooling grid depends on each clip's real frames, which are therefore listed on the host: a mask given there
+        costs the accelerator nothing, one on the device one read."""
+        groups = _real_frame_groups(tokens, frame_mask)
         _, patches = split_prefix_tokens(tokens, self.num_prefix_tokens)
         h, w = patch_grid(patches.shape[2], self.grid)
+        if groups is None:
+            return self._pool(patches, h, w)
         out = tokens.new_zeros(tokens.shape[0], math.prod(self.output_size), tokens.shape[-1])
-        counts = valid.sum(1)
-        for count in counts.unique().tolist():  # clips with the same number of real frames pool as one batch
-            if count == 0:
-                continue
-            rows = (counts == count).nonzero().flatten()
-            clips = torch.stack([patches[i][valid[i]] for i in rows.tolist()])  # [G, count, h*w, D]
-            grid = rearrange(clips, "g t (h w) d -> g d t h w", h=h, w=w)
-            pooled = F.adaptive_avg_pool3d(grid, self.output_size)
-            out[rows] = rearrange(pooled, "g d t h w -> g (t h w) d")
+        for rows, frames in groups:
+            out[rows] = self._pool(patches[rearrange(rows, "g -> g 1"), frames], h, w)
         return out
+
+    def _pool(self, patches: Tensor, h: int, w: int) -> Tensor:
+        """``[G, T, h*w, D]`` (every frame real) -> ``[G, t*h*w, D]``."""
+        grid = rearrange(patches, "g t (h w) d -> g d t h w", h=h, w=w)
+        return rearrange(F.adaptive_avg_pool3d(grid, self.output_size), "g d t h w -> g (t h w) d")
 
 
 class Spatial2DPooler(Pooler):
@@ -469,26 +489,29 @@ class ToMePooler(Pooler):
         return super().token_steps(num_frames, num_tokens)
 
     def forward(self, tokens: Tensor, frame_mask: Tensor | None = None) -> Tensor:
-        valid = _valid(tokens, frame_mask)
         prefix, patches = split_prefix_tokens(tokens, self.num_prefix_tokens)
         b, t = tokens.shape[:2]
         if self.scope == "frame":
+            valid = _valid(tokens, frame_mask)
             merged = rearrange(
                 _tome(rearrange(patches, "b t n d -> (b t) n d"), self.r, self.steps), "(b t) m d -> b t m d", b=b
             )
             out = torch.cat([prefix, merged], dim=2) * valid[:, :, None, None]
             return rearrange(out, "b t m d -> b (t m) d")
+        groups = _real_frame_groups(tokens, frame_mask)
+        if groups is None:
+            return self._merge_clips(prefix, patches)
         out = tokens.new_zeros(b, self.num_output_tokens(t, tokens.shape[2]), tokens.shape[-1])
-        for i in range(b):
-            real = valid[i]
-            clip = torch.cat(
-                [
-                    rearrange(prefix[i][real], "t p d -> (t p) d"),
-                    _tome(rearrange(patches[i][real], "t n d -> 1 (t n) d"), self.r, self.steps)[0],
-                ]
-            )
-            out[i, : clip.shape[0]] = clip
+        for rows, frames in groups:
+            at = (rearrange(rows, "g -> g 1"), frames)
+            clips = self._merge_clips(prefix[at], patches[at])
+            out[rows, : clips.shape[1]] = clips
         return out
+
+    def _merge_clips(self, prefix: Tensor, patches: Tensor) -> Tensor:
+        """Whole clips ``[G, T, P, D]`` and ``[G, T, N - P, D]`` (every frame real) -> ``[G, T*P + merged, D]``."""
+        merged = _tome(rearrange(patches, "g t n d -> g (t n) d"), self.r, self.steps)
+        return torch.cat([rearrange(prefix, "g t p d -> g (t p) d"), merged], dim=1)
 
 
 POOLERS: dict[str, type[Pooler]] = {
