@@ -124,6 +124,26 @@ def test_a_padded_clip_longer_than_the_position_table_is_not_read_back(tubelet):
     assert counter.reads == [] and counter.copies == [], (counter.reads, counter.copies)
 
 
+@pytest.mark.parametrize(
+    "pooler",
+    [
+        PoolerConfig("adaptive3d", {"output_size": [2, 1, 1], "num_prefix_tokens": 1}),
+        PoolerConfig("tome", {"r": 1, "scope": "video"}),
+    ],
+)
+def test_poolers_that_list_real_frames_take_the_host_mask(pooler):
+    """A pooler whose output depends on each clip's real frames lists them on the host: the front-end hands it the
+    mask from there, so a padded batch costs no read."""
+    cfg = tiny_config("contrastive")
+    cfg = dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, pooler=pooler, pool_input="tokens"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.prepare_for_training(["a red circle", "a blue square"])
+    assert model.front_end.pooler.lists_frames
+    counter = _training_step(model, make_batch(model, num_frames=4, pad_last=True))
+    assert counter.reads == [] and counter.copies == [], (counter.reads, counter.copies)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_padded_batch_is_not_read_back(family):
     """Clips of different lengths (stills among clips, as image-video mixtures make): the step neither reads the

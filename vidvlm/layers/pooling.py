@@ -90,6 +90,9 @@ class Pooler(nn.Module):
     """Base class: ``forward(tokens [B, T, N, D], frame_mask [B, T] | None) -> [B, M, D]``."""
 
     num_prefix_tokens: int = 0
+    # forward lists each clip's real frames on the host (its output layout depends on them): a caller that has the
+    # mask there (the front-end, from a trainer's batch) passes that copy, which costs the accelerator no read
+    lists_frames: bool = False
 
     def num_output_tokens(self, num_frames: int, num_tokens: int) -> int:
         """M for an unpadded clip of ``num_frames`` frames of ``num_tokens`` tokens (prefix included)."""
@@ -171,6 +174,8 @@ class Adaptive3DPooler(Pooler):
     Each clip is pooled over its own real frames. At T = 1 (or any T < t) adaptive pooling repeats frames, so the t
     temporal slices of an image are equal; prefix tokens are dropped.
     """
+
+    lists_frames = True
 
     def __init__(
         self,
@@ -469,6 +474,7 @@ class ToMePooler(Pooler):
         if scope not in ("frame", "video"):
             raise ConfigError(f"pooler.params.scope: {scope!r} is not 'frame' or 'video'")
         self.r, self.steps, self.scope, self.num_prefix_tokens = r, steps, scope, num_prefix_tokens
+        self.lists_frames = scope == "video"
 
     def num_output_tokens(self, num_frames: int, num_tokens: int) -> int:
         p = self.num_prefix_tokens

@@ -544,7 +544,8 @@ class VideoFrontEnd(nn.Module):
         else:
             tokens = out.last_hidden_state
         steps = tokens.shape[1]
-        pooled = self.pooler(tokens, out.frame_mask)  # [B, M, Dv]
+        host_in = self.pooler.lists_frames and out.host_frame_mask is not None
+        pooled = self.pooler(tokens, out.host_frame_mask if host_in else out.frame_mask)  # [B, M, Dv]
         mask = host_mask = None
         if out.host_frame_mask is not None:  # the mask came on the host: the token mask is made there, then copied
             host_mask = self.pooler.output_mask(out.host_frame_mask, tokens.shape[2])
