@@ -70,7 +70,7 @@ def test_batch_to_device_places_each_entry_and_reads_like_a_dict():
     assert placed["caption"] == ["a", "b"] and "frame_mask" in placed and placed.get("missing") is None
     assert sorted(placed) == ["caption", "frame_mask", "timestamps", "video"] and len(placed) == 4
     assert {**placed}.keys() == placed.keys()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="read-only .*'video'.*copy it"):
         placed["video"] = None  # read-only: a model cannot change what the trainer placed
 
 

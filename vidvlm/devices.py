@@ -69,6 +69,11 @@ class PlacedBatch(Mapping):
     def __len__(self) -> int:
         return len(self._items)
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError(
+            f"PlacedBatch is read-only (setting {key!r}): copy it with dict(batch) or {{**batch}} to change it"
+        )
+
     def __repr__(self) -> str:
         return f"PlacedBatch({sorted(self._items)})"
 
