@@ -47,8 +47,9 @@ def patch_grid(num_patches: int, grid: tuple[int, int] | list[int] | None = None
     return h, w
 
 
-def _valid(tokens: Tensor, frame_mask: Tensor | None) -> Tensor:
-    """Bool ``[B, T]`` of real frames, checked against ``tokens [B, T, N, D]``."""
+def _valid(tokens: Tensor, frame_mask: Tensor | None, where: str = "tokens") -> Tensor:
+    """Bool ``[B, T]`` of real frames, checked against ``tokens [B, T, N, D]``: on the tokens' device, or where the
+    mask lies (``where="mask"``)."""
     if tokens.dim() != 4:
         raise VidVLMError(f"pooler: tokens must be [B, T, N, D], got {tuple(tokens.shape)}")
     if frame_mask is None:
@@ -57,7 +58,7 @@ def _valid(tokens: Tensor, frame_mask: Tensor | None) -> Tensor:
         raise VidVLMError(
             f"pooler: frame_mask {tuple(frame_mask.shape)} does not match tokens [B, T] = {tuple(tokens.shape[:2])}"
         )
-    return to_device(frame_mask, tokens.device, torch.bool)
+    return frame_mask.bool() if where == "mask" else to_device(frame_mask, tokens.device, torch.bool)
 
 
 def _real_frame_groups(tokens: Tensor, frame_mask: Tensor | None) -> list[tuple[Tensor, Tensor]] | None:
@@ -65,11 +66,10 @@ def _real_frame_groups(tokens: Tensor, frame_mask: Tensor | None) -> list[tuple[
     depends on it: None when every frame is real (no mask), else ``(rows [G], frames [G, count])`` index pairs on
     the tokens' device, one per count (clips with no real frame are left out). The mask is listed on the host: one
     given there costs the accelerator nothing, one on the device one read."""
-    valid = _valid(tokens, frame_mask)
+    real = _valid(tokens, frame_mask, where="mask")
     if frame_mask is None:
         return None
-    real = (frame_mask if frame_mask.device.type == "cpu" else valid).bool().tolist()
-    frames = [[t for t, r in enumerate(row) if r] for row in real]
+    frames = [[t for t, r in enumerate(row) if r] for row in real.tolist()]
     groups = []
     for count in sorted({len(f) for f in frames} - {0}):
         rows = [i for i, f in enumerate(frames) if len(f) == count]
