@@ -79,7 +79,7 @@ class PlacedBatch(Mapping):
 
 
 def batch_to_device(batch: Mapping[str, Any], device: torch.device | str) -> PlacedBatch:
-    """A collated batch's tensors on ``device`` (non-blocking: from pinned memory they overlap the step), except
+    """A collated batch's tensors on ``device`` (with :func:`to_device`: they overlap the step), except
     those the models read on the host (:data:`ON_HOST`). ``frame_mask``: one with no padded frame becomes None
     (every frame real, as the models read it); one with padding stays on the host, where the vision tower checks it
     before it moves it over and makes the layout masks (:meth:`vidvlm.models.vision.VideoViT.forward`).
@@ -89,7 +89,5 @@ def batch_to_device(batch: Mapping[str, Any], device: torch.device | str) -> Pla
     stay = {k: batch[k] for k in ON_HOST if isinstance(batch.get(k), torch.Tensor) and batch[k].device.type == "cpu"}
     if "frame_mask" in stay and bool(stay["frame_mask"].all()):
         stay["frame_mask"] = None
-    moved = {
-        k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay
-    }
+    moved = {k: to_device(v, device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in stay}
     return PlacedBatch({**batch, **moved, **stay})

@@ -267,19 +267,17 @@ class VideoViT(nn.Module):
         return fn(*args)
 
     def embed(
-        self, video: torch.Tensor, frame_mask: torch.Tensor | None, host_mask: torch.Tensor | None = None
+        self, video: torch.Tensor, frame_mask: torch.Tensor | None, host_steps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch-embed and add positions: ``video [B, T, C, H, W]`` -> tokens ``[B, T', N', D]``, output mask.
-        ``host_mask``: the same frame mask on the host, where one is at hand (lengths are then read there)."""
+        ``host_steps``: :meth:`step_mask` of the same frame mask, on the host, where one is at hand (the clips'
+        lengths are then read there)."""
         ts = self.cfg.tubelet_size
         keyframe = _middle_frame(video, frame_mask) if self.keyframe_embed is not None else None
         if ts > 1:
             video, frame_mask = fill_to_tubelets(video, frame_mask, ts)
         x, grid = self.patch_embed(video)
         b, t = x.shape[:2]
-        host_steps = None
-        if host_mask is not None and frame_mask is not None:
-            host_steps = tubelet_mask(host_mask, ts) if ts > 1 else host_mask
         time = rearrange(self._temporal_rows(b, t, frame_mask, host_steps).to(x.dtype), "b t d -> b t 1 d")
         x = self._add_spatial(x, grid) + time
         if keyframe is not None:
@@ -308,10 +306,11 @@ class VideoViT(nn.Module):
     ) -> torch.Tensor:
         """Temporal embeddings ``[B, T', D]``; a padded clip gets the rows of its real length, so that the padding
         never changes them (matters only when a clip is longer than the table and the table is resampled). The
-        lengths are read from ``host_steps`` (the step mask on the host) where given, else from ``frame_mask``."""
+        lengths are read from ``host_steps`` (:meth:`step_mask` on the host, whose first ``t`` steps are these)
+        where given, else from ``frame_mask``."""
         if frame_mask is None or t <= self.pos_embed.temporal.shape[0]:
             return repeat(self.pos_embed.temporal_table(t), "t d -> b t d", b=b)
-        lengths = (host_steps if host_steps is not None else frame_mask).sum(1).tolist()
+        lengths = (host_steps[:, :t] if host_steps is not None else frame_mask).sum(1).tolist()
         rows = self.pos_embed.temporal.new_zeros(b, t, self.width)
         for n in set(lengths):
             idx = [i for i, m in enumerate(lengths) if m == n]
@@ -354,11 +353,10 @@ class VideoViT(nn.Module):
             # no padding: unmasked attention can use the fastest (flash) kernels
             frame_mask = None if bool(frame_mask.all()) else frame_mask
         # layout for the host (LLaVA's sequences), made from a host mask before it moves
-        host_mask = None if frame_mask is None or frame_mask.device.type != "cpu" else frame_mask
-        host_steps = None if host_mask is None else self.step_mask(host_mask)
+        host_steps = None if frame_mask is None or frame_mask.device.type != "cpu" else self.step_mask(frame_mask)
         if frame_mask is not None:
             frame_mask = to_device(frame_mask, video.device)
-        x, frame_mask = self.embed(video, frame_mask, host_mask)
+        x, frame_mask = self.embed(video, frame_mask, host_steps)
         if keep is not None:
             p = self.num_prefix_tokens
             x = torch.cat([x[:, :, :p], gather_tokens(x[:, :, p:], to_device(keep, x.device))], dim=2)
