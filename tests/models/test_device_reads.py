@@ -24,7 +24,7 @@ import torch
 
 from tests.models.device_reads import META, DeviceReads
 from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
-from tests.models.test_registry import FAMILIES, FRONT_END_FAMILIES, make_batch, tiny_config, tiny_model
+from tests.models.test_registry import CAPTIONS, FAMILIES, FRONT_END_FAMILIES, make_batch, tiny_config, tiny_model
 from vidvlm.devices import batch_to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.pooling import PoolerConfig
@@ -54,6 +54,20 @@ def test_training_step_reads_nothing_back_from_the_device(family):
     model = tiny_model(family)
     batch = make_batch(model, num_frames=4, pad_last=False)  # captions of different lengths: padded text
     assert _training_step_reads(model, batch) == [], family
+
+
+@pytest.mark.parametrize("pad_last", [False, True])
+def test_early_fusion_with_caption_first_rows_reads_and_waits_for_nothing(pad_last):
+    """The per-row layout choice (``text_first``) is drawn on the host and sent over, never read back."""
+    import dataclasses
+
+    from vidvlm.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(tiny_config("early_fusion"), text_first=0.5))
+    model.prepare_for_training(CAPTIONS)
+    step = _training_step(model, make_batch(model, num_frames=4, pad_last=pad_last))
+    assert step.reads == [] and step.copies == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -3,8 +3,10 @@
 * :class:`CrossAttentionDecoder` (CoCa): unimodal causal text blocks with a class token, then multimodal blocks
   that cross-attend to the visual tokens.
 * :class:`PrefixDecoder` (prefix-LM): the visual tokens are a bidirectional prefix of one causal stack.
+* :class:`CausalDecoder` (early fusion): one causal stack over a single sequence of ids, in which visual tokens are
+  ids of the decoder's own vocabulary (``vidvlm.models.early_fusion``).
 
-Both take ``ids [B, L]`` and visual tokens ``[B, M, D]`` and return next-token logits ``[B, L, V]``.
+The first two take ``ids [B, L]`` and visual tokens ``[B, M, D]``; all three return next-token logits ``[B, L, V]``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class DecoderConfig:
 class TextDecoder(nn.Module):
     """What every text decoder has: token + position embeddings, a final norm and an LM head.
 
-    Subclasses add their blocks and implement ``forward(ids, visual, lengths=None, visual_mask=None) -> logits``.
+    Subclasses add their blocks and implement ``forward(ids, ...) -> logits``: ``forward(ids, visual, lengths=None,
+    visual_mask=None)`` where visual tokens come as vectors, ``forward(ids, key_padding=None)`` where they are ids.
     """
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -155,4 +158,23 @@ class PrefixDecoder(TextDecoder):
         return self.head(self.norm(x))
 
 
-__all__ = ["DecoderConfig", "TextDecoder", "CrossAttentionDecoder", "PrefixDecoder"]
+class CausalDecoder(TextDecoder):
+    """One causal stack over a sequence of ids (Chameleon-style early fusion: image and text tokens share the
+    vocabulary, the embeddings and every block)."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self._head()
+
+    def forward(self, ids: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """``ids [B, S]`` (``key_padding`` bool ``[B, S]``, True for real tokens; None = all real, and right padding
+        needs none: no real token attends to a later one) -> next-token logits ``[B, S, V]``."""
+        x = self.embed(ids)
+        mask = AttnMask(causal=True, key_padding=key_padding)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.head(self.norm(x))
+
+
+__all__ = ["DecoderConfig", "TextDecoder", "CrossAttentionDecoder", "PrefixDecoder", "CausalDecoder"]

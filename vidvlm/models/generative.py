@@ -117,7 +117,76 @@ def _default_corpus() -> list[str]:
     return [*all_captions(), *all_captions(images=True), QA_PROMPT.format("what")]
 
 
-class _Captioner(VLMModel):
+class TextGenerator(VLMModel):
+    """What every family with its own text decoder and tokenizer shares (``coca``, ``prefix_lm``,
+    ``early_fusion``): the tokenizer's lifecycle, the prompt layout and the saved config.
+
+    The family's config has ``front_end``, ``decoder`` (a :class:`DecoderConfig`, whose ``vocab_size`` bounds the
+    tokenizer), ``tokenizer_kind`` and ``answers_questions``.
+    """
+
+    # -- tokenizer ---------------------------------------------------------------------------------------------
+    def _train_tokenizer(self, captions: list[str]) -> TextTokenizer:
+        """Trained on the training captions (the synthetic vocabulary when there are none) and the QA words."""
+        corpus = captions or _default_corpus()
+        return TextTokenizer.train(
+            [*corpus, QA_PROMPT.format("")], self.config.decoder.vocab_size, kind=self.config.tokenizer_kind
+        )
+
+    def _check_tokenizer(self, tok: TextTokenizer) -> None:
+        if tok.vocab_size > self.config.decoder.vocab_size:
+            raise ConfigError(
+                f"decoder.vocab_size: the tokenizer has {tok.vocab_size} ids, "
+                f"more than {self.config.decoder.vocab_size}"
+            )
+        if tok.hf.eos_token_id is None:
+            raise CheckpointError("tokenizer: an end-of-sequence token is required for generation")
+
+    @classmethod
+    def _build_for_restore(cls, config: Any, directory: Path) -> TextGenerator:
+        return cls(config, tokenizer=TextTokenizer.load(directory))  # it cannot work without its tokenizer
+
+    @property
+    def layout(self) -> PromptLayout:
+        """Prompt and target layout of the model's tokenizer."""
+        return PromptLayout(self.require_tokenizer(), self.config.decoder.max_len)
+
+    def config_for_save(self) -> Any:
+        """The config with the resolved front-end (no pretrained source, which the weights replace)."""
+        return dataclasses.replace(self.config, front_end=self.front_end.resolved_config())
+
+    def build_targets(
+        self, answers: Sequence[str], questions: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """See :meth:`vidvlm.models.prompting.PromptLayout.build_targets`."""
+        return self.layout.build_targets(answers, questions)
+
+    def _note_questions(self, questions: Sequence[str | None] | None) -> None:
+        """In training, a batch with questions marks the model as one that answers (saved with it)."""
+        if questions is not None and self.training:
+            self.config.answers_questions = True
+
+    def _prompts(
+        self, layout: PromptLayout, questions: Sequence[str | None] | None, n: int, cfg: DecodeConfig
+    ) -> tuple[list[list[int]], DecodeConfig]:
+        """The ``n`` prompts to continue (a caption's where ``questions`` is None) and ``cfg`` with
+        ``max_new_tokens`` cut to what the decoder's ``max_len`` leaves after the longest prompt."""
+        prompts = layout.prompts(questions if questions is not None else [None] * n)
+        limit = self.config.decoder.max_len - max(len(p) for p in prompts)
+        if limit < 1:
+            raise ConfigError(f"question: too long for the decoder's max_len {self.config.decoder.max_len}")
+        return prompts, dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
+
+    def _check_can_answer(self, questions: Sequence[str | None] | None) -> None:
+        """A model trained on captions alone refuses questions instead of "answering" with a caption."""
+        if questions is not None and any(questions) and not self.config.answers_questions:
+            raise ConfigError(
+                f"question: this {self.family_name} model was trained on captions only, so it cannot answer "
+                "questions (train it on question-answer data, or caption without --question)"
+            )
+
+
+class _Captioner(TextGenerator):
     """Shared front-end, losses and decoding of the two generative families (see the module docstring)."""
 
     config_class = GenerativeConfig
@@ -148,36 +217,6 @@ class _Captioner(VLMModel):
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
 
-    # -- tokenizer ---------------------------------------------------------------------------------------------
-    def _train_tokenizer(self, captions: list[str]) -> TextTokenizer:
-        """Trained on the training captions (the synthetic vocabulary when there are none) and the QA words."""
-        corpus = captions or _default_corpus()
-        return TextTokenizer.train(
-            [*corpus, QA_PROMPT.format("")], self.config.decoder.vocab_size, kind=self.config.tokenizer_kind
-        )
-
-    def _check_tokenizer(self, tok: TextTokenizer) -> None:
-        if tok.vocab_size > self.config.decoder.vocab_size:
-            raise ConfigError(
-                f"decoder.vocab_size: the tokenizer has {tok.vocab_size} ids, "
-                f"more than {self.config.decoder.vocab_size}"
-            )
-        if tok.hf.eos_token_id is None:
-            raise CheckpointError("tokenizer: an end-of-sequence token is required for generation")
-
-    @classmethod
-    def _build_for_restore(cls, config: GenerativeConfig, directory: Path) -> _Captioner:
-        return cls(config, tokenizer=TextTokenizer.load(directory))  # a captioner cannot work without its tokenizer
-
-    @property
-    def layout(self) -> PromptLayout:
-        """Prompt and target layout of the model's tokenizer."""
-        return PromptLayout(self.require_tokenizer(), self.config.decoder.max_len)
-
-    def config_for_save(self) -> GenerativeConfig:
-        """The config with the resolved front-end (no pretrained source, which the weights replace)."""
-        return dataclasses.replace(self.config, front_end=self.front_end.resolved_config())
-
     @classmethod
     def migrate_config(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Configs written before the front-end: ``vision``/``pooler``/``connector``/``image_size``/``norm_preset``/
@@ -194,12 +233,6 @@ class _Captioner(VLMModel):
             "normalize": data.pop("norm_preset", "clip"),
         }
         return data
-
-    def build_targets(
-        self, answers: Sequence[str], questions: Sequence[str | None] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """See :meth:`vidvlm.models.prompting.PromptLayout.build_targets`."""
-        return self.layout.build_targets(answers, questions)
 
     # -- towers ------------------------------------------------------------------------------------------------
     def visual_tokens(
@@ -246,8 +279,7 @@ class _Captioner(VLMModel):
         video = batch["video"]
         visual, mask = self.visual_tokens(video, batch.get("frame_mask"))
         questions = batch.get("question")
-        if questions is not None and self.training:
-            self.config.answers_questions = True  # saved with the model: it has learnt to answer
+        self._note_questions(questions)
         ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(batch["text"], questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
         if self.config.contrastive_weight > 0 and questions is None:
@@ -281,20 +313,12 @@ class _Captioner(VLMModel):
             B strings.
         """
         cfg = decode or self.config.decode
-        if questions is not None and any(questions) and not self.config.answers_questions:
-            raise ConfigError(
-                f"question: this {self.family_name} model was trained on captions only, so it cannot answer "
-                "questions (train it on question-answer data, or caption without --question)"
-            )
+        self._check_can_answer(questions)
         visual, mask = self.visual_tokens(video, frame_mask)
         if clip_of is not None:
             visual, mask = visual[clip_of], None if mask is None else mask[clip_of]
         layout = self.layout
-        prompts = layout.prompts(questions if questions is not None else [None] * visual.shape[0])
-        limit = self.config.decoder.max_len - max(len(p) for p in prompts)
-        if limit < 1:
-            raise ConfigError(f"question: too long for the decoder's max_len {self.config.decoder.max_len}")
-        cfg = dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
+        prompts, cfg = self._prompts(layout, questions, visual.shape[0], cfg)
 
         def step(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return self.logits(tokens, visual[rows], None if mask is None else mask[rows])[:, -1]

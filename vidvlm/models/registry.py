@@ -24,6 +24,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vidvlm.models.generative",
     "vidvlm.models.masking",
     "vidvlm.models.llava",
+    "vidvlm.models.early_fusion",
 )
 
 # HF model_type -> module whose ``load_hf(directory, map_location)`` imports such a transformers directory.
