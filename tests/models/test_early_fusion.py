@@ -192,7 +192,18 @@ def test_recipe_trains_its_two_stages_resumes_exactly_and_captions_a_file(tmp_pa
     data, full, part = tmp_path / "shapes", tmp_path / "full", tmp_path / "part"
 
     def args(out: Path) -> list[str]:
-        return ["--config", str(config), *tiny_run_overrides(out, data), "stages.1.steps=4", "keep_checkpoints=4"]
+        images = [
+            f"data.datasets.images.manifest={data}/images/manifest.jsonl",
+            "data.synthetic.sets.images={num: 8, seed: 0, images: true, size: 32}",
+        ]
+        return [
+            "--config",
+            str(config),
+            *tiny_run_overrides(out, data),
+            *images,
+            "stages.1.steps=4",
+            "keep_checkpoints=4",
+        ]
 
     def losses(out: Path) -> dict[int, dict[str, float]]:
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
