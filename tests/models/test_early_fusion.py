@@ -69,6 +69,20 @@ def test_visual_ids_have_their_own_range_and_padded_frames_are_hidden():
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("loss", ["l2", "l1"])
+def test_reconstruction_loss_is_the_chosen_error_over_real_frames(loss):
+    """``pixels.loss`` picks the per-pixel error; padded frames do not count."""
+    model = tiny(pixels=PixelDecoderConfig(size=8, hidden=32, loss=loss)).eval()
+    batch = make_batch(model)
+    with torch.no_grad():
+        rebuilt = model.reconstruct(batch["video"], batch["frame_mask"])
+        diff = rebuilt - model.pixel_decoder.target(batch["video"])
+        per_pixel = diff.abs() if loss == "l1" else diff.square()
+        expected = per_pixel[batch["frame_mask"]].mean()
+        got = model(batch)["recon_loss"]
+    torch.testing.assert_close(got, expected)
+
+
 def test_captions_are_text_even_where_visual_ids_score_higher():
     model = tiny().eval()
     batch = make_batch(model)
@@ -162,6 +176,8 @@ def test_config_errors_name_the_key():
         EarlyFusionConfig.tiny(front_end=EarlyFusionConfig().front_end.__class__())
     with pytest.raises(ConfigError, match="^pixels"):
         PixelDecoderConfig(size=0)
+    with pytest.raises(ConfigError, match="^pixels.loss"):
+        PixelDecoderConfig(loss="l3")
     with pytest.raises(ConfigError, match="^text_first"):
         EarlyFusionConfig.tiny(text_first=1.5)
     model = tiny(max_visual_tokens=2)

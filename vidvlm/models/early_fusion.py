@@ -58,14 +58,20 @@ class PixelDecoderConfig:
     Attributes:
         size: side of the rebuilt frames (the input frames are resized to it, by area, as the target).
         hidden: width of the MLP's hidden layer.
+        loss: the reconstruction error per pixel, ``l2`` (squared) or ``l1`` (absolute). On scenes of small shapes
+            on a plain background ``l1`` is a trap: the background alone is its optimum for every pixel a code does
+            not pin down, and the tokenizer settled there and lost even colour (BENCHMARKS.md, *Early fusion*).
     """
 
     size: int = 32
     hidden: int = 512
+    loss: Literal["l2", "l1"] = "l2"
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.hidden < 1:
             raise ConfigError(f"pixels: size and hidden must be >= 1, got {self.size} and {self.hidden}")
+        if self.loss not in ("l2", "l1"):
+            raise ConfigError(f"pixels.loss: 'l2' or 'l1', got {self.loss!r}")
 
 
 @dataclass
@@ -304,7 +310,8 @@ class EarlyFusion(TextGenerator):
             is_visual = torch.where(row, torch.cat([torch.zeros_like(treal), torch.ones_like(vreal)], 1), is_visual)
         logits = self.decoder(ids, None if bool(first is None and out.mask is None) else keys)
         rebuilt = self.pixel_decoder(codes, out.mask, video.shape[1])
-        error = (rebuilt - self.pixel_decoder.target(video)).pow(2).mean(dim=(2, 3, 4))  # [B, T]
+        diff = rebuilt - self.pixel_decoder.target(video)
+        error = (diff.abs() if self.pixel_decoder.cfg.loss == "l1" else diff.pow(2)).mean(dim=(2, 3, 4))  # [B, T]
         if frame_mask is None:
             recon = error.mean()
         else:
