@@ -62,8 +62,19 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  # only the wheels this interpreter can install (a SMOKE run on another Python would otherwise fail them all)
+  mapfile -t WHEELS < <($PY - <<'PYEOF'
+import glob
+from pip._vendor.packaging.tags import sys_tags
+from pip._vendor.packaging.utils import parse_wheel_filename
+ok = set(sys_tags())
+for path in sorted(glob.glob(".whl/*.whl")):
+    if ok & set(parse_wheel_filename(path.rsplit("/", 1)[-1])[3]):
+        print(path)
+PYEOF
+)
+  [ ${#WHEELS[@]} -gt 0 ] && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "${WHEELS[@]}" && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
