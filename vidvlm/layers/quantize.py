@@ -5,7 +5,10 @@ Each of the ``d = len(levels)`` channels of a vector is squashed into a bounded 
 ``prod(levels)`` codes, all of them usable (no codebook to learn, no commitment loss, no dead codes to restart).
 Rounding passes gradients straight through. The conventions (the bound for even levels, the mixed-radix index with
 the first channel least significant) are those of ``vector_quantize_pytorch.FSQ``; ``tests/layers/test_quantize.py``
-checks codes and indices against it when it is installed.
+checks codes and indices against it when it is installed. The forty lines live here rather than behind that
+library because a trained model's visual ids are part of its checkpoint: a quantiser whose rounding or index order
+moved with a dependency's release (its FSQ has grown options that change both) would silently re-map every saved
+model's vocabulary.
 """
 
 from __future__ import annotations
