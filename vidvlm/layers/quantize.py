@@ -7,8 +7,8 @@ Rounding passes gradients straight through. The conventions (the bound for even 
 the first channel least significant) are those of ``vector_quantize_pytorch.FSQ``; ``tests/layers/test_quantize.py``
 checks codes and indices against it when it is installed. The forty lines live here rather than behind that
 library because a trained model's visual ids are part of its checkpoint: a quantiser whose rounding or index order
-moved with a dependency's release (its FSQ has grown options that change both) would silently re-map every saved
-model's vocabulary.
+moved with a dependency's release (its FSQ has grown options that change the rounding: ``preserve_symmetry``,
+``bound_hard_clamp``) would silently re-map every saved model's vocabulary.
 """
 
 from __future__ import annotations
