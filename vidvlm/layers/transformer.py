@@ -18,6 +18,7 @@ from torch import nn
 
 from vidvlm.errors import ConfigError
 from vidvlm.layers.attention import AttnMask, attention
+from vidvlm.layers.kv_cache import LayerCache
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
 
@@ -106,9 +107,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend: str | None = None
 
-    def forward(self, x: torch.Tensor, mask: AttnMask | None = None) -> torch.Tensor:
-        """``x [B, N, D]`` (mask over the N keys) -> ``[B, N, D]``."""
-        if x.shape[1] == 1:
+    def forward(self, x: torch.Tensor, mask: AttnMask | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        """``x [B, N, D]`` -> ``[B, N, D]``. Without a cache the mask is over the N keys; with one, the new keys and
+        values are appended to it and the mask is over all ``S + N`` of them."""
+        if x.shape[1] == 1 and cache is None:
             # One key: its softmax weight is exactly 1, so attention returns its value (a masked-out key gives
             # zeros, as attention() does). Skipping q, k and the kernel matters for temporal attention at T = 1.
             d = x.shape[-1]
@@ -119,6 +121,8 @@ class SelfAttention(nn.Module):
             return self.proj(v)
         q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:
+            k, v = cache.append(k, v)
         out = attention(q, k, v, mask, backend=self.backend, scale=self.head_dim**-0.5)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
@@ -144,10 +148,25 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend: str | None = None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: AttnMask | None = None) -> torch.Tensor:
-        """``x [B, N, D]``, ``context [B, M, Dc]`` (mask over the M keys) -> ``[B, N, D]``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        mask: AttnMask | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """``x [B, N, D]``, ``context [B, M, Dc]`` (mask over the M keys) -> ``[B, N, D]``. With a cache the
+        context's keys and values are projected on the first call and read from the cache afterwards (``context``
+        may then be None)."""
         q = rearrange(self.q(x), "b n (h e) -> b h n e", h=self.num_heads)
-        k, v = rearrange(self.kv(context), "b m (two h e) -> two b h m e", two=2, h=self.num_heads)
+        if cache is not None and cache.ctx_k is not None:
+            k, v = cache.ctx_k, cache.ctx_v
+        else:
+            if context is None:
+                raise ValueError("CrossAttention needs a context until its cache holds one")
+            k, v = rearrange(self.kv(context), "b m (two h e) -> two b h m e", two=2, h=self.num_heads)
+            if cache is not None:
+                cache.ctx_k, cache.ctx_v = k, v
         out = attention(q, k, v, mask, backend=self.backend, scale=self.head_dim**-0.5)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
@@ -203,23 +222,27 @@ class TransformerBlock(nn.Module):
         mask: AttnMask | None = None,
         context: torch.Tensor | None = None,
         context_mask: AttnMask | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: tokens ``[B, N, D]``.
-            mask: self-attention mask over the N tokens (causal / prefix / key padding / packed).
-            context: ``[B, M, Dc]`` for cross-attention (required iff the block was built with it).
+            mask: self-attention mask over the N tokens (causal / prefix / key padding / packed); with a cache, over
+                the cached keys and the N new ones.
+            context: ``[B, M, Dc]`` for cross-attention (required iff the block was built with it, except once a
+                cache holds its keys and values).
             context_mask: mask over the M context keys.
+            cache: this block's :class:`~vidvlm.layers.kv_cache.LayerCache` for incremental decoding (None: no cache).
 
         Returns:
             ``[B, N, D]``.
         """
-        x = x + self.ls1(self.attn(self.norm1(x), mask))
+        x = x + self.ls1(self.attn(self.norm1(x), mask, cache))
         if self.cross_attn is not None:
-            if context is None:
+            if context is None and (cache is None or cache.ctx_k is None):
                 raise ValueError("TransformerBlock built with cross_attention=True needs a context tensor")
-            x = x + self.ls_cross(self.cross_attn(self.norm_cross(x), context, context_mask))
+            x = x + self.ls_cross(self.cross_attn(self.norm_cross(x), context, context_mask, cache))
         elif context is not None:
             raise ValueError("TransformerBlock got a context but was built without cross_attention")
         return x + self.ls2(self.mlp(self.norm2(x)))

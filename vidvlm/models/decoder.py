@@ -7,6 +7,10 @@
   ids of the decoder's own vocabulary (``vidvlm.models.early_fusion``).
 
 The first two take ``ids [B, L]`` and visual tokens ``[B, M, D]``; all three return next-token logits ``[B, L, V]``.
+
+Incremental decoding: each decoder's ``new_cache()`` makes a :class:`~vidvlm.layers.kv_cache.KVCache`; passed as
+``cache=``, the first call reads the prompt (and the visual tokens) and fills it, and later calls take only the new
+ids and return their logits, equal to those of the whole sequence run again (``tests/models/test_kv_cache.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from vidvlm.layers.attention import AttnMask
+from vidvlm.layers.kv_cache import KVCache
 from vidvlm.layers.transformer import TransformerBlock
 
 
@@ -61,9 +66,16 @@ class TextDecoder(nn.Module):
         self.norm = nn.LayerNorm(self.cfg.width, eps=1e-6)
         self.head = nn.Linear(self.cfg.width, self.cfg.vocab_size)
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids [B, L] -> [B, L, D]`` with positions."""
-        return self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+    def embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``ids [B, L] -> [B, L, D]`` with the positions ``start .. start + L - 1``."""
+        n = start + ids.shape[1]
+        if n > self.pos_embed.shape[0]:
+            raise ValueError(f"decoder: {n} positions, more than the {self.pos_embed.shape[0]} it has embeddings for")
+        return self.token_embed(ids) + self.pos_embed[start:n]
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for incremental decoding with this decoder (see the module docstring)."""
+        return KVCache.empty(sum(1 for m in self.modules() if isinstance(m, TransformerBlock)))
 
 
 class CrossAttentionDecoder(TextDecoder):
@@ -101,24 +113,45 @@ class CrossAttentionDecoder(TextDecoder):
         visual: torch.Tensor,
         lengths: torch.Tensor | None = None,
         visual_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Next-token logits.
 
         Args:
             ids: long ``[B, L]`` text (right padded; padding after the real tokens never reaches them causally).
-            visual: ``[B, M, D]`` visual tokens, the cross-attention context.
-            lengths: real tokens per row (the class token's position; default: all real).
+            visual: ``[B, M, D]`` visual tokens, the cross-attention context (None once ``cache`` holds it).
+            lengths: real tokens per row (the class token's position; default: all real). Unused with a cache.
             visual_mask: bool ``[B, M]``, True for real visual tokens; None = all real.
+            cache: from :meth:`new_cache`; ``ids`` are then the tokens after the cached ones. The class token
+                is left out: no text token reads it (it sits after them, behind the causal mask).
 
         Returns:
             ``[B, L, V]`` logits for the token after each text position.
         """
+        if cache is not None:
+            return self._forward_cached(ids, visual, visual_mask, cache)
         if lengths is None:
             lengths = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
         x, _ = self.text_features(ids, lengths)
         ctx_mask = None if visual_mask is None else AttnMask(key_padding=visual_mask)
         for blk in self.mm_blocks:
             x = blk(x, AttnMask(causal=True), context=visual, context_mask=ctx_mask)
+        return self.head(self.norm(x))
+
+    def _forward_cached(
+        self, ids: torch.Tensor, visual: torch.Tensor | None, visual_mask: torch.Tensor | None, cache: KVCache
+    ) -> torch.Tensor:
+        x = self.embed(ids, cache.length)
+        cache.length += ids.shape[1]
+        causal = AttnMask(causal=True)
+        layers = iter(cache.layers)
+        for blk in self.text_blocks:
+            x = blk(x, causal, cache=next(layers))
+        if visual_mask is not None:
+            cache.context_padding = visual_mask
+        ctx_mask = None if cache.context_padding is None else AttnMask(key_padding=cache.context_padding)
+        for blk in self.mm_blocks:
+            x = blk(x, causal, context=visual, context_mask=ctx_mask, cache=next(layers))
         return self.head(self.norm(x))
 
 
@@ -146,15 +179,32 @@ class PrefixDecoder(TextDecoder):
         visual: torch.Tensor,
         lengths: torch.Tensor | None = None,
         visual_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Next-token logits ``[B, L, V]`` of ``ids [B, L]`` after the visual prefix ``[B, M, D]`` (mask
-        ``[B, M]``); ``lengths`` is unused (right padding never reaches real tokens causally)."""
+        ``[B, M]``); ``lengths`` is unused (right padding never reaches real tokens causally). With a ``cache``
+        (:meth:`new_cache`), the first call reads the prefix and ``ids`` and later calls only new ids (``visual``
+        None)."""
+        if cache is not None and cache.length > 0:
+            x = self.embed(ids, cache.length - cache.prefix_len)
+            keys = cache.extend_padding(None, ids.shape[0], ids.shape[1], ids.device)
+            for blk, layer in zip(self.mm_blocks, cache.layers, strict=True):
+                x = blk(x, AttnMask(causal=True, key_padding=keys), cache=layer)
+            return self.head(self.norm(x))
         m = visual.shape[1]
         x = torch.cat([visual + self.prefix_embed, self.embed(ids)], dim=1)
         keys = None
         if visual_mask is not None:
             keys = torch.cat([visual_mask, visual_mask.new_ones(ids.shape)], dim=1)
-        x = self.hidden(x, AttnMask(prefix_len=m, key_padding=keys))[:, m:]
+        mask = AttnMask(prefix_len=m, key_padding=keys)
+        if cache is None:
+            x = self.hidden(x, mask)[:, m:]
+        else:
+            cache.prefix_len = m
+            cache.extend_padding(keys, x.shape[0], x.shape[1], x.device)
+            for blk, layer in zip(self.mm_blocks, cache.layers, strict=True):
+                x = blk(x, mask, cache=layer)
+            x = x[:, m:]
         return self.head(self.norm(x))
 
 
@@ -167,13 +217,20 @@ class CausalDecoder(TextDecoder):
         self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self._head()
 
-    def forward(self, ids: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, key_padding: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """``ids [B, S]`` (``key_padding`` bool ``[B, S]``, True for real tokens; None = all real, and right padding
-        needs none: no real token attends to a later one) -> next-token logits ``[B, S, V]``."""
-        x = self.embed(ids)
+        needs none: no real token attends to a later one) -> next-token logits ``[B, S, V]``. With a ``cache``
+        (:meth:`new_cache`), ``ids`` and ``key_padding`` are the positions after the cached ones."""
+        if cache is None:
+            x, layers = self.embed(ids), [None] * len(self.blocks)
+        else:
+            x, layers = self.embed(ids, cache.length), cache.layers
+            key_padding = cache.extend_padding(key_padding, ids.shape[0], ids.shape[1], ids.device)
         mask = AttnMask(causal=True, key_padding=key_padding)
-        for blk in self.blocks:
-            x = blk(x, mask)
+        for blk, layer in zip(self.blocks, layers, strict=True):
+            x = blk(x, mask, cache=layer)
         return self.head(self.norm(x))
 
 

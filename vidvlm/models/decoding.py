@@ -1,17 +1,23 @@
-"""Autoregressive decoding, generic over a step function: greedy, beam search and nucleus sampling.
+"""Autoregressive decoding, generic over the model: greedy, beam search and nucleus sampling.
 
-A model exposes ``step_fn(tokens [B', L], rows [B']) -> logits [B', V]``: the next-token logits after each
-sequence. ``rows`` maps every sequence to its batch row, so a model can pick that row's cached video tokens when beam
-search widens the batch to ``B * K``. Every strategy here is batched; a row that has emitted EOS is padded and
-ignored while the others go on. The step function is called on the whole sequence each step (no KV cache): captions
-are short and correctness comes first.
+A model hands the decoder either
+
+* a step function ``step_fn(tokens [B', L], rows [B']) -> logits [B', V]``: the next-token logits after each whole
+  sequence, run again at every step. ``rows`` maps every sequence to its batch row, so a model can pick that row's
+  video tokens when beam search widens the batch to ``B * K``; or
+* a :class:`Stepper`, which keeps a key/value cache: :meth:`Stepper.start` reads the prompts, and
+  :meth:`Stepper.extend` only the token each sequence just got (after keeping the sequences beam search chose).
+
+Both give the same ids (``tests/models/test_kv_cache.py``); a step function is wrapped in :class:`Recompute`, so
+every strategy has one loop. Every strategy is batched; a row that has emitted EOS is padded and ignored while the
+others go on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -21,6 +27,83 @@ from vidvlm.devices import device_tensor
 from vidvlm.errors import ConfigError
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Stepper:
+    """Incremental decoding: the model side of a decode loop that keeps state (a key/value cache) between steps.
+
+    A decode loop calls :meth:`start` once, then :meth:`extend` once per generated token.
+    """
+
+    def start(self, prompt: Tensor, rows: Tensor) -> Tensor:
+        """Read the prompts ``[B', L0]`` of rows ``rows [B']`` (and forget any earlier decode); return the logits of
+        the token after each ``[B', V]``."""
+        raise NotImplementedError
+
+    def extend(self, last: Tensor, parents: Tensor | None) -> Tensor:
+        """Append ``last [B']`` to the sequences ``parents [B']`` (indices into the previous step's sequences,
+        repeats allowed; None = the same sequences in the same order); return the next logits ``[B', V]``."""
+        raise NotImplementedError
+
+
+class Recompute(Stepper):
+    """A :class:`Stepper` over a plain step function: it keeps the token ids and runs every whole sequence again."""
+
+    def __init__(self, step_fn: StepFn) -> None:
+        self.step_fn = step_fn
+
+    def start(self, prompt: Tensor, rows: Tensor) -> Tensor:
+        self.tokens, self.rows = prompt, rows
+        return self.step_fn(prompt, rows)
+
+    def extend(self, last: Tensor, parents: Tensor | None) -> Tensor:
+        tokens = self.tokens if parents is None else self.tokens[parents]
+        self.tokens = torch.cat([tokens, rearrange(last, "n -> n 1")], dim=1)
+        return self.step_fn(self.tokens, self.rows)
+
+
+class Cached(Stepper):
+    """A :class:`Stepper` over a model that keeps a :class:`~vidvlm.layers.kv_cache.KVCache`.
+
+    Args:
+        new_cache: makes an empty cache; called at every :meth:`start`.
+        first: ``(prompt [B', L0], rows [B'], cache) -> logits [B', V]`` after each prompt; fills the cache.
+        then: ``(last [B', 1], cache) -> logits [B', V]`` after the appended tokens; extends the cache.
+    """
+
+    def __init__(
+        self,
+        new_cache: Callable[[], Any],
+        first: Callable[[Tensor, Tensor, Any], Tensor],
+        then: Callable[[Tensor, Any], Tensor],
+    ) -> None:
+        self.new_cache, self.first, self.then = new_cache, first, then
+
+    def start(self, prompt: Tensor, rows: Tensor) -> Tensor:
+        self.cache = self.new_cache()
+        return self.first(prompt, rows, self.cache)
+
+    def extend(self, last: Tensor, parents: Tensor | None) -> Tensor:
+        if parents is not None:
+            self.cache.reorder(parents)
+        return self.then(rearrange(last, "n -> n 1"), self.cache)
+
+
+class _Rows(Stepper):
+    """Maps a group's local rows to the caller's rows (``generate`` decodes prompts of one length at a time)."""
+
+    def __init__(self, inner: Stepper, index: Tensor) -> None:
+        self.inner, self.index = inner, index
+
+    def start(self, prompt: Tensor, rows: Tensor) -> Tensor:
+        return self.inner.start(prompt, self.index[rows])
+
+    def extend(self, last: Tensor, parents: Tensor | None) -> Tensor:
+        return self.inner.extend(last, parents)
+
+
+def _stepper(step: StepFn | Stepper) -> Stepper:
+    return step if isinstance(step, Stepper) else Recompute(step)
 
 
 @dataclass
@@ -35,6 +118,8 @@ class DecodeConfig:
         temperature: softmax temperature for ``sample``.
         top_p: nucleus mass for ``sample`` (1.0 = plain sampling).
         seed: seed of the sampling generator (None = torch's global RNG).
+        use_cache: keep a key/value cache between steps (families with their own decoder); False runs the whole
+            sequence again at every step. Both give the same ids; the second exists to check and to measure that.
     """
 
     strategy: Literal["greedy", "beam", "sample"] = "greedy"
@@ -44,6 +129,7 @@ class DecodeConfig:
     temperature: float = 1.0
     top_p: float = 0.9
     seed: int | None = None
+    use_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -61,11 +147,13 @@ def _strip(seq: list[int], eos_id: int) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_or_sample(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig) -> list[list[int]]:
+def greedy_or_sample(
+    step: StepFn | Stepper, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig
+) -> list[list[int]]:
     """Greedy decoding (``cfg.strategy == "greedy"``) or nucleus sampling (``"sample"``).
 
     Args:
-        step_fn: see the module docstring.
+        step: a step function or a :class:`Stepper` (see the module docstring).
         prompt: long ``[B, L0]``, the tokens every row starts from (BOS, or BOS + question).
         eos_id: end-of-sequence id; generation of a row stops after it.
         pad_id: id appended to finished rows.
@@ -77,18 +165,20 @@ def greedy_or_sample(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, 
     gen = None
     if cfg.strategy == "sample" and cfg.seed is not None:
         gen = torch.Generator(device=prompt.device).manual_seed(cfg.seed)
-    tokens = prompt
-    rows = torch.arange(prompt.shape[0], device=prompt.device)
+    stepper = _stepper(step)
+    logits = stepper.start(prompt, torch.arange(prompt.shape[0], device=prompt.device))
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-    for _ in range(cfg.max_new_tokens):
-        logits = step_fn(tokens, rows).float()
+    picked = []
+    for i in range(cfg.max_new_tokens):
+        logits = logits.float()
         nxt = _nucleus(logits / cfg.temperature, cfg.top_p, gen) if cfg.strategy == "sample" else logits.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        picked.append(nxt)
         done |= nxt == eos_id
-        if bool(done.all()):
+        if i == cfg.max_new_tokens - 1 or bool(done.all()):
             break
-    out = tokens[:, prompt.shape[1] :].tolist()
+        logits = stepper.extend(nxt, None)
+    out = torch.stack(picked, dim=1).tolist()
     return [_strip(s, eos_id) for s in out]
 
 
@@ -104,7 +194,7 @@ def _nucleus(logits: Tensor, top_p: float, gen: torch.Generator | None) -> Tenso
 
 
 @torch.no_grad()
-def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig) -> list[list[int]]:
+def beam_search(step: StepFn | Stepper, prompt: Tensor, eos_id: int, pad_id: int, cfg: DecodeConfig) -> list[list[int]]:
     """Batched beam search with a length penalty.
 
     Each row keeps ``K = cfg.num_beams`` live beams. At each step the 2K best extensions are ranked; those ending in
@@ -113,7 +203,7 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
     finished as they are. With K = 1 this is exactly greedy decoding.
 
     Args:
-        step_fn: see the module docstring.
+        step: a step function or a :class:`Stepper` (see the module docstring).
         prompt: long ``[B, L0]``.
         eos_id: end-of-sequence id.
         pad_id: unused (kept for the same signature as :func:`greedy_or_sample`).
@@ -125,8 +215,8 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
     del pad_id
     b, k = prompt.shape[0], cfg.num_beams
     dev = prompt.device
-    tokens = prompt.repeat_interleave(k, dim=0)  # [B*K, L]
-    rows = torch.arange(b, device=dev).repeat_interleave(k)
+    stepper = _stepper(step)
+    logits = stepper.start(prompt.repeat_interleave(k, dim=0), torch.arange(b, device=dev).repeat_interleave(k))
     scores = torch.full((b, k), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # one live beam at the start, so the K beams do not duplicate each other
     # The bookkeeping lives on the host: each step reads its top extensions back once, and the generated ids of
@@ -135,8 +225,8 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     active = [True] * b
     live = [[0.0] + [float("-inf")] * (k - 1) for _ in range(b)]
-    for step in range(cfg.max_new_tokens):
-        logp = step_fn(tokens, rows).float().log_softmax(-1)  # [B*K, V]
+    for n in range(cfg.max_new_tokens):
+        logp = logits.float().log_softmax(-1)  # [B*K, V]
         vocab = logp.shape[-1]
         cand = rearrange(rearrange(scores, "b k -> (b k) 1") + logp, "(b k) v -> b (k v)", b=b)
         top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=-1)  # [B, 2K]
@@ -144,7 +234,7 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
         top_s, top_i = torch.stack([top_s.double(), top_i.double()]).tolist()
         top_i = [[int(i) for i in row] for row in top_i]
         sources, appended, live = [], [], []
-        length = step + 1
+        length = n + 1
         for r in range(b):
             kept: list[tuple[float, int, int]] = []  # (score, source beam, token)
             for s, i in zip(top_s[r], top_i[r], strict=True):
@@ -165,11 +255,11 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
             appended += [tok for _, _, tok in kept]
             live.append([s for s, _, _ in kept])
         generated = [generated[src] + [tok] for src, tok in zip(sources, appended, strict=True)]
-        src_t, tok_t = device_tensor([sources, appended], dev).unbind(0)
-        tokens = torch.cat([tokens[src_t], rearrange(tok_t, "n -> n 1")], dim=1)
         scores = device_tensor(live, dev)
-        if not any(active):
+        if not any(active) or n == cfg.max_new_tokens - 1:
             break
+        src_t, tok_t = device_tensor([sources, appended], dev).unbind(0)
+        logits = stepper.extend(tok_t, src_t)
     for r in range(b):
         if active[r]:  # out of length: the live beams count as finished
             for j in range(k):
@@ -180,12 +270,13 @@ def beam_search(step_fn: StepFn, prompt: Tensor, eos_id: int, pad_id: int, cfg: 
 
 
 def generate(
-    step_fn: StepFn, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, cfg: DecodeConfig, device=None
+    step: StepFn | Stepper, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, cfg: DecodeConfig, device=None
 ) -> list[list[int]]:
     """Decode every prompt; prompts of different lengths are decoded in groups of equal length (no padding needed).
 
     Args:
-        step_fn: ``(tokens [B', L], rows [B']) -> logits [B', V]``; ``rows`` index ``prompts``.
+        step: a step function ``(tokens [B', L], rows [B']) -> logits [B', V]`` or a :class:`Stepper`; ``rows``
+            index ``prompts``.
         prompts: one list of ids per batch row.
         eos_id: end-of-sequence id.
         pad_id: padding id for finished rows.
@@ -203,10 +294,10 @@ def generate(
     for idx in groups.values():
         index = device_tensor(idx, device or "cpu", torch.long)
         prompt = device_tensor([list(prompts[i]) for i in idx], device or "cpu", torch.long)
-        res = decode(lambda t, r, index=index: step_fn(t, index[r]), prompt, eos_id, pad_id, cfg)
+        res = decode(_Rows(_stepper(step), index), prompt, eos_id, pad_id, cfg)
         for i, seq in zip(idx, res, strict=True):
             out[i] = seq
     return out
 
 
-__all__ = ["DecodeConfig", "generate", "beam_search", "greedy_or_sample", "StepFn"]
+__all__ = ["DecodeConfig", "generate", "beam_search", "greedy_or_sample", "StepFn", "Stepper", "Recompute", "Cached"]

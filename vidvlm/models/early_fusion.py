@@ -38,11 +38,12 @@ from torch import nn
 from vidvlm.devices import to_device
 from vidvlm.errors import ConfigError
 from vidvlm.layers.connectors import ConnectorConfig
+from vidvlm.layers.kv_cache import KVCache
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.layers.quantize import FSQ
 from vidvlm.models.base import ANSWER, FRONT_END, GENERATE, VISUAL_TOKENS
 from vidvlm.models.decoder import CausalDecoder, DecoderConfig
-from vidvlm.models.decoding import DecodeConfig, generate
+from vidvlm.models.decoding import Cached, DecodeConfig, generate
 from vidvlm.models.frontend import FrontEndConfig, FrontEndOutput, TowerConfig, VideoFrontEnd
 from vidvlm.models.generative import TextGenerator
 from vidvlm.models.prompting import IGNORE, lm_loss
@@ -368,10 +369,14 @@ class EarlyFusion(TextGenerator):
         prompts, cfg = self._prompts(layout, questions, visual.shape[0], cfg)
         text_ids = self.visual_offset  # captions are text: visual ids are never sampled here
 
-        def step(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        def recompute(tokens: torch.Tensor, rows: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
             keys = self._keys(None if mask is None else mask[rows], tokens.shape[1])
-            return self.decoder(torch.cat([visual[rows], tokens], dim=1), keys)[:, -1, :text_ids]
+            return self.decoder(torch.cat([visual[rows], tokens], dim=1), keys, cache)[:, -1, :text_ids]
 
+        def then(last: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            return self.decoder(last, None, cache)[:, -1, :text_ids]
+
+        step = Cached(self.decoder.new_cache, recompute, then) if cfg.use_cache else recompute
         ids = generate(step, prompts, layout.eos_id, layout.pad_id, cfg, device=video.device)
         return layout.decode(ids)
 
@@ -406,12 +411,18 @@ class EarlyFusion(TextGenerator):
         cfg = dataclasses.replace(decode or DecodeConfig(strategy="greedy"), max_new_tokens=m)
         lo, hi = self.visual_offset, self.visual_offset + self.quantizer.codebook_size
 
-        def step(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            logits = self.decoder(tokens)[:, -1]
+        def visual_only(logits: torch.Tensor) -> torch.Tensor:
             logits[:, :lo] = float("-inf")  # only visual ids: a clip has exactly m of them
             logits[:, hi:] = float("-inf")
             return logits
 
+        def recompute(tokens: torch.Tensor, rows: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+            return visual_only(self.decoder(tokens, None, cache)[:, -1])
+
+        def then(last: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            return visual_only(self.decoder(last, None, cache)[:, -1])
+
+        step = Cached(self.decoder.new_cache, recompute, then) if cfg.use_cache else recompute
         ids = generate(step, prompts, self.eov_id, self.layout.pad_id, cfg, device=dev)
         indices = torch.tensor(ids, dtype=torch.long, device=dev) - self.visual_offset
         frames = self.pixel_decoder(self.quantizer.indices_to_codes(indices), None, t)

@@ -34,11 +34,12 @@ from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.connectors import ConnectorConfig
+from vidvlm.layers.kv_cache import KVCache
 from vidvlm.layers.pooling import PoolerConfig, masked_mean
 from vidvlm.losses import clip_loss
 from vidvlm.models.base import ANSWER, EMBED_TEXT, EMBED_VIDEO, FRONT_END, GENERATE, VISUAL_TOKENS, VLMModel
 from vidvlm.models.decoder import CrossAttentionDecoder, DecoderConfig, PrefixDecoder, TextDecoder
-from vidvlm.models.decoding import DecodeConfig, generate
+from vidvlm.models.decoding import Cached, DecodeConfig, generate
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
 from vidvlm.models.prompting import QA_PROMPT, PromptLayout, lm_loss
 from vidvlm.models.registry import register_family
@@ -320,9 +321,20 @@ class _Captioner(TextGenerator):
         layout = self.layout
         prompts, cfg = self._prompts(layout, questions, visual.shape[0], cfg)
 
-        def step(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return self.logits(tokens, visual[rows], None if mask is None else mask[rows])[:, -1]
+        def rows_of(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return visual[rows], None if mask is None else mask[rows]
 
+        def recompute(tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self.logits(tokens, *rows_of(rows))[:, -1]
+
+        def first(prompt: torch.Tensor, rows: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            v, m = rows_of(rows)
+            return self.decoder(prompt, v, visual_mask=m, cache=cache)[:, -1]
+
+        def then(last: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            return self.decoder(last, None, cache=cache)[:, -1]
+
+        step = Cached(self.decoder.new_cache, first, then) if cfg.use_cache else recompute
         ids = generate(step, prompts, layout.eos_id, layout.pad_id, cfg, device=video.device)
         return layout.decode(ids)
 
