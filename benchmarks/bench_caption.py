@@ -7,7 +7,8 @@ Quality: exact match, per-attribute accuracy (colour, shape, size, motion direct
 caption), BLEU-4 / ROUGE-L / CIDEr-D (``vidvlm.eval.caption_metrics``). Make the held-out clips with a seed never
 used in training: ``python tools/make_synthetic.py --out /tmp/shapes32/test --num 400 --seed 12345 --frames 8
 --size 32 --split test``. Speed: captions per second of greedy decoding (and beam 3) at batch 1 and 16 on
-preprocessed clips (decoding of the video files excluded), median of ``--repeats`` runs.
+preprocessed clips (decoding of the video files excluded), with the decoder's key/value cache and without
+(``decode.use_cache``), the four settings alternating; median of ``--repeats`` runs.
 
 Memory: ``--memory 15 60 600`` writes a clip of each length with PyAV (``--frame-size 1920x1080``, ``--fps 25``, H.264
 ultrafast, a moving patch on grey, into ``--clip-dir``; reused when present) and runs ``tools/caption_video.py CLIP
@@ -66,16 +67,20 @@ def quality(model, manifest: str, num_frames: int, batch_size: int = 32) -> dict
     return out
 
 
-def speed(model, num_frames: int, batch: int, decode: DecodeConfig, repeats: int) -> float:
+def speed(model, num_frames: int, batch: int, decodes: dict[str, DecodeConfig], repeats: int) -> dict[str, float]:
+    """Captions per second of each decoding setting, the settings alternating within each repeat (one interleaved
+    run); medians over repeats."""
     size = transform_short_side(model.transform)  # the model's input side
     video = torch.randn(batch, num_frames, 3, size, size)
-    model.generate(video, decode=decode)  # warm-up
-    times = []
+    for decode in decodes.values():
+        model.generate(video, decode=decode)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in decodes}
     for _ in range(repeats):
-        t = time.perf_counter()
-        model.generate(video, decode=decode)
-        times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+        for name, decode in decodes.items():
+            t = time.perf_counter()
+            model.generate(video, decode=decode)
+            times[name].append(time.perf_counter() - t)
+    return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
 def write_clip(path: Path, seconds: float, width: int, height: int, fps: int) -> None:
@@ -171,12 +176,14 @@ def main() -> None:
         result["quality"] = quality(model, args.manifest, n)
     if args.speed:
         fixed = dict(max_new_tokens=model.config.decode.max_new_tokens)
-        for name, dec in (
-            ("greedy", DecodeConfig("greedy", **fixed)),
-            ("beam3", DecodeConfig("beam", num_beams=3, **fixed)),
-        ):
-            for b in (1, 16):
-                result[f"captions_per_s_{name}_b{b}"] = round(speed(model, n, b, dec, args.repeats), 2)
+        decodes = {
+            f"{name}{suffix}": DecodeConfig(strategy, num_beams=3, use_cache=not suffix, **fixed)
+            for name, strategy in (("greedy", "greedy"), ("beam3", "beam"))
+            for suffix in ("", "_no_cache")
+        }
+        for b in (1, 16):
+            for name, rate in speed(model, n, b, decodes, args.repeats).items():
+                result[f"captions_per_s_{name}_b{b}"] = round(rate, 2)
     print(json.dumps(result, indent=1))
 
 
