@@ -26,6 +26,7 @@ import json
 import platform
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -126,9 +127,9 @@ def main() -> None:
         prompt = torch.randint(1, case["vocab"], (args.batch, case["prompt"]), generator=g)
         for beams in (1, 4) if case["m"] > 0 else (1,):
             sides = {
-                "vidvlm cache": lambda b=beams: run_vidvlm(dec, case, visual, prompt, b, True),
-                "vidvlm no cache": lambda b=beams: run_vidvlm(dec, case, visual, prompt, b, False),
-                "hf gpt2": lambda b=beams: run_hf(hf, case, visual, prompt, b),
+                "vidvlm cache": partial(run_vidvlm, dec, case, visual, prompt, beams, True),
+                "vidvlm no cache": partial(run_vidvlm, dec, case, visual, prompt, beams, False),
+                "hf gpt2": partial(run_hf, hf, case, visual, prompt, beams),
             }
             times: dict[str, list[float]] = {k: [] for k in sides}
             with torch.no_grad():
