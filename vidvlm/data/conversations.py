@@ -1,4 +1,5 @@
-"""Training conversations drawn afresh from a manifest row's question-answer ground truth.
+"""Training conversations drawn afresh from a manifest row's question-answer ground truth, and conversations read
+as question-answer pairs (for the families whose decoders answer one question at a time).
 
 A synthetic instruction row carries a fixed ``conversation`` (one to four turns chosen when the data was written) and
 the full ``qa`` list (one question of each type, with its answer). With ``qa_turns`` set, a training sample's
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from vidvlm.errors import VidVLMError
 
 PLACEHOLDERS = ("<video>", "<image>")
 
@@ -49,3 +52,24 @@ def conversation_from_qa(
         question = f"{placeholder}\n{pair['question']}" if i == 0 else str(pair["question"])
         out += [{"role": "user", "content": question}, {"role": "assistant", "content": str(pair["answer"])}]
     return out
+
+
+def question_answer_pairs(turns: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """A conversation as ``(question, answer)`` pairs: each user turn and the assistant turn after it, with the media
+    placeholder and the whitespace around it removed. A system turn first is skipped.
+
+    Raises:
+        VidVLMError: the turns do not alternate user, assistant (one line naming the turn).
+    """
+    if turns and turns[0].get("role") == "system":
+        turns = turns[1:]
+    pairs: list[tuple[str, str]] = []
+    for i in range(0, len(turns), 2):
+        user, answer = turns[i], turns[i + 1] if i + 1 < len(turns) else None
+        if user.get("role") != "user" or answer is None or answer.get("role") != "assistant":
+            raise VidVLMError(f"conversation: turn {i}: expected a user turn followed by an assistant turn")
+        question = str(user.get("content", ""))
+        for tag in PLACEHOLDERS:
+            question = question.replace(tag, " ")
+        pairs.append((" ".join(question.split()), str(answer.get("content", ""))))
+    return pairs

@@ -276,26 +276,35 @@ class EarlyFusion(TextGenerator):
 
         Args:
             batch: ``video [B, T, 3, H, W]``, ``frame_mask [B, T]`` (optional), ``text`` (B captions, or answers when
-                ``question`` is given), ``question`` (optional, B strings).
+                ``question`` is given), ``question`` (optional, B strings), ``conversation`` (optional, B lists of
+                turns or None: a sample with one trains on each of its question-answer turns instead of its caption,
+                and its visual ids count once).
 
         Returns:
             ``{"caption_loss", "visual_loss", "recon_loss"}``, each already weighted.
         """
         video = batch["video"]
         frame_mask = batch.get("frame_mask")
-        questions = batch.get("question")
+        texts, questions, clip_of = self._text_rows(batch)
         self._note_questions(questions)
         codes, indices, out = self.quantize(video, frame_mask)
-        visual = self.visual_sequence(indices, out.mask)  # [B, M + 2]
-        text, text_targets, lengths = self.build_targets(batch["text"], questions)
-        b, m, n = visual.shape[0], visual.shape[1], text.shape[1]
         dev = video.device
+        clip_mask = out.mask
+        if clip_of is not None:  # one row per question: each clip's ids are read by all its rows, predicted by one
+            first_row = torch.cat([torch.ones(1, dtype=torch.bool), clip_of[1:] != clip_of[:-1]])
+            rows = to_device(clip_of, dev)
+            indices, clip_mask = indices[rows], None if clip_mask is None else clip_mask[rows]
+        visual = self.visual_sequence(indices, clip_mask)  # [R, M + 2]
+        text, text_targets, lengths = self.build_targets(texts, questions)
+        b, m, n = visual.shape[0], visual.shape[1], text.shape[1]
         text, text_targets = to_device(text, dev), to_device(text_targets, dev)
-        vmask = out.mask if out.mask is not None else torch.ones(b, m - 2, dtype=torch.bool, device=dev)
-        vreal = torch.cat([vmask.new_ones(b, 1), vmask, vmask.new_ones(b, 1)], dim=1)  # [B, M + 2]
+        vmask = clip_mask if clip_mask is not None else torch.ones(b, m - 2, dtype=torch.bool, device=dev)
+        vreal = torch.cat([vmask.new_ones(b, 1), vmask, vmask.new_ones(b, 1)], dim=1)  # [R, M + 2]
         # position j predicts token j + 1: BOV ... v_M predict v_1 ... EOV; EOV's prediction (the prompt) is not
         # trained, nor, text first, the caption's EOS -> BOV step (generation writes BOV itself)
         vtargets = torch.cat([visual[:, 1:].masked_fill(~vreal[:, 1:], IGNORE), visual.new_full((b, 1), IGNORE)], 1)
+        if clip_of is not None:
+            vtargets = vtargets.masked_fill(~to_device(first_row, dev)[:, None], IGNORE)
         treal = to_device(torch.arange(n)[None] < lengths[:, None], dev)  # [B, L]
         # clip first: [visual; text]; text first: [text; visual] (the same length, one tensor for both)
         ids = torch.cat([visual, text], dim=1)
@@ -309,7 +318,7 @@ class EarlyFusion(TextGenerator):
             keys = torch.where(row, torch.cat([treal, vreal], dim=1), keys)
             targets = torch.where(row, torch.cat([text_targets, vtargets], dim=1), targets)
             is_visual = torch.where(row, torch.cat([torch.zeros_like(treal), torch.ones_like(vreal)], 1), is_visual)
-        logits = self.decoder(ids, None if bool(first is None and out.mask is None) else keys)
+        logits = self.decoder(ids, None if bool(first is None and clip_mask is None) else keys)
         rebuilt = self.pixel_decoder(codes, out.mask, video.shape[1])
         diff = rebuilt - self.pixel_decoder.target(video)
         error = (diff.abs() if self.pixel_decoder.cfg.loss == "l1" else diff.pow(2)).mean(dim=(2, 3, 4))  # [B, T]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidvlm.data.conversations import question_answer_pairs
 from vidvlm.devices import to_device
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.attention import AttnMask
@@ -162,6 +163,28 @@ class TextGenerator(VLMModel):
         """See :meth:`vidvlm.models.prompting.PromptLayout.build_targets`."""
         return self.layout.build_targets(answers, questions)
 
+    def _text_rows(self, batch: dict[str, Any]) -> tuple[list[str], list[str | None] | None, torch.Tensor | None]:
+        """The batch's text as training rows: B captions (with ``question`` when given), or, when samples carry a
+        ``conversation`` (instruction data), one row per question-answer turn of each, whose clip ``clip_of`` names.
+
+        Returns:
+            texts (R targets), questions (R, None entries for captions; None when there are none) and ``clip_of``
+            long ``[R]`` on the host (None when the rows are the B samples).
+        """
+        conversations = batch.get("conversation")
+        if conversations is None or not any(conversations):
+            return list(batch["text"]), batch.get("question"), None
+        texts: list[str] = []
+        questions: list[str | None] = []
+        clip_of: list[int] = []
+        for i, (caption, turns) in enumerate(zip(batch["text"], conversations, strict=True)):
+            pairs = question_answer_pairs(turns) if turns else [(None, caption)]
+            for question, answer in pairs:
+                texts.append(answer)
+                questions.append(question)
+                clip_of.append(i)
+        return texts, questions, torch.tensor(clip_of)
+
     def _note_questions(self, questions: Sequence[str | None] | None) -> None:
         """In training, a batch with questions marks the model as one that answers (saved with it)."""
         if questions is not None and self.training:
@@ -271,17 +294,21 @@ class _Captioner(TextGenerator):
 
         Args:
             batch: ``video [B, T, 3, H, W]``, ``frame_mask [B, T]`` (optional), ``text`` (B captions, or answers when
-                ``question`` is given), ``question`` (optional, B strings).
+                ``question`` is given), ``question`` (optional, B strings), ``conversation`` (optional, B lists of
+                turns or None: a sample with one trains on each of its question-answer turns instead of its caption).
 
         Returns:
             ``{"caption_loss": ..., "contrastive_loss": ...}`` (the second only when ``contrastive_weight > 0`` and
-            there are no questions), each already weighted.
+            the batch has no questions), each already weighted.
         """
         video = batch["video"]
         visual, mask = self.visual_tokens(video, batch.get("frame_mask"))
-        questions = batch.get("question")
+        texts, questions, clip_of = self._text_rows(batch)
         self._note_questions(questions)
-        ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(batch["text"], questions))
+        if clip_of is not None:  # instruction data: one row per question, each reading its clip's tokens
+            clip_of = to_device(clip_of, video.device)
+            visual, mask = visual[clip_of], None if mask is None else mask[clip_of]
+        ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(texts, questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
         if self.config.contrastive_weight > 0 and questions is None:
             v = self._video_embedding(visual, mask)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vidvlm.atomic import replace_dir
+from vidvlm.data.conversations import PLACEHOLDERS
 from vidvlm.devices import batch_to_device
 from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.locks import FolderLock
@@ -599,11 +600,20 @@ def _enable_grad_checkpointing(model: nn.Module) -> None:
 
 
 def _captions(datasets: Any) -> list[str]:
-    """Every caption of the training manifests (for families that train their tokenizer first)."""
+    """Every caption of the training manifests, and every turn of their conversations and ``qa`` lists without the
+    media placeholders (for families that train their tokenizer first)."""
     out: list[str] = []
     for d in datasets:
         for row in getattr(d, "rows", []):
             out.extend(getattr(row, "captions", ()))  # a text corpus has none
+            extra = getattr(row, "extra", None) or {}
+            turns = [str(t.get("content", "")) for t in extra.get("conversation") or [] if isinstance(t, dict)]
+            qa = [q for q in extra.get("qa") or [] if isinstance(q, dict)]
+            turns += [str(q.get(k, "")) for q in qa for k in ("question", "answer")]
+            for text in turns:
+                for tag in PLACEHOLDERS:
+                    text = text.replace(tag, " ")
+                out.append(" ".join(text.split()))
     return out
 
 
