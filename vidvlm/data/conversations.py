@@ -54,6 +54,13 @@ def conversation_from_qa(
     return out
 
 
+def strip_placeholders(text: str) -> str:
+    """``text`` without its ``<video>`` / ``<image>`` placeholders, whitespace runs made single spaces."""
+    for tag in PLACEHOLDERS:
+        text = text.replace(tag, " ")
+    return " ".join(text.split())
+
+
 def question_answer_pairs(turns: list[dict[str, str]]) -> list[tuple[str, str]]:
     """A conversation as ``(question, answer)`` pairs: each user turn and the assistant turn after it, with the media
     placeholder and the whitespace around it removed. A system turn first is skipped.
@@ -68,8 +75,5 @@ def question_answer_pairs(turns: list[dict[str, str]]) -> list[tuple[str, str]]:
         user, answer = turns[i], turns[i + 1] if i + 1 < len(turns) else None
         if user.get("role") != "user" or answer is None or answer.get("role") != "assistant":
             raise VidVLMError(f"conversation: turn {i}: expected a user turn followed by an assistant turn")
-        question = str(user.get("content", ""))
-        for tag in PLACEHOLDERS:
-            question = question.replace(tag, " ")
-        pairs.append((" ".join(question.split()), str(answer.get("content", ""))))
+        pairs.append((strip_placeholders(str(user.get("content", ""))), str(answer.get("content", ""))))
     return pairs

@@ -167,10 +167,11 @@ class PrefixDecoder(TextDecoder):
         )
         self._head()
 
-    def hidden(self, x: torch.Tensor, mask: AttnMask) -> torch.Tensor:
-        """Run the blocks on embedded tokens ``[B, S, D]``."""
-        for blk in self.mm_blocks:
-            x = blk(x, mask)
+    def hidden(self, x: torch.Tensor, mask: AttnMask, cache: KVCache | None = None) -> torch.Tensor:
+        """Run the blocks on embedded tokens ``[B, S, D]`` (with a cache: the positions after the cached ones)."""
+        layers = [None] * len(self.mm_blocks) if cache is None else cache.layers
+        for blk, layer in zip(self.mm_blocks, layers, strict=True):
+            x = blk(x, mask, cache=layer)
         return x
 
     def forward(
@@ -188,23 +189,16 @@ class PrefixDecoder(TextDecoder):
         if cache is not None and cache.length > 0:
             x = self.embed(ids, cache.length - cache.prefix_len)
             keys = cache.extend_padding(None, ids.shape[0], ids.shape[1], ids.device)
-            for blk, layer in zip(self.mm_blocks, cache.layers, strict=True):
-                x = blk(x, AttnMask(causal=True, key_padding=keys), cache=layer)
-            return self.head(self.norm(x))
+            return self.head(self.norm(self.hidden(x, AttnMask(causal=True, key_padding=keys), cache)))
         m = visual.shape[1]
         x = torch.cat([visual + self.prefix_embed, self.embed(ids)], dim=1)
         keys = None
         if visual_mask is not None:
             keys = torch.cat([visual_mask, visual_mask.new_ones(ids.shape)], dim=1)
-        mask = AttnMask(prefix_len=m, key_padding=keys)
-        if cache is None:
-            x = self.hidden(x, mask)[:, m:]
-        else:
+        if cache is not None:
             cache.prefix_len = m
             cache.extend_padding(keys, x.shape[0], x.shape[1], x.device)
-            for blk, layer in zip(self.mm_blocks, cache.layers, strict=True):
-                x = blk(x, mask, cache=layer)
-            x = x[:, m:]
+        x = self.hidden(x, AttnMask(prefix_len=m, key_padding=keys), cache)[:, m:]
         return self.head(self.norm(x))
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vidvlm.atomic import replace_dir
-from vidvlm.data.conversations import PLACEHOLDERS
+from vidvlm.data.conversations import strip_placeholders
 from vidvlm.devices import batch_to_device
 from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.locks import FolderLock
@@ -610,10 +610,7 @@ def _captions(datasets: Any) -> list[str]:
             turns = [str(t.get("content", "")) for t in extra.get("conversation") or [] if isinstance(t, dict)]
             qa = [q for q in extra.get("qa") or [] if isinstance(q, dict)]
             turns += [str(q.get(k, "")) for q in qa for k in ("question", "answer")]
-            for text in turns:
-                for tag in PLACEHOLDERS:
-                    text = text.replace(tag, " ")
-                out.append(" ".join(text.split()))
+            out.extend(strip_placeholders(text) for text in turns)
     return out
 
 
