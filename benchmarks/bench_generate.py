@@ -1,6 +1,6 @@
 """Time autoregressive decoding with vidvlm's own decoders: the key/value cache, no cache, and HF GPT-2.
 
-    python benchmarks/bench_generate.py [--threads 1] [--batch 16] [--repeats 5] [--json out.json]
+    python benchmarks/bench_generate.py [--threads 1] [--batch 16] [--repeats 5] [--device cpu] [--json out.json]
 
 Three cases, each decoding a fixed number of tokens (no EOS can end a row early, so every side does the same work):
 
@@ -16,7 +16,8 @@ Three cases, each decoding a fixed number of tokens (no EOS can end a row early,
 vidvlm runs through ``vidvlm.models.decoding.generate`` with the same steppers as ``model.generate``:
 ``Cached`` (``decode.use_cache: true``, the default) and ``Recompute`` (``use_cache: false``). HF runs
 ``model.generate(use_cache=True)``. Weights are random; the sides alternate within each round, medians over
-rounds; for equal weights vidvlm's two paths give the same ids (checked here on every round).
+rounds; for equal weights vidvlm's two paths give the same ids (checked here on every round). ``--device cuda``
+runs every side on the GPU in float32 (each timing ends with a synchronisation).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def run_vidvlm(dec, case: dict, visual, prompt, beams: int, use_cache: bool) -> 
         return dec(last, None, cache=cache)[:, -1] if cross else dec(last, None, cache)[:, -1]
 
     step = Cached(dec.new_cache, recompute, then) if use_cache else recompute
-    return generate(step, prompt.tolist(), eos_id=-1, pad_id=0, cfg=cfg)
+    return generate(step, prompt.tolist(), eos_id=-1, pad_id=0, cfg=cfg, device=prompt.device)
 
 
 def run_hf(model, case: dict, visual, prompt, beams: int) -> torch.Tensor:
@@ -114,17 +115,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (float32 on the GPU)")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     results = []
     for name in args.cases:
         case = CASES[name]
         torch.manual_seed(0)
-        dec, hf = vidvlm_decoder(case), hf_decoder(case)
+        dec, hf = vidvlm_decoder(case).to(dev), hf_decoder(case).to(dev)
         g = torch.Generator().manual_seed(1)
-        visual = torch.randn(args.batch, max(case["m"], 1), case["width"], generator=g)
-        prompt = torch.randint(1, case["vocab"], (args.batch, case["prompt"]), generator=g)
+        visual = torch.randn(args.batch, max(case["m"], 1), case["width"], generator=g).to(dev)
+        prompt = torch.randint(1, case["vocab"], (args.batch, case["prompt"]), generator=g).to(dev)
         for beams in (1, 4) if case["m"] > 0 else (1,):
             sides = {
                 "vidvlm cache": partial(run_vidvlm, dec, case, visual, prompt, beams, True),
@@ -138,8 +146,10 @@ def main() -> None:
                 for _ in range(args.repeats):
                     outs = {}
                     for side, fn in sides.items():
+                        sync()
                         t0 = time.perf_counter()
                         outs[side] = fn()
+                        sync()
                         times[side].append(time.perf_counter() - t0)
                     assert outs["vidvlm cache"] == outs["vidvlm no cache"], "cached ids differ"
                     assert outs["hf gpt2"].shape[1] == case["prompt"] + case["new"], "HF stopped early"
@@ -154,7 +164,8 @@ def main() -> None:
             }
             results.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "cpu": cpu_name()}
+    meta = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "cpu": cpu_name(),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}  # fmt: skip
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -31,6 +31,8 @@
 #   extract  #17: extraction at 640 videos, 12 workers, against the transformers loop, with
 #            vidvlm's stage split and the decode-bound ceiling (bench_extract.py)             ~3 min
 #   encoder  #17: compiled vs eager, vidvlm joint vs VideoMAE at 16 frames, batch 32 (bench_encoder.py) ~1 min
+#   generate decoding with the key/value cache, without it, and HF GPT-2 generate on the GPU (bench_generate.py; measured
+#            on the CPU only so far)                                                               ~1 min?
 #   llava    #14: the SmolLM2 recipe (configs/llava_smollm2_8f_shapes.yaml, bf16, LLAVA_SET overrides), then
 #            tools/eval.py on the held-out test clips. A call of its own: it needs the av and gguf wheels in .whl,
 #            the contrastive tower run (carry runs/contrastive_tiny_8f_shapes/final, 2 MB) and SmolLM2's GGUF (98 MB,
@@ -84,6 +86,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   MFU="--size tiny --batch 2 --rounds 1 --steps 1 --warmup 1 --token-drop 0.5"
   ENC="--frames 2 --models vidvlm-joint videomae --rounds 1"
   EXT="--tower tiny --num-videos 4 --num-workers 1 --batch-size 2 --runs 1"
+  GEN="--batch 2 --repeats 1 --cases caption_default"
   LLAVA_DEV="stages.0.steps=2 stages.1.steps=2 stages.2.steps=2 stages.3.steps=2 log_every=1 eval_every=0"
   EVAL_DEV=(--device cpu --num-workers 0)
   [ -f data/shapes_llava8s/test/manifest.jsonl ] &&  # llava's clips, where they were generated
@@ -93,6 +96,7 @@ else
   MFU="--device cuda --dtype bf16 --batch 32 --rounds 3 --steps 10 --token-drop 0.5 0.75"
   ENC="--device cuda --dtype bf16 --batch 32 --frames 16 --models vidvlm-joint videomae --modes eager compiled --rounds 3 --iters 5"
   EXT="--device cuda --num-videos 640 --clip-frames 64 --num-workers 12 --batch-size 32 --runs 3"
+  GEN="--device cuda --batch 16 --repeats 5"
   LLAVA_DEV="mixed_precision=bf16 data.num_workers=8"
   EVAL_DEV=(--device cuda --num-workers 8 --batch-size 64)
   TEST=data/shapes_llava8s/test/manifest.jsonl
@@ -187,8 +191,9 @@ for section in "${@:-mfu extract encoder}"; do
       llava) llava llava ;;
       llava-leads) llava leads "${LEADS[@]}" ;;
       extract) run extract 300 $PY benchmarks/bench_extract.py $EXT ;;
+      generate) run generate 180 $PY benchmarks/bench_generate.py $GEN --json "$OUT/generate.json" ;;
       gpu-tests) run gpu_tests 300 $PY -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" ;;
-      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, mfu-batch, gpu-tests, extract, encoder, llava, llava-leads)" >&2; exit 2 ;;
+      *) echo "device_checks.sh: unknown section '$s' (mfu, mfu-compile, mfu-fused, mfu-trainer, mfu-batch, gpu-tests, extract, encoder, generate, llava, llava-leads)" >&2; exit 2 ;;
     esac
   done
 done

@@ -6,7 +6,9 @@
     python tools/eval.py --checkpoint runs/llava_tiny_8f_shapes/final --manifest data/shapes_qa/test/manifest.jsonl \
         [--predictions answers.jsonl]
 
-``--task auto`` (the default) picks retrieval for a family that embeds video and text, else generation. Generation
+``--task auto`` (the default) picks generation when the manifest's rows hold questions (``qa``) and the model answers
+them (the ``answer`` ability, and trained on questions where the family learns that), else retrieval for a family
+that embeds video and text, else generation. Generation
 captions every clip (``caption_exact_match``, ``caption_cider``, BLEU, ROUGE-L) and answers every question of a
 row's ``qa`` ground truth: ``qa_{type}_accuracy`` per type (exact normalised answer; "when" within 0.5 s), see
 ``vidvlm.eval.qa``.
@@ -58,23 +60,27 @@ def main(argv: list[str] | None = None) -> int:
         from vidvlm.data.collate import collate_video_text
         from vidvlm.data.datasets import VideoTextDataset
         from vidvlm.data.sampling import SamplerConfig, build_sampler
-        from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO
+        from vidvlm.models.base import ANSWER, EMBED_TEXT, EMBED_VIDEO
         from vidvlm.models.registry import load
 
         model = load(args.checkpoint).to(args.device).eval()
-        task = args.task
-        if task == "auto":
-            task = "retrieval" if model.can(EMBED_VIDEO) and model.can(EMBED_TEXT) else "generation"
-        if task == "retrieval":
-            model.require(EMBED_VIDEO, "evaluate retrieval")
-            model.require(EMBED_TEXT, "evaluate retrieval")
-            if args.itm_rerank < 0:
-                raise ConfigError(f"--itm-rerank: must be >= 0, got {args.itm_rerank}")
         if args.num_frames is not None and args.num_frames < 1:
             raise ConfigError(f"--num-frames: must be >= 1, got {args.num_frames}")
         frames = args.num_frames or model.num_frames
         sampler = build_sampler(SamplerConfig(name="uniform", num_frames=frames))
         dataset = VideoTextDataset(args.manifest, sampler, model.transform, train=False, on_error="mark")
+        task = args.task
+        if task == "auto":
+            # a model that answers, asked questions (the rows' qa ground truth), answers them; else rank, else caption
+            asked = any(row.extra.get("qa") for row in dataset.rows)
+            answers = model.can(ANSWER) and getattr(model.config, "answers_questions", True)
+            embeds = model.can(EMBED_VIDEO) and model.can(EMBED_TEXT)
+            task = "generation" if (asked and answers) or not embeds else "retrieval"
+        if task == "retrieval":
+            model.require(EMBED_VIDEO, "evaluate retrieval")
+            model.require(EMBED_TEXT, "evaluate retrieval")
+            if args.itm_rerank < 0:
+                raise ConfigError(f"--itm-rerank: must be >= 0, got {args.itm_rerank}")
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                             collate_fn=collate_video_text)  # fmt: skip
         kept: list[int] = []

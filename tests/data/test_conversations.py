@@ -113,11 +113,44 @@ def test_the_option_reaches_the_dataset_from_a_run_config_and_a_bad_value_names_
         build_dataset(bad, bad.data.datasets["qa"], True, "data.datasets.qa")
 
 
-def test_a_malformed_qa_list_names_the_manifest_line(tmp_path: Path, manifest: Path) -> None:
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    bad = dict(rows[0], qa=[{"answer": "red"}])  # an entry without its question
-    (tmp_path / bad["path"]).write_bytes((manifest.parent / bad["path"]).read_bytes())
-    (tmp_path / "manifest.jsonl").write_text(json.dumps(bad) + "\n")
-    data = dataset(tmp_path / "manifest.jsonl", train=True, qa_turns=3)
-    with pytest.raises(ConfigError, match=r"manifest\.jsonl:1: qa: expected a list of question-answer objects"):
-        data[0]
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("qa", [{"answer": "red"}], r"qa: entry 0: expected \{'question'"),  # an entry without its question
+        ("qa", [{"question": "which?", "answer": None}], r"qa: entry 0: expected"),
+        ("qa", [], r"qa: expected a non-empty list"),
+        ("conversation", "what colour?", r"conversation: expected a non-empty list of turns"),
+        ("conversation", [{"role": "user", "content": "<video>\nq?"}, {"role": "bot", "content": "red"}],
+         r"conversation: turn 1: expected \{'role'"),
+        ("conversation", [{"role": "user", "content": "<video>\nq?"}], r"conversation: no assistant turn"),
+    ],
+)  # fmt: skip
+def test_a_malformed_row_is_refused_when_the_manifest_is_read_naming_its_line(
+    tmp_path: Path, manifest: Path, key: str, value, message: str
+) -> None:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:2]]
+    for row in rows:
+        (tmp_path / row["path"]).write_bytes((manifest.parent / row["path"]).read_bytes())
+    rows[1][key] = value
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=rf"manifest\.jsonl:2: {message}"):
+        dataset(tmp_path / "manifest.jsonl", train=True, qa_turns=3)
+
+
+def test_a_csv_manifest_carries_conversations_and_qa_as_json(tmp_path: Path, manifest: Path) -> None:
+    import csv
+
+    row = json.loads(manifest.read_text().splitlines()[0])
+    (tmp_path / row["path"]).write_bytes((manifest.parent / row["path"]).read_bytes())
+    fields = ["path", "caption", "conversation", "qa"]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerow([row["path"], row["caption"], json.dumps(row["conversation"]), json.dumps(row["qa"])])
+        w.writerow([row["path"], row["caption"], "", ""])  # a caption-only row
+    data = dataset(tmp_path / "m.csv", train=False)
+    assert data[0]["conversation"] == row["conversation"] and data.rows[0].extra["qa"] == row["qa"]
+    assert "conversation" not in data[1] and "qa" not in data.rows[1].extra
+    (tmp_path / "bad.csv").write_text(f'path,caption,conversation\n{row["path"]},a caption,"[{{oops"\n')
+    with pytest.raises(ConfigError, match=r"bad\.csv:2: 'conversation' must be JSON"):
+        dataset(tmp_path / "bad.csv", train=False)

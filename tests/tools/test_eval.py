@@ -73,3 +73,24 @@ def test_no_readable_row_and_zero_frames_are_one_line_errors(setup, tmp_path, ca
                    "0"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--num-frames: must be >= 1, got 0" in err
+
+
+@pytest.mark.parametrize("trained_on_questions", [False, True])
+def test_auto_answers_the_rows_questions_only_with_a_model_that_answers(tmp_path, capsys, trained_on_questions):
+    """A coca model both embeds and answers: on a manifest with questions, ``--task auto`` asks them when the model
+    was trained on questions, and ranks when it was trained on captions alone (it would refuse the questions)."""
+    from vidvlm.models.generative import CoCaCaptioner, GenerativeConfig
+
+    manifest = make_synthetic(tmp_path / "qa", 2, seed=3, frames=4, size=32, split="val", conversations=True)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    torch.manual_seed(0)
+    model = CoCaCaptioner(GenerativeConfig.tiny(answers_questions=trained_on_questions))
+    model.prepare_for_training([r["caption"] for r in rows] + [q["question"] for r in rows for q in r["qa"]])
+    model.save_pretrained(tmp_path / "ckpt")
+    rc, metrics, _ = _run(capsys, tmp_path, manifest)
+    assert rc == 0
+    asked = sum(len(r["qa"]) for r in rows)
+    if trained_on_questions:
+        assert metrics["qa_num"] == asked and "t2v_R@1" not in metrics
+    else:
+        assert "t2v_R@1" in metrics and "qa_num" not in metrics

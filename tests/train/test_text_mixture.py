@@ -56,7 +56,7 @@ def test_text_corpus_batches_carry_no_video(tmp_path):
     with pytest.raises(ValueError, match="1 text-only samples in a batch of videos"):
         collate_video_text([{**video, "captions": [], "timestamps": [0.0], "path": "v"}, data[0]])
     bad = tmp_path / "bad.jsonl"
-    placeholder = {"conversation": [{**conv[0], "content": "<video>"}]}
+    placeholder = {"conversation": [{**conv[0], "content": "<video>"}, conv[1]]}
     bad.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps(placeholder))
     with pytest.raises(ConfigError, match=r"bad\.jsonl:2: a text-only conversation cannot hold"):
         TextCorpusDataset(bad)

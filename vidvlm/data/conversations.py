@@ -5,6 +5,9 @@ A synthetic instruction row carries a fixed ``conversation`` (one to four turns 
 the full ``qa`` list (one question of each type, with its answer). With ``qa_turns`` set, a training sample's
 conversation is instead drawn from ``qa`` each time the row is read: ``qa_turns`` questions (or all, when the row has
 fewer) in a random order, so every question of the ground truth is trained on and the order varies across epochs.
+
+Both are checked when a manifest or corpus is read (:func:`check_conversation`, :func:`check_qa`), so a malformed row
+is named by its file and line before training starts, not by a batch mid-run.
 """
 
 from __future__ import annotations
@@ -13,9 +16,54 @@ from typing import Any
 
 import numpy as np
 
-from vidvlm.errors import VidVLMError
+from vidvlm.errors import ConfigError, VidVLMError
 
 PLACEHOLDERS = ("<video>", "<image>")
+ROLES = ("system", "user", "assistant")
+
+
+def check_conversation(value: Any, where: str) -> list[dict[str, str]]:
+    """A row's ``conversation`` as read: a non-empty list of ``{"role", "content"}`` turns (role ``system``,
+    ``user`` or ``assistant``; content a string), with at least one assistant turn to learn from.
+
+    Returns:
+        the turns with only ``role`` and ``content``.
+
+    Raises:
+        ConfigError: one line, ``{where}: conversation: ...``, naming the first bad turn.
+    """
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: conversation: expected a non-empty list of turns, got {value!r:.80}")
+    turns = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise ConfigError(
+                f"{where}: conversation: turn {i}: expected {{'role': one of {list(ROLES)}, 'content': a string}}, "
+                f"got {turn!r:.80}"
+            )
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if not any(t["role"] == "assistant" for t in turns):
+        raise ConfigError(f"{where}: conversation: no assistant turn, so nothing to learn")
+    return turns
+
+
+def check_qa(value: Any, where: str) -> list[dict[str, Any]]:
+    """A row's ``qa`` ground truth as read: a non-empty list of objects with a ``question`` string and an
+    ``answer`` (string or number); other keys (``type``, ``value``, ...) are kept.
+
+    Raises:
+        ConfigError: one line, ``{where}: qa: ...``, naming the first bad entry.
+    """
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: qa: expected a non-empty list of question-answer objects, got {value!r:.80}")
+    for i, pair in enumerate(value):
+        ok = isinstance(pair, dict) and isinstance(pair.get("question"), str) and pair["question"].strip()
+        if not ok or isinstance(pair.get("answer"), bool) or not isinstance(pair.get("answer"), (str, int, float)):
+            raise ConfigError(
+                f"{where}: qa: entry {i}: expected {{'question': a string, 'answer': a string or number}}, "
+                f"got {pair!r:.80}"
+            )
+    return value
 
 
 def placeholder_of(conversation: list[dict[str, str]] | None, num_frames: int) -> str:

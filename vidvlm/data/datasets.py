@@ -9,7 +9,10 @@ A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
 - optional ``label`` (int, -1 when absent) and ``attributes`` (a mapping, kept for evaluation).
 
 Other keys are kept in :attr:`ManifestRow.extra`; a ``conversation`` (a list of ``{"role", "content"}`` turns, the
-first user turn holding the clip's ``<video>`` / ``<image>`` placeholder) is passed on with the sample.
+first user turn holding the clip's ``<video>`` / ``<image>`` placeholder) is passed on with the sample, and ``qa`` (a
+list of ``{"question", "answer", ...}``, the ground truth that evaluation asks and ``qa_turns`` draws from) is kept.
+Both are checked as the manifest is read (:func:`~vidvlm.data.conversations.check_conversation`,
+:func:`~vidvlm.data.conversations.check_qa`: an error names the file and line); in CSV they are JSON strings.
 
 Boxes (for box prediction): a row's per-frame boxes of the shape its caption describes are a top-level ``boxes`` list,
 or the ``boxes`` of the only entry of ``shapes`` (the synthetic scenes' layout; a row with several shapes has no box,
@@ -36,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vidvlm.data.boxes import normalise_boxes, row_boxes, sampled_boxes
-from vidvlm.data.conversations import conversation_from_qa, placeholder_of
+from vidvlm.data.conversations import check_conversation, check_qa, conversation_from_qa, placeholder_of
 from vidvlm.data.reader import Clip, read_clips
 from vidvlm.data.sampling import Sampler
 from vidvlm.data.transforms import ClipTransform
@@ -128,6 +131,18 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
         raise ConfigError(f"{where}: 'attributes' must be a mapping, got {attributes!r}")
     full = path_in_folder(path, root, where)
     extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
+    for key, check in (("conversation", check_conversation), ("qa", check_qa)):
+        # instruction data and its ground truth: checked here, so an error names the line (in CSV they are JSON)
+        if key in extra and csv_row and isinstance(extra[key], str):
+            if not extra[key]:
+                del extra[key]
+                continue
+            try:
+                extra[key] = json.loads(extra[key])
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: {key!r} must be JSON: {e}") from e
+        if key in extra:
+            extra[key] = check(extra[key], where)
     return ManifestRow(full, tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
 
 
@@ -343,12 +358,7 @@ class VideoTextDataset(Dataset):
             sample["boxes"] = boxes
         if self.train and self.qa_turns and row.extra.get("qa"):  # a fresh conversation from the ground truth
             tag = placeholder_of(row.extra.get("conversation"), int(frames.shape[0]))
-            try:
-                sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)
-            except (KeyError, TypeError, ValueError) as e:
-                raise ConfigError(
-                    f"{self.manifest}:{row.line}: qa: expected a list of question-answer objects ({e!r})"
-                ) from e
+            sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)  # checked when read
         elif "conversation" in row.extra:  # instruction data: turns with a <video>/<image> placeholder
             sample["conversation"] = row.extra["conversation"]
         return sample

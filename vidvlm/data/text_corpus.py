@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vidvlm.data.conversations import PLACEHOLDERS
+from vidvlm.data.conversations import PLACEHOLDERS, check_conversation
 from vidvlm.data.datasets import iter_jsonl
 from vidvlm.errors import ConfigError
 
@@ -42,8 +42,8 @@ def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{where}: expected an object with 'text' or 'conversation'")
         if isinstance(data.get("text"), str) and data["text"].strip():
             rows.append({"text": data["text"], "line": line})
-        elif _is_conversation(data.get("conversation")):
-            turns = [{"role": t["role"], "content": t["content"]} for t in data["conversation"]]
+        elif "conversation" in data:
+            turns = check_conversation(data["conversation"], where)
             if any(p in t["content"] for t in turns for p in PLACEHOLDERS):
                 raise ConfigError(f"{where}: a text-only conversation cannot hold a <video>/<image> placeholder")
             rows.append({"conversation": turns, "line": line})
@@ -59,15 +59,6 @@ def read_text_corpus(path: str | Path) -> list[dict[str, Any]]:
             "a text corpus holds sentences or conversations, not both (make two datasets of the mixture)"
         )
     return rows
-
-
-def _is_conversation(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
-                for t in value)
-    )  # fmt: skip
 
 
 class TextCorpusDataset(Dataset):
