@@ -80,13 +80,19 @@ def test_conversation_rows_equal_explicit_questions_over_repeated_clips(cls, tin
         "question": [q for _, q, _ in ROWS],
     }
     ref = model(explicit)
-    assert set(got) == set(ref)
     torch.testing.assert_close(got["caption_loss"], ref["caption_loss"])
+    captions_only = model({"video": video, "frame_mask": mask, "text": CAPTIONS})
+    if cls is CoCaCaptioner:
+        # the contrastive loss reads every clip with its row's caption, conversations or not; the explicit batch has
+        # one caption row (clip 1), so no negatives and no contrastive loss there
+        assert set(got) == {"caption_loss", "contrastive_loss"} and set(ref) == {"caption_loss"}
+        torch.testing.assert_close(got["contrastive_loss"], captions_only["contrastive_loss"])
+    else:
+        assert set(got) == set(ref)
     if cls is EarlyFusion:
         # each clip's visual ids are predicted once, not once per question: the captions-only loss of the 3 clips
-        once = model({"video": video, "frame_mask": mask, "text": CAPTIONS})
-        torch.testing.assert_close(got["visual_loss"], once["visual_loss"])
-        torch.testing.assert_close(got["recon_loss"], once["recon_loss"])
+        torch.testing.assert_close(got["visual_loss"], captions_only["visual_loss"])
+        torch.testing.assert_close(got["recon_loss"], captions_only["recon_loss"])
         assert not torch.allclose(got["visual_loss"], ref["visual_loss"])  # clip 0 would count twice
     got["caption_loss"].backward()
     assert model.decoder.head.weight.grad is not None
@@ -100,3 +106,34 @@ def test_a_batch_without_conversations_is_read_as_before():
     assert set(plain) == set(nones) == {"caption_loss", "contrastive_loss"}
     torch.testing.assert_close(plain["caption_loss"], nones["caption_loss"])
     assert not model.config.answers_questions
+
+
+def test_contrastive_loss_leaves_out_clips_given_explicit_questions():
+    """Clips asked an explicit question carry an answer in ``text``, not a caption: the contrastive loss reads the
+    others, exactly as a batch of those alone, and none is computed with fewer than two."""
+    model = _model(CoCaCaptioner, GenerativeConfig.tiny())
+    video = torch.randn(4, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    texts = [CAPTIONS[0], "red", CAPTIONS[2], "left"]
+    mixed = model({"video": video, "text": texts, "question": [None, "what colour?", None, "which way?"]})
+    alone = model({"video": video[[0, 2]], "text": [CAPTIONS[0], CAPTIONS[2]]})
+    torch.testing.assert_close(mixed["contrastive_loss"], alone["contrastive_loss"])
+    one = model({"video": video, "text": texts, "question": [None, "what colour?", "how many?", "which way?"]})
+    assert "contrastive_loss" not in one
+
+
+def test_a_malformed_conversation_in_a_batch_names_its_file():
+    model = _model(CoCaCaptioner, GenerativeConfig.tiny())
+    video = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    turns = [{"role": "assistant", "content": "red"}, {"role": "user", "content": "what?"}]
+    batch = {"video": video, "text": CAPTIONS[:2], "conversation": [None, turns], "path": ["a.mp4", "clips/b.mp4"]}
+    with pytest.raises(VidVLMError, match=r"^clips/b\.mp4: conversation: turn 0: expected a user turn"):
+        model(batch)
+
+
+def test_contrastive_loss_can_be_kept_to_caption_only_batches():
+    """``contrastive_with_questions: false``: a batch with instruction rows trains the answers alone, one with
+    captions alone both losses, as before the option existed."""
+    model = _model(CoCaCaptioner, GenerativeConfig.tiny(contrastive_with_questions=False))
+    video = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert set(model({"video": video, "text": CAPTIONS, "conversation": CONVERSATIONS})) == {"caption_loss"}
+    assert set(model({"video": video, "text": CAPTIONS})) == {"caption_loss", "contrastive_loss"}

@@ -24,9 +24,9 @@ CFG = DecoderConfig(width=32, num_heads=4, text_depth=2, depth=2, max_len=40, vo
 M = 6  # visual tokens
 
 
-def _decoder(cls):
+def _decoder(cls, visual_positions: int = 0):
     torch.manual_seed(0)
-    return cls(CFG).eval()
+    return cls(dataclasses.replace(CFG, visual_positions=visual_positions)).eval()
 
 
 def _inputs(b: int = 3, n: int = 9):
@@ -61,10 +61,14 @@ def _then(dec, ids, cache):
 DECODERS = [CrossAttentionDecoder, PrefixDecoder, CausalDecoder]
 
 
-@pytest.mark.parametrize("cls", DECODERS, ids=["coca", "prefix_lm", "early_fusion"])
+@pytest.mark.parametrize(
+    "cls, positions",
+    [*((c, 0) for c in DECODERS), (CrossAttentionDecoder, M + 2), (PrefixDecoder, M + 2)],
+    ids=["coca", "prefix_lm", "early_fusion", "coca-visual-positions", "prefix_lm-visual-positions"],
+)
 @torch.no_grad()
-def test_cached_logits_equal_the_whole_sequence_run_again(cls):
-    dec = _decoder(cls)
+def test_cached_logits_equal_the_whole_sequence_run_again(cls, positions):
+    dec = _decoder(cls, positions)
     ids, visual, vmask = _inputs()
     ref = _full(dec, ids, visual, vmask)
     cache = dec.new_cache()

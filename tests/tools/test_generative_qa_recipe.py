@@ -43,7 +43,8 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
     steps = [r for r in rows if "grad_norm" in r]
     assert [r["stage"] for r in steps] == ["captions"] * 2 + ["qa"] * 3
     assert all("contrastive_loss" in r for r in steps[:2])  # captions alone: caption and contrastive loss
-    # a batch that drew instruction samples trains on their questions (and so has no contrastive loss)
+    # a batch that drew instruction samples trains on their questions, and in this recipe
+    # (contrastive_with_questions: false) has no contrastive loss
     assert any(r["drawn"].get("qa") and "contrastive_loss" not in r for r in steps[2:])
     saved = (out / "final" / "config.yaml").read_text()
     assert "answers_questions: true" in saved  # it answers questions once loaded
@@ -60,8 +61,12 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
     test = data / "test" / "manifest.jsonl"
 
     capsys.readouterr()
-    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test), "--task", "generation"]) == 0
+    # --task auto: the rows hold questions and the model was trained on some, so it answers them (not ranks)
+    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     asked = sum(len(json.loads(line)["qa"]) for line in test.read_text().splitlines())
     assert metrics["qa_num"] == asked and metrics["caption_num"] == 3
     assert {"qa_color_accuracy", "qa_count_accuracy", "qa_when_accuracy", "caption_cider"} <= set(metrics)
+    assert "t2v_R@1" not in metrics
+    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test), "--task", "retrieval"]) == 0
+    assert "t2v_R@1" in json.loads(capsys.readouterr().out)

@@ -37,6 +37,11 @@ class DecoderConfig:
         mlp_ratio: MLP width / D.
         max_len: most text tokens (BOS, question, answer, EOS) a sequence may hold.
         vocab_size: filled from the tokenizer when it is trained (``prepare_for_training``).
+        visual_positions: learned position embeddings added to the visual tokens by their index (for the grid
+            poolers: time step, then cell), for at most this many tokens; 0: none. Cross-attention (coca) and the
+            prefix (prefix-LM) otherwise read the tokens as a set, and can tell time steps apart only by what the
+            tower wrote into each token (BENCHMARKS.md, "Where is the motion?"). Unused by ``CausalDecoder``,
+            whose visual ids sit in its own positions.
     """
 
     width: int = 256
@@ -46,6 +51,7 @@ class DecoderConfig:
     mlp_ratio: float = 4.0
     max_len: int = 32
     vocab_size: int = 0
+    visual_positions: int = 0
 
 
 class TextDecoder(nn.Module):
@@ -60,6 +66,8 @@ class TextDecoder(nn.Module):
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_embed = nn.Parameter(torch.randn(cfg.max_len + 1, cfg.width) * 0.02)
+        if cfg.visual_positions:
+            self.visual_pos_embed = nn.Parameter(torch.randn(cfg.visual_positions, cfg.width) * 0.02)
 
     def _head(self) -> None:
         # built after the subclass's blocks, so parameter order (and seeded initial weights) stays as it was
@@ -72,6 +80,17 @@ class TextDecoder(nn.Module):
         if n > self.pos_embed.shape[0]:
             raise ValueError(f"decoder: {n} positions, more than the {self.pos_embed.shape[0]} it has embeddings for")
         return self.token_embed(ids) + self.pos_embed[start:n]
+
+    def place_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """``visual [B, M, D]`` with its position embeddings added (``cfg.visual_positions``; as is without)."""
+        if not self.cfg.visual_positions:
+            return visual
+        m = visual.shape[1]
+        if m > self.cfg.visual_positions:
+            raise ValueError(
+                f"decoder: {m} visual tokens, more than decoder.visual_positions ({self.cfg.visual_positions})"
+            )
+        return visual + self.visual_pos_embed[:m]
 
     def new_cache(self) -> KVCache:
         """An empty key/value cache for incremental decoding with this decoder (see the module docstring)."""
@@ -133,6 +152,7 @@ class CrossAttentionDecoder(TextDecoder):
         if lengths is None:
             lengths = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
         x, _ = self.text_features(ids, lengths)
+        visual = self.place_visual(visual)
         ctx_mask = None if visual_mask is None else AttnMask(key_padding=visual_mask)
         for blk in self.mm_blocks:
             x = blk(x, AttnMask(causal=True), context=visual, context_mask=ctx_mask)
@@ -147,6 +167,8 @@ class CrossAttentionDecoder(TextDecoder):
         layers = iter(cache.layers)
         for blk in self.text_blocks:
             x = blk(x, causal, cache=next(layers))
+        if visual is not None:  # the first call: the context is projected into the cache once
+            visual = self.place_visual(visual)
         if visual_mask is not None:
             cache.context_padding = visual_mask
         ctx_mask = None if cache.context_padding is None else AttnMask(key_padding=cache.context_padding)
@@ -191,7 +213,7 @@ class PrefixDecoder(TextDecoder):
             keys = cache.extend_padding(None, ids.shape[0], ids.shape[1], ids.device)
             return self.head(self.norm(self.hidden(x, AttnMask(causal=True, key_padding=keys), cache)))
         m = visual.shape[1]
-        x = torch.cat([visual + self.prefix_embed, self.embed(ids)], dim=1)
+        x = torch.cat([self.place_visual(visual) + self.prefix_embed, self.embed(ids)], dim=1)
         keys = None
         if visual_mask is not None:
             keys = torch.cat([visual_mask, visual_mask.new_ones(ids.shape)], dim=1)
@@ -207,6 +229,8 @@ class CausalDecoder(TextDecoder):
     vocabulary, the embeddings and every block)."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
+        if cfg.visual_positions:
+            raise ValueError("decoder.visual_positions: the early-fusion decoder reads visual ids in its own positions")
         super().__init__(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self._head()

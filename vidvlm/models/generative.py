@@ -7,7 +7,10 @@ Two registered families share the video front-end (:class:`~vidvlm.models.fronte
 * ``coca``: unimodal causal text blocks (``decoder.text_blocks``, with a class token appended at the end whose output
   is the text embedding), then multimodal blocks (``decoder.mm_blocks``) that cross-attend to the visual tokens.
   Loss: next-token captioning + ``contrastive_weight`` x the symmetric InfoNCE between the mean visual token and the
-  text class token (``vidvlm.losses``), as CoCa trains both on the same towers.
+  text class token (``vidvlm.losses``), as CoCa trains both on the same towers. It reads every clip of a batch with
+  its caption, instruction samples included (their rows' ``text`` is the caption), so a stage that mixes captions
+  and questions keeps it (``contrastive_with_questions``, default true); clips given an explicit ``question`` (their
+  ``text`` is an answer) are left out.
 * ``prefix_lm``: one stack of decoder blocks over ``[visual tokens; text]`` with the prefix-LM mask of
   ``layers/attention.py`` (``AttnMask(prefix_len=M)``): the visual prefix attends bidirectionally, text causally.
 
@@ -32,7 +35,7 @@ from torch import nn
 
 from vidvlm.data.conversations import question_answer_pairs
 from vidvlm.devices import to_device
-from vidvlm.errors import CheckpointError, ConfigError
+from vidvlm.errors import CheckpointError, ConfigError, VidVLMError
 from vidvlm.layers.attention import AttnMask
 from vidvlm.layers.connectors import ConnectorConfig
 from vidvlm.layers.kv_cache import KVCache
@@ -59,6 +62,10 @@ class GenerativeConfig:
         tokenizer_kind: ``word``, ``bpe`` or ``wordpiece``, trained on the captions by ``prepare_for_training``.
         embed_dim: width of the contrastive embeddings.
         contrastive_weight: weight of the contrastive loss (0 disables it; the default for ``prefix_lm``).
+        contrastive_with_questions: the contrastive loss also in a batch that holds questions (instruction rows),
+            over each clip and its caption; false keeps it to caption-only batches. On the moving-shapes QA recipe
+            (BENCHMARKS.md, "A captioner that answers") true keeps retrieval (text-to-video R@1 0.55-0.58 against
+            0.11-0.13) at a cost in answers (all 0.575-0.600 against 0.621-0.629, shape 0.44-0.54 against 0.72).
         caption_weight: weight of the captioning / answer loss.
         decode: default decoding options.
         answers_questions: set when the model trains on question-answer data; a model trained on captions alone
@@ -78,6 +85,7 @@ class GenerativeConfig:
     tokenizer_kind: Literal["word", "bpe", "wordpiece"] = "word"
     embed_dim: int = 128
     contrastive_weight: float = 0.1
+    contrastive_with_questions: bool = True
     caption_weight: float = 1.0
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=24))
     answers_questions: bool = False
@@ -177,8 +185,12 @@ class TextGenerator(VLMModel):
         texts: list[str] = []
         questions: list[str | None] = []
         clip_of: list[int] = []
+        paths = batch.get("path")
         for i, (caption, turns) in enumerate(zip(batch["text"], conversations, strict=True)):
-            pairs = question_answer_pairs(turns) if turns else [(None, caption)]
+            try:
+                pairs = question_answer_pairs(turns) if turns else [(None, caption)]
+            except VidVLMError as e:  # name the sample, when the batch says which file it is
+                raise VidVLMError(f"{paths[i]}: {e}" if paths else str(e)) from e
             for question, answer in pairs:
                 texts.append(answer)
                 questions.append(question)
@@ -298,11 +310,14 @@ class _Captioner(TextGenerator):
                 turns or None: a sample with one trains on each of its question-answer turns instead of its caption).
 
         Returns:
-            ``{"caption_loss": ..., "contrastive_loss": ...}`` (the second only when ``contrastive_weight > 0`` and
-            the batch has no questions), each already weighted.
+            ``{"caption_loss": ..., "contrastive_loss": ...}``, each already weighted; the second when
+            ``contrastive_weight > 0``, over the clips whose caption the batch holds (:meth:`_caption_pairs`: all of
+            them, also in a batch with conversations, but not those given an explicit ``question``), when at least
+            two, and in a batch with questions only with ``contrastive_with_questions``.
         """
         video = batch["video"]
-        visual, mask = self.visual_tokens(video, batch.get("frame_mask"))
+        clip_visual, clip_mask = self.visual_tokens(video, batch.get("frame_mask"))
+        visual, mask = clip_visual, clip_mask
         texts, questions, clip_of = self._text_rows(batch)
         self._note_questions(questions)
         if clip_of is not None:  # instruction data: one row per question, each reading its clip's tokens
@@ -310,12 +325,45 @@ class _Captioner(TextGenerator):
             visual, mask = visual[clip_of], None if mask is None else mask[clip_of]
         ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(texts, questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
-        if self.config.contrastive_weight > 0 and questions is None:
-            v = self._video_embedding(visual, mask)
-            t = self._text_embedding(ids, lengths)
-            scale = self.logit_scale.exp().clamp(max=100)
-            out["contrastive_loss"] = self.config.contrastive_weight * clip_loss(v, t, scale)
+        if self.config.contrastive_weight > 0 and (questions is None or self.config.contrastive_with_questions):
+            pairs = self._caption_pairs(batch, clip_visual, clip_mask, (ids, lengths) if clip_of is None else None)
+            if pairs is not None:
+                v = self._video_embedding(pairs[0], pairs[1])
+                t = self._text_embedding(pairs[2], pairs[3])
+                scale = self.logit_scale.exp().clamp(max=100)
+                out["contrastive_loss"] = self.config.contrastive_weight * clip_loss(v, t, scale)
         return out
+
+    def _caption_pairs(
+        self,
+        batch: dict[str, Any],
+        visual: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+        """The clips the contrastive loss reads, with their captions: every clip of the batch (a sample with a
+        conversation still has its row's caption in ``text``), except those given an explicit ``question``, whose
+        ``text`` is an answer. None under two clips (no negatives).
+
+        Args:
+            visual, mask: the clips' tokens ``[B, M, D]`` and mask ``[B, M]`` (or None).
+            rows: the decoder rows' ``(ids [B, L], lengths [B])`` when they are the B samples' texts (reused when
+                every clip is kept), else None.
+
+        Returns:
+            ``(visual [K, M, D], mask [K, M] or None, ids [K, L'], lengths [K])`` or None.
+        """
+        captions = list(batch["text"])
+        conversations = batch.get("conversation")
+        asked = None if conversations is not None and any(conversations) else batch.get("question")
+        keep = [i for i, q in enumerate(asked if asked is not None else [None] * len(captions)) if q is None]
+        if len(keep) < 2:
+            return None
+        if rows is not None and len(keep) == len(captions):
+            return visual, mask, *rows
+        index = torch.tensor(keep, device=visual.device)
+        ids, _, lengths = (to_device(t, visual.device) for t in self.build_targets([captions[i] for i in keep]))
+        return visual[index], None if mask is None else mask[index], ids, lengths
 
     # -- generation --------------------------------------------------------------------------------------------
     @torch.no_grad()
