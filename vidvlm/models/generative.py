@@ -64,7 +64,7 @@ class GenerativeConfig:
         contrastive_weight: weight of the contrastive loss (0 disables it; the default for ``prefix_lm``).
         contrastive_with_questions: the contrastive loss also in a batch that holds questions (instruction rows),
             over each clip and its caption; false keeps it to caption-only batches. On the moving-shapes QA recipe
-            (BENCHMARKS.md, "A captioner that answers") true keeps retrieval (text-to-video R@1 0.55-0.58 against
+            (BENCHMARKS.md, "Where is the motion?") true keeps retrieval (text-to-video R@1 0.55-0.58 against
             0.11-0.13) at a cost in answers (all 0.575-0.600 against 0.621-0.629, shape 0.44-0.54 against 0.72).
         caption_weight: weight of the captioning / answer loss.
         decode: default decoding options.
