@@ -100,6 +100,18 @@ def _number(value: Any, key: str, where: str, kind: type) -> Any:
         ) from None
 
 
+def _csv_json(value: Any, key: str, where: str, expected: str) -> Any:
+    """A CSV cell that holds JSON: a non-empty string parsed, ``""`` as None, anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: {key!r} must be {expected}: {e}") from e
+
+
 def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> ManifestRow:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
@@ -107,13 +119,8 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{where}: missing the 'path' key (the video or image, relative to the manifest)")
     captions = data.get("captions")
-    if csv_row and isinstance(captions, str) and captions:
-        try:
-            captions = json.loads(captions)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: 'captions' must be a JSON list of strings: {e}") from e
-    elif csv_row and captions == "":
-        captions = None
+    if csv_row:
+        captions = _csv_json(captions, "captions", where, "a JSON list of strings")
     if captions is None:
         caption = data.get("caption")
         if not isinstance(caption, str) or not caption:
@@ -133,16 +140,10 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
     extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
     for key, check in (("conversation", check_conversation), ("qa", check_qa)):
         # instruction data and its ground truth: checked here, so an error names the line (in CSV they are JSON)
-        if key in extra and csv_row and isinstance(extra[key], str):
-            if not extra[key]:
-                del extra[key]
-                continue
-            try:
-                extra[key] = json.loads(extra[key])
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: {key!r} must be JSON: {e}") from e
+        if csv_row and extra.get(key) == "":
+            del extra[key]  # an empty cell: the row has none
         if key in extra:
-            extra[key] = check(extra[key], where)
+            extra[key] = check(_csv_json(extra[key], key, where, "JSON") if csv_row else extra[key], where)
     return ManifestRow(full, tuple(captions), start, end, -1 if label is None else label, attributes, extra, line)
 
 

@@ -326,7 +326,9 @@ class _Captioner(TextGenerator):
         ids, targets, lengths = (to_device(t, video.device) for t in self.build_targets(texts, questions))
         out = {"caption_loss": self.config.caption_weight * lm_loss(self.logits(ids, visual, mask, lengths), targets)}
         if self.config.contrastive_weight > 0 and (questions is None or self.config.contrastive_with_questions):
-            pairs = self._caption_pairs(batch, clip_visual, clip_mask, (ids, lengths) if clip_of is None else None)
+            rows = None if clip_of is not None else (ids, lengths)  # rows that are the B samples' texts
+            asked = None if clip_of is not None else questions  # conversation samples hold their captions
+            pairs = self._caption_pairs(batch["text"], asked, clip_visual, clip_mask, rows)
             if pairs is not None:
                 v = self._video_embedding(pairs[0], pairs[1])
                 t = self._text_embedding(pairs[2], pairs[3])
@@ -336,7 +338,8 @@ class _Captioner(TextGenerator):
 
     def _caption_pairs(
         self,
-        batch: dict[str, Any],
+        texts: Sequence[str],
+        asked: Sequence[str | None] | None,
         visual: torch.Tensor,
         mask: torch.Tensor | None,
         rows: tuple[torch.Tensor, torch.Tensor] | None,
@@ -346,6 +349,8 @@ class _Captioner(TextGenerator):
         ``text`` is an answer. None under two clips (no negatives).
 
         Args:
+            texts: the batch's B ``text`` entries.
+            asked: the B explicit questions (None entries for captions), or None when there are none.
             visual, mask: the clips' tokens ``[B, M, D]`` and mask ``[B, M]`` (or None).
             rows: the decoder rows' ``(ids [B, L], lengths [B])`` when they are the B samples' texts (reused when
                 every clip is kept), else None.
@@ -353,16 +358,13 @@ class _Captioner(TextGenerator):
         Returns:
             ``(visual [K, M, D], mask [K, M] or None, ids [K, L'], lengths [K])`` or None.
         """
-        captions = list(batch["text"])
-        conversations = batch.get("conversation")
-        asked = None if conversations is not None and any(conversations) else batch.get("question")
-        keep = [i for i, q in enumerate(asked if asked is not None else [None] * len(captions)) if q is None]
+        keep = [i for i, q in enumerate(asked if asked is not None else [None] * len(texts)) if q is None]
         if len(keep) < 2:
             return None
-        if rows is not None and len(keep) == len(captions):
+        if rows is not None and len(keep) == len(texts):
             return visual, mask, *rows
         index = torch.tensor(keep, device=visual.device)
-        ids, _, lengths = (to_device(t, visual.device) for t in self.build_targets([captions[i] for i in keep]))
+        ids, _, lengths = (to_device(t, visual.device) for t in self.build_targets([texts[i] for i in keep]))
         return visual[index], None if mask is None else mask[index], ids, lengths
 
     # -- generation --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from vidvlm.data.conversations import ROLES
 from vidvlm.errors import ConfigError
 from vidvlm.models.tokenizer import TextTokenizer
 
@@ -150,7 +151,7 @@ class ChatLayout:
         Raises:
             ConfigError: a bad role, no assistant turn to learn from, or a template that is not incremental.
         """
-        if not messages or any(m.get("role") not in ("system", "user", "assistant") for m in messages):
+        if not messages or any(m.get("role") not in ROLES for m in messages):
             raise ConfigError(f"conversation: turns need role system, user or assistant, got {list(messages)}")
         if generation:
             return _split(self.render(messages, add_generation_prompt=True), [])
