@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from vidvlm.data.collate import collate_video_text
         from vidvlm.data.datasets import VideoTextDataset
         from vidvlm.data.sampling import SamplerConfig, build_sampler
-        from vidvlm.models.base import ANSWER, EMBED_TEXT, EMBED_VIDEO
+        from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO
         from vidvlm.models.registry import load
 
         model = load(args.checkpoint).to(args.device).eval()
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if task == "auto":
             # a model that answers, asked questions (the rows' qa ground truth), answers them; else rank, else caption
             asked = any(row.extra.get("qa") for row in dataset.rows)
-            answers = model.can(ANSWER) and getattr(model.config, "answers_questions", True)
+            answers = model.answers_questions()
             embeds = model.can(EMBED_VIDEO) and model.can(EMBED_TEXT)
             task = "generation" if (asked and answers) or not embeds else "retrieval"
         if task == "retrieval":

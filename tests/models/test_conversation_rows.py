@@ -71,7 +71,7 @@ def test_conversation_rows_equal_explicit_questions_over_repeated_clips(cls, tin
     mask = torch.ones(3, 4, dtype=torch.bool)
     mask[2, 2:] = False  # a shorter clip: its padding must follow it into every row
     got = model({"video": video, "frame_mask": mask, "text": CAPTIONS, "conversation": CONVERSATIONS})
-    assert model.config.answers_questions  # training on questions marks the model as one that answers
+    assert model.config.answers_questions and model.answers_questions()  # training on questions marks it so
     clips = torch.tensor([c for c, _, _ in ROWS])
     explicit = {
         "video": video[clips],
@@ -105,7 +105,7 @@ def test_a_batch_without_conversations_is_read_as_before():
     nones = model({"video": video, "text": CAPTIONS, "conversation": [None, None, None]})
     assert set(plain) == set(nones) == {"caption_loss", "contrastive_loss"}
     torch.testing.assert_close(plain["caption_loss"], nones["caption_loss"])
-    assert not model.config.answers_questions
+    assert not model.config.answers_questions and not model.answers_questions()
 
 
 def test_contrastive_loss_leaves_out_clips_given_explicit_questions():

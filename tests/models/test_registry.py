@@ -24,6 +24,7 @@ from vidvlm.config import to_dict
 from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.models.base import (
     ABILITIES,
+    ANSWER,
     CHAT,
     EMBED_TEXT,
     EMBED_VIDEO,
@@ -221,6 +222,28 @@ def test_generate_encodes_each_clip_once_for_several_outputs(family_model):
         kwargs["timestamps"] = batch["timestamps"][idx]
     each = model.generate(batch["video"][idx], batch["frame_mask"][idx], **kwargs)
     assert len(once) == 3 and once == each, name
+
+
+def test_answers_questions_says_whether_generate_takes_questions(family_model):
+    """``answers_questions()`` is the instance's word on the ANSWER contract: without the ability it is False; with
+    it, True means ``generate(..., questions=...)`` answers each question and False means it refuses them by name
+    (a captioner trained on captions alone)."""
+    name, model = family_model
+    model.eval()
+    answers = model.answers_questions()
+    assert isinstance(answers, bool), name
+    if not model.can(ANSWER):
+        assert not answers, name
+        return
+    batch = make_batch(model)
+    kwargs = {"timestamps": batch["timestamps"]} if model.can(CHAT) else {}
+    questions = ["what colour is the shape?", "where is it going?"]
+    if answers:
+        out = model.generate(batch["video"], batch["frame_mask"], questions=questions, **kwargs)
+        assert len(out) == 2 and all(isinstance(o, str) for o in out), name
+    else:
+        with pytest.raises(ConfigError, match="question"):
+            model.generate(batch["video"], batch["frame_mask"], questions=questions, **kwargs)
 
 
 def test_save_load_round_trip(family_model, tmp_path):

@@ -107,6 +107,11 @@ class VLMModel(nn.Module):
         why = f" (needed to {purpose})" if purpose else ""
         raise ConfigError(f"family {name!r} cannot {ABILITIES[ability][0]}{why}; it can: {can}")
 
+    def answers_questions(self) -> bool:
+        """Whether this instance answers questions: the family's ``ANSWER`` ability, which a family may narrow per
+        instance (a captioner trained on captions alone declares the ability but refuses questions)."""
+        return self.can(ANSWER)
+
     # -- interface ---------------------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``video [B, T, 3, H, W]`` (float, after :attr:`transform`) -> ``[B, D]``."""

@@ -213,9 +213,13 @@ class TextGenerator(VLMModel):
             raise ConfigError(f"question: too long for the decoder's max_len {self.config.decoder.max_len}")
         return prompts, dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, limit))
 
+    def answers_questions(self) -> bool:
+        """Only once trained on question-answer data (``config.answers_questions``, set by training and saved)."""
+        return super().answers_questions() and self.config.answers_questions
+
     def _check_can_answer(self, questions: Sequence[str | None] | None) -> None:
         """A model trained on captions alone refuses questions instead of "answering" with a caption."""
-        if questions is not None and any(questions) and not self.config.answers_questions:
+        if questions is not None and any(questions) and not self.answers_questions():
             raise ConfigError(
                 f"question: this {self.family_name} model was trained on captions only, so it cannot answer "
                 "questions (train it on question-answer data, or caption without --question)"
