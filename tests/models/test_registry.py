@@ -246,6 +246,40 @@ def test_answers_questions_says_whether_generate_takes_questions(family_model):
             model.generate(batch["video"], batch["frame_mask"], questions=questions, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def qa_manifest(tmp_path_factory):
+    """Three generated 4-frame clips whose manifest rows hold captions and questions of every type."""
+    from vidvlm.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("qa"), 3, seed=0, frames=4, size=32, conversations=True)
+
+
+def test_in_run_evaluation_captions_and_answers_with_every_generating_family(family_model, qa_manifest):
+    """``evaluate(..., generation=True)`` (the trainer's ``eval.generation``) captions each clip and, when the model
+    answers questions, asks every question of its row; a family that cannot generate is refused by name."""
+    from vidvlm.data.collate import collate_video_text
+    from vidvlm.data.datasets import VideoTextDataset
+    from vidvlm.data.sampling import SamplerConfig, build_sampler
+    from vidvlm.train.evaluation import evaluate
+
+    name, model = family_model
+    sampler = build_sampler(SamplerConfig(name="uniform", num_frames=model.num_frames))
+    data = VideoTextDataset(qa_manifest, sampler, model.transform)
+    run = dict(batch_size=2, collate_fn=collate_video_text, retrieval=False, generation=True)
+    if not model.can(GENERATE):
+        with pytest.raises(ConfigError, match=f"eval.generation: family '{name}' cannot generate text"):
+            evaluate(model, data, **run)
+        return
+    metrics = evaluate(model, data, **run)
+    assert metrics["caption_num"] == 3 and 0.0 <= metrics["caption_exact_match"] <= 1.0, name
+    assert "loss" in metrics and "caption_cider" in metrics, name
+    asked = sum(len(row.extra["qa"]) for row in data.rows)
+    if model.answers_questions():
+        assert metrics["qa_num"] == asked and "qa_direction_accuracy" in metrics, name
+    else:
+        assert not any(k.startswith("qa_") for k in metrics), name
+
+
 def test_save_load_round_trip(family_model, tmp_path):
     name, model = family_model
     model.eval()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -34,12 +35,16 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
         "stages.1.steps=3",
         "schedule.warmup_steps=1",
         "checkpoint_every=0",
-        "eval_every=0",
+        "eval_every=2",
         "eval_batches=1",
         "log_every=1",
     ]
     assert train_cli.main(["--config", str(CONFIG), *overrides]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val/loss" in r]
+    assert [r["step"] for r in evals] == [2, 4, 5]
+    # the recipe's eval.generation: captions scored from the start, questions once the model answers them
+    assert "val/caption_cider" in evals[0] and not any(k.startswith("val/qa_") for k in evals[0])
     steps = [r for r in rows if "grad_norm" in r]
     assert [r["stage"] for r in steps] == ["captions"] * 2 + ["qa"] * 3
     assert all("contrastive_loss" in r for r in steps[:2])  # captions alone: caption and contrastive loss
@@ -70,3 +75,22 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
     assert "t2v_R@1" not in metrics
     assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(test), "--task", "retrieval"]) == 0
     assert "t2v_R@1" in json.loads(capsys.readouterr().out)
+
+    # the in-run scores of the final model are tools/eval.py's on the same (validation) clips
+    val = data / "val" / "manifest.jsonl"
+    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(val)]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    scored = {k: v for k, v in offline.items() if k.startswith(("qa_", "caption_")) and k != "caption_num"}
+    assert scored["qa_num"] == sum(len(json.loads(line)["qa"]) for line in val.read_text().splitlines())
+    assert {k: evals[-1][f"val/{k}"] for k in scored} == pytest.approx(scored, abs=1e-9)
+
+    # evaluating with generation draws no random numbers: the same run without it ends with the same weights
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    assert train_cli.main(["--config", str(CONFIG), *overrides, f"output_dir={again}", "eval.generation=false"]) == 0
+    rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("val/qa_") or k == "val/caption_cider" for r in rows for k in r)
+    assert "val/caption_loss" in rows[-1]
+    a, b = load_file(out / "final" / "model.safetensors"), load_file(again / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

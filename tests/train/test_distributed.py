@@ -69,8 +69,9 @@ def test_two_process_ddp(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_two_process_evaluation_matches_one_process(tmp_path):
-    """Each rank loss-evaluates and embeds its shard (11 samples: 6 + 5); the main process gathers the embeddings back
-    in dataset order, and the metrics over the whole set equal one process's."""
+    """Each rank loss-evaluates, embeds, captions and answers its shard (11 samples: 6 + 5); the main process gathers
+    the embeddings back in dataset order and the generated texts, and the metrics over the whole set equal one
+    process's."""
     from eval_ranks import Numbered, OneHot, collate
 
     from vidvlm.train.evaluation import evaluate
@@ -82,9 +83,12 @@ def test_two_process_evaluation_matches_one_process(tmp_path):
                           capture_output=True, text=True, timeout=150)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = json.loads((tmp_path / "out.json").read_text())
-    one = evaluate(OneHot(11), Numbered(11), batch_size=3, collate_fn=collate)
+    one = evaluate(OneHot(11), Numbered(11), batch_size=3, collate_fn=collate, generation=True)
     assert two["world"] == 2
     assert one["t2v_R@1"] == one["v2t_R@1"] == one["t2v_caption_R@1"] == 100.0
+    # each rank's captions and answers reach the main process: every caption right, "yes" right on the 5 odd clips
+    assert one["caption_exact_match"] == 1.0 and one["caption_num"] == 11
+    assert one["qa_parity_accuracy"] == pytest.approx(5 / 11) and one["qa_num"] == 11
     assert one["number_loss"] == pytest.approx(5.0)  # the mean of 0..10
     assert two["metrics"] == pytest.approx(one)
     assert two["captions"] == [Numbered(11)[i]["captions"] for i in range(11)]

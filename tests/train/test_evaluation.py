@@ -157,3 +157,20 @@ def test_trainer_and_evaluation_do_not_import_each_other():
     assert "vidvlm.train.trainer" not in imports("evaluation.py")
     source = (TRAIN / "evaluation.py").read_text() + (TRAIN / "trainer.py").read_text()
     assert "family ==" not in source and 'prepare_for_training")' not in source  # abilities, not guesses
+
+
+def test_generation_is_refused_by_name_without_a_generating_model_or_manifest_rows():
+    from eval_ranks import Numbered, OneHot, collate
+
+    from vidvlm.errors import ConfigError
+
+    data = Captioned(4)
+    with pytest.raises(ConfigError, match=r"eval\.generation: family 'Embedder' cannot generate text"):
+        evaluate(Embedder(data), data, batch_size=2, collate_fn=collate, generation=True)
+    with pytest.raises(ConfigError, match=r"eval\.generation: the validation dataset \(Captioned\) has no manifest"):
+        evaluate(OneHot(4), data, batch_size=2, collate_fn=collate, generation=True)
+    # with rows, questions are asked only of a model that answers them
+    model = OneHot(4)
+    model.answers_questions = lambda: False
+    metrics = evaluate(model, Numbered(4), batch_size=3, collate_fn=collate, generation=True)
+    assert metrics["caption_exact_match"] == 1.0 and not any(k.startswith("qa_") for k in metrics)

@@ -75,16 +75,17 @@ def caption_exact_match(references: Sequence[Sequence[str]], predictions: Sequen
 
 @torch.no_grad()
 def generate_answers(model: Any, batches: Iterable[dict[str, Any]], rows: Sequence[Any], batch_size: int,
-                     device: torch.device | str = "cpu") -> dict[str, Any]:  # fmt: skip
+                     device: torch.device | str = "cpu", questions: bool = True) -> dict[str, Any]:  # fmt: skip
     """Caption every clip and answer every ``qa`` question of its manifest row.
 
     Args:
         model: a family that generates (and answers, when rows have questions).
-        batches: collated batches (``video [B, T, 3, H, W]``, ``frame_mask [B, T]``, ``timestamps [B, T]``,
+        batches: collated batches (``video [B, T, 3, H, W]``, ``frame_mask [B, T]`` or None, ``timestamps [B, T]``,
             ``index [B]``).
         rows: the dataset's manifest rows (``extra["qa"]`` holds the questions).
         batch_size: clips per ``generate`` call.
         device: where the model is.
+        questions: ask the rows' questions (False: captions only, e.g. for a model not yet trained to answer).
 
     Returns:
         ``{"captions": [{"index", "path", "prediction", "references"}], "qa": [{"index", "path", "question", "type",
@@ -93,12 +94,13 @@ def generate_answers(model: Any, batches: Iterable[dict[str, Any]], rows: Sequen
     model.require(GENERATE, "caption videos")
     out: dict[str, list] = {"captions": [], "qa": []}
     for batch in batches:
-        video, mask = batch["video"].to(device), batch["frame_mask"].to(device)
+        video, mask = batch["video"].to(device), batch.get("frame_mask")
+        mask = None if mask is None else mask.to(device)  # None: every frame real
         times = batch["timestamps"].to(device)
         indices = batch["index"].tolist()
         jobs = [(k, None, None) for k in range(len(indices))]
         for k, i in enumerate(indices):
-            jobs += [(k, q["question"], q) for q in rows[i].extra.get("qa", [])]
+            jobs += [(k, q["question"], q) for q in rows[i].extra.get("qa", [])] if questions else []
         if any(q is not None for _, q, _ in jobs):
             model.require(ANSWER, "answer questions about videos")
         for lo in range(0, len(jobs), batch_size):
@@ -108,7 +110,8 @@ def generate_answers(model: Any, batches: Iterable[dict[str, Any]], rows: Sequen
                 torch.tensor([k for k, _, _ in part], device=video.device), return_inverse=True
             )
             kwargs = {"timestamps": times[pick]} if model.can(CHAT) else {}  # families that chat place frame times
-            answers = model.generate(video[pick], mask[pick], questions=[q for _, q, _ in part], clip_of=clip_of,
+            picked = None if mask is None else mask[pick]
+            answers = model.generate(video[pick], picked, questions=[q for _, q, _ in part], clip_of=clip_of,
                                      **kwargs)  # fmt: skip
             for (k, question, truth), text in zip(part, answers, strict=True):
                 row = rows[indices[k]]

@@ -1,4 +1,5 @@
-"""Evaluation of a model on a dataset: validation loss (sharded over ranks) and, for embedding models, retrieval.
+"""Evaluation of a model on a dataset: validation loss (sharded over ranks), retrieval for embedding models and,
+on request, captions and answers for generating models (the metrics ``tools/eval.py`` reports).
 
 Nothing here knows the trainer: :func:`evaluate` takes a model, a dataset and, under distributed training, the
 ``accelerate.Accelerator`` whose ranks share the work.
@@ -15,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vidvlm.devices import batch_to_device
-from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, VLMModel
+from vidvlm.errors import ConfigError
+from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, GENERATE, VLMModel
 from vidvlm.train.data import CountingCollate
 
 # What a training collate adds to a batch that is not model input.
@@ -50,7 +52,7 @@ def validation_loss(
     sums, so ranks with a batch more or less never wait on each other (pass the unwrapped model: no DDP hooks);
     every rank must call this. Without one, the model runs on its own device.
     """
-    sums, count, _ = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator, embed=False)
+    sums, count, _, _ = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator, embed=False)
     return _mean_losses(sums, count, model, accelerator)
 
 
@@ -63,14 +65,19 @@ def _shard_pass(
     num_workers: int,
     accelerator: Any,
     embed: bool,
-) -> tuple[dict[str, float], int, list[dict[str, Any]]]:
+    rows: Sequence[Any] | None = None,
+) -> tuple[dict[str, float], int, list[dict[str, Any]], dict[str, list]]:
     """One pass over this rank's shard (every ``world``-th sample from ``rank``): each batch is decoded once and
-    gives its losses and, with ``embed``, its embeddings (:func:`vidvlm.eval.retrieval.embed_batch`).
+    gives its losses, with ``embed`` its embeddings (:func:`vidvlm.eval.retrieval.embed_batch`) and, given the
+    dataset's manifest ``rows``, its captions and answers (:func:`vidvlm.eval.qa.generate_answers`; questions only
+    when the model answers them).
 
     Returns:
-        (sum of each ``*_loss`` weighted by batch size, samples seen, the embedding parts in shard order).
+        (sum of each ``*_loss`` weighted by batch size, samples seen, the embedding parts in shard order, the
+        generated ``{"captions": [...], "qa": [...]}``).
     """
-    from vidvlm.eval.retrieval import embed_batch  # late: keeps the trainer's import light
+    from vidvlm.eval.qa import generate_answers  # late: keeps the trainer's import light
+    from vidvlm.eval.retrieval import embed_batch
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = accelerator.device if accelerator is not None else _device(model)
@@ -86,6 +93,8 @@ def _shard_pass(
     sums: dict[str, float] = {}
     count = 0
     parts: list[dict[str, Any]] = []
+    generated: dict[str, list] = {"captions": [], "qa": []}
+    ask = rows is not None and model.answers_questions()
     for batch in loader:
         batch = batch_to_device({k: v for k, v in batch.items() if k not in _COUNT_KEYS}, device)  # as in training
         with accelerator.autocast() if accelerator is not None else nullcontext():
@@ -97,7 +106,12 @@ def _shard_pass(
         count += n
         if embed:
             parts.append(embed_batch(model, batch, device))
-    return sums, count, parts
+        if rows is not None:
+            with accelerator.autocast() if accelerator is not None else nullcontext():
+                out = generate_answers(model, [batch], rows, batch_size, device, questions=ask)
+            for k, v in out.items():
+                generated[k].extend(v)
+    return sums, count, parts, generated
 
 
 def _mean_losses(sums: dict[str, float], count: int, model: nn.Module, accelerator: Any) -> dict[str, float]:
@@ -129,13 +143,15 @@ def evaluate(
     max_batches: int = 0,
     retrieval: bool = True,
     variant_words: Sequence[str] = (),
+    generation: bool = False,
     accelerator: Any = None,
 ) -> dict[str, float]:
-    """Validation loss of ``model`` on ``dataset`` and, when it embeds video and text, retrieval metrics.
+    """Validation loss of ``model`` on ``dataset`` and, when it embeds video and text, retrieval metrics; with
+    ``generation``, its captions and answers scored as ``tools/eval.py`` scores them.
 
     Every sample is read (decoded) once: each rank takes its shard of the dataset in one pass that computes the
-    losses and, for embedding models, the embeddings of each batch; the main process gathers the embeddings in
-    dataset order and computes retrieval over the whole set.
+    losses, for embedding models the embeddings and, with ``generation``, the captions and answers of each batch;
+    the main process gathers them and computes retrieval and the generation metrics over the whole set.
 
     Args:
         model: any module with ``forward(batch) -> {"*_loss": ...}`` (a wrapped model is unwrapped by
@@ -147,18 +163,30 @@ def evaluate(
         max_batches: cap on global batches (0: the whole dataset).
         retrieval: text<->video recall (embedding models).
         variant_words: see :class:`~vidvlm.train.config.EvalConfig` (embedding models).
+        generation: caption every clip and, once the model answers questions (``answers_questions()``), answer
+            its manifest row's ``qa`` (families that generate; ``dataset`` must have manifest ``rows``).
         accelerator: shares the work over its ranks (every rank calls this).
 
     Returns:
-        ``loss``, each ``*_loss``, and for embedding models ``t2v_R@1`` ... (percent) and ``variant_acc``.
+        ``loss``, each ``*_loss``, for embedding models ``t2v_R@1`` ... (percent) and ``variant_acc``, and with
+        ``generation`` (on the main process) :func:`vidvlm.eval.qa.generation_metrics`' ``caption_cider``,
+        ``caption_exact_match``, ``qa_accuracy``, ``qa_{type}_accuracy`` ...
     """
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     world = accelerator.num_processes if accelerator is not None else 1
+    rows = _generation_rows(model, dataset) if generation else None
     dataset = limit(dataset, max_batches, batch_size, world)
     embed = can_embed(model) and (retrieval or bool(variant_words))
-    sums, count, parts = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator, embed)
+    sums, count, parts, generated = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator,
+                                                embed, rows)  # fmt: skip
     metrics = _mean_losses(sums, count, model, accelerator)
+    if rows is not None:
+        generated = _gather_generated(generated, accelerator)
+        if generated is not None and generated["captions"]:
+            from vidvlm.eval.qa import generation_metrics
+
+            metrics.update(generation_metrics(generated))
     if embed:
         parts = _gather_in_order(parts, accelerator)
         if parts:  # None on the other ranks; empty when the dataset is
@@ -168,6 +196,31 @@ def evaluate(
         if accelerator is not None:
             accelerator.wait_for_everyone()
     return metrics
+
+
+def _generation_rows(model: nn.Module, dataset: Dataset) -> Sequence[Any]:
+    """The manifest rows that ``generate_answers`` reads (references, questions) of ``dataset``; refuses a model
+    that cannot generate or a dataset without rows, naming the ``eval.generation`` key."""
+    if not (isinstance(model, VLMModel) and model.can(GENERATE)):
+        name = getattr(model, "family_name", "") or type(model).__name__
+        raise ConfigError(f"eval.generation: family {name!r} cannot generate text")
+    rows = getattr(dataset, "rows", None)
+    if rows is None:
+        raise ConfigError(f"eval.generation: the validation dataset ({type(dataset).__name__}) has no manifest rows")
+    return rows
+
+
+def _gather_generated(generated: dict[str, list], accelerator: Any) -> dict[str, list] | None:
+    """Every rank's captions and answers on the main process (None elsewhere); the metrics do not depend on
+    their order."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return generated
+    from accelerate.utils import gather_object
+
+    per_rank = gather_object([generated])
+    if not accelerator.is_main_process:
+        return None
+    return {k: [item for part in per_rank for item in part[k]] for k in ("captions", "qa")}
 
 
 def _gather_in_order(parts: list[dict[str, Any]], accelerator: Any) -> list[dict[str, Any]] | None:

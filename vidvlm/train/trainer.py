@@ -550,8 +550,9 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Validation loss over ``val_dataset`` (sharded over ranks) and retrieval for models that embed video and
-        text (:func:`vidvlm.train.evaluation.evaluate`); logged as ``val/*``. Every rank calls this."""
+        """Validation loss over ``val_dataset`` (sharded over ranks), retrieval for models that embed video and
+        text and, with ``eval.generation``, captions and answers (:func:`vidvlm.train.evaluation.evaluate`);
+        logged as ``val/*``. Every rank calls this."""
         if self.val_data is None:
             return {}
         cfg = self.cfg
@@ -564,6 +565,7 @@ class Trainer:
             max_batches=cfg.eval_batches,
             retrieval=cfg.eval.retrieval,
             variant_words=cfg.eval.variant_words,
+            generation=cfg.eval.generation,
             accelerator=self.acc,
         )
         self.state.last_eval_step = self.state.step
