@@ -188,3 +188,12 @@ def test_content_at_eval_trains_saves_and_evaluates_on_the_chosen_tokens(tmp_pat
             whole = kept[0]
     assert torch.equal(torch.cat(kept), whole)  # the same tokens, batch by batch
     assert results[0]["num_videos"] == results[1]["num_videos"] == 8
+
+
+def test_generation_asked_of_a_family_that_cannot_generate_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--config", str(CONFIG), *_overrides(out, tmp_path / "d"), "eval.generation=true"]
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "eval.generation: family 'contrastive' cannot generate text" in err[-1]
+    assert not (out / "metrics.jsonl").exists() or not _losses(out)  # not one step trained

@@ -99,6 +99,9 @@ def _shard_pass(
         batch = batch_to_device({k: v for k, v in batch.items() if k not in _COUNT_KEYS}, device)  # as in training
         with accelerator.autocast() if accelerator is not None else nullcontext():
             out = model(batch)
+            if rows is not None:
+                for k, v in generate_answers(model, [batch], rows, batch_size, device, questions=ask).items():
+                    generated[k].extend(v)
         n = len(batch["index"]) if "index" in batch else 1
         for k, v in out.items():
             if k.endswith("_loss"):
@@ -106,11 +109,6 @@ def _shard_pass(
         count += n
         if embed:
             parts.append(embed_batch(model, batch, device))
-        if rows is not None:
-            with accelerator.autocast() if accelerator is not None else nullcontext():
-                out = generate_answers(model, [batch], rows, batch_size, device, questions=ask)
-            for k, v in out.items():
-                generated[k].extend(v)
     return sums, count, parts, generated
 
 
@@ -175,7 +173,7 @@ def evaluate(
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     world = accelerator.num_processes if accelerator is not None else 1
-    rows = _generation_rows(model, dataset) if generation else None
+    rows = generation_rows(model, dataset) if generation else None
     dataset = limit(dataset, max_batches, batch_size, world)
     embed = can_embed(model) and (retrieval or bool(variant_words))
     sums, count, parts, generated = _shard_pass(model, dataset, batch_size, collate_fn, num_workers, accelerator,
@@ -198,12 +196,15 @@ def evaluate(
     return metrics
 
 
-def _generation_rows(model: nn.Module, dataset: Dataset) -> Sequence[Any]:
+def generation_rows(model: nn.Module, dataset: Dataset) -> Sequence[Any]:
     """The manifest rows that ``generate_answers`` reads (references, questions) of ``dataset``; refuses a model
     that cannot generate or a dataset without rows, naming the ``eval.generation`` key."""
-    if not (isinstance(model, VLMModel) and model.can(GENERATE)):
-        name = getattr(model, "family_name", "") or type(model).__name__
-        raise ConfigError(f"eval.generation: family {name!r} cannot generate text")
+    if not isinstance(model, VLMModel):
+        raise ConfigError(f"eval.generation: {type(model).__name__} is not a vidvlm model and cannot generate text")
+    try:
+        model.require(GENERATE, "caption the validation clips")
+    except ConfigError as e:
+        raise ConfigError(f"eval.generation: {e}") from e
     rows = getattr(dataset, "rows", None)
     if rows is None:
         raise ConfigError(f"eval.generation: the validation dataset ({type(dataset).__name__}) has no manifest rows")

@@ -168,6 +168,8 @@ class Trainer:
         self.train_data = ConcatDataset([TaggedDataset(datasets[n], k) for k, n in enumerate(self.names)])
         self.sizes = [len(datasets[n]) for n in self.names]
         self.val_data = val_dataset
+        if cfg.eval.generation and val_dataset is not None:
+            evaluation.generation_rows(model, val_dataset)  # refused now, not at the first evaluation
         self.collate = CountingCollate(collate_fn, len(self.names))
         if cfg.grad_checkpointing:
             _enable_grad_checkpointing(model)
