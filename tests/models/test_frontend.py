@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
-from vidvlm.errors import ConfigError
+from vidvlm.errors import CheckpointError, ConfigError
 from vidvlm.layers.connectors import ConnectorConfig
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd, token_times
@@ -123,6 +123,15 @@ def test_bad_configs_name_the_key():
     )
     with pytest.raises(ConfigError, match="equal width"):
         VideoFrontEnd(FrontEndConfig(tower=dataclasses.replace(unequal, combine="add")))
+
+
+def test_a_checkpoint_tower_that_is_not_there_names_the_key(tmp_path):
+    """The usual cause is a run not trained yet: the error names ``tower.source``, the path and what is wrong."""
+    missing = tmp_path / "runs" / "contrastive" / "final"
+    with pytest.raises(CheckpointError, match=f"^tower.source: {missing}: no such directory"):
+        VideoFrontEnd(FrontEndConfig(tower=TowerConfig("checkpoint", source=str(missing))))
+    with pytest.raises(CheckpointError, match=f"^tower.source: {tmp_path}: no config.yaml"):
+        VideoFrontEnd(FrontEndConfig(tower=TowerConfig("checkpoint", source=str(tmp_path))))
 
 
 def test_ensemble_members_read_their_own_frames_and_size():

@@ -320,6 +320,28 @@ def test_strict_loading(family_model, tmp_path):
         load(tmp_path)
 
 
+@pytest.mark.parametrize("family", FRONT_END_FAMILIES)
+def test_a_stage_that_names_no_parameters_keeps_a_frozen_tower_frozen(family):
+    """``freeze_tower`` holds through a training stage whose ``trainable`` is empty (every parameter the model leaves
+    trainable), also after an earlier stage trained the tower by name; a pattern naming the tower trains it."""
+    from vidvlm.train.config import StageConfig
+    from vidvlm.train.optim import apply_stage_trainable, own_trainable
+
+    cfg = tiny_config(family)
+    model = build_model(dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, freeze_tower=True)))
+    model.prepare_for_training(CAPTIONS)
+    tower = {id(p) for p in model.front_end.tower.parameters()}
+    names = {n for n, p in model.named_parameters() if id(p) in tower}
+    assert names and all(n.startswith("front_end.tower.") for n in names)
+    own = own_trainable(model)
+    assert own and not own & names
+    everything = StageConfig(name="all", steps=1)
+    for stage in (everything, StageConfig(name="tower", steps=1, trainable=["front_end.tower"]), everything):
+        trained = set(apply_stage_trainable(model, stage, default=own))
+        assert trained == (names if stage.name == "tower" else own)
+        assert model.front_end.tower_frozen == (stage.name != "tower")
+
+
 def test_build_from_mapping(family_model):
     name, model = family_model
     data = to_dict(tiny_config(name))

@@ -94,3 +94,55 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
     assert "val/caption_loss" in rows[-1]
     a, b = load_file(out / "final" / "model.safetensors"), load_file(again / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+FROZEN = ROOT / "configs" / "generative_qa_frozen_tower_8f_shapes.yaml"
+
+
+@pytest.mark.timeout(600)
+def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, capsys):
+    """generative_qa_frozen_tower_8f_shapes.yaml: the contrastive recipe's tower (here a random one saved as that
+    recipe's run) is read, stays as it was through training, keeps each tubelet's class vector (2 x 17 tokens a clip)
+    and is stored in the new checkpoint, which loads and answers without the tower's run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from vidvlm.models.registry import build_model, load
+    from vidvlm.train.config import load_train_config
+
+    source = tmp_path / "contrastive" / "final"
+    torch.manual_seed(0)
+    build_model(load_train_config(ROOT / "configs" / "contrastive_tiny_8f_shapes.yaml").model).save_pretrained(source)
+    out, data = tmp_path / "run", tmp_path / "data"
+    sets = {"captions": 8, "qa": 8, "val": 4, "test": 3, "compositional": 3}
+    overrides = [
+        f"output_dir={out}",
+        f"model.front_end.tower.source={source}",
+        f"data.synthetic.out_dir={data}",
+        *(f"data.synthetic.sets.{name}.num={n}" for name, n in sets.items()),
+        *(f"data.datasets.{name}.manifest={data}/{name}/manifest.jsonl" for name in ("captions", "qa")),
+        f"data.val.manifest={data}/val/manifest.jsonl",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "stages.0.steps=2",
+        "stages.1.steps=2",
+        "schedule.warmup_steps=1",
+        "checkpoint_every=0",
+        "eval_every=0",
+        "log_every=1",
+    ]
+    assert train_cli.main(["--config", str(FROZEN), *overrides]) == 0
+    saved = load_file(source / "model.safetensors")
+    before = {k.removeprefix("front_end.tower."): v for k, v in saved.items() if k.startswith("front_end.tower.")}
+    shutil.rmtree(source.parent)  # the new checkpoint holds the tower: its source run is not needed to load it
+    model = load(out / "final").eval()
+    after = model.front_end.base_tower.state_dict()
+    assert before and before.keys() <= after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: every tower weight as it was read
+    video = torch.rand(2, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert model.front_end(video).tokens.shape[:2] == (2, 2 * (1 + 4 * 4))  # class vector + 4 x 4 per tubelet
+    capsys.readouterr()
+    assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(data / "test" / "manifest.jsonl")]) == 0
+    assert "qa_direction_accuracy" in json.loads(capsys.readouterr().out)

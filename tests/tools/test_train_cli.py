@@ -197,3 +197,14 @@ def test_generation_asked_of_a_family_that_cannot_generate_is_refused_before_tra
     err = capsys.readouterr().err.strip().splitlines()
     assert "eval.generation: family 'contrastive' cannot generate text" in err[-1]
     assert not (out / "metrics.jsonl").exists() or not _losses(out)  # not one step trained
+
+
+def test_a_tower_run_not_trained_yet_is_one_line_before_any_data(tmp_path, capsys):
+    """A recipe on another run's tower (e.g. generative_qa_frozen_tower_8f_shapes.yaml) names the missing run."""
+    missing = tmp_path / "runs" / "tower" / "final"
+    data = tmp_path / "d"
+    args = ["--config", str(CONFIG), *_overrides(tmp_path / "run", data)]
+    assert train_cli.main([*args, f"model.front_end.tower={{name: checkpoint, source: {missing}}}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: tower.source: {missing}: no such directory (a vidvlm run's final/ or checkpoint-*)"]
+    assert not data.exists()  # refused before the clips are generated

@@ -9,7 +9,7 @@ from train_tiny import TinyModel, make_cfg
 
 from vidvlm.errors import ConfigError
 from vidvlm.train.config import OptimConfig, ParamGroupSpec, StageConfig, load_train_config, resume_changes
-from vidvlm.train.optim import apply_stage_trainable, build_optimizer, lr_factor, matches
+from vidvlm.train.optim import apply_stage_trainable, build_optimizer, lr_factor, matches, own_trainable
 
 BASE = {
     "output_dir": "runs/x",
@@ -152,6 +152,20 @@ def test_patterns_select_by_prefix_or_glob():
     assert not matches("front_end.connectors.proj.weight", "front_end.connector.*")
     assert matches("blocks.11.mlp.fc1.bias", "blocks.1?")  # a glob naming a module selects what is under it
     assert not matches("blocks.1.mlp.fc1.bias", "blocks.1?")
+
+
+def test_an_empty_trainable_keeps_what_the_model_froze():
+    """A stage with no ``trainable`` trains the parameters the model left trainable, not every parameter."""
+    model = TinyModel()
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)  # as a model freezes its tower when built
+    own = own_trainable(model)
+    assert own and not any(n.startswith("encoder") for n in own)
+    assert set(apply_stage_trainable(model, StageConfig(name="s", steps=1))) == own  # default: as it is now
+    picked = apply_stage_trainable(model, StageConfig(name="e", steps=1, trainable=["encoder"]), default=own)
+    assert picked == ["encoder.weight", "encoder.bias"] and model.encoder.weight.requires_grad  # named: trained
+    again = apply_stage_trainable(model, StageConfig(name="s", steps=1, frozen=["head"]), default=own)
+    assert set(again) == {n for n in own if not n.startswith("head")} and not model.encoder.weight.requires_grad
 
 
 def test_glob_stage_selectors_and_groups(tmp_path):

@@ -321,7 +321,10 @@ def build_tower(cfg: TowerConfig) -> nn.Module:
     elif cfg.name == "checkpoint":
         from vidvlm.models.registry import load
 
-        model = load(cfg.source)
+        try:
+            model = load(cfg.source)
+        except CheckpointError as e:  # name the key: the usual cause is a run not trained yet
+            raise CheckpointError(f"tower.source: {e} (a vidvlm run's final/ or checkpoint-*)") from e
         model.require(FRONT_END, f"serve as the tower of another model (tower.source {cfg.source})")
         tower = model.front_end.base_tower.eval()
     else:

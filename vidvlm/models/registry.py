@@ -122,6 +122,8 @@ def load(directory: str | Path, map_location: str = "cpu") -> VLMModel:
         CheckpointError: not a checkpoint directory, unknown family, or weights that do not match.
     """
     path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
     if not (path / CONFIG_FILE).is_file():
         importer = HF_IMPORTERS.get(_hf_model_type(path))
         if importer is not None:

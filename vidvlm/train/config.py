@@ -173,7 +173,8 @@ class StageConfig:
             steps that the integer stages leave of ``total_steps`` (the floats of a recipe sum to 1; ``1`` is one
             step, ``1.0`` the whole share). A share may round to 0 steps: the stage is then skipped.
         trainable: parameter-name patterns to train (module prefixes such as ``head`` or globs such as
-            ``*.lora_*``; see :mod:`vidvlm.train.optim`); empty means every parameter.
+            ``*.lora_*``; see :mod:`vidvlm.train.optim`); empty means every parameter the model leaves trainable
+            (a ``freeze_tower`` or LiT-locked tower and an LM's frozen base stay frozen; a pattern may name them).
         frozen: patterns to freeze (applied after ``trainable``).
         lr: the stage's base learning rate (default: ``optim.lr``).
         lr_mult: pattern -> multiplier, on top of ``optim.groups`` (the longest matching pattern wins).

@@ -9,7 +9,7 @@ a parameter when it matches the whole name or a module prefix of it. A pattern t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from fnmatch import fnmatchcase
 
 import torch
@@ -59,13 +59,30 @@ def check_patterns(model: nn.Module, stages: Sequence[StageConfig], groups: Sequ
         raise ConfigError(f"patterns that match no parameter: {'; '.join(problems)}")
 
 
-def apply_stage_trainable(model: nn.Module, stage: StageConfig, groups: Sequence[ParamGroupSpec] = ()) -> list[str]:
-    """Set ``requires_grad`` for a stage: ``trainable`` patterns (empty: all), then ``frozen`` patterns.
+def own_trainable(model: nn.Module) -> frozenset[str]:
+    """Names of the parameters ``model`` leaves trainable as built: not those it froze itself (a ``freeze_tower``
+    tower, a LiT-locked tower, a pretrained LM under LoRA). A stage whose ``trainable`` is empty trains these."""
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def apply_stage_trainable(
+    model: nn.Module,
+    stage: StageConfig,
+    groups: Sequence[ParamGroupSpec] = (),
+    default: Collection[str] | None = None,
+) -> list[str]:
+    """Set ``requires_grad`` for a stage: ``trainable`` patterns, then ``frozen`` patterns.
+
+    An empty ``trainable`` trains what the model leaves trainable (``default``), so the model's own freezing holds;
+    a pattern may name a frozen part to train it.
 
     Args:
         model: the model whose parameters are selected.
         stage: the stage (its ``trainable``, ``frozen`` and ``lr_mult`` patterns are checked).
         groups: ``optim.groups``, whose prefixes are checked too.
+        default: what an empty ``trainable`` trains: :func:`own_trainable` of the model as built (the trainer takes
+            it before its first stage). None: the parameters that require grad now, which is the same for a model
+            no stage has touched yet.
 
     Returns:
         the names of the trainable parameters.
@@ -77,9 +94,11 @@ def apply_stage_trainable(model: nn.Module, stage: StageConfig, groups: Sequence
     bad = unmatched_patterns((n for n, _ in model.named_parameters()), stage, groups)
     if bad:
         raise ConfigError(f"stage {stage.name!r}: patterns that match no parameter: {', '.join(bad)}")
+    if default is None:
+        default = own_trainable(model)
     out = []
     for name, param in model.named_parameters():
-        train = not stage.trainable or any(matches(name, p) for p in stage.trainable)
+        train = any(matches(name, p) for p in stage.trainable) if stage.trainable else name in default
         if any(matches(name, p) for p in stage.frozen):
             train = False
         param.requires_grad_(train)

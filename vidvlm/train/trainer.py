@@ -51,6 +51,7 @@ from vidvlm.train.optim import (
     build_optimizer,
     build_scheduler,
     check_patterns,
+    own_trainable,
 )
 from vidvlm.train.rundir import METRICS_FILE, check_output_dir, finished_step, lock_run_dir, prepare_output_dir
 
@@ -159,6 +160,7 @@ class Trainer:
             val_dataset = val_dataset if val_dataset is not None else built_val
         if fresh:
             model.prepare_for_training(_captions(datasets.values()))
+        self.own_trainable = own_trainable(model)  # what a stage with no `trainable` trains: the model's freezing holds
         if collate_fn is None:
             from vidvlm.data.collate import collate_video_text as collate_fn
         self.model = model
@@ -388,7 +390,7 @@ class Trainer:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
         raw = acc.unwrap_model(self.model)
-        apply_stage_trainable(raw, stage, cfg.optim.groups)
+        apply_stage_trainable(raw, stage, cfg.optim.groups, default=self.own_trainable)
         apply_stage_token_drop(raw, stage)
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
