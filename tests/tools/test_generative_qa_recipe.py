@@ -137,6 +137,10 @@ def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, cap
     before = {k.removeprefix("front_end.tower."): v for k, v in saved.items() if k.startswith("front_end.tower.")}
     shutil.rmtree(source.parent)  # the new checkpoint holds the tower: its source run is not needed to load it
     model = load(out / "final").eval()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tower = sum(p.numel() for p in model.front_end.tower.parameters())
+    everything = sum(p.numel() for p in model.parameters())
+    assert {r["trainable_params"] for r in rows if "grad_norm" in r} == {everything - tower}  # each stage, logged
     after = model.front_end.base_tower.state_dict()
     assert before and before.keys() <= after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: every tower weight as it was read

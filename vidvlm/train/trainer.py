@@ -161,6 +161,7 @@ class Trainer:
         if fresh:
             model.prepare_for_training(_captions(datasets.values()))
         self.own_trainable = own_trainable(model)  # what a stage with no `trainable` trains: the model's freezing holds
+        self.trainable_params = 0  # elements the current stage trains (set by each stage)
         if collate_fn is None:
             from vidvlm.data.collate import collate_video_text as collate_fn
         self.model = model
@@ -390,7 +391,8 @@ class Trainer:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
         raw = acc.unwrap_model(self.model)
-        apply_stage_trainable(raw, stage, cfg.optim.groups, default=self.own_trainable)
+        trained = set(apply_stage_trainable(raw, stage, cfg.optim.groups, default=self.own_trainable))
+        self.trainable_params = sum(p.numel() for n, p in raw.named_parameters() if n in trained)
         apply_stage_token_drop(raw, stage)
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
@@ -544,6 +546,7 @@ class Trainer:
             "lr": result.lr,
             **losses,
             "grad_norm": result.grad_norm,
+            "trainable_params": self.trainable_params,  # what this stage trains (a frozen tower is not counted)
             # this rank's samples of the step per dataset (a text-only step shows only text datasets)
             "drawn": {n: c for n, c in zip(self.names, result.drawn, strict=True) if c},
             "skipped": bool(result.skipped),
