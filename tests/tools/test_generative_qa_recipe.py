@@ -19,11 +19,11 @@ import train as train_cli  # noqa: E402
 CONFIG = ROOT / "configs" / "generative_qa_8f_shapes.yaml"
 
 
-@pytest.mark.timeout(600)
-def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
-    out, data = tmp_path / "run", tmp_path / "data"
+def _small(out: Path, data: Path) -> list[str]:
+    """Overrides that shrink the QA recipes to a few steps on a few generated clips (the second stage's steps and
+    the evaluation are the test's)."""
     sets = {"captions": 8, "qa": 8, "val": 4, "test": 3, "compositional": 3}
-    overrides = [
+    return [
         f"output_dir={out}",
         f"data.synthetic.out_dir={data}",
         *(f"data.synthetic.sets.{name}.num={n}" for name, n in sets.items()),
@@ -32,13 +32,16 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
         "data.batch_size=4",
         "data.num_workers=0",
         "stages.0.steps=2",
-        "stages.1.steps=3",
         "schedule.warmup_steps=1",
         "checkpoint_every=0",
-        "eval_every=2",
-        "eval_batches=1",
         "log_every=1",
     ]
+
+
+@pytest.mark.timeout(600)
+def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
+    out, data = tmp_path / "run", tmp_path / "data"
+    overrides = [*_small(out, data), "stages.1.steps=3", "eval_every=2", "eval_batches=1"]
     assert train_cli.main(["--config", str(CONFIG), *overrides]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val/loss" in r]
@@ -115,23 +118,7 @@ def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, cap
     torch.manual_seed(0)
     build_model(load_train_config(ROOT / "configs" / "contrastive_tiny_8f_shapes.yaml").model).save_pretrained(source)
     out, data = tmp_path / "run", tmp_path / "data"
-    sets = {"captions": 8, "qa": 8, "val": 4, "test": 3, "compositional": 3}
-    overrides = [
-        f"output_dir={out}",
-        f"model.front_end.tower.source={source}",
-        f"data.synthetic.out_dir={data}",
-        *(f"data.synthetic.sets.{name}.num={n}" for name, n in sets.items()),
-        *(f"data.datasets.{name}.manifest={data}/{name}/manifest.jsonl" for name in ("captions", "qa")),
-        f"data.val.manifest={data}/val/manifest.jsonl",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "stages.0.steps=2",
-        "stages.1.steps=2",
-        "schedule.warmup_steps=1",
-        "checkpoint_every=0",
-        "eval_every=0",
-        "log_every=1",
-    ]
+    overrides = [*_small(out, data), f"model.front_end.tower.source={source}", "stages.1.steps=2", "eval_every=0"]
     assert train_cli.main(["--config", str(FROZEN), *overrides]) == 0
     saved = load_file(source / "model.safetensors")
     before = {k.removeprefix("front_end.tower."): v for k, v in saved.items() if k.startswith("front_end.tower.")}
