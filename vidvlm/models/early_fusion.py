@@ -45,7 +45,7 @@ from vidvlm.models.base import ANSWER, FRONT_END, GENERATE, VISUAL_TOKENS
 from vidvlm.models.decoder import CausalDecoder, DecoderConfig
 from vidvlm.models.decoding import Cached, DecodeConfig, generate
 from vidvlm.models.frontend import FrontEndConfig, FrontEndOutput, TowerConfig, VideoFrontEnd
-from vidvlm.models.generative import TextGenerator
+from vidvlm.models.generative import TextGenerator, TextGeneratorConfig
 from vidvlm.models.prompting import IGNORE, lm_loss
 from vidvlm.models.registry import register_family
 from vidvlm.models.tokenizer import TextTokenizer
@@ -76,8 +76,9 @@ class PixelDecoderConfig:
 
 
 @dataclass
-class EarlyFusionConfig:
-    """An early-fusion model: video front-end + quantiser + one causal decoder over text and visual ids.
+class EarlyFusionConfig(TextGeneratorConfig):
+    """An early-fusion model (:class:`TextGeneratorConfig`): video front-end + quantiser + one causal decoder over
+    text and visual ids.
 
     Attributes:
         family: ``early_fusion``.
@@ -87,15 +88,11 @@ class EarlyFusionConfig:
         max_visual_tokens: most visual tokens a clip may give (sizes the position table: a clip of
             ``front_end.num_frames`` frames must fit).
         pixels: the pixel decoder that trains the codes (:class:`PixelDecoderConfig`).
-        tokenizer_kind: ``word``, ``bpe`` or ``wordpiece``, trained on the captions by ``prepare_for_training``.
-        caption_weight: weight of the caption / answer loss.
         visual_weight: weight of the next-visual-token loss (Chameleon: the same as text's).
         recon_weight: weight of the pixel reconstruction loss.
         text_first: the share of caption samples laid out ``prompt caption EOS BOV visual EOV`` instead (drawn per
             sample): the decoder then also learns to write a clip's visual tokens from its caption, which
             :meth:`EarlyFusion.generate_video` does (0: the captioning order only).
-        decode: default decoding options.
-        answers_questions: set when the model trains on question-answer data.
     """
 
     family: Literal["early_fusion"] = "early_fusion"
@@ -108,17 +105,13 @@ class EarlyFusionConfig:
             image_size=32,
         )
     )
-    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(width=128, depth=4, max_len=24, vocab_size=64))
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     max_visual_tokens: int = 256
     pixels: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
-    tokenizer_kind: Literal["word", "bpe", "wordpiece"] = "word"
-    caption_weight: float = 1.0
     visual_weight: float = 1.0
     recon_weight: float = 1.0
     text_first: float = 0.0
-    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=24))
-    answers_questions: bool = False
 
     def __post_init__(self) -> None:
         if self.front_end.connector.name == "none":

@@ -52,24 +52,42 @@ from vidvlm.models.vision import VisionConfig, migrate_vision
 
 
 @dataclass
-class GenerativeConfig:
-    """A generative captioner: video front-end + text decoder + tokenizer settings.
+class TextGeneratorConfig:
+    """What the config of every family with its own text decoder and tokenizer holds (:class:`TextGenerator`:
+    ``coca``, ``prefix_lm``, ``early_fusion``); each family's config adds its own fields and defaults.
+
+    Attributes:
+        family: the registered family name.
+        front_end: the video front-end (tower, pooler, connector to the decoder's input, frames, input size).
+        decoder: the text decoder (``vocab_size`` is the embedding size; the tokenizer must fit in it).
+        tokenizer_kind: ``word``, ``bpe`` or ``wordpiece``, trained on the captions by ``prepare_for_training``.
+        caption_weight: weight of the captioning / answer loss.
+        decode: default decoding options.
+        answers_questions: set when the model trains on question-answer data; a model trained on captions alone
+            refuses questions with a clear error instead of "answering" with a caption or nothing.
+    """
+
+    family: str = ""
+    front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    tokenizer_kind: Literal["word", "bpe", "wordpiece"] = "word"
+    caption_weight: float = 1.0
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=24))
+    answers_questions: bool = False
+
+
+@dataclass
+class GenerativeConfig(TextGeneratorConfig):
+    """A generative captioner: :class:`TextGeneratorConfig` with a contrastive head for ``coca``.
 
     Attributes:
         family: ``coca`` or ``prefix_lm`` (the same config serves both).
-        front_end: the video front-end (tower, pooler, connector to the decoder width, frames, input size).
-        decoder: the text decoder (``vocab_size`` is the embedding size; the tokenizer must fit in it).
-        tokenizer_kind: ``word``, ``bpe`` or ``wordpiece``, trained on the captions by ``prepare_for_training``.
         embed_dim: width of the contrastive embeddings.
         contrastive_weight: weight of the contrastive loss (0 disables it; the default for ``prefix_lm``).
         contrastive_with_questions: the contrastive loss also in a batch that holds questions (instruction rows),
             over each clip and its caption; false keeps it to caption-only batches. On the moving-shapes QA recipe
             (BENCHMARKS.md, "Where is the motion?") true keeps retrieval (text-to-video R@1 0.55-0.58 against
             0.11-0.13) at a cost in answers (all 0.575-0.600 against 0.621-0.629, shape 0.44-0.54 against 0.72).
-        caption_weight: weight of the captioning / answer loss.
-        decode: default decoding options.
-        answers_questions: set when the model trains on question-answer data; a model trained on captions alone
-            refuses questions with a clear error instead of "answering" with a caption or nothing.
     """
 
     family: Literal["coca", "prefix_lm"] = "coca"
@@ -81,14 +99,9 @@ class GenerativeConfig:
             num_frames=8,
         )
     )
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    tokenizer_kind: Literal["word", "bpe", "wordpiece"] = "word"
     embed_dim: int = 128
     contrastive_weight: float = 0.1
     contrastive_with_questions: bool = True
-    caption_weight: float = 1.0
-    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(strategy="greedy", max_new_tokens=24))
-    answers_questions: bool = False
 
     def __post_init__(self) -> None:
         if self.front_end.connector.name == "none":
@@ -131,8 +144,7 @@ class TextGenerator(VLMModel):
     """What every family with its own text decoder and tokenizer shares (``coca``, ``prefix_lm``,
     ``early_fusion``): the tokenizer's lifecycle, the prompt layout and the saved config.
 
-    The family's config has ``front_end``, ``decoder`` (a :class:`DecoderConfig`, whose ``vocab_size`` bounds the
-    tokenizer), ``tokenizer_kind`` and ``answers_questions``.
+    The family's config is a :class:`TextGeneratorConfig`.
     """
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
