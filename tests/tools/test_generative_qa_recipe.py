@@ -17,6 +17,7 @@ import eval as eval_cli  # noqa: E402  (tools/ is not a package)
 import train as train_cli  # noqa: E402
 
 CONFIG = ROOT / "configs" / "generative_qa_8f_shapes.yaml"
+FROZEN = ROOT / "configs" / "generative_qa_frozen_tower_8f_shapes.yaml"
 
 
 def _small(out: Path, data: Path) -> list[str]:
@@ -97,9 +98,6 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
     assert "val/caption_loss" in rows[-1]
     a, b = load_file(out / "final" / "model.safetensors"), load_file(again / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-FROZEN = ROOT / "configs" / "generative_qa_frozen_tower_8f_shapes.yaml"
 
 
 @pytest.mark.timeout(600)

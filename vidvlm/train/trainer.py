@@ -391,8 +391,8 @@ class Trainer:
         """Select the stage's parameters, build its optimizer and schedule, and wrap the model for it."""
         cfg, acc = self.cfg, self.acc
         raw = acc.unwrap_model(self.model)
-        trained = set(apply_stage_trainable(raw, stage, cfg.optim.groups, default=self.own_trainable))
-        self.trainable_params = sum(p.numel() for n, p in raw.named_parameters() if n in trained)
+        apply_stage_trainable(raw, stage, cfg.optim.groups, default=self.own_trainable)
+        self.trainable_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
         apply_stage_token_drop(raw, stage)
         optimizer = build_optimizer(raw, cfg.optim, stage)
         warmup = stage.warmup_steps if stage.warmup_steps is not None else cfg.schedule.warmup_steps
