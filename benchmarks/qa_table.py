@@ -14,6 +14,11 @@ between two rows smaller than the spread of either is no difference.
 again from each run's predictions (``--answers``, default ``test_answers.jsonl``, as ``tools/eval.py --predictions``
 writes them) with ``tools/eval.py``'s rule; ``MANIFEST`` is the evaluated manifest (it says how many shapes each
 clip has). Captions, text loss and step time are not split (their cells show "—").
+
+``--against LABEL`` follows every other group's row with the two-sided permutation p of its difference from the
+group ``LABEL`` (:func:`vidvlm.eval.seeds.permutation_p`, exact over every relabelling of the runs): a cell of 0.3
+says a relabelling of the seeds separates the means that far three times in ten. Both groups need two runs or more;
+with two a side p cannot fall below 0.33.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import statistics
 from pathlib import Path
 
 from vidvlm.eval.qa import qa_accuracy
+from vidvlm.eval.seeds import permutation_p
 
 TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
 
@@ -100,28 +106,49 @@ def main() -> None:
     parser.add_argument("--stage", default="joint", help="the stage whose median step time is reported")
     parser.add_argument("--by-shapes", type=Path, metavar="MANIFEST", help="split rows by shapes per clip")
     parser.add_argument("--answers", default="test_answers.jsonl", help="the predictions inside each run")
+    parser.add_argument("--against", metavar="LABEL", help="add each group's permutation p against this group")
     args = parser.parse_args()
     counts = shape_counts(args.by_shapes) if args.by_shapes else None
-    header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    tables: dict[str, dict[str, list[dict[str, float | None]]]] = {}  # group label -> row label -> its runs
     for group in args.groups:
         label, sep, runs = group.rpartition("=")  # a label may hold "=" (an override), run paths do not
         if not sep or not label or not runs:
             raise SystemExit(f"error: {group!r}: expected LABEL=RUN[,RUN...]")
         if counts is None:
-            print_row(label, [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")])
+            tables[label] = {label: [read_run(Path(r), args.metrics, args.stage) for r in runs.split(",")]}
             continue
         splits = [read_split(Path(r), args.answers, counts) for r in runs.split(",")]
-        for key in ("1", "2-3"):
-            print_row(f"{label}, {key} shape{'s' if key != '1' else ''}", [s[key] for s in splits])
+        tables[label] = {f"{label}, {k} shape{'s' if k != '1' else ''}": [s[k] for s in splits] for k in ("1", "2-3")}
+    if args.against is not None and args.against not in tables:
+        raise SystemExit(f"error: --against {args.against!r}: not one of the groups' labels {sorted(tables)}")
+    header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, rows in tables.items():
+        against = args.against is not None and label != args.against
+        bases = list(tables[args.against].values()) if against else [None] * len(rows)  # its rows in the same order
+        for (name, runs), base in zip(rows.items(), bases, strict=True):
+            print_row(name, runs)
+            if base is not None:
+                print_p_row(f"p against {args.against!r}", runs, base)
+
+
+COLUMNS = (*TYPES, "all", "cider", "text_loss", "step_s")
 
 
 def print_row(label: str, rows: list[dict[str, float | None]]) -> None:
-    cells = [cell([r[k] for r in rows]) for k in (*TYPES, "all")]
-    cells += [cell([r["cider"] for r in rows], 2), cell([r["text_loss"] for r in rows], 2)]
-    cells += [cell([r["step_s"] for r in rows], 2)]
+    cells = [cell([r[k] for r in rows], 3 if k in (*TYPES, "all") else 2) for k in COLUMNS]
     print(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
+
+
+def print_p_row(label: str, rows: list[dict[str, float | None]], base: list[dict[str, float | None]]) -> None:
+    """The permutation p of each column between two groups ("—" where either has under two scored runs)."""
+    cells = []
+    for k in COLUMNS:
+        a, b = [r[k] for r in rows if r[k] is not None], [r[k] for r in base if r[k] is not None]
+        p = permutation_p(a, b) if len(a) >= 2 and len(b) >= 2 else None
+        cells.append("—" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.0e}")
+    print(f"| {label} | | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

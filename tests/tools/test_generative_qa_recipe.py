@@ -103,8 +103,9 @@ def test_recipe_trains_on_questions_and_is_scored_per_type(tmp_path, capsys):
 @pytest.mark.timeout(600)
 def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, capsys):
     """generative_qa_frozen_tower_8f_shapes.yaml: the contrastive recipe's tower (here a random one saved as that
-    recipe's run) is read, stays as it was through training, keeps each tubelet's class vector (2 x 17 tokens a clip)
-    and is stored in the new checkpoint, which loads and answers without the tower's run."""
+    recipe's run) is read, stays as it was through training, gives the decoder each tubelet's pooled grid without its
+    class vector (2 x 16 tokens a clip) and is stored in the new checkpoint, which loads and answers without the
+    tower's run."""
     import shutil
 
     from safetensors.torch import load_file
@@ -131,7 +132,7 @@ def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, cap
     assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: every tower weight as it was read
     video = torch.rand(2, 8, 3, 32, 32)
     with torch.no_grad():
-        assert model.front_end(video).tokens.shape[:2] == (2, 2 * (1 + 4 * 4))  # class vector + 4 x 4 per tubelet
+        assert model.front_end(video).tokens.shape[:2] == (2, 2 * 4 * 4)  # 4 x 4 per tubelet, class vector dropped
     capsys.readouterr()
     assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(data / "test" / "manifest.jsonl")]) == 0
     assert "qa_direction_accuracy" in json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
-"""Evaluation: retrieval and zero-shot classification from embeddings, caption metrics, VQA accuracy.
+"""Evaluation: retrieval and zero-shot classification from embeddings, caption metrics, VQA accuracy, and a
+permutation test that compares two settings over seeds.
 
 Names are imported lazily so that ``import vidvlm.eval`` does not load every metric's dependencies.
 """
@@ -18,6 +19,7 @@ _LAZY = {
     "caption_metrics": "vidvlm.eval.captions",
     "vqa_accuracy": "vidvlm.eval.vqa",
     "normalize_answer": "vidvlm.eval.vqa",
+    "permutation_p": "vidvlm.eval.seeds",
 }
 
 __all__ = list(_LAZY)
