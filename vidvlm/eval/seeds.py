@@ -32,20 +32,16 @@ def permutation_p(a: Sequence[float], b: Sequence[float], samples: int = EXACT_L
     if not a or not b:
         raise ValueError(f"permutation_p: each setting needs at least one run, got {len(a)} and {len(b)}")
     pooled = [float(v) for v in (*a, *b)]
-    n, total = len(a), sum(float(v) for v in (*a, *b))
+    n, total = len(a), sum(pooled)
 
     def gap(first: Sequence[float]) -> float:
         s = sum(first)
         return abs(s / n - (total - s) / (len(pooled) - n))
 
     observed = gap(pooled[:n]) - 1e-12 * max(1.0, abs(total))  # ties in floating point count as "as far"
-    if math.comb(len(pooled), n) <= samples:
-        picks = itertools.combinations(pooled, n)
-        hits = count = 0
-        for first in picks:
-            hits += gap(first) >= observed
-            count += 1
-        return hits / count
+    relabellings = math.comb(len(pooled), n)
+    if relabellings <= samples:
+        return sum(gap(first) >= observed for first in itertools.combinations(pooled, n)) / relabellings
     rng = random.Random(seed)
     hits = 1  # the observed labelling
     for _ in range(samples - 1):
