@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TYPE",
         help="with --conversations: ask these question types about every shape of a scene, not one",
     )
+    parser.add_argument(
+        "--negatives", action="store_true", help="add hard negative captions (one detail of motion changed)"
+    )
     parser.add_argument("--text", action="store_true", help="write the text-only corpus OUT/text.jsonl instead")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             conversations=args.conversations,
             compositional=args.compositional,
             qa_per_shape=args.qa_per_shape,
+            negatives=args.negatives,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

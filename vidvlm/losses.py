@@ -20,6 +20,10 @@ local batch (default ``arange(B)``, one caption each). Every caption of a video 
   of ``-log softmax``; with one caption per video both directions reduce to CLIP's symmetric InfoNCE;
 * SigLIP labels every (video, caption-of-that-video) pair +1 and every other pair -1.
 
+Hard negative texts (NegCLIP): a text whose ``text_to_video`` entry is -1 describes no video of the batch (a caption
+of one of them with a detail changed). It is a column of every video's video -> text softmax (and a -1 pair for
+every video under SigLIP) but no row of text -> video, which has no target for it.
+
 Processes may hold different numbers of videos and texts (a ragged last batch): the gather pads to the largest
 and cuts the padding off. With ``local_loss`` and ragged batches the mean of the ranks' losses weights every rank
 equally, so it differs slightly from the global loss.
@@ -86,18 +90,19 @@ def _gather_no_grad(x: Tensor, sizes: list[int]) -> Tensor:
 
 
 def _check_text_to_video(text_to_video: Tensor, num_texts: int, num_videos: int) -> None:
-    """Raise unless ``text_to_video`` is ``[num_texts]`` indices in ``[0, num_videos)`` naming every video.
+    """Raise unless ``text_to_video`` is ``[num_texts]`` indices in ``[-1, num_videos)`` naming every video.
 
-    Checked where the tensor lies, before it moves: the trainer's comes from the batch on the CPU, so the check costs
-    an accelerator no synchronisation; one on an accelerator is read back once, not once per condition.
+    -1 marks a hard negative text (positive for no video). Checked where the tensor lies, before it moves: the
+    trainer's comes from the batch on the CPU, so the check costs an accelerator no synchronisation; one on an
+    accelerator is read back once, not once per condition.
     """
     if text_to_video.shape != (num_texts,):
         raise ValueError(f"text_to_video: expected shape [{num_texts}], got {tuple(text_to_video.shape)}")
     t2v = text_to_video.long()
-    in_range = (t2v >= 0).all() & (t2v < num_videos).all()
+    in_range = (t2v >= -1).all() & (t2v < num_videos).all()
     if not bool(in_range):
-        raise ValueError(f"text_to_video: indices must lie in [0, {num_videos})")
-    if not bool((torch.bincount(t2v, minlength=num_videos) > 0).all()):
+        raise ValueError(f"text_to_video: indices must lie in [0, {num_videos}), or be -1 for a hard negative")
+    if not bool((torch.bincount(t2v[t2v >= 0], minlength=num_videos) > 0).all()):
         raise ValueError("text_to_video: every video needs at least one caption in the batch")
 
 
@@ -108,7 +113,7 @@ def _pairs(
 
     Returns:
         ``rows_v [Rv, D]``, ``cols_t [Ct, D]``, ``pos_vt`` bool ``[Rv, Ct]``, ``rows_t [Rt, D]``, ``cols_v [Cv, D]``
-        and ``target_tv`` long ``[Rt]`` (the column of each text row's video).
+        and ``target_tv`` long ``[Rt]`` (the column of each text row's video, -1 for a hard negative text).
     """
     if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
         raise ValueError(f"contrastive loss: expected video [B, D] and text [Bt, D], got {video.shape}, {text.shape}")
@@ -124,10 +129,11 @@ def _pairs(
     v_sizes, t_sizes = _sizes(bv, video.device), _sizes(text.shape[0], video.device)
     offset = sum(v_sizes[:rank])  # global index of this rank's first video
     all_v, all_t = gather_with_grad(video, v_sizes), gather_with_grad(text, t_sizes)
-    all_t2v = _gather_no_grad(text_to_video + offset, t_sizes) if world > 1 else text_to_video
+    local_t2v = torch.where(text_to_video >= 0, text_to_video + offset, -1)  # global video index; -1 stays -1
+    all_t2v = _gather_no_grad(local_t2v, t_sizes) if world > 1 else local_t2v
     if local_loss:
         rows_v, rows_vid = video, torch.arange(bv, device=video.device) + offset
-        rows_t, target_tv = text, text_to_video + offset
+        rows_t, target_tv = text, local_t2v
     else:
         rows_v, rows_vid = all_v, torch.arange(all_v.shape[0], device=video.device)
         rows_t, target_tv = all_t, all_t2v
@@ -149,7 +155,8 @@ def clip_loss(
         video: normalised video embeddings ``[B, D]`` (this process's).
         text: normalised text embeddings ``[Bt, D]``.
         logit_scale: the temperature's inverse, already exponentiated (a scalar tensor, e.g. ``1 / 0.07``).
-        text_to_video: long ``[Bt]``, the local video index of each text (None: ``Bt == B``, pairs on the diagonal).
+        text_to_video: long ``[Bt]``, the local video index of each text, -1 for a hard negative (None: ``Bt == B``,
+            pairs on the diagonal).
         local_loss: score only this process's rows against the gathered columns.
 
     Returns:
@@ -161,7 +168,7 @@ def clip_loss(
     pos = pos_vt.to(logp_vt.dtype)
     loss_v2t = -((logp_vt * pos).sum(1) / pos.sum(1)).mean()
     logits_tv = logit_scale * rows_t @ cols_v.T
-    loss_t2v = F.cross_entropy(logits_tv, target_tv)
+    loss_t2v = F.cross_entropy(logits_tv, target_tv, ignore_index=-1)  # a hard negative text has no video
     return (loss_v2t + loss_t2v) / 2
 
 
@@ -184,7 +191,8 @@ def siglip_loss(
         text: normalised text embeddings ``[Bt, D]``.
         logit_scale: exponentiated scale (scalar tensor, SigLIP starts at 10).
         logit_bias: scalar bias (SigLIP starts at -10).
-        text_to_video: long ``[Bt]`` local video index of each text (None: pairs on the diagonal).
+        text_to_video: long ``[Bt]`` local video index of each text, -1 for a hard negative (None: pairs on the
+            diagonal).
         local_loss: score only this process's videos against all gathered texts.
 
     Returns:

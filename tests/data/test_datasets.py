@@ -80,6 +80,21 @@ def test_csv_manifest_with_captions_list_and_window(media: Path) -> None:
     assert ds[1]["label"] == -1
 
 
+def test_hard_negatives_reach_the_batch(media: Path) -> None:
+    """A row's ``negatives`` (JSONL list or CSV JSON cell) ride with its sample; collation lists every sample's,
+    empty for a row without; a batch with none has no ``negatives`` key."""
+    rows = synthetic_rows(media)[:3]
+    rows[0]["negatives"] = ["a big red square moves up", "a big red square moves down"]
+    rows[2]["negatives"] = []
+    ds = VideoTextDataset(write_jsonl(media / "negatives.jsonl", rows), UniformSampler(2), build_transform(32))
+    batch = collate_video_text([ds[i] for i in range(3)])
+    assert batch["negatives"] == [rows[0]["negatives"], [], []]
+    assert "negatives" not in collate_video_text([ds[1]])
+    csv = media / "negatives.csv"
+    csv.write_text(f'path,caption,negatives\n{rows[0]["path"]},c,"[""not c""]"\n{rows[1]["path"]},d,\n')
+    assert [r.extra.get("negatives") for r in read_manifest(csv)] == [["not c"], None]
+
+
 def test_training_randomness_is_deterministic_per_seed_epoch_index(media: Path) -> None:
     rows = synthetic_rows(media)
     rows[0]["captions"] = ["caption a", "caption b", "caption c"]
@@ -174,6 +189,8 @@ def test_worker_batches_are_built_in_shared_memory(media: Path) -> None:
         ('{"path": "a.mp4", "captions": []}\n', r"bad.jsonl:1: 'captions' must be a non-empty list"),
         ('{"path": "a.mp4", "caption": "c", "start": 2, "end": 1}\n', r"bad.jsonl:1: 'end' \(1.0\) must be after"),
         ('{"path": "a.mp4", "caption": "c", "label": "x"}\n', r"bad.jsonl:1: 'label' must be an integer"),
+        ('{"path": "a.mp4", "caption": "c", "negatives": "x"}\n', r"bad.jsonl:1: 'negatives' must be a list"),
+        ('{"path": "a.mp4", "caption": "c", "negatives": ["x", ""]}\n', r"bad.jsonl:1: 'negatives' must be a list"),
         ("", r"bad.jsonl: the manifest has no rows"),
     ],
 )

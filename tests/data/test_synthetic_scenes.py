@@ -167,6 +167,68 @@ def test_same_seed_same_scenes_and_conversations_leave_clips_alone(tmp_path: Pat
     assert other.read_text() != scenes.read_text()
 
 
+def parse_clause(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """The inverse of :func:`clause` for a video clause: (shape name, story, directions)."""
+    name = " ".join(text.split()[1:4])
+    for story in STORIES:
+        pairs = story == "turns"
+        for directions in [(a, b) for a in DIRECTIONS for b in DIRECTIONS] if pairs else [(d,) for d in DIRECTIONS]:
+            if clause(name, story, directions) == text:
+                return name, story, directions
+    raise AssertionError(f"not a clause: {text!r}")
+
+
+def test_negatives_contradict_the_scene_in_one_detail_of_motion(tmp_path: Path, scenes: Path) -> None:
+    """Each negative names the same shapes in the same order, changes the story or directions of one shape (or
+    exchanges two shapes' first directions), keeps turns perpendicular, and so describes another scene. Per shape
+    there are 3 direction changes (a turn: 3 changes of its pair) and, for an event at one end of the motion, the
+    other end. Rows and clips are otherwise those made without negatives."""
+    keywords = {"frames": FRAMES, "size": SIZE, "fps": FPS, "shapes": (1, 3), "events": True}
+    manifest = make_synthetic(tmp_path, 12, seed=3, negatives=True, **keywords)
+    exchanges = 0
+    for row, plain in zip(read_rows(manifest), read_rows(scenes), strict=True):
+        assert {k: v for k, v in row.items() if k != "negatives"} == plain
+        truth = [parse_clause(c) for c in row["caption"].split(" and ")]
+        negatives = row["negatives"]
+        assert len(set(negatives)) == len(negatives) and row["caption"] not in negatives
+        per_shape = {(i, kind): 0 for i in range(len(truth)) for kind in ("direction", "event")}
+        for negative in negatives:
+            parsed = [parse_clause(c) for c in negative.split(" and ")]
+            assert [p[0] for p in parsed] == [t[0] for t in truth]
+            for _, story, directions in parsed:
+                if story == "turns":
+                    assert bool(DIRECTIONS[directions[0]][0]) != bool(DIRECTIONS[directions[1]][0]), negative
+            changed = [i for i, (p, t) in enumerate(zip(parsed, truth, strict=True)) if p != t]
+            assert 1 <= len(changed) <= 2, negative
+            if len(changed) == 2:  # two shapes' first directions exchanged, stories kept
+                (_, sa, da), (_, sb, db) = (parsed[i] for i in changed)
+                (_, ta, ea), (_, tb, eb) = (truth[i] for i in changed)
+                assert (sa, sb) == (ta, tb) and (da[0], db[0]) == (eb[0], ea[0]) and da[1:] == ea[1:]
+                exchanges += 1
+                continue
+            i = changed[0]
+            (_, story, directions), (_, true_story, true_directions) = parsed[i], truth[i]
+            if story == true_story:
+                per_shape[i, "direction"] += 1
+            else:
+                assert directions == true_directions
+                assert {story, true_story} in ({"starts", "stops"}, {"appears", "disappears"})
+                per_shape[i, "event"] += 1
+        for i, (_, story, _) in enumerate(truth):
+            assert per_shape[i, "direction"] == 3
+            assert per_shape[i, "event"] == (story in ("starts", "stops", "appears", "disappears"))
+    assert exchanges > 0
+
+
+def test_negatives_of_single_shape_clips_and_stills(tmp_path: Path) -> None:
+    manifest = make_synthetic(tmp_path, 4, seed=0, frames=FRAMES, size=SIZE, negatives=True)
+    for row in read_rows(manifest):
+        others = {row["caption"].replace(row["attributes"]["direction"], d) for d in DIRECTIONS}
+        assert set(row["negatives"]) == others - {row["caption"]}
+    with pytest.raises(ConfigError, match="negatives"):
+        make_synthetic(tmp_path / "stills", 2, seed=0, size=SIZE, images=True, negatives=True)
+
+
 def test_still_scenes(tmp_path: Path) -> None:
     manifest = make_synthetic(tmp_path, 4, seed=2, size=SIZE, images=True, shapes=3)
     for r in read_rows(manifest):
@@ -197,10 +259,12 @@ def test_bad_scene_arguments(tmp_path: Path, keywords: dict, key: str) -> None:
 def test_cli_scenes_and_text(tmp_path: Path) -> None:
     tool = [sys.executable, str(ROOT / "tools" / "make_synthetic.py")]
     common = ["--num", "2", "--frames", "8", "--size", "48", "--seed", "1"]
-    scene_flags = ["--shapes", "2", "--events", "--conversations"]
+    scene_flags = ["--shapes", "2", "--events", "--conversations", "--negatives"]
     subprocess.run([*tool, "--out", str(tmp_path / "s"), *common, *scene_flags], check=True, capture_output=True)
     rows = read_rows(tmp_path / "s" / "manifest.jsonl")
-    assert all(len(r["shapes"]) == 2 and "events" in r and r["conversation"] and r["qa"] for r in rows)
+    assert all(
+        len(r["shapes"]) == 2 and "events" in r and r["conversation"] and r["qa"] and r["negatives"] for r in rows
+    )
     per_shape = [*scene_flags, "--qa-per-shape", "color"]
     subprocess.run([*tool, "--out", str(tmp_path / "p"), *common, *per_shape], check=True, capture_output=True)
     for row, plain in zip(read_rows(tmp_path / "p" / "manifest.jsonl"), rows, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import shutil
 
 import pytest
@@ -80,6 +81,39 @@ def test_training_caption_sampling_draws_from_each_videos_captions():
     one = tiny().train()
     texts, t2v = one.select_captions(batch)
     assert texts == ["x", "y"] and t2v.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_hard_negatives_are_columns_for_no_video_in_training_only(loss, caplog):
+    """With ``hard_negatives`` the training loss is the named loss over the captions plus each video's drawn negatives
+    (text_to_video -1); a negative equal to a caption of the batch is dropped; evaluation leaves them out."""
+    model = tiny(loss=loss, hard_negatives=2).train()
+    video = clips()
+    negatives = [["a red square moves right", "a red circle moves left", CAPTIONS[1]], ["a blue circle moves left"]]
+    batch = {"video": video, "text": CAPTIONS[:2], "negatives": negatives}
+    random.seed(7)
+    drawn = model.select_negatives(batch, CAPTIONS[:2])
+    assert CAPTIONS[1] not in drawn and set(drawn) <= set(negatives[0] + negatives[1])
+    assert drawn[-1] == "a blue circle moves left" and 1 <= len(drawn) <= 3  # up to 2 of video 0's, 1 of video 1's
+    random.seed(7)
+    out = model(batch)["contrastive_loss"]
+    texts = CAPTIONS[:2] + drawn
+    t2v = torch.tensor([0, 1] + [-1] * len(drawn))
+    v, t = model.encode_video(video), model.encode_text(texts)
+    if loss == "clip":
+        ref = clip_loss(v, t, model.logit_scale.exp(), t2v)
+    else:
+        ref = siglip_loss(v, t, model.logit_scale.exp(), model.logit_bias, t2v)
+    torch.testing.assert_close(out, ref)
+    plain = tiny(loss=loss).train()({"video": video, "text": CAPTIONS[:2]})["contrastive_loss"]
+    assert not torch.allclose(out, plain)  # the negatives took part
+    model.eval()
+    torch.testing.assert_close(model(batch)["contrastive_loss"], plain)
+    model.train()
+    with caplog.at_level("WARNING", logger="vidvlm.models.contrastive"):
+        model({"video": video, "text": CAPTIONS[:2]})
+        model({"video": video, "text": CAPTIONS[:2]})
+    assert sum("no 'negatives'" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(
@@ -266,6 +300,9 @@ def test_config_is_strict_and_checked():
         ContrastiveConfig(family="coca")
     with pytest.raises(ConfigError, match="captions_per_video"):
         ContrastiveConfig(captions_per_video=0)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigError, match="hard_negatives"):
+            ContrastiveConfig(hard_negatives=bad)
 
 
 def test_checkpoint_of_another_family_is_refused(tmp_path):

@@ -208,3 +208,21 @@ def test_a_tower_run_not_trained_yet_is_one_line_before_any_data(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: tower.source: {missing}: no such directory (a vidvlm run's final/ or checkpoint-*)"]
     assert not data.exists()  # refused before the clips are generated
+
+
+@pytest.mark.timeout(180)
+def test_hard_negatives_from_generated_data_enter_the_training_loss(tmp_path):
+    """``make_synthetic``'s ``negatives`` reach the loss through the manifest, dataset, loader and trainer: with the
+    same seed, data and first batch, step 1's loss with ``model.hard_negatives=3`` is above the plain one (each video's
+    softmax gains columns; text -> video is unchanged)."""
+    data = tmp_path / "shapes"
+    with_negatives = "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32, negatives: true}"
+    first = {}
+    for n in (0, 3):
+        out = tmp_path / f"hn{n}"
+        args = [*_overrides(out, data), with_negatives, "stages.0.steps=1", f"model.hard_negatives={n}"]
+        assert train_cli.main(["--config", str(CONFIG), *args]) == 0
+        first[n] = _losses(out)[1]
+    rows = [json.loads(line) for line in (data / "train" / "manifest.jsonl").read_text().splitlines()]
+    assert all(len(r["negatives"]) == 3 for r in rows)  # one shape moving: the three other directions
+    assert first[3] > first[0] + 0.05, first

@@ -24,8 +24,9 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``path`` list[str], ``timestamps`` float ``[B,Tmax]`` (0 past the end), ``replaced_from`` long ``[B]``
         (-1 where the sample was not a replacement), ``failed`` list of ``{"index", "path", "error"}`` (the samples
         left out), ``conversation`` (when any sample has turns: each sample's, None for one without; else None),
-        and only when a sample has ``boxes`` ``[T_i, 4]``: ``boxes`` float ``[B,Tmax,4]`` (NaN past each clip's end
-        and for samples without boxes). When every sample failed,
+        only when a sample has ``boxes`` ``[T_i, 4]``: ``boxes`` float ``[B,Tmax,4]`` (NaN past each clip's end
+        and for samples without boxes), and only when a sample has ``negatives``: ``negatives`` list[list[str]]
+        (each sample's hard negative captions, empty for one without). When every sample failed,
         ``video``, ``frame_mask`` and ``timestamps`` are None and the lists are empty. Samples with no ``video`` key
         (a text corpus) make a text-only batch (:func:`vidvlm.data.text_corpus.collate_text`); a batch never mixes
         the two kinds.
@@ -71,6 +72,8 @@ def collate_video_text(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if s.get("boxes") is not None:
                 boxes[b, : s["boxes"].shape[0]] = s["boxes"]
         extra["boxes"] = boxes
+    if any("negatives" in s for s in samples):
+        extra["negatives"] = [list(s.get("negatives", ())) for s in samples]
     return {
         "video": video,
         "frame_mask": frame_mask,

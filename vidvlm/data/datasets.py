@@ -10,9 +10,11 @@ A manifest is JSONL (one object per line) or CSV (a header row). Each row has:
 
 Other keys are kept in :attr:`ManifestRow.extra`; a ``conversation`` (a list of ``{"role", "content"}`` turns, the
 first user turn holding the clip's ``<video>`` / ``<image>`` placeholder) is passed on with the sample, and ``qa`` (a
-list of ``{"question", "answer", ...}``, the ground truth that evaluation asks and ``qa_turns`` draws from) is kept.
-Both are checked as the manifest is read (:func:`~vidvlm.data.conversations.check_conversation`,
-:func:`~vidvlm.data.conversations.check_qa`: an error names the file and line); in CSV they are JSON strings.
+list of ``{"question", "answer", ...}``, the ground truth that evaluation asks and ``qa_turns`` draws from) is kept,
+and ``negatives`` (a list of strings: hard negative captions, texts that do not describe the clip, which the
+contrastive family's ``hard_negatives`` adds to its loss) is passed on. All three are checked as the manifest is read
+(:func:`~vidvlm.data.conversations.check_conversation`, :func:`~vidvlm.data.conversations.check_qa`: an error names
+the file and line); in CSV they are JSON strings.
 
 Boxes (for box prediction): a row's per-frame boxes of the shape its caption describes are a top-level ``boxes`` list,
 or the ``boxes`` of the only entry of ``shapes`` (the synthetic scenes' layout; a row with several shapes has no box,
@@ -112,6 +114,13 @@ def _csv_json(value: Any, key: str, where: str, expected: str) -> Any:
         raise ConfigError(f"{where}: {key!r} must be {expected}: {e}") from e
 
 
+def _check_negatives(value: Any, where: str) -> list[str]:
+    """A row's hard negative captions: a list of non-empty strings (may be empty)."""
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise ConfigError(f"{where}: 'negatives' must be a list of non-empty strings, got {value!r}")
+    return value
+
+
 def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> ManifestRow:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
@@ -138,7 +147,7 @@ def _parse_row(data: Any, root: Path, where: str, line: int, csv_row: bool) -> M
         raise ConfigError(f"{where}: 'attributes' must be a mapping, got {attributes!r}")
     full = path_in_folder(path, root, where)
     extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-    for key, check in (("conversation", check_conversation), ("qa", check_qa)):
+    for key, check in (("conversation", check_conversation), ("qa", check_qa), ("negatives", _check_negatives)):
         # instruction data and its ground truth: checked here, so an error names the line (in CSV they are JSON)
         if csv_row and extra.get(key) == "":
             del extra[key]  # an empty cell: the row has none
@@ -221,7 +230,8 @@ class VideoTextDataset(Dataset):
     in training, the first in evaluation), ``captions`` (all), ``label`` (int, -1 when absent), ``index`` (the row
     loaded), ``path``, ``timestamps`` float ``[T]`` (seconds in the file), ``replaced_from`` (int), ``error``
     (None, or the reason with ``on_error="mark"``), ``boxes`` float ``[T, 4]`` only when the row has boxes (see the
-    module docstring), and ``conversation`` only when the row has one (instruction data) or ``qa_turns`` draws one.
+    module docstring), ``negatives`` (list of strings) only when the row has them, and ``conversation`` only when
+    the row has one (instruction data) or ``qa_turns`` draws one.
 
     Args:
         manifest: a JSONL or CSV manifest.
@@ -357,6 +367,8 @@ class VideoTextDataset(Dataset):
         }
         if boxes is not None:
             sample["boxes"] = boxes
+        if "negatives" in row.extra:
+            sample["negatives"] = list(row.extra["negatives"])
         if self.train and self.qa_turns and row.extra.get("qa"):  # a fresh conversation from the ground truth
             tag = placeholder_of(row.extra.get("conversation"), int(frames.shape[0]))
             sample["conversation"] = conversation_from_qa(row.extra["qa"], self.qa_turns, rng, tag)  # checked when read

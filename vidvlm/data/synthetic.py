@@ -209,6 +209,7 @@ def make_synthetic(
     conversations: bool = False,
     compositional: bool = False,
     qa_per_shape: str | tuple[str, ...] | list[str] = (),
+    negatives: bool = False,
 ) -> Path:
     """Write ``num`` moving-shape clips (or stills with ``images=True``) and their manifest into ``out_dir``.
 
@@ -225,7 +226,9 @@ def make_synthetic(
     ``attributes`` then holds ``count`` and, for one shape, its attributes; ``label`` is -1 unless the clip has one
     shape. ``conversations=True`` adds ``conversation`` (turns ``{"role", "content"}``, the first user turn starting
     with ``<video>`` or ``<image>``) and ``qa`` (``{"question", "answer", "type", "value"}``, one per question type
-    the clip answers), drawn from a stream of their own: the clips are those made without it.
+    the clip answers), drawn from a stream of their own: the clips are those made without it. ``negatives=True``
+    adds ``negatives``: hard negative captions that contradict the clip in one detail of motion
+    (:meth:`~vidvlm.data.synthetic_scenes.Scene.negatives`; no randomness, so the clips stay those made without it).
 
     Args:
         out_dir: the folder to write into (created when missing).
@@ -246,6 +249,7 @@ def make_synthetic(
         qa_per_shape: with ``conversations``, question types (one or several of ``"color"``, ``"shape"``,
             ``"size"``, ``"direction"``) asked about every shape of a scene instead of one
             (:func:`vidvlm.data.synthetic_qa.scene_qa`); the clips and the other questions stay those made without it.
+        negatives: add each row's hard negative captions (videos only).
 
     Returns:
         The manifest's path.
@@ -263,6 +267,8 @@ def make_synthetic(
     per_shape = per_shape_types(qa_per_shape)
     if per_shape and not conversations:
         raise ConfigError("qa_per_shape: needs conversations=True (it shapes the questions)")
+    if negatives and images:
+        raise ConfigError("negatives: stills have no motion to contradict; use videos")
     if events and (images or frames < 4):
         raise ConfigError(f"events: need videos of at least 4 frames, got images={images}, frames={frames}")
     if count is not None and not images:
@@ -282,7 +288,7 @@ def make_synthetic(
             pixels = render(clip, size)
             label = -1 if clip.direction is None else SHAPES_ATTRIBUTES["direction"].index(clip.direction)
             row: dict[str, Any] = {"path": name, "caption": clip.caption, "attributes": clip.attributes, "label": label}
-            scene = scene_of_clip(clip, size, fps) if conversations else None
+            scene = scene_of_clip(clip, size, fps) if conversations or negatives else None
         else:
             scene = sample_scene(rng, 1 if images else frames, size, fps, count=count, events=events, pairs=pairs)
             pixels = scene.render(size)
@@ -291,6 +297,8 @@ def make_synthetic(
             write_png(out / name, pixels[0])
         else:
             write_mp4(out / name, pixels, fps=fps)
+        if scene is not None and negatives:
+            row["negatives"] = scene.negatives()
         if scene is not None and conversations:
             talk = np.random.default_rng([*stream, 2, i])
             qa = scene_qa(scene, talk, per_shape)

@@ -147,6 +147,48 @@ class Scene:
         """The tracks' clauses joined by "and": "a big red square moves left and a small blue circle moves up"."""
         return " and ".join(t.caption for t in self.tracks)
 
+    def negatives(self) -> list[str]:
+        """Hard negative captions: captions of this scene with one detail of motion changed, so none describes it.
+
+        Per moving shape: its direction replaced by each other one (a turn instead has its first or its second
+        direction reversed, or the two in the other order); its event moved to the other end of the motion (starts
+        and stops, appears and disappears, exchanged); and per two shapes with different first directions, those
+        directions exchanged (each shape's own motion then belongs to the other). Turns stay perpendicular. In a
+        fixed order, without repeats or the caption itself; a still has none.
+        """
+        names = SHAPES_ATTRIBUTES["direction"]
+        opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+        other_end = {"starts": "stops", "stops": "starts", "appears": "disappears", "disappears": "appears"}
+
+        def variant(changes: dict[int, tuple[str, tuple[str, ...]]]) -> str:
+            return " and ".join(
+                clause(t.name, *changes.get(i, (t.story, t.directions))) for i, t in enumerate(self.tracks)
+            )
+
+        out: list[str] = []
+        for i, t in enumerate(self.tracks):
+            if not t.directions:
+                continue
+            if t.story == "turns":
+                d0, d1 = t.directions
+                options = [(opposite[d0], d1), (d0, opposite[d1]), (d1, d0)]
+            else:
+                options = [(d,) for d in names if d != t.directions[0]]
+            out += [variant({i: (t.story, d)}) for d in options]
+            if t.story in other_end:
+                out.append(variant({i: (other_end[t.story], t.directions)}))
+        for i, a in enumerate(self.tracks):
+            for j in range(i + 1, len(self.tracks)):
+                b = self.tracks[j]
+                if not a.directions or not b.directions or a.directions[0] == b.directions[0]:
+                    continue
+                da, db = (b.directions[0], *a.directions[1:]), (a.directions[0], *b.directions[1:])
+                if any(len(d) == 2 and bool(DIRECTIONS[d[0]][0]) == bool(DIRECTIONS[d[1]][0]) for d in (da, db)):
+                    continue  # a turn would no longer be perpendicular
+                out.append(variant({i: (a.story, da), j: (b.story, db)}))
+        caption = self.caption
+        return [c for c in dict.fromkeys(out) if c != caption]
+
     def events(self) -> list[dict[str, Any]]:
         """Timed events in order: ``{"shape": i, "event": ..., "frame": k, "time": k / fps}`` (turns add the new
         ``direction``)."""
