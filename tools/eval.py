@@ -17,6 +17,10 @@ The checkpoint is any directory ``vidvlm.load`` opens (``final/`` or a ``checkpo
 with a uniform sampler (deterministic, ``model.num_frames`` unless --num-frames) and the model's own evaluation
 transform. Prints the metrics as JSON.
 
+Retrieval also scores the manifest's hard negatives when its rows carry ``negatives``: ``negatives_acc`` (percent of
+clips whose caption outscores every one of its negatives), ``negatives_pair_acc`` (per caption-negative pair) and
+``negatives_n``.
+
 ``--itm-rerank K`` (a model with the ``match`` ability, e.g. the masking family): also text->video recall with each
 caption's top K clips by ITC re-ranked by the model's matching head (``t2v_itm_R@1`` ... beside ``t2v_R@1``).
 
@@ -128,7 +132,7 @@ def _retrieval(args, model, dataset, batches, kept: list[int]) -> dict:
         zero_shot_accuracy,
         zero_shot_classifier,
     )
-    from vidvlm.train.evaluation import caption_recall, variant_accuracy
+    from vidvlm.train.evaluation import caption_recall, negative_accuracy, variant_accuracy
 
     with torch.no_grad():
         contexts = VideoContexts(model, batches) if args.itm_rerank else None
@@ -147,6 +151,7 @@ def _retrieval(args, model, dataset, batches, kept: list[int]) -> dict:
                                               emb["text_to_video"], k=args.itm_rerank))  # fmt: skip
         if args.variant_words:
             metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
+        metrics.update(negative_accuracy(model, emb["video"], [c[0] for c in caps], emb["negatives"]))
         if args.classes:
             classifier = zero_shot_classifier(model, args.classes, args.templates or DEFAULT_TEMPLATES)
             keep = emb["labels"] >= 0

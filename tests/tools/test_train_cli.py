@@ -211,18 +211,27 @@ def test_a_tower_run_not_trained_yet_is_one_line_before_any_data(tmp_path, capsy
 
 
 @pytest.mark.timeout(180)
-def test_hard_negatives_from_generated_data_enter_the_training_loss(tmp_path):
+def test_hard_negatives_from_generated_data_enter_the_training_loss(tmp_path, capsys):
     """``make_synthetic``'s ``negatives`` reach the loss through the manifest, dataset, loader and trainer: with the
     same seed, data and first batch, step 1's loss with ``model.hard_negatives=3`` is above the plain one (each video's
     softmax gains columns; text -> video is unchanged)."""
     data = tmp_path / "shapes"
-    with_negatives = "data.synthetic.sets.train={num: 16, seed: 0, split: train, frames: 4, size: 32, negatives: true}"
+    with_negatives = [f"data.synthetic.sets.{split}={{num: {num}, seed: 0, split: {split}, frames: 4, size: 32, "
+                      "negatives: true}" for split, num in (("train", 16), ("val", 8))]  # fmt: skip
     first = {}
     for n in (0, 3):
         out = tmp_path / f"hn{n}"
-        args = [*_overrides(out, data), with_negatives, "stages.0.steps=1", f"model.hard_negatives={n}"]
+        args = [*_overrides(out, data), *with_negatives, "stages.0.steps=1", f"model.hard_negatives={n}"]
         assert train_cli.main(["--config", str(CONFIG), *args]) == 0
         first[n] = _losses(out)[1]
     rows = [json.loads(line) for line in (data / "train" / "manifest.jsonl").read_text().splitlines()]
     assert all(len(r["negatives"]) == 3 for r in rows)  # one shape moving: the three other directions
     assert first[3] > first[0] + 0.05, first
+    final = [json.loads(line) for line in (tmp_path / "hn3" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["val/negatives_n"] == 8  # the run's own evaluation scores the val set's negatives
+    # tools/eval.py scores a manifest's negatives: every clip of this one has three
+    capsys.readouterr()
+    args = ["--checkpoint", str(tmp_path / "hn3" / "final"), "--manifest", str(data / "train" / "manifest.jsonl")]
+    assert eval_cli.main([*args, "--num-frames", "4"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["negatives_n"] == 16 and 0.0 <= metrics["negatives_acc"] <= metrics["negatives_pair_acc"] <= 100.0

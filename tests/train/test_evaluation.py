@@ -174,3 +174,16 @@ def test_generation_is_refused_by_name_without_a_generating_model_or_manifest_ro
     model.answers_questions = lambda: False
     metrics = evaluate(model, Numbered(4), batch_size=3, collate_fn=collate, generation=True)
     assert metrics["caption_exact_match"] == 1.0 and not any(k.startswith("qa_") for k in metrics)
+
+
+def test_negative_accuracy_counts_clips_and_pairs_the_caption_wins():
+    """Worked by hand: clip 0's caption beats both negatives, clip 1's loses to one of two (a tie counts as a loss
+    too), clip 2 has none and is left out: 1 of 2 clips, 3 of 4 pairs."""
+    from vidvlm.train.evaluation import negative_accuracy
+
+    vectors = {"a": [1.0, 0.0], "a1": [0.6, 0.8], "a2": [0.0, 1.0], "b": [0.0, 1.0], "b1": [0.0, 1.0], "b2": [1.0, 0.0]}
+    model = SimpleNamespace(encode_text=lambda texts: torch.tensor([vectors[t] for t in texts]))
+    video = torch.tensor([[2.0, 0.0], [0.1, 1.0], [1.0, 1.0]])
+    out = negative_accuracy(model, video, ["a", "b", "a"], [["a1", "a2"], ["b1", "b2"], []], batch_size=3)
+    assert out == {"negatives_acc": 50.0, "negatives_pair_acc": 75.0, "negatives_n": 2.0}
+    assert negative_accuracy(model, video, ["a", "b", "a"], [[], [], []]) == {}

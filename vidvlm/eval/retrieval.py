@@ -141,13 +141,16 @@ def embed_batch(model: Any, batch: dict[str, Any], device: str | torch.device) -
 
     Returns:
         ``video [B, D]``, ``text [Tx, D]`` (float32, on the CPU; the captions of clip 0, then clip 1, ...),
-        ``captions`` (B lists, as :func:`batch_captions`) and ``labels`` long ``[B]`` (-1 where the batch has none).
+        ``captions`` (B lists, as :func:`batch_captions`), ``labels`` long ``[B]`` (-1 where the batch has none) and
+        ``negatives`` (B lists of the batch's hard negative captions, not embedded; empty where it has none).
     """
     video = model.encode_video(batch["video"].to(device), batch.get("frame_mask"))  # a mask wherever it lies
     caps = batch_captions(batch)
     text = model.encode_text([c for per_video in caps for c in per_video])
     labels = torch.as_tensor(batch.get("label", torch.full((video.shape[0],), -1))).long().cpu()
-    return {"video": video.float().cpu(), "text": text.float().cpu(), "captions": caps, "labels": labels}
+    negatives = batch.get("negatives") or [[] for _ in caps]
+    return {"video": video.float().cpu(), "text": text.float().cpu(), "captions": caps, "labels": labels,
+            "negatives": [list(n) for n in negatives]}  # fmt: skip
 
 
 def join_embeddings(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -165,6 +168,7 @@ def join_embeddings(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "text_to_video": torch.tensor([v for v, caps in enumerate(captions) for _ in caps], dtype=torch.long),
         "labels": torch.cat([p["labels"] for p in parts]),
         "captions": captions,
+        "negatives": [n for part in parts for n in part.get("negatives", [[] for _ in part["captions"]])],
     }
 
 
@@ -188,8 +192,9 @@ def embed_dataset(
         device: where to run (default: the model's device).
 
     Returns:
-        ``video [V, D]``, ``text [Tx, D]``, ``text_to_video`` long ``[Tx]``, ``labels`` long ``[V]`` (on the CPU), and
-        ``captions`` (V lists of strings: the texts embedded for each clip, in the order of ``text``).
+        ``video [V, D]``, ``text [Tx, D]``, ``text_to_video`` long ``[Tx]``, ``labels`` long ``[V]`` (on the CPU),
+        ``captions`` (V lists of strings: the texts embedded for each clip, in the order of ``text``) and
+        ``negatives`` (V lists: each clip's hard negative captions, empty where the data has none).
     """
     if isinstance(data, torch.utils.data.Dataset):
         from vidvlm.data.collate import collate_video_text

@@ -252,6 +252,7 @@ def _split_part(part: dict[str, Any]) -> list[dict[str, Any]]:
                 "text": part["text"][start : start + len(caps)],
                 "captions": [caps],
                 "labels": part["labels"][i : i + 1],
+                "negatives": part["negatives"][i : i + 1] if "negatives" in part else [[]],
             }
         )
         start += len(caps)
@@ -275,6 +276,8 @@ def embedding_metrics(
             ``text``, ``text_to_video``, ``captions``).
         retrieval: compute text<->video recall over the whole dataset.
         variant_words: see :class:`~vidvlm.train.config.EvalConfig`; adds ``variant_acc`` (percent).
+
+    When the clips carry hard negatives (``emb["negatives"]``), :func:`negative_accuracy`'s metrics are added.
     """
     from vidvlm.eval.retrieval import retrieval_metrics
 
@@ -285,6 +288,8 @@ def embedding_metrics(
         out.update(caption_recall(emb["video"], emb["text"], captions))
     if variant_words:
         out.update(variant_accuracy(model, emb["video"], [c[0] for c in captions], variant_words))
+    if any(emb.get("negatives") or ()):  # the data's hard negatives
+        out.update(negative_accuracy(model, emb["video"], [c[0] for c in captions], emb["negatives"]))
     return out
 
 
@@ -334,3 +339,46 @@ def variant_accuracy(model: Any, video: torch.Tensor, captions: list[str], words
         correct += int((scores > scores[true]).sum() == 0)
         total += 1
     return {"variant_acc": 100.0 * correct / max(1, total), "variant_n": float(total)}
+
+
+@torch.no_grad()
+def negative_accuracy(
+    model: Any, video: torch.Tensor, captions: list[str], negatives: list[list[str]], batch_size: int = 256
+) -> dict[str, float]:
+    """How often a clip's caption outscores its hard negatives (the manifest's ``negatives``; ARO / SugarCrepe style).
+
+    Args:
+        model: has ``encode_text(list[str]) -> [B, D]``.
+        video: ``[V, D]`` clip embeddings.
+        captions: V captions (each clip's first).
+        negatives: V lists of negative captions (clips with none are left out).
+        batch_size: texts encoded per call.
+
+    Returns:
+        ``negatives_acc`` (percent of clips whose caption outscores every one of its negatives),
+        ``negatives_pair_acc`` (percent of caption-negative pairs the caption wins; ties lose) and ``negatives_n``
+        (clips scored); empty when no clip has negatives.
+    """
+    scored = [i for i, negs in enumerate(negatives) if negs]
+    if not scored:
+        return {}
+    texts = [t for i in scored for t in (captions[i], *negatives[i])]
+    emb = torch.cat(
+        [model.encode_text(texts[k : k + batch_size]).float().cpu() for k in range(0, len(texts), batch_size)]
+    )
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    clips = torch.nn.functional.normalize(video.float().cpu(), dim=-1)
+    wins_all, wins, pairs, start = 0, 0, 0, 0
+    for i in scored:
+        n = len(negatives[i])
+        scores = emb[start : start + n + 1] @ clips[i]  # [1 + n]: the caption, then its negatives
+        won = scores[1:] < scores[0]
+        wins_all += int(won.all())
+        wins += int(won.sum())
+        pairs += n
+        start += n + 1
+    return {
+        "negatives_acc": 100.0 * wins_all / len(scored),
+        "negatives_pair_acc": 100.0 * wins / pairs,
+        "negatives_n": float(len(scored)),
+    }
