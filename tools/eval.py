@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if task == "generation":
             metrics = _generation(args, model, dataset, readable_batches())
         else:
-            metrics = _retrieval(args, model, dataset, readable_batches(), kept)
+            metrics = _retrieval(args, model, readable_batches(), kept)
         if not kept:
             raise ConfigError(f"{args.manifest}: no row of the manifest could be read")
         metrics = {"num_videos": len(kept), "num_rows": len(dataset), "num_missing": len(missing),
@@ -121,18 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _retrieval(args, model, dataset, batches, kept: list[int]) -> dict:
+def _retrieval(args, model, batches, kept: list[int]) -> dict:
     import torch
 
     from vidvlm.eval.rerank import VideoContexts, itm_rerank_metrics
-    from vidvlm.eval.retrieval import (
-        DEFAULT_TEMPLATES,
-        embed_dataset,
-        retrieval_metrics,
-        zero_shot_accuracy,
-        zero_shot_classifier,
-    )
-    from vidvlm.train.evaluation import caption_recall, negative_accuracy, variant_accuracy
+    from vidvlm.eval.retrieval import DEFAULT_TEMPLATES, embed_dataset, zero_shot_accuracy, zero_shot_classifier
+    from vidvlm.train.evaluation import embedding_metrics
 
     with torch.no_grad():
         contexts = VideoContexts(model, batches) if args.itm_rerank else None
@@ -142,16 +136,11 @@ def _retrieval(args, model, dataset, batches, kept: list[int]) -> dict:
             if kept or isinstance(e, VidVLMError):
                 raise
             return {}
-        metrics = retrieval_metrics(emb["video"], emb["text"], emb["text_to_video"])
-        caps = [list(dataset.rows[i].captions) for i in kept]
-        metrics.update(caption_recall(emb["video"], emb["text"], caps))
+        metrics = embedding_metrics(model, emb, retrieval=True, variant_words=args.variant_words)
         if contexts is not None:
-            flat = [c for per_clip in caps for c in per_clip]
+            flat = [c for per_clip in emb["captions"] for c in per_clip]
             metrics.update(itm_rerank_metrics(model, contexts.gathered(), flat, emb["video"], emb["text"],
                                               emb["text_to_video"], k=args.itm_rerank))  # fmt: skip
-        if args.variant_words:
-            metrics.update(variant_accuracy(model, emb["video"], [c[0] for c in caps], args.variant_words))
-        metrics.update(negative_accuracy(model, emb["video"], [c[0] for c in caps], emb["negatives"]))
         if args.classes:
             classifier = zero_shot_classifier(model, args.classes, args.templates or DEFAULT_TEMPLATES)
             keep = emb["labels"] >= 0

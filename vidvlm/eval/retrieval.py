@@ -168,7 +168,7 @@ def join_embeddings(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "text_to_video": torch.tensor([v for v, caps in enumerate(captions) for _ in caps], dtype=torch.long),
         "labels": torch.cat([p["labels"] for p in parts]),
         "captions": captions,
-        "negatives": [n for part in parts for n in part.get("negatives", [[] for _ in part["captions"]])],
+        "negatives": [n for part in parts for n in part["negatives"]],
     }
 
 

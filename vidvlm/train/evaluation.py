@@ -252,7 +252,7 @@ def _split_part(part: dict[str, Any]) -> list[dict[str, Any]]:
                 "text": part["text"][start : start + len(caps)],
                 "captions": [caps],
                 "labels": part["labels"][i : i + 1],
-                "negatives": part["negatives"][i : i + 1] if "negatives" in part else [[]],
+                "negatives": part["negatives"][i : i + 1],
             }
         )
         start += len(caps)
@@ -273,11 +273,11 @@ def embedding_metrics(
     Args:
         model: has ``encode_text(list[str]) -> [B,D]`` (for the variants).
         emb: the embeddings of a dataset (:func:`vidvlm.eval.retrieval.embed_dataset`'s result: ``video``,
-            ``text``, ``text_to_video``, ``captions``).
+            ``text``, ``text_to_video``, ``captions``, ``negatives``).
         retrieval: compute text<->video recall over the whole dataset.
         variant_words: see :class:`~vidvlm.train.config.EvalConfig`; adds ``variant_acc`` (percent).
 
-    When the clips carry hard negatives (``emb["negatives"]``), :func:`negative_accuracy`'s metrics are added.
+    When some clip has hard negatives, :func:`negative_accuracy`'s metrics are added.
     """
     from vidvlm.eval.retrieval import retrieval_metrics
 
@@ -288,8 +288,7 @@ def embedding_metrics(
         out.update(caption_recall(emb["video"], emb["text"], captions))
     if variant_words:
         out.update(variant_accuracy(model, emb["video"], [c[0] for c in captions], variant_words))
-    if any(emb.get("negatives") or ()):  # the data's hard negatives
-        out.update(negative_accuracy(model, emb["video"], [c[0] for c in captions], emb["negatives"]))
+    out.update(negative_accuracy(model, emb["video"], [c[0] for c in captions], emb["negatives"]))  # {} when none
     return out
 
 
