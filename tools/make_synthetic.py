@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--negatives", action="store_true", help="add hard negative captions (one detail of motion changed)"
     )
+    parser.add_argument(
+        "--timed-captions", action="store_true", help="with --events: captions say when each event happens"
+    )
     parser.add_argument("--text", action="store_true", help="write the text-only corpus OUT/text.jsonl instead")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             compositional=args.compositional,
             qa_per_shape=args.qa_per_shape,
             negatives=args.negatives,
+            timed_captions=args.timed_captions,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

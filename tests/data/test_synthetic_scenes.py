@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from vidvlm.data.synthetic import COLORS_RGB, DIRECTIONS, SHAPES_ATTRIBUTES, make_synthetic
-from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, clause, sample_scene, shape_side
+from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, clause, event_frames, sample_scene, shape_side
 from vidvlm.data.video import open_video
 from vidvlm.errors import ConfigError
 
@@ -220,6 +221,51 @@ def test_negatives_contradict_the_scene_in_one_detail_of_motion(tmp_path: Path, 
     assert exchanges > 0
 
 
+def parse_timed(text: str) -> tuple[str, list[float | None]]:
+    """A timed caption without its times, and each clause's time (None for a clause without one)."""
+    clauses, times = [], []
+    for part in text.split(" and "):
+        found = re.search(r" at ([0-9.]+) seconds?", part)
+        times.append(None if found is None else float(found.group(1)))
+        clauses.append(part if found is None else part.replace(found.group(0), ""))
+    return " and ".join(clauses), times
+
+
+def test_timed_captions_say_when_each_event_happens(tmp_path: Path) -> None:
+    """A timed caption is the plain one with each event's time (from the row's ``events``) after its event word; its
+    negatives are the plain negatives with the true times, plus each event moved by 1 and 2 s within the frames
+    events are drawn at. The clips and the other fields are those made without it."""
+    keywords = {"frames": 16, "size": 48, "fps": 2, "shapes": (1, 3), "events": True, "negatives": True}
+    plain = read_rows(make_synthetic(tmp_path / "plain", 10, seed=5, **keywords))
+    timed = read_rows(make_synthetic(tmp_path / "timed", 10, seed=5, timed_captions=True, **keywords))
+    lo, hi = event_frames(16)
+    moved = 0
+    for row, base in zip(timed, plain, strict=True):
+        assert {k: v for k, v in row.items() if k not in ("caption", "negatives")} == {
+            k: v for k, v in base.items() if k not in ("caption", "negatives")
+        }
+        assert (tmp_path / "timed" / row["path"]).read_bytes() == (tmp_path / "plain" / base["path"]).read_bytes()
+        text, times = parse_timed(row["caption"])
+        assert text == base["caption"]
+        assert times == [next((e["time"] for e in row["events"] if e["shape"] == i), None) for i in range(len(times))]
+        assert "appears at" in row["caption"] or "appears" not in row["caption"]  # the time follows the event word
+        kept, shifted = [], {i: set() for i, t in enumerate(times) if t is not None}
+        for negative in row["negatives"]:
+            text, negative_times = parse_timed(negative)
+            if text != base["caption"]:
+                kept.append(text)
+                assert negative_times == times, negative
+                continue
+            (i,) = [i for i, (a, b) in enumerate(zip(negative_times, times, strict=True)) if a != b]
+            shifted[i].add(negative_times[i] - times[i])
+        assert kept == base["negatives"]
+        for i, shifts in shifted.items():
+            frame = round(times[i] * 2)
+            assert shifts == {s for s in (-2.0, -1.0, 1.0, 2.0) if lo <= frame + 2 * s <= hi}, (row["caption"], i)
+            moved += len(shifts)
+    assert moved > 0
+
+
 def test_negatives_of_single_shape_clips_and_stills(tmp_path: Path) -> None:
     manifest = make_synthetic(tmp_path, 4, seed=0, frames=FRAMES, size=SIZE, negatives=True)
     for row in read_rows(manifest):
@@ -248,6 +294,7 @@ def test_still_scenes(tmp_path: Path) -> None:
         ({"shapes": (3, 1)}, "shapes"),
         ({"events": True, "images": True}, "events"),
         ({"events": True, "frames": 3}, "events"),
+        ({"shapes": 2, "timed_captions": True}, "timed_captions"),
         ({"shapes": 2, "frames": 64, "size": 32}, "frames"),
     ],
 )
@@ -259,12 +306,14 @@ def test_bad_scene_arguments(tmp_path: Path, keywords: dict, key: str) -> None:
 def test_cli_scenes_and_text(tmp_path: Path) -> None:
     tool = [sys.executable, str(ROOT / "tools" / "make_synthetic.py")]
     common = ["--num", "2", "--frames", "8", "--size", "48", "--seed", "1"]
-    scene_flags = ["--shapes", "2", "--events", "--conversations", "--negatives"]
+    scene_flags = ["--shapes", "2", "--events", "--conversations", "--negatives", "--timed-captions"]
     subprocess.run([*tool, "--out", str(tmp_path / "s"), *common, *scene_flags], check=True, capture_output=True)
     rows = read_rows(tmp_path / "s" / "manifest.jsonl")
     assert all(
         len(r["shapes"]) == 2 and "events" in r and r["conversation"] and r["qa"] and r["negatives"] for r in rows
     )
+    timed = [len(re.findall(r" at [0-9.]+ seconds?\b", r["caption"])) for r in rows]
+    assert timed == [len(r["events"]) for r in rows]
     per_shape = [*scene_flags, "--qa-per-shape", "color"]
     subprocess.run([*tool, "--out", str(tmp_path / "p"), *common, *per_shape], check=True, capture_output=True)
     for row, plain in zip(read_rows(tmp_path / "p" / "manifest.jsonl"), rows, strict=True):

@@ -210,6 +210,7 @@ def make_synthetic(
     compositional: bool = False,
     qa_per_shape: str | tuple[str, ...] | list[str] = (),
     negatives: bool = False,
+    timed_captions: bool = False,
 ) -> Path:
     """Write ``num`` moving-shape clips (or stills with ``images=True``) and their manifest into ``out_dir``.
 
@@ -229,6 +230,8 @@ def make_synthetic(
     the clip answers), drawn from a stream of their own: the clips are those made without it. ``negatives=True``
     adds ``negatives``: hard negative captions that contradict the clip in one detail of motion
     (:meth:`~vidvlm.data.synthetic_scenes.Scene.negatives`; no randomness, so the clips stay those made without it).
+    ``timed_captions=True`` writes each event's time into the caption ("... then stops at 3 seconds") and its
+    negatives (which then also move each event by 1 and 2 s); only ``caption`` and ``negatives`` change.
 
     Args:
         out_dir: the folder to write into (created when missing).
@@ -250,6 +253,7 @@ def make_synthetic(
             ``"size"``, ``"direction"``) asked about every shape of a scene instead of one
             (:func:`vidvlm.data.synthetic_qa.scene_qa`); the clips and the other questions stay those made without it.
         negatives: add each row's hard negative captions (videos only).
+        timed_captions: captions (and negatives) that say when each event happens (needs ``events``).
 
     Returns:
         The manifest's path.
@@ -269,6 +273,8 @@ def make_synthetic(
         raise ConfigError("qa_per_shape: needs conversations=True (it shapes the questions)")
     if negatives and images:
         raise ConfigError("negatives: stills have no motion to contradict; use videos")
+    if timed_captions and not events:
+        raise ConfigError("timed_captions: needs events=True (only timed events have a time to write)")
     if events and (images or frames < 4):
         raise ConfigError(f"events: need videos of at least 4 frames, got images={images}, frames={frames}")
     if count is not None and not images:
@@ -292,13 +298,13 @@ def make_synthetic(
         else:
             scene = sample_scene(rng, 1 if images else frames, size, fps, count=count, events=events, pairs=pairs)
             pixels = scene.render(size)
-            row = {"path": name, "caption": scene.caption, **scene.manifest()}
+            row = {"path": name, "caption": scene.describe(timed_captions), **scene.manifest()}
         if images:
             write_png(out / name, pixels[0])
         else:
             write_mp4(out / name, pixels, fps=fps)
         if scene is not None and negatives:
-            row["negatives"] = scene.negatives()
+            row["negatives"] = scene.negatives(timed_captions)
         if scene is not None and conversations:
             talk = np.random.default_rng([*stream, 2, i])
             qa = scene_qa(scene, talk, per_shape)

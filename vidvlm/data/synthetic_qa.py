@@ -27,7 +27,7 @@ import numpy as np
 
 from vidvlm.atomic import write_text_atomic
 from vidvlm.data.synthetic import SHAPES_ATTRIBUTES, allowed_pairs
-from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, Scene, Track, clause, pick_shapes
+from vidvlm.data.synthetic_scenes import EVENT_OF_STORY, STORIES, Scene, Track, clause, pick_shapes, seconds
 from vidvlm.errors import ConfigError
 
 QUESTION_TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
@@ -78,12 +78,6 @@ _VERBS = {
     "appears": ("appear",),
     "disappears": ("disappear",),
 }
-
-
-def seconds(t: float) -> str:
-    """ "at 1.5 seconds", "at 1 second" (at most three decimals, no trailing zeros)."""
-    text = f"{t:.3f}".rstrip("0").rstrip(".")
-    return f"at {text} second{'' if text == '1' else 's'}"
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[Any]) -> Any:

@@ -12,6 +12,8 @@ frame, and its story (:data:`STORIES`)::
     still        a still image (one frame)                           "a big red square"
 
 Event times are exact: the event of frame ``k`` happens at ``k / fps`` seconds, the presentation time of frame ``k``.
+A timed caption (:meth:`Scene.describe` with ``timed=True``) writes them after the event word: "a big red square
+moves left then stops at 3 seconds".
 The velocity between frames ``f`` and ``f + 1`` is ``step`` pixels (an integer, at least 1) or 0, so a shape that
 starts moving at ``t`` has one position at every frame up to ``t`` and a new position at every later frame; one that
 stops at ``t`` changed position at every frame up to ``t`` and keeps the position of ``t`` afterwards; one that
@@ -64,19 +66,33 @@ _SCENE_TRIES = 20
 _MOTION_TRIES = 20
 
 
-def clause(name: str, story: str, directions: Sequence[str]) -> str:
+def seconds(t: float) -> str:
+    """ "at 1.5 seconds", "at 1 second" (at most three decimals, no trailing zeros)."""
+    text = f"{t:.3f}".rstrip("0").rstrip(".")
+    return f"at {text} second{'' if text == '1' else 's'}"
+
+
+def clause(name: str, story: str, directions: Sequence[str], time: float | None = None) -> str:
     """A caption clause: ``clause("big red square", "turns", ("left", "up"))`` is "a big red square moves left then
-    up"."""
+    up". With the event's ``time`` in seconds (a timed caption) the time follows the event word: "a big red square
+    moves left then up at 3 seconds", "a big red square appears at 2.5 seconds then moves left"."""
     a, d = f"a {name}", directions
+    at = "" if time is None or story not in EVENT_OF_STORY else f" {seconds(time)}"
     return {
         "still": lambda: a,
         "moves": lambda: f"{a} moves {d[0]}",
-        "starts": lambda: f"{a} starts moving {d[0]}",
-        "stops": lambda: f"{a} moves {d[0]} then stops",
-        "turns": lambda: f"{a} moves {d[0]} then {d[1]}",
-        "appears": lambda: f"{a} appears then moves {d[0]}",
-        "disappears": lambda: f"{a} moves {d[0]} then disappears",
+        "starts": lambda: f"{a} starts moving {d[0]}{at}",
+        "stops": lambda: f"{a} moves {d[0]} then stops{at}",
+        "turns": lambda: f"{a} moves {d[0]} then {d[1]}{at}",
+        "appears": lambda: f"{a} appears{at} then moves {d[0]}",
+        "disappears": lambda: f"{a} moves {d[0]} then disappears{at}",
     }[story]()
+
+
+def event_frames(frames: int) -> tuple[int, int]:
+    """The inclusive range of frames an event is drawn at in a clip of ``frames`` frames: its middle half, so that
+    every event has motion (or visibility) on both sides."""
+    return max(1, frames // 4), min(frames - 2, frames - 1 - frames // 4)
 
 
 def shape_side(size: str, frame_size: int) -> int:
@@ -145,24 +161,36 @@ class Scene:
     @property
     def caption(self) -> str:
         """The tracks' clauses joined by "and": "a big red square moves left and a small blue circle moves up"."""
-        return " and ".join(t.caption for t in self.tracks)
+        return self.describe()
 
-    def negatives(self) -> list[str]:
+    def describe(self, timed: bool = False) -> str:
+        """The caption; ``timed`` writes each event's time after its event word (see :func:`clause`)."""
+        return " and ".join(self._clause(t, t.story, t.directions, t.event_frame, timed) for t in self.tracks)
+
+    def _clause(self, t: Track, story: str, directions: Sequence[str], frame: int | None, timed: bool) -> str:
+        return clause(t.name, story, directions, None if not timed or frame is None else frame / self.fps)
+
+    def negatives(self, timed: bool = False) -> list[str]:
         """Hard negative captions: captions of this scene with one detail of motion changed, so none describes it.
 
         Per moving shape: its direction replaced by each other one (a turn instead has its first or its second
         direction reversed, or the two in the other order); its event moved to the other end of the motion (starts
         and stops, appears and disappears, exchanged); and per two shapes with different first directions, those
-        directions exchanged (each shape's own motion then belongs to the other). Turns stay perpendicular. In a
-        fixed order, without repeats or the caption itself; a still has none.
+        directions exchanged (each shape's own motion then belongs to the other). Turns stay perpendicular. With
+        ``timed`` (negatives of :meth:`describe` ``(timed=True)``) every clause carries its event's time, and each
+        event also appears 1 s and 2 s earlier and later, where that is still a frame events are drawn at
+        (:func:`event_frames`): off by more than the 0.5 s a "when" answer may miss by. In a fixed order, without
+        repeats or the caption itself; a still has none.
         """
         names = SHAPES_ATTRIBUTES["direction"]
         opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
         other_end = {"starts": "stops", "stops": "starts", "appears": "disappears", "disappears": "appears"}
+        lo, hi = event_frames(self.num_frames)
 
-        def variant(changes: dict[int, tuple[str, tuple[str, ...]]]) -> str:
+        def variant(changes: dict[int, tuple[str, tuple[str, ...], int | None]]) -> str:
             return " and ".join(
-                clause(t.name, *changes.get(i, (t.story, t.directions))) for i, t in enumerate(self.tracks)
+                self._clause(t, *changes.get(i, (t.story, t.directions, t.event_frame)), timed)
+                for i, t in enumerate(self.tracks)
             )
 
         out: list[str] = []
@@ -174,9 +202,13 @@ class Scene:
                 options = [(opposite[d0], d1), (d0, opposite[d1]), (d1, d0)]
             else:
                 options = [(d,) for d in names if d != t.directions[0]]
-            out += [variant({i: (t.story, d)}) for d in options]
+            out += [variant({i: (t.story, d, t.event_frame)}) for d in options]
             if t.story in other_end:
-                out.append(variant({i: (other_end[t.story], t.directions)}))
+                out.append(variant({i: (other_end[t.story], t.directions, t.event_frame)}))
+            if timed and t.event_frame is not None:
+                shifts = [round(s * self.fps) for s in (-2, -1, 1, 2)]
+                frames = [t.event_frame + s for s in shifts if s and lo <= t.event_frame + s <= hi]
+                out += [variant({i: (t.story, t.directions, k)}) for k in frames]
         for i, a in enumerate(self.tracks):
             for j in range(i + 1, len(self.tracks)):
                 b = self.tracks[j]
@@ -185,8 +217,8 @@ class Scene:
                 da, db = (b.directions[0], *a.directions[1:]), (a.directions[0], *b.directions[1:])
                 if any(len(d) == 2 and bool(DIRECTIONS[d[0]][0]) == bool(DIRECTIONS[d[1]][0]) for d in (da, db)):
                     continue  # a turn would no longer be perpendicular
-                out.append(variant({i: (a.story, da), j: (b.story, db)}))
-        caption = self.caption
+                out.append(variant({i: (a.story, da, a.event_frame), j: (b.story, db, b.event_frame)}))
+        caption = self.describe(timed)
         return [c for c in dict.fromkeys(out) if c != caption]
 
     def events(self) -> list[dict[str, Any]]:
@@ -334,7 +366,7 @@ def sample_scene(
     step, reach = motion_step(frames, size)
     if frames == 1:
         reach = 0
-    lo, hi = max(1, frames // 4), min(frames - 2, frames - 1 - frames // 4)
+    lo, hi = event_frames(frames)
     menu = ("still",) if frames == 1 else STORIES if events else ("moves",)
     n = int(rng.integers(count[0], count[1] + 1))
     for _ in range(_SCENE_TRIES):  # sizes are redrawn only when no motion fits them (several big shapes may not)
