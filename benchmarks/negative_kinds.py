@@ -55,11 +55,11 @@ def split_by_kind(manifest: Path) -> dict[str, list[dict]]:
     for line_no, line in enumerate(manifest.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
         try:
+            row = json.loads(line)
             kinds = [kind_of(row["caption"], n) for n in row.get("negatives", [])]
-        except ValueError as e:
-            raise SystemExit(f"error: {manifest}:{line_no}: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:  # bad JSON, no caption, or a negative of other shapes
+            raise SystemExit(f"error: {manifest}:{line_no}: {e!r}") from None
         for kind in KINDS:
             negatives = [n for n, k in zip(row.get("negatives", []), kinds, strict=True) if k == kind]
             if negatives:

@@ -53,3 +53,17 @@ def test_split_keeps_every_negative_once_and_writes_beside_the_manifest(tmp_path
         assert all(n != r["caption"] and negative_kinds._TIME.sub("", n) == plain for n in r["negatives"])
     with pytest.raises(ValueError, match="changes 0 clauses"):
         negative_kinds.kind_of(CAPTION, CAPTION)
+
+
+def test_a_bad_line_is_named(tmp_path: Path) -> None:
+    """Bad JSON, a row without a caption, a negative naming other shapes: one line naming file and line."""
+    bad = tmp_path / "manifest.jsonl"
+    cases = {
+        '{"path": \n': "JSONDecodeError",
+        '{"path": "a.mp4", "negatives": ["x"]}\n': "KeyError",
+        '{"path": "a.mp4", "caption": "a red square moves up", "negatives": ["a x and a y"]}\n': "does not name",
+    }
+    for text, reason in cases.items():
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match=rf"manifest.jsonl:1: .*{reason}"):
+            negative_kinds.main([str(bad)])
