@@ -92,7 +92,7 @@ def test_hard_negatives_are_columns_for_no_video_in_training_only(loss, caplog):
     negatives = [["a red square moves right", "a red circle moves left", CAPTIONS[1]], ["a blue circle moves left"]]
     batch = {"video": video, "text": CAPTIONS[:2], "negatives": negatives}
     random.seed(7)
-    drawn = model.select_negatives(batch, CAPTIONS[:2])
+    drawn = model.draw_negatives(batch, CAPTIONS[:2], training=True)
     assert CAPTIONS[1] not in drawn and set(drawn) <= set(negatives[0] + negatives[1])
     assert drawn[-1] == "a blue circle moves left" and 1 <= len(drawn) <= 3  # up to 2 of video 0's, 1 of video 1's
     random.seed(7)
@@ -110,7 +110,7 @@ def test_hard_negatives_are_columns_for_no_video_in_training_only(loss, caplog):
     model.eval()
     torch.testing.assert_close(model(batch)["contrastive_loss"], plain)
     model.train()
-    with caplog.at_level("WARNING", logger="vidvlm.models.contrastive"):
+    with caplog.at_level("WARNING", logger="vidvlm.models.negatives"):
         model({"video": video, "text": CAPTIONS[:2]})
         model({"video": video, "text": CAPTIONS[:2]})
     assert sum("no 'negatives'" in r.getMessage() for r in caplog.records) == 1

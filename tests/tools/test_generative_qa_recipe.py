@@ -136,3 +136,22 @@ def test_frozen_tower_recipe_reads_another_runs_tower_and_keeps_it(tmp_path, cap
     capsys.readouterr()
     assert eval_cli.main(["--checkpoint", str(out / "final"), "--manifest", str(data / "test" / "manifest.jsonl")]) == 0
     assert "qa_direction_accuracy" in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.timeout(300)
+def test_hard_negatives_enter_the_captioners_contrastive_loss(tmp_path):
+    """``make_synthetic``'s negatives reach coca's contrastive loss through the recipe's manifest, loader and
+    trainer: with the same seed, data and first batch, step 1's contrastive loss with ``model.hard_negatives=3`` is
+    above the plain one (each clip's softmax gains columns) and its caption loss is the same."""
+    data = tmp_path / "data"
+    first = {}
+    for n in (0, 3):
+        out = tmp_path / f"hn{n}"
+        args = [*_small(out, data), "data.synthetic.sets.captions.negatives=true", f"model.hard_negatives={n}",
+                "stages=[{name: captions, steps: 1, mixture: {captions: 1.0}}]", "eval_every=0"]  # fmt: skip
+        assert train_cli.main(["--config", str(CONFIG), *args]) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        first[n] = next(r for r in rows if r.get("step") == 1 and "grad_norm" in r)
+    assert all(json.loads(line)["negatives"] for line in (data / "captions" / "manifest.jsonl").open())
+    assert first[3]["contrastive_loss"] > first[0]["contrastive_loss"] + 0.05, first
+    assert first[3]["caption_loss"] == pytest.approx(first[0]["caption_loss"], rel=1e-5)

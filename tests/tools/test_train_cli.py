@@ -210,23 +210,30 @@ def test_a_tower_run_not_trained_yet_is_one_line_before_any_data(tmp_path, capsy
     assert not data.exists()  # refused before the clips are generated
 
 
-@pytest.mark.timeout(180)
-def test_hard_negatives_from_generated_data_enter_the_training_loss(tmp_path, capsys):
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("config", [CONFIG, ROOT / "configs" / "masking_tiny_8f_shapes.yaml"], ids=["clip", "flava"])
+def test_hard_negatives_from_generated_data_enter_the_training_loss(tmp_path, capsys, config):
     """``make_synthetic``'s ``negatives`` reach the loss through the manifest, dataset, loader and trainer: with the
     same seed, data and first batch, step 1's loss with ``model.hard_negatives=3`` is above the plain one (each video's
-    softmax gains columns; text -> video is unchanged)."""
+    softmax gains columns; text -> video is unchanged). For the masking family they enter ``itc_loss`` alone."""
     data = tmp_path / "shapes"
     with_negatives = [f"data.synthetic.sets.{split}={{num: {num}, seed: 0, split: {split}, frames: 4, size: 32, "
                       "negatives: true}" for split, num in (("train", 16), ("val", 8))]  # fmt: skip
-    first = {}
+    first, others = {}, {}
     for n in (0, 3):
         out = tmp_path / f"hn{n}"
         args = [*_overrides(out, data), *with_negatives, "stages.0.steps=1", f"model.hard_negatives={n}"]
-        assert train_cli.main(["--config", str(CONFIG), *args]) == 0
+        assert train_cli.main(["--config", str(config), *args]) == 0
         first[n] = _losses(out)[1]
+        step1 = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+        others[n] = {
+            k: v for k, v in step1.items() if k.endswith("_loss") and k not in ("contrastive_loss", "itc_loss")
+        }
     rows = [json.loads(line) for line in (data / "train" / "manifest.jsonl").read_text().splitlines()]
     assert all(len(r["negatives"]) == 3 for r in rows)  # one shape moving: the three other directions
     assert first[3] > first[0] + 0.05, first
+    assert bool(others[0]) == (config != CONFIG)  # the masking recipe has its other objectives
+    assert others[3] == pytest.approx(others[0], rel=1e-5)  # masking, matching: the same masks, the same losses
     final = [json.loads(line) for line in (tmp_path / "hn3" / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["val/negatives_n"] == 8  # the run's own evaluation scores the val set's negatives
     # tools/eval.py scores a manifest's negatives: every clip of this one has three

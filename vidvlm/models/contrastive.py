@@ -12,12 +12,8 @@ Several captions per video: with ``captions_per_video = K > 1`` the forward pass
 from the batch's ``captions`` lists (a random K in training, cycling when a video has fewer; the first K in eval)
 and treats all captions of a video as its positives (see ``vidvlm.losses``). With K = 1 it uses ``text``.
 
-Hard negatives (NegCLIP): with ``hard_negatives = N > 0`` each training batch adds up to N of every video's hard
-negative captions (the manifest's ``negatives``: texts that do not describe the clip, such as its caption with one
-direction changed) as extra text columns that are positive for no video (``text_to_video = -1`` in
-``vidvlm.losses``): each video's video -> text softmax must then rank its caption above captions that differ from it
-by a detail. A negative equal to a caption of the batch is dropped (it is already a column, positive for its own
-video). Evaluation leaves them out, so the validation loss stays the plain objective.
+Hard negatives (NegCLIP, :mod:`vidvlm.models.negatives`): with ``hard_negatives = N > 0`` each training batch adds
+up to N of every video's ``negatives`` (texts that do not describe the clip) as text columns positive for no video.
 
 Locking (LiT): ``lock_vision`` freezes the vision tower except its last ``lock_vision_unlocked_layers`` blocks (and
 its final norm when some are unlocked); the pooler and projections stay trainable. ``lock_text`` likewise.
@@ -32,7 +28,6 @@ It is saved with the model, and loading a checkpoint always uses the saved one.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -49,12 +44,11 @@ from vidvlm.layers.pooling import masked_mean
 from vidvlm.losses import clip_loss, siglip_loss
 from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, VLMModel, lock_tower
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
+from vidvlm.models.negatives import NegativeDraw, check_hard_negatives, negative_targets
 from vidvlm.models.registry import register_family
 from vidvlm.models.text import TextConfig, build_text_tower, save_text_tower_config, tokenizer_source
 from vidvlm.models.tokenizer import TextTokenizer, TokenizerKind
 from vidvlm.models.vision import VideoViT, VisionConfig, migrate_vision
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,8 +101,7 @@ class ContrastiveConfig:
             raise ConfigError(f"loss: expected clip or siglip, got {self.loss!r}")
         if self.captions_per_video < 1:
             raise ConfigError(f"captions_per_video: must be >= 1, got {self.captions_per_video}")
-        if isinstance(self.hard_negatives, bool) or not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
-            raise ConfigError(f"hard_negatives: expected an integer >= 0, got {self.hard_negatives!r}")
+        check_hard_negatives(self.hard_negatives)
         if self.front_end.connector.name != "none":
             raise ConfigError("front_end.connector: the contrastive family projects with video_proj; use name: none")
 
@@ -142,7 +135,7 @@ class ContrastiveModel(VLMModel):
     def __init__(self, config: ContrastiveConfig, tokenizer: TextTokenizer | None = None, *, _restore: Any = None):
         super().__init__(config)
         cfg = config
-        self._warned_negatives = False  # warn once when hard_negatives finds no negatives
+        self.draw_negatives = NegativeDraw(cfg.hard_negatives)
         self.front_end = VideoFrontEnd(cfg.front_end)
         width = self.front_end.width
         self.video_proj = nn.Linear(width, cfg.embed_dim, bias=False)
@@ -235,26 +228,6 @@ class ContrastiveModel(VLMModel):
             texts.extend(order[j % len(order)] for j in range(k))
         return texts, torch.arange(b).repeat_interleave(k)
 
-    def select_negatives(self, batch: dict[str, Any], positives: list[str]) -> list[str]:
-        """Up to ``hard_negatives`` of each video's ``negatives`` (random in training; none in evaluation), leaving
-        out any equal to one of the batch's ``positives``."""
-        n = self.config.hard_negatives
-        if n == 0 or not self.training:
-            return []
-        lists = batch.get("negatives")
-        if lists is None:
-            if not self._warned_negatives:
-                self._warned_negatives = True
-                logger.warning("hard_negatives: %d, but a training batch has no 'negatives' (add them to the "
-                               "manifest rows); training on without them", n)  # fmt: skip
-            return []
-        taken = set(positives)
-        out = []
-        for negs in lists:
-            # training draws from python's RNG, which the trainer seeds per step and rank
-            out.extend(t for t in random.sample(list(negs), min(n, len(negs))) if t not in taken)
-        return out
-
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Contrastive loss of a collated batch.
 
@@ -268,10 +241,9 @@ class ContrastiveModel(VLMModel):
             ``logit_bias``.
         """
         texts, t2v = self.select_captions(batch)
-        negatives = self.select_negatives(batch, texts)
+        negatives = self.draw_negatives(batch, texts, self.training)
         if negatives:  # columns positive for no video
-            texts = texts + negatives
-            t2v = torch.cat([t2v, torch.full((len(negatives),), -1, dtype=t2v.dtype)])
+            texts, t2v = texts + negatives, negative_targets(t2v, len(negatives))
         video = self.encode_video(batch["video"], batch.get("frame_mask"))
         text = self.encode_text(texts)  # t2v stays on the host: the loss checks it there, then moves it
         if self.config.loss == "clip":

@@ -10,7 +10,8 @@ Two registered families share the video front-end (:class:`~vidvlm.models.fronte
   text class token (``vidvlm.losses``), as CoCa trains both on the same towers. It reads every clip of a batch with
   its caption, instruction samples included (their rows' ``text`` is the caption), so a stage that mixes captions
   and questions keeps it (``contrastive_with_questions``, default true); clips given an explicit ``question`` (their
-  ``text`` is an answer) are left out.
+  ``text`` is an answer) are left out. ``hard_negatives`` adds the clips' hard negative captions to it
+  (:mod:`vidvlm.models.negatives`).
 * ``prefix_lm``: one stack of decoder blocks over ``[visual tokens; text]`` with the prefix-LM mask of
   ``layers/attention.py`` (``AttnMask(prefix_len=M)``): the visual prefix attends bidirectionally, text causally.
 
@@ -45,6 +46,7 @@ from vidvlm.models.base import ANSWER, EMBED_TEXT, EMBED_VIDEO, FRONT_END, GENER
 from vidvlm.models.decoder import CrossAttentionDecoder, DecoderConfig, PrefixDecoder, TextDecoder
 from vidvlm.models.decoding import Cached, DecodeConfig, generate
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig, VideoFrontEnd
+from vidvlm.models.negatives import NegativeDraw, check_hard_negatives, negative_targets
 from vidvlm.models.prompting import QA_PROMPT, PromptLayout, lm_loss
 from vidvlm.models.registry import register_family
 from vidvlm.models.tokenizer import TextTokenizer
@@ -88,6 +90,8 @@ class GenerativeConfig(TextGeneratorConfig):
             over each clip and its caption; false keeps it to caption-only batches. On the moving-shapes QA recipe
             (BENCHMARKS.md, "Where is the motion?") true keeps retrieval (text-to-video R@1 0.55-0.58 against
             0.11-0.13) at a cost in answers (all 0.575-0.600 against 0.621-0.629, shape 0.44-0.54 against 0.72).
+        hard_negatives: up to N of each clip's hard negative captions (the batch's ``negatives``) as extra text
+            columns of the contrastive loss in training (0: none; needs ``contrastive_weight > 0``).
     """
 
     family: Literal["coca", "prefix_lm"] = "coca"
@@ -102,8 +106,10 @@ class GenerativeConfig(TextGeneratorConfig):
     embed_dim: int = 128
     contrastive_weight: float = 0.1
     contrastive_with_questions: bool = True
+    hard_negatives: int = 0
 
     def __post_init__(self) -> None:
+        check_hard_negatives(self.hard_negatives, weight=self.contrastive_weight, weight_key="contrastive_weight")
         if self.front_end.connector.name == "none":
             raise ConfigError("front_end.connector: the decoder needs a connector to its width (linear or mlp)")
 
@@ -266,6 +272,7 @@ class _Captioner(TextGenerator):
         self.video_proj = nn.Linear(d, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(d, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.draw_negatives = NegativeDraw(config.hard_negatives)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
 
@@ -346,11 +353,30 @@ class _Captioner(TextGenerator):
             asked = None if clip_of is not None else questions  # conversation samples hold their captions
             pairs = self._caption_pairs(batch["text"], asked, clip_visual, clip_mask, rows)
             if pairs is not None:
-                v = self._video_embedding(pairs[0], pairs[1])
-                t = self._text_embedding(pairs[2], pairs[3])
-                scale = self.logit_scale.exp().clamp(max=100)
-                out["contrastive_loss"] = self.config.contrastive_weight * clip_loss(v, t, scale)
+                out["contrastive_loss"] = self.config.contrastive_weight * self._contrastive_loss(batch, *pairs)
         return out
+
+    def _contrastive_loss(
+        self,
+        batch: dict[str, Any],
+        visual: torch.Tensor,
+        mask: torch.Tensor | None,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        keep: list[int],
+    ) -> torch.Tensor:
+        """InfoNCE of K clips (``visual [K, M, D]``, ``mask [K, M]``) with their captions (``ids [K, L]``,
+        ``lengths [K]``), rows ``keep`` of the batch; in training with ``hard_negatives`` each kept clip's drawn
+        negatives are extra columns positive for no clip. -> scalar."""
+        v = self._video_embedding(visual, mask)
+        t = self._text_embedding(ids, lengths)
+        t2v = torch.arange(len(keep))
+        negatives = self.draw_negatives(batch, [batch["text"][i] for i in keep], self.training, keep)
+        if negatives:
+            neg_ids, _, neg_lengths = (to_device(x, v.device) for x in self.build_targets(negatives))
+            t = torch.cat([t, self._text_embedding(neg_ids, neg_lengths)])
+            t2v = negative_targets(t2v, len(negatives))
+        return clip_loss(v, t, self.logit_scale.exp().clamp(max=100), t2v)
 
     def _caption_pairs(
         self,
@@ -372,16 +398,17 @@ class _Captioner(TextGenerator):
                 every clip is kept), else None.
 
         Returns:
-            ``(visual [K, M, D], mask [K, M] or None, ids [K, L'], lengths [K])`` or None.
+            ``(visual [K, M, D], mask [K, M] or None, ids [K, L'], lengths [K], keep)`` (``keep``: the K batch rows)
+            or None.
         """
         keep = [i for i, q in enumerate(asked if asked is not None else [None] * len(texts)) if q is None]
         if len(keep) < 2:
             return None
         if rows is not None and len(keep) == len(texts):
-            return visual, mask, *rows
+            return visual, mask, *rows, keep
         index = torch.tensor(keep, device=visual.device)
         ids, _, lengths = (to_device(t, visual.device) for t in self.build_targets([texts[i] for i in keep]))
-        return visual[index], None if mask is None else mask[index], ids, lengths
+        return visual[index], None if mask is None else mask[index], ids, lengths, keep
 
     # -- generation --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,7 +8,8 @@ hiding part of the input and predicting it, plus contrastive and matching object
 Objectives (``vidvlm.losses``; each its own ``*_loss`` scaled by its ``*_weight``; weight 0 = not computed, its
 head not built):
 
-* ``itc_loss``: symmetric InfoNCE between the embeddings (:func:`~vidvlm.losses.clip_loss`).
+* ``itc_loss``: symmetric InfoNCE between the embeddings (:func:`~vidvlm.losses.clip_loss`); with
+  ``hard_negatives`` each clip's hard negative captions are extra columns (:mod:`vidvlm.models.negatives`).
 * ``itm_loss``: matched / not matched from the fusion encoder's first token; for every video one hard negative
   caption and for every caption one hard negative video, drawn from the in-batch ITC similarities
   (:func:`~vidvlm.losses.hard_negatives`; captions equal to the positive are never negatives).
@@ -67,6 +68,7 @@ from vidvlm.models.base import EMBED_TEXT, EMBED_VIDEO, FRONT_END, MATCH, VLMMod
 from vidvlm.models.frontend import VideoFrontEnd
 from vidvlm.models.masking_config import MaskingConfig, XFMConfig
 from vidvlm.models.masking_heads import BoxHead, FusionEncoder, MLMHead, PixelDecoder, tubelet_pixels
+from vidvlm.models.negatives import NegativeDraw, negative_targets
 from vidvlm.models.registry import register_family
 from vidvlm.models.text import NativeTextEncoder, build_text_tower, save_text_tower_config, tokenizer_source
 from vidvlm.models.tokenizer import TextTokenizer
@@ -95,6 +97,7 @@ class MaskingModel(VLMModel):
         nn.init.normal_(self.video_proj.weight, std=width**-0.5)
         nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        self.draw_negatives = NegativeDraw(cfg.hard_negatives)
         # only the parts an objective uses exist: an unused parameter would break DDP
         fused = cfg.fuses
         self.fusion = FusionEncoder(self.text.width, cfg.fusion_depth, cfg.fusion_heads, width) if fused else None
@@ -242,7 +245,7 @@ class MaskingModel(VLMModel):
         scale = self.logit_scale.exp().clamp(max=100.0)
         out: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
         if cfg.itc_weight > 0:
-            out["itc_loss"] = cfg.itc_weight * clip_loss(v_emb, t_emb, scale)
+            out["itc_loss"] = cfg.itc_weight * self._itc(batch, texts, v_emb, t_emb, scale)
         if cfg.itm_weight > 0:
             same = device_tensor([[a == b for b in texts] for a in texts], v_emb.device)
             out["itm_loss"] = cfg.itm_weight * self._itm(scale * v_emb @ t_emb.T, same, tokens, amask, vis)
@@ -270,6 +273,19 @@ class MaskingModel(VLMModel):
             fused = self._fuse(tokens, amask, vis.tokens, vis.mask)[:, 0]
             out["bbox_loss"] = cfg.bbox_weight * self.bbox_loss(fused, batch["boxes"], frame_mask)
         return out
+
+    def _itc(
+        self, batch: dict[str, Any], texts: list[str], v_emb: torch.Tensor, t_emb: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """InfoNCE of ``v_emb [B, E]`` with ``t_emb [B, E]``, in training with each clip's drawn hard negatives as
+        extra text columns (``hard_negatives``). -> scalar."""
+        negatives = self.draw_negatives(batch, texts, self.training)
+        if not negatives:
+            return clip_loss(v_emb, t_emb, scale)
+        ids, amask = self.tokenize(negatives)
+        neg = F.normalize(self.text_proj(self.text(ids, amask)[1]), dim=-1)
+        t2v = negative_targets(torch.arange(len(texts)), len(negatives))
+        return clip_loss(v_emb, torch.cat([t_emb, neg]), scale, t2v)
 
     def _itm(self, sim: torch.Tensor, same: torch.Tensor, tokens: torch.Tensor, amask: torch.Tensor, vis: Any):
         """ITM over the B matched pairs, a hard negative caption per clip and a hard negative clip per caption.

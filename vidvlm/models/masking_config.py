@@ -12,6 +12,7 @@ from vidvlm.errors import ConfigError
 from vidvlm.layers.masking import MASK_KINDS, MaskKind
 from vidvlm.layers.pooling import PoolerConfig
 from vidvlm.models.frontend import FrontEndConfig, TowerConfig
+from vidvlm.models.negatives import check_hard_negatives
 from vidvlm.models.text import TextConfig
 from vidvlm.models.tokenizer import TokenizerKind
 from vidvlm.models.vision import VisionConfig
@@ -60,6 +61,8 @@ class MaskingConfig:
         decoder_heads: its attention heads.
         stop_gradient: the fusion encoder reads a detached copy of the text encoder's output (X-FM).
         itm_sample: draw hard negatives in proportion to ``softmax(similarity)`` (ALBEF); False takes the hardest.
+        hard_negatives: up to N of each clip's hard negative captions (the batch's ``negatives``) as extra text
+            columns of ``itc_loss`` in training (0: none; needs ``itc_weight > 0``; :mod:`vidvlm.models.negatives`).
         logit_scale_init: initial ``log`` of the ITC logit scale.
         tokenizer: a local tokenizer directory, or None (``text.source`` for hf towers, else trained on captions).
         tokenizer_kind: kind of tokenizer trained on captions (``bpe``, ``wordpiece``, ``word``).
@@ -92,6 +95,7 @@ class MaskingConfig:
     decoder_heads: int = 6
     stop_gradient: bool = False
     itm_sample: bool = True
+    hard_negatives: int = 0
     logit_scale_init: float = math.log(1 / 0.07)
     tokenizer: str | None = None
     tokenizer_kind: TokenizerKind = "bpe"
@@ -111,6 +115,7 @@ class MaskingConfig:
         for name in ("mvm_ratio", "mmm_video_ratio", "tmim_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must lie in [0, 1), got {getattr(self, name)}")
+        check_hard_negatives(self.hard_negatives, weight=self.itc_weight, weight_key="itc_weight")
         if self.mvm_mask not in MASK_KINDS:
             raise ConfigError(f"mvm_mask: expected one of {list(MASK_KINDS)}, got {self.mvm_mask!r}")
         if self.masks_text and self.text.kind == "native" and self.text.causal:
