@@ -313,9 +313,8 @@ class _Captioner(TextGenerator):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """B captions -> normalised ``[B, embed_dim]``."""
-        ids, _, lengths = self.build_targets(texts)
-        dev = self.logit_scale.device
-        return self._text_embedding(ids.to(dev), lengths.to(dev))
+        ids, _, lengths = (to_device(t, self.logit_scale.device) for t in self.build_targets(texts))
+        return self._text_embedding(ids, lengths)
 
     def logits(
         self, ids: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor | None = None
@@ -373,9 +372,7 @@ class _Captioner(TextGenerator):
         t2v = torch.arange(len(keep))
         negatives = self.draw_negatives(batch, [batch["text"][i] for i in keep], self.training, keep)
         if negatives:
-            neg_ids, _, neg_lengths = (to_device(x, v.device) for x in self.build_targets(negatives))
-            t = torch.cat([t, self._text_embedding(neg_ids, neg_lengths)])
-            t2v = negative_targets(t2v, len(negatives))
+            t, t2v = torch.cat([t, self.encode_text(negatives)]), negative_targets(t2v, len(negatives))
         return clip_loss(v, t, self.logit_scale.exp().clamp(max=100), t2v)
 
     def _caption_pairs(

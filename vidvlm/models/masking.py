@@ -282,10 +282,8 @@ class MaskingModel(VLMModel):
         negatives = self.draw_negatives(batch, texts, self.training)
         if not negatives:
             return clip_loss(v_emb, t_emb, scale)
-        ids, amask = self.tokenize(negatives)
-        neg = F.normalize(self.text_proj(self.text(ids, amask)[1]), dim=-1)
         t2v = negative_targets(torch.arange(len(texts)), len(negatives))
-        return clip_loss(v_emb, torch.cat([t_emb, neg]), scale, t2v)
+        return clip_loss(v_emb, torch.cat([t_emb, self.encode_text(negatives)]), scale, t2v)
 
     def _itm(self, sim: torch.Tensor, same: torch.Tensor, tokens: torch.Tensor, amask: torch.Tensor, vis: Any):
         """ITM over the B matched pairs, a hard negative caption per clip and a hard negative clip per caption.
