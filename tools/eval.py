@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variant-words", nargs="*", default=[], help="e.g. left right up down")
+    parser.add_argument(
+        "--variant-words", nargs="*", default=[], help="e.g. left right up down (a caption's last one is swapped)"
+    )
     parser.add_argument("--classes", nargs="*", default=[], help="zero-shot class names (manifest labels index them)")
     parser.add_argument("--templates", nargs="*", default=None, help="zero-shot prompt templates with {}")
     parser.add_argument("--itm-rerank", type=int, default=0, metavar="K",

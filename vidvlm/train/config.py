@@ -215,7 +215,8 @@ class EvalConfig:
         retrieval: text<->video recall over the validation set (families with ``encode_video``/``encode_text``).
         variant_words: words of which one appears in each caption (e.g. the four directions); for each clip the
             caption is rewritten with every word and the model must rank the true one first (``variant_acc``,
-            chance = 1/len). Measures what single frames cannot tell, such as motion direction.
+            chance = 1/len; a caption holding several of the words has only its last one swapped). Measures what
+            single frames cannot tell, such as motion direction.
         generation: caption every validation clip and answer its manifest row's ``qa`` questions, scored as
             ``tools/eval.py`` scores them (``caption_cider``, ``caption_exact_match``, ``qa_accuracy``,
             ``qa_{type}_accuracy``; families that generate; questions once the model answers them), with the

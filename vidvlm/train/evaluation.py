@@ -316,6 +316,10 @@ def caption_recall(video: torch.Tensor, text: torch.Tensor, captions: list[list[
 def variant_accuracy(model: Any, video: torch.Tensor, captions: list[str], words: list[str]) -> dict[str, float]:
     """How often a clip's own caption outscores the same caption with its variant word swapped for each other word.
 
+    Only one word is swapped: the last of ``words`` in the caption. In a caption of several shapes the others keep
+    their true word, so the metric asks about the last-named shape only (the per-kind ``negatives_pair_acc`` of
+    :func:`negative_accuracy` is the fuller test for scenes).
+
     Args:
         video: ``[V, D]`` clip embeddings.
         captions: V captions (clips whose caption holds none of ``words`` are left out).
