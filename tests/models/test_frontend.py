@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from einops import rearrange
 
 from tests.models.frontend_kinds import KINDS, make_sources, native_vision, tower_configs
 from vidvlm.errors import CheckpointError, ConfigError
@@ -165,9 +166,19 @@ def test_ensemble_members_read_their_own_frames_and_size():
         FrontEndConfig(tower=TowerConfig(vision=native_vision(), input_size=16))
     with pytest.raises(ConfigError, match="tower.frame_stride"):
         TowerConfig(frame_stride=0)
-    odd = TowerConfig("ensemble", members=[coarse, fine])  # 2 steps first, 4 after: not a multiple
-    with pytest.raises(ValueError, match="finest in time"), torch.no_grad():
-        front_end(odd, num_frames=8).encode(video)
+    coarse_first = front_end(TowerConfig("ensemble", members=[coarse, fine]), num_frames=8)
+    coarse_first.tower.towers[0].load_state_dict(second.state_dict())
+    coarse_first.tower.towers[1].load_state_dict(first.state_dict())
+    with torch.no_grad():
+        out = coarse_first.encode(video)  # 2 steps first: the fine member's 4 steps averaged in pairs
+    assert out.last_hidden_state.shape == (2, 2, 1 + 4, 16 + 32)
+    torch.testing.assert_close(out.pooler_output[..., :16], b.pooler_output)
+    pairs = rearrange(a.last_hidden_state[:, :, 1:], "b (s k) n d -> b s k n d", k=2).mean(dim=2)
+    torch.testing.assert_close(out.last_hidden_state[:, :, 1:, 16:], pairs)
+    torch.testing.assert_close(
+        out.pooler_output[..., 16:], rearrange(a.pooler_output, "b (s k) d -> b s k d", k=2).mean(2)
+    )
+    assert coarse_first.tower.tubelet_size == 4 and coarse_first(video).frame_index[0].tolist() == [0, 4]
 
 
 def test_per_frame_member_encodes_each_frame_alone():
@@ -207,6 +218,34 @@ def test_per_frame_member_encodes_each_frame_alone():
     two_steps = TowerConfig("ensemble", members=[TowerConfig(vision=keyframe, per_frame=True), per_frame])
     with pytest.raises(ConfigError, match="tower.per_frame"), torch.no_grad():
         front_end(two_steps, num_frames=4).encode(video[:, :4])
+
+
+def test_finer_member_is_averaged_per_step_of_the_first_over_real_frames():
+    """Stills beside the tubelets they cover, tubelets first: each of the 3 steps of 5 frames (0-1, 2-3, 4) gets the
+    mean of its frames' stills, padded frames left out of the mean (frame 2 alone for step 1), a step with no real
+    frame zero; the token count is the tubelet member's. At T = 1 both members see the one frame."""
+    vision = native_vision(tubelet_size=2, num_tubelets=4, layout="joint")
+    fe = front_end(
+        TowerConfig("ensemble", members=[TowerConfig(vision=vision), TowerConfig(vision=vision, per_frame=True)]),
+        num_frames=5,
+    )
+    slow, fast = fe.tower.towers
+    video = torch.randn(2, 5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        out = fe.encode(video, mask)
+        stills = torch.cat([fast(video[:, t : t + 1]).last_hidden_state for t in range(5)], dim=1)
+        image = fe.encode(video[:, :1])
+        image_still = fast(video[:, :1]).last_hidden_state
+    assert out.last_hidden_state.shape == (2, 3, 1 + 4, 64) and fe.tower.tubelet_size == 2
+    assert torch.equal(out.frame_mask, torch.tensor([[True] * 3, [True, True, False]]))
+    got = out.last_hidden_state[:, :, 1:, 32:]
+    torch.testing.assert_close(got[0, 0], stills[0, :2, 1:].mean(0))
+    torch.testing.assert_close(got[0, 1], stills[0, 2:4, 1:].mean(0))
+    torch.testing.assert_close(got[0, 2], stills[0, 4, 1:])
+    torch.testing.assert_close(got[1, 1], stills[1, 2, 1:])  # frame 3 is padding: not in the mean
+    assert torch.all(got[1, 2] == 0)
+    torch.testing.assert_close(image.last_hidden_state[:, :, 1:, 32:], image_still[:, :, 1:])
 
 
 def test_ensemble_of_multilevel_members_keeps_one_width():

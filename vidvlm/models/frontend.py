@@ -119,8 +119,9 @@ class TowerConfig:
             (short side, bicubic, antialiased) when it differs, e.g. a 32-px tower beside a 48-px one. None = the
             input as it is.
         frame_stride: ``ensemble`` members only: this member reads every ``frame_stride``-th input frame, e.g. an
-            8-frame tower beside a 16-frame one; its time steps are aligned to the first member's (each takes the
-            step that covers its first frame).
+            8-frame tower beside a 16-frame one; its time steps are aligned to the first member's (each of those
+            takes the coarser member's step that covers its first frame, or the mean of a finer member's steps
+            that start in it).
         per_frame: ``ensemble`` members only: this member encodes each frame it reads as a clip of one frame (an
             image: a static tubelet), so it gives one time step per frame whatever its tubelet size, e.g. a
             per-frame (fast) stream of a video tower beside the same tower's tubelet (motion) stream.

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import einsum, rearrange, repeat
 from torch import nn
 
 from vidvlm.data.transforms import Resize
@@ -376,11 +376,13 @@ class TowerEnsemble(nn.Module):
     A member may read its own input (``inputs``): every ``stride``-th frame, resized to ``size`` on the short side
     (bicubic, antialiased; normalisation is affine per channel, so resizing normalised frames equals normalising
     resized ones), and, with ``per_frame``, each of those frames encoded alone as a one-frame clip (one time step
-    per frame; a video tower sees a static tubelet). The first member's time steps are the common ones: a member with
-    fewer steps gives each of the first member's steps its step that covers the step's first input frame (with
-    nesting strides and tubelets, ``k`` times fewer steps are each repeated ``k`` times: e.g. 16 frames as 8
-    two-frame tubelets beside 8 frames as 2 four-frame tubelets, or 3 frames one by one beside the same 3 as 2
-    two-frame tubelets: steps 0, 0, 1).
+    per frame; a video tower sees a static tubelet). The first member's time steps are the common ones (see
+    :meth:`align_steps`): a coarser member gives each of the first member's steps its step that covers the step's
+    first input frame (with nesting strides and tubelets, ``k`` times fewer steps are each repeated ``k`` times: e.g.
+    16 frames as 8 two-frame tubelets beside 8 frames as 2 four-frame tubelets, or 3 frames one by one beside the
+    same 3 as 2 two-frame tubelets: steps 0, 0, 1); a finer member's steps are averaged per first-member step (e.g.
+    8 frames one by one beside 2 four-frame tubelets: the mean of frames 0-3, then of 4-7), which keeps the token
+    count of the first member.
 
     Args:
         towers: modules returning :class:`VisionOutput` with ``width`` and ``num_prefix_tokens`` attributes.
@@ -433,17 +435,26 @@ class TowerEnsemble(nn.Module):
             video = rearrange(flat, "(b t) c h w -> b t c h w", b=video.shape[0])
         return video, frame_mask
 
-    def step_of(self, steps: int, member_steps: int, frames_per_step: int) -> torch.Tensor:
-        """For each of the first member's ``steps`` time steps, the step of a member (``member_steps`` steps of
-        ``frames_per_step`` input frames each) that covers the step's first frame, long ``[steps]`` (the last step
-        for frames past the member's end). A member finer in time than the first one is refused."""
-        if member_steps > steps:
-            raise ValueError(
-                f"TowerEnsemble: a member gives {member_steps} time steps, the first one {steps}; the first member "
-                "must be the finest in time (reorder the members or set their frame_stride)"
-            )
-        first_frame = torch.arange(steps) * self.frames_per_step[0]
-        return (first_frame // frames_per_step).clamp(max=member_steps - 1)
+    def align_steps(
+        self, x: torch.Tensor, steps: int, frames_per_step: int, step_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A member's features per time step ``x [B, T_m, ...]`` (steps of ``frames_per_step`` input frames) on the
+        first member's ``steps`` time steps -> ``[B, steps, ...]``.
+
+        A member as coarse in time as the first one or coarser gives each first-member step its step that covers
+        the step's first input frame (the last step for frames past its end). A finer member's steps are averaged
+        into the first-member step that holds their first input frame, over its real steps only (``step_mask
+        [B, T_m]``, None = all real); a step with no real one is zero. At T = 1 either way is the identity."""
+        first, member_steps = self.frames_per_step[0], x.shape[1]
+        if frames_per_step >= first:
+            step = (torch.arange(steps) * first // frames_per_step).clamp(max=member_steps - 1)
+            return x[:, to_device(step, x.device)]
+        group = (torch.arange(member_steps) * frames_per_step // first).clamp(max=steps - 1)
+        weight = repeat(F.one_hot(group, steps).to(x.device, x.dtype), "m s -> b s m", b=x.shape[0])
+        if step_mask is not None:
+            weight = weight * to_device(step_mask, x.device, x.dtype)[:, None, :]
+        weight = weight / weight.sum(dim=-1, keepdim=True).clamp(min=1)
+        return einsum(weight, x, "b s m, b m ... -> b s ...")
 
     @staticmethod
     def encode_frames(
@@ -510,9 +521,9 @@ class TowerEnsemble(nn.Module):
                 img = F.interpolate(img, size=grid, mode="bilinear", align_corners=False)
             tok = rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b)
             vec = self.summary(tower, out)
-            if tok.shape[1] != steps:
-                step = to_device(self.step_of(steps, tok.shape[1], frames_per_step), tok.device)
-                tok, vec = tok[:, step], vec[:, step]
+            if frames_per_step != self.frames_per_step[0]:
+                tok = self.align_steps(tok, steps, frames_per_step, out.frame_mask)
+                vec = self.align_steps(vec, steps, frames_per_step, out.frame_mask)
             patches.append(tok)
             pooled.append(vec)
         if self.combine == "concat":
