@@ -450,7 +450,7 @@ class TowerEnsemble(nn.Module):
             step = (torch.arange(steps) * first // frames_per_step).clamp(max=member_steps - 1)
             return x[:, to_device(step, x.device)]
         group = (torch.arange(member_steps) * frames_per_step // first).clamp(max=steps - 1)
-        weight = repeat(F.one_hot(group, steps).to(x.device, x.dtype), "m s -> b s m", b=x.shape[0])
+        weight = repeat(to_device(F.one_hot(group, steps), x.device, x.dtype), "m s -> b s m", b=x.shape[0])
         if step_mask is not None:
             weight = weight * to_device(step_mask, x.device, x.dtype)[:, None, :]
         weight = weight / weight.sum(dim=-1, keepdim=True).clamp(min=1)
