@@ -436,25 +436,26 @@ class TowerEnsemble(nn.Module):
         return video, frame_mask
 
     def align_steps(
-        self, x: torch.Tensor, steps: int, frames_per_step: int, step_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """A member's features per time step ``x [B, T_m, ...]`` (steps of ``frames_per_step`` input frames) on the
-        first member's ``steps`` time steps -> ``[B, steps, ...]``.
+        self, xs: list[torch.Tensor], steps: int, frames_per_step: int, step_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """A member's features per time step, each ``x [B, T_m, ...]`` (steps of ``frames_per_step`` input frames),
+        on the first member's ``steps`` time steps -> each ``[B, steps, ...]``.
 
         A member as coarse in time as the first one or coarser gives each first-member step its step that covers
         the step's first input frame (the last step for frames past its end). A finer member's steps are averaged
         into the first-member step that holds their first input frame, over its real steps only (``step_mask
         [B, T_m]``, None = all real); a step with no real one is zero. At T = 1 either way is the identity."""
+        x = xs[0]
         first, member_steps = self.frames_per_step[0], x.shape[1]
         if frames_per_step >= first:
-            step = (torch.arange(steps) * first // frames_per_step).clamp(max=member_steps - 1)
-            return x[:, to_device(step, x.device)]
+            step = to_device((torch.arange(steps) * first // frames_per_step).clamp(max=member_steps - 1), x.device)
+            return [feat[:, step] for feat in xs]
         group = (torch.arange(member_steps) * frames_per_step // first).clamp(max=steps - 1)
         weight = repeat(to_device(F.one_hot(group, steps), x.device, x.dtype), "m s -> b s m", b=x.shape[0])
         if step_mask is not None:
             weight = weight * to_device(step_mask, x.device, x.dtype)[:, None, :]
         weight = weight / weight.sum(dim=-1, keepdim=True).clamp(min=1)
-        return einsum(weight, x, "b s m, b m ... -> b s ...")
+        return [einsum(weight, feat, "b s m, b m ... -> b s ...") for feat in xs]
 
     @staticmethod
     def encode_frames(
@@ -522,8 +523,7 @@ class TowerEnsemble(nn.Module):
             tok = rearrange(img, "(b t) d gh gw -> b t (gh gw) d", b=b)
             vec = self.summary(tower, out)
             if frames_per_step != self.frames_per_step[0]:
-                tok = self.align_steps(tok, steps, frames_per_step, out.frame_mask)
-                vec = self.align_steps(vec, steps, frames_per_step, out.frame_mask)
+                tok, vec = self.align_steps([tok, vec], steps, frames_per_step, out.frame_mask)
             patches.append(tok)
             pooled.append(vec)
         if self.combine == "concat":
