@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -102,7 +101,9 @@ def main() -> None:
                 for i in range(len(questions)):
                     times["session"][i].append(session_turns[i])
                     times["stateless"][i].append(stateless_turns[i])
-    setup = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    from vidvlm.environment import cpu_name
+
+    setup = {"machine": cpu_name(), "torch": torch.__version__}
     setup.update(threads=torch.get_num_threads(), frames=args.frames, visual_tokens=int(visual.tokens.shape[1]))
     setup.update(max_new_tokens=args.max_new_tokens, repeats=args.repeats)
     print(json.dumps(setup))

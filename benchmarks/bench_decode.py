@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from vidvlm.data import _index_cache
 from vidvlm.data.video import open_video
+from vidvlm.environment import cpu_name
 
 SHORT = 224
 # Peers that resize after decoding use a different filter than sws_scale: same frames differ by about 1 level on
@@ -229,7 +229,7 @@ def main() -> None:
         f"| {'yes' if d < SAME_FRAMES_TOL else 'NO'} |\n"
         for c, n, m, t, r, ct, cr, d in rows
     )
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     machine = (
         f"{cpu}, {os.cpu_count()} cores, load average {load} at the end, torch {torch.__version__}, av {av.__version__}"

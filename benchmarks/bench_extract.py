@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from vidvlm.environment import cpu_name
+
 TOWERS = {
     "b32": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2},
@@ -175,7 +177,7 @@ def main() -> None:
             print(f"run {r} {name:7s} {args.num_videos / times[name][-1]:7.2f} videos/s", flush=True)
 
     vps = {k: args.num_videos / statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    dev = torch.cuda.get_device_name(0) if device.type == "cuda" else cpu_name()
     print(f"\nmachine: {platform.node()} {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     what = (f"{args.clip_frames} frames {args.clip_size}x{args.clip_size}" if args.clip_seconds is None
             else f"{args.clip_seconds:g} s {args.clip_wh} 25 fps")  # fmt: skip

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from functools import partial
 
 import torch
 
+from vidvlm.environment import cpu_name
 from vidvlm.models.decoder import CausalDecoder, CrossAttentionDecoder, DecoderConfig
 from vidvlm.models.decoding import Cached, DecodeConfig, generate
 
@@ -99,14 +99,6 @@ def run_hf(model, case: dict, visual, prompt, beams: int) -> torch.Tensor:
         use_cache=True,
         **kwargs,
     )
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def main() -> None:

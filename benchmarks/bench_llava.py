@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
@@ -220,7 +219,9 @@ def main() -> None:
         proc.join()
     import torch
 
-    setup = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    from vidvlm.environment import cpu_name
+
+    setup = {"machine": cpu_name(), "torch": torch.__version__}
     setup.update(threads=torch.get_num_threads(), batch=args.batch, frames=args.frames, words=args.words)
     setup.update(lora_dropout=args.lora_dropout)
     print(json.dumps(setup))

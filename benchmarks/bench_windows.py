@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from bench_decode import SHORT, out_hw  # the frame size every decoder delivers 
 from einops import rearrange
 
 from vidvlm.data.video import open_video
+from vidvlm.environment import cpu_name
 
 WRONG = 8.0  # mean |difference| in levels above which a frame is another frame (scaling filters differ by 1-2)
 Windows = list[np.ndarray]
@@ -114,7 +114,7 @@ def main() -> None:
         except (ImportError, RuntimeError, OSError) as err:
             print(f"note: torchcodec {mode} skipped ({type(err).__name__}: {err})")
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         print("| file | windows | method | wall ms (median) | CPU ms (median) | wall / one pass | frames as vidvlm's |")
         print("|---|---|---|---|---|---|---|")

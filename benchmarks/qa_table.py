@@ -19,6 +19,10 @@ clip has). Captions, text loss and step time are not split (their cells show "â€
 group ``LABEL`` (:func:`vidvlm.eval.seeds.permutation_p`, exact over every relabelling of the runs): a cell of 0.3
 says a relabelling of the seeds separates the means that far three times in ten. Both groups need two runs or more;
 with two a side p cannot fall below 0.33.
+
+A seeded run is bit-exact only where it was computed (:mod:`vidvlm.environment`): when the runs of the table were
+trained on different CPUs, accelerators, torch builds or thread counts (``final/trainer_state.json`` records it), a
+note on stderr says which runs ran where, so a reader knows a rerun elsewhere gives other numbers.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
+from vidvlm.environment import NUMERIC_KEYS
 from vidvlm.eval.qa import qa_accuracy
 from vidvlm.eval.seeds import permutation_p
 
@@ -55,6 +61,23 @@ def read_run(run: Path, metrics: str, stage: str) -> dict[str, float]:
                 times.append(row["step_time_s"])
     out["step_s"] = statistics.median(times) if times else None
     return out
+
+
+def environments_note(runs: list[Path]) -> str | None:
+    """A note naming the runs trained in each environment when there is more than one (``None`` otherwise)."""
+    where: dict[str, list[str]] = {}
+    for run in runs:
+        try:
+            env = json.loads((run / "final" / "trainer_state.json").read_text()).get("environment")
+        except (OSError, json.JSONDecodeError):
+            env = None
+        key = ", ".join(f"{k} {env.get(k)}" for k in NUMERIC_KEYS) if env else "not recorded"
+        where.setdefault(key, []).append(str(run))
+    if len(where) < 2:
+        return None
+    lines = [f"note: these runs were trained in {len(where)} environments (results are bit-exact only within one):"]
+    lines += [f"  {key}: {', '.join(names)}" for key, names in where.items()]
+    return "\n".join(lines)
 
 
 def shape_counts(manifest: Path) -> dict[str, int]:
@@ -119,6 +142,9 @@ def main() -> None:
             continue
         splits = [read_split(Path(r), args.answers, counts) for r in runs.split(",")]
         tables[label] = {f"{label}, {k} shape{'s' if k != '1' else ''}": [s[k] for s in splits] for k in ("1", "2-3")}
+    all_runs = [Path(r) for group in args.groups for r in group.rpartition("=")[2].split(",")]
+    if (note := environments_note(list(dict.fromkeys(all_runs)))) is not None:
+        print(note, file=sys.stderr)
     if args.against is not None and args.against not in tables:
         raise SystemExit(f"error: --against {args.against!r}: not one of the groups' labels {sorted(tables)}")
     header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]

@@ -7,11 +7,12 @@ A checkpoint directory ``{output_dir}/checkpoint-{step:08d}`` holds:
 - ``train_config.yaml``: the resolved run config;
 - ``optimizer.safetensors`` (state tensors) + ``optimizer.json`` (param groups and non-tensor state);
 - ``rng_state_{rank}.safetensors`` + ``rng_state_{rank}.json`` (python, numpy, torch, cuda generators);
-- ``trainer_state.json`` (step, stage, data position, scheduler, scaler, the step of the latest evaluation and the
-  number of ``metrics.jsonl`` rows logged so far): written last, it marks completeness.
+- ``trainer_state.json`` (step, stage, data position, scheduler, scaler, the step of the latest evaluation, the
+  number of ``metrics.jsonl`` rows logged so far, and the ``environment`` that computed it:
+  :func:`vidvlm.environment.environment`): written last, it marks completeness.
 
 ``final/`` holds the model files, ``train_config.yaml`` and ``trainer_state.json`` of the run's last step (which
-marks the run finished: :func:`vidvlm.train.rundir.finished_step`).
+marks the run finished: :func:`vidvlm.train.rundir.finished_step`; it holds the ``environment`` too).
 
 Saving writes ``tmp-checkpoint-*`` in the same directory, fsyncs every file, renames it, then prunes old ones, so a
 crash mid-save leaves the previous checkpoint intact. A directory that already exists (``final/``, a checkpoint saved

@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from vidvlm.atomic import replace_dir
 from vidvlm.data.conversations import strip_placeholders
 from vidvlm.devices import batch_to_device
+from vidvlm.environment import environment, numeric_differences
 from vidvlm.errors import ConfigError, VideoDecodeError
 from vidvlm.locks import FolderLock
 from vidvlm.train import checkpoint as ckpt
@@ -182,6 +183,7 @@ class Trainer:
 
             self.compiled_blocks = compile_blocks(model)
         self.state = TrainState()
+        self.environment: dict[str, Any] = {}  # where the run computes (vidvlm.environment), set when training starts
         self.history: list[dict] = []
 
     # --- helpers ------------------------------------------------------------------------------------------------
@@ -284,6 +286,7 @@ class Trainer:
                     "scaler": scaler,
                     "world_size": acc.num_processes,
                     "seed": self.cfg.seed,
+                    "environment": self.environment,
                 },
             )
             final = ckpt.commit(tmp, step, self.cfg.keep_checkpoints)
@@ -354,9 +357,17 @@ class Trainer:
         check_patterns(acc.unwrap_model(self.model), cfg.stages, cfg.optim.groups)
         for stage in cfg.stages:  # every stage's token_drop is checked before anything is trained
             apply_stage_token_drop(acc.unwrap_model(self.model), stage)
+        self.environment = environment(acc.device)
         if resume_dir is not None:
             self.state = self._read_state(resume_dir)
             ckpt.load_model_weights(self.model, resume_dir)
+            saved = ckpt.read_json(resume_dir / ckpt.STATE_FILE).get("environment")
+            if moved := numeric_differences(saved, self.environment):
+                logger.warning(
+                    "resuming %s on another machine or software (%s): the continuation is not bit-exact",
+                    resume_dir,
+                    "; ".join(moved),
+                )
         acc.wait_for_everyone()  # every rank checked the folder before the main process changes it
         if acc.is_main_process:
             if forced:
@@ -590,7 +601,8 @@ class Trainer:
             tmp = ckpt.begin_dir(self.out / "tmp-final")
             ckpt.save_model(acc.unwrap_model(self.model), tmp)
             save_train_config(self.cfg, tmp / "train_config.yaml")
-            ckpt.write_json(tmp / ckpt.STATE_FILE, asdict(self.state))  # marks the run finished at this step
+            # marks the run finished at this step, and says where it was computed
+            ckpt.write_json(tmp / ckpt.STATE_FILE, {**asdict(self.state), "environment": self.environment})
             replace_dir(tmp, self.out / "final")
         acc.wait_for_everyone()
 
