@@ -6,7 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from train_tiny import TinyDataset, TinyModel, collate, make_cfg
 
@@ -17,15 +16,6 @@ _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "qa_table.py"
 _spec = importlib.util.spec_from_file_location("qa_table", _PATH)
 qa_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qa_table)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _trainer(out):

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 from train_tiny import TinyDataset, TinyModel, collate, make_cfg
 
 from vidvlm.train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 class PidDataset(TinyDataset):

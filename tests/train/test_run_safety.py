@@ -21,15 +21,6 @@ from vidvlm.train.rundir import truncate_metrics
 from vidvlm.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def _trainer(out, overrides=None, datasets=None, **top):
     torch.manual_seed(0)
     cfg = make_cfg(out, overrides, **top)

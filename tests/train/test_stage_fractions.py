@@ -14,15 +14,6 @@ from vidvlm.train.config import resolve_stage_steps, resume_changes
 from vidvlm.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.mark.parametrize(
     ("steps", "total", "expected"),
     [

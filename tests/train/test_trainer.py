@@ -13,16 +13,6 @@ from vidvlm.train.data import MixtureBatchSampler
 from vidvlm.train.trainer import NonFiniteLossError, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    # accelerate keeps one process-wide state; a test that changes mixed precision needs a fresh one
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def _trainer(out, overrides=None, model=None, datasets=None, **top):
     torch.manual_seed(0)
     cfg = make_cfg(out, overrides, **top)
