@@ -52,10 +52,10 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
 
     Returns:
         ``cpu`` (model name), ``cpu_capability`` (the SIMD level torch's CPU kernels use, e.g. ``AVX512``),
-        ``accelerator`` (``"cpu"`` or e.g. ``"cuda: NVIDIA H100 80GB HBM3 (sm_90)"``), ``threads`` (torch's
-        intra-op threads), ``cores`` (logical CPUs), ``torch``, ``cuda`` (torch's CUDA version or ``None``),
-        ``python``, ``platform``, and the versions of ``vidvlm``, ``transformers``, ``av`` and ``decord`` (``None``
-        when not installed).
+        ``accelerator`` (``"cpu"``, e.g. ``"cuda: NVIDIA H100 80GB HBM3 (sm_90)"``, or another device's type),
+        ``threads`` (torch's intra-op threads), ``cores`` (logical CPUs), ``torch``, ``cuda`` (torch's CUDA version
+        or ``None``), ``python``, ``platform``, and the versions of ``vidvlm``, ``transformers``, ``av`` and
+        ``decord`` (``None`` when not installed).
     """
     from vidvlm import __version__
 
@@ -66,6 +66,8 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
         accelerator = f"cuda: {torch.cuda.get_device_name(index)} (sm_{major}{minor})"
+    elif device is not None and device.type != "cpu":
+        accelerator = device.type  # e.g. "mps"
     return {
         "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
