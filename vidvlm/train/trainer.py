@@ -362,7 +362,7 @@ class Trainer:
             self.state = self._read_state(resume_dir)
             ckpt.load_model_weights(self.model, resume_dir)
             saved = ckpt.read_json(resume_dir / ckpt.STATE_FILE).get("environment")
-            if moved := numeric_differences(saved, self.environment):
+            if acc.is_main_process and (moved := numeric_differences(saved, self.environment)):
                 logger.warning(
                     "resuming %s on another machine or software (%s): the continuation is not bit-exact",
                     resume_dir,
