@@ -36,6 +36,7 @@ from pathlib import Path
 from vidvlm.environment import NUMERIC_KEYS
 from vidvlm.eval.qa import qa_accuracy
 from vidvlm.eval.seeds import permutation_p
+from vidvlm.train.checkpoint import STATE_FILE
 
 TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
 
@@ -68,7 +69,7 @@ def environments_note(runs: list[Path]) -> str | None:
     where: dict[str, list[str]] = {}
     for run in runs:
         try:
-            env = json.loads((run / "final" / "trainer_state.json").read_text()).get("environment")
+            env = json.loads((run / "final" / STATE_FILE).read_text()).get("environment")
         except (OSError, json.JSONDecodeError):
             env = None
         key = ", ".join(f"{k} {env.get(k)}" for k in NUMERIC_KEYS) if env else "not recorded"

@@ -361,13 +361,6 @@ class Trainer:
         if resume_dir is not None:
             self.state = self._read_state(resume_dir)
             ckpt.load_model_weights(self.model, resume_dir)
-            saved = ckpt.read_json(resume_dir / ckpt.STATE_FILE).get("environment")
-            if acc.is_main_process and (moved := numeric_differences(saved, self.environment)):
-                logger.warning(
-                    "resuming %s on another machine or software (%s): the continuation is not bit-exact",
-                    resume_dir,
-                    "; ".join(moved),
-                )
         acc.wait_for_everyone()  # every rank checked the folder before the main process changes it
         if acc.is_main_process:
             if forced:
@@ -394,7 +387,14 @@ class Trainer:
         return self.history
 
     def _read_state(self, directory: Path) -> TrainState:
+        """The checkpoint's position; warns when it was computed elsewhere (``self.environment`` is set first)."""
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
+        if self.acc.is_main_process and (moved := numeric_differences(meta.get("environment"), self.environment)):
+            logger.warning(
+                "resuming %s on another machine or software (%s): the continuation is not bit-exact",
+                directory,
+                "; ".join(moved),
+            )
         meta.setdefault("metrics_rows", -1)  # a checkpoint from before the count: counted after the rewind
         return TrainState(**{k: v for k, v in meta.items() if k in TrainState.__dataclass_fields__})
 
