@@ -54,6 +54,7 @@
 # SMOKE=1 runs every section at toy sizes on the CPU (a check of the commands, not a measurement). Before a llava
 # call, `python benchmarks/meta_step.py --config <the run's config>` runs one step of each stage on the meta device
 # here: a step that mixes devices fails there as it would on the GPU (80565c2's LLaVA layout did).
+# Every call first appends the machine's environment and whether its kernel fingerprint is stable to status.txt.
 # Measured so far (BENCHMARKS.md): mfu and encoder on an H200 (thirty-first session). extract failed there at once on
 # PyAV 19.0.2, which rejects av.open's metadata_errors (fixed since: vidvlm passes it only to PyAV < 19); mfu-compile
 # and the llava sections have not run on a GPU yet. The three times above are the H200's.
@@ -81,6 +82,15 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
       'cuda', torch.cuda.is_available())"; } | tee -a "$OUT/status.txt"
+# Where the numbers come from (vidvlm.environment, into status.txt), and its kernel fingerprint from a second
+# process: on a GPU it hashes forward kernels only; if it changed between two processes, every resume there would warn.
+KERNELS=()
+for i in 1 2; do
+  KERNELS+=("$($PY -c "import json; from vidvlm.environment import environment; e = environment()
+print(e['kernels']); print(json.dumps(e), file=open('$OUT/status.txt', 'a'))")")
+done
+echo "kernels ${KERNELS[0]} $([ "${KERNELS[0]}" = "${KERNELS[1]}" ] && echo "stable" || echo "CHANGED in a second process: ${KERNELS[1]}")" |
+  tee -a "$OUT/status.txt"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   MFU="--size tiny --batch 2 --rounds 1 --steps 1 --warmup 1 --token-drop 0.5"

@@ -21,21 +21,30 @@ says a relabelling of the seeds separates the means that far three times in ten.
 with two a side p cannot fall below 0.33.
 
 A seeded run is bit-exact only where it was computed (:mod:`vidvlm.environment`): when the runs of the table were
-trained on different CPUs, accelerators, torch builds or thread counts (``final/trainer_state.json`` records it), a
-note on stderr says which runs ran where, so a reader knows a rerun elsewhere gives other numbers.
+trained on different CPUs, kernels, accelerators, torch builds or thread counts (``final/trainer_state.json`` records
+it), a note on stderr says which runs ran where, so a reader knows a rerun elsewhere gives other numbers. A second note
+names the runs whose frozen towers differ in content (the weights a frozen tower left in ``final/model.safetensors``,
+or the sha256 a checkpoint names an unstored tower by): a tower retrained at the same path, on another machine or
+with another command, makes the rows compare different towers.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError, safe_open
+
+from vidvlm.config import read_mapping
 from vidvlm.environment import NUMERIC_KEYS
 from vidvlm.eval.qa import qa_accuracy
 from vidvlm.eval.seeds import permutation_p
+from vidvlm.models.base import CONFIG_FILE, WEIGHTS_FILE
 from vidvlm.train.checkpoint import STATE_FILE
 
 TYPES = ("color", "shape", "size", "direction", "count", "when", "after")
@@ -66,18 +75,70 @@ def read_run(run: Path, metrics: str, stage: str) -> dict[str, float]:
 
 def environments_note(runs: list[Path]) -> str | None:
     """A note naming the runs trained in each environment when there is more than one (``None`` otherwise)."""
-    where: dict[str, list[str]] = {}
+    envs = {}
     for run in runs:
         try:
-            env = json.loads((run / "final" / STATE_FILE).read_text()).get("environment")
+            envs[run] = json.loads((run / "final" / STATE_FILE).read_text()).get("environment")
         except (OSError, json.JSONDecodeError):
-            env = None
-        key = ", ".join(f"{k} {env.get(k)}" for k in NUMERIC_KEYS) if env else "not recorded"
+            envs[run] = None
+    # the keys every recorded environment has (``kernels`` and ``cpu_model`` are newer than the rest)
+    keys = [k for k in NUMERIC_KEYS if all(k in env for env in envs.values() if env)]
+    where: dict[str, list[str]] = {}
+    for run, env in envs.items():
+        key = ", ".join(f"{k} {env.get(k)}" for k in keys) if env else "not recorded"
         where.setdefault(key, []).append(str(run))
     if len(where) < 2:
         return None
     lines = [f"note: these runs were trained in {len(where)} environments (results are bit-exact only within one):"]
     lines += [f"  {key}: {', '.join(names)}" for key, names in where.items()]
+    return "\n".join(lines)
+
+
+def frozen_tower_digest(final: Path) -> str | None:
+    """A short content hash of the frozen tower a checkpoint was trained on (``None``: its tower was trained too).
+
+    The hash covers the ``front_end.tower.`` tensors of ``final/model.safetensors`` (what a frozen checkpoint or
+    pretrained tower leaves there), or, for a checkpoint that names its tower instead of storing it, the sha256 values
+    its config gives the tower and its ensemble members.
+    """
+    cfg = read_mapping(final / CONFIG_FILE)
+    front = cfg.get("front_end") or {}
+    if not front.get("freeze_tower") and not _named_hashes(front.get("tower") or {}):
+        return None
+    digest = hashlib.sha256()
+    with safe_open(final / WEIGHTS_FILE, framework="pt") as f:
+        names = sorted(k for k in f.keys() if k.startswith("front_end.tower."))  # noqa: SIM118 (not iterable)
+        for name in names:
+            digest.update(name.encode())
+            digest.update(f.get_tensor(name).contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    if not names:
+        hashes = _named_hashes(front.get("tower") or {})
+        if not hashes:
+            return None
+        digest.update(" ".join(hashes).encode())
+    return digest.hexdigest()[:12]
+
+
+def _named_hashes(tower: dict) -> list[str]:
+    """The ``sha256`` values a tower config and its ensemble members name their sources by, depth first."""
+    own = [tower["sha256"]] if tower.get("sha256") else []
+    return own + [h for member in tower.get("members") or [] for h in _named_hashes(member)]
+
+
+def towers_note(runs: list[Path]) -> str | None:
+    """A note naming the runs trained on each frozen tower when they used more than one (``None`` otherwise)."""
+    towers: dict[str, list[str]] = {}
+    for run in runs:
+        try:
+            digest = frozen_tower_digest(run / "final")
+        except (OSError, ValueError, SafetensorError) as e:  # an unreadable config or weights file: say so
+            digest = f"unreadable ({type(e).__name__})"
+        if digest is not None:
+            towers.setdefault(digest, []).append(str(run))
+    if len(towers) < 2:
+        return None
+    lines = [f"note: these runs were trained on {len(towers)} different frozen towers (compare within one):"]
+    lines += [f"  tower {digest}: {', '.join(names)}" for digest, names in towers.items()]
     return "\n".join(lines)
 
 
@@ -144,8 +205,9 @@ def main() -> None:
         splits = [read_split(Path(r), args.answers, counts) for r in runs.split(",")]
         tables[label] = {f"{label}, {k} shape{'s' if k != '1' else ''}": [s[k] for s in splits] for k in ("1", "2-3")}
     all_runs = [Path(r) for group in args.groups for r in group.rpartition("=")[2].split(",")]
-    if (note := environments_note(list(dict.fromkeys(all_runs)))) is not None:
-        print(note, file=sys.stderr)
+    for note in (environments_note(list(dict.fromkeys(all_runs))), towers_note(list(dict.fromkeys(all_runs)))):
+        if note is not None:
+            print(note, file=sys.stderr)
     if args.against is not None and args.against not in tables:
         raise SystemExit(f"error: --against {args.against!r}: not one of the groups' labels {sorted(tables)}")
     header = ["setting", "runs", *TYPES, "all", "CIDEr-D", "text loss", "step s"]

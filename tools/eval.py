@@ -15,7 +15,8 @@ row's ``qa`` ground truth: ``qa_{type}_accuracy`` per type (exact normalised ans
 
 The checkpoint is any directory ``vidvlm.load`` opens (``final/`` or a ``checkpoint-*`` of a run). Frames are taken
 with a uniform sampler (deterministic, ``model.num_frames`` unless --num-frames) and the model's own evaluation
-transform. Prints the metrics as JSON.
+transform. Prints the metrics as JSON, with the ``environment`` that computed them (``vidvlm.environment``: CPU,
+kernels, threads, versions), since greedy decoding and near-tied scores may turn on the last bit.
 
 Retrieval also scores the manifest's hard negatives when its rows carry ``negatives``: ``negatives_acc`` (percent of
 clips whose caption outscores every one of its negatives), ``negatives_pair_acc`` (per caption-negative pair) and
@@ -37,6 +38,7 @@ import json
 import sys
 
 from vidvlm.atomic import write_text_atomic
+from vidvlm.environment import environment
 from vidvlm.errors import ConfigError, VidVLMError
 
 
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if not kept:
             raise ConfigError(f"{args.manifest}: no row of the manifest could be read")
         metrics = {"num_videos": len(kept), "num_rows": len(dataset), "num_missing": len(missing),
-                   "missing": [f["path"] for f in missing], "num_frames": frames, **metrics}  # fmt: skip
+                   "missing": [f["path"] for f in missing], "num_frames": frames, **metrics,
+                   "environment": environment(args.device)}  # fmt: skip
     except VidVLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from train_tiny import TinyDataset, TinyModel, collate, make_cfg
 
-from vidvlm.environment import NUMERIC_KEYS, environment, numeric_differences
+from vidvlm.environment import NUMERIC_KEYS, cpu_model, environment, kernel_fingerprint, numeric_differences
 from vidvlm.train.trainer import Trainer
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "qa_table.py"
@@ -37,6 +42,35 @@ def test_environment_describes_this_process():
     assert env["cpu"]  # a model name, never empty
     assert json.loads(json.dumps(env)) == env  # plain JSON values
     assert set(NUMERIC_KEYS) <= set(env)
+    assert env["kernels"] == kernel_fingerprint("cpu")
+    if Path("/proc/cpuinfo").exists():  # vendor family/model/stepping, then the flags kernels are chosen by
+        assert re.fullmatch(r"\S+ \d+/\d+/\d+( [a-z0-9_]+)*", env["cpu_model"]), env["cpu_model"]
+        assert env["cpu_model"] == cpu_model()
+
+
+def test_kernel_fingerprint_is_stable_and_leaves_the_random_state_alone():
+    state = torch.random.get_rng_state()
+    first = kernel_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{12}", first)
+    assert kernel_fingerprint("cpu") == first
+    assert torch.equal(torch.random.get_rng_state(), state)  # training right after it draws what it would have
+
+
+def _fingerprint_in_process(**env: str) -> str:
+    """This machine's fingerprint in a fresh interpreter with one thread and ``env`` added."""
+    code = "from vidvlm.environment import kernel_fingerprint; print(kernel_fingerprint())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT", reason="no vectorised kernels to turn off")
+def test_kernel_fingerprint_tells_other_kernels_apart():
+    env = {k: v for k, v in os.environ.items() if k == "ATEN_CPU_CAPABILITY"}
+    here = _fingerprint_in_process(**env)
+    assert _fingerprint_in_process(**env) == here  # the same kernels in another process: the same hash
+    # torch's scalar kernels instead of its SIMD ones: same machine and model name, other rounding
+    assert _fingerprint_in_process(ATEN_CPU_CAPABILITY="default") != here
 
 
 def test_numeric_differences_name_only_keys_that_change_results():
@@ -46,6 +80,10 @@ def test_numeric_differences_name_only_keys_that_change_results():
     moved = numeric_differences(env, {**env, "cpu": "Another CPU", "threads": env["threads"] + 1})
     assert moved == [f"cpu: {env['cpu']} -> Another CPU", f"threads: {env['threads']} -> {env['threads'] + 1}"]
     assert numeric_differences(None, env) == [] and numeric_differences(env, {}) == []
+    older = {k: v for k, v in env.items() if k not in ("cpu_model", "kernels")}  # recorded before these keys existed
+    assert numeric_differences(older, env) == [] and numeric_differences(env, older) == []
+    other = {**env, "kernels": "000000000000"}
+    assert numeric_differences(env, other) == [f"kernels: {env['kernels']} -> 000000000000"]
 
 
 def test_checkpoints_and_final_record_the_environment(tmp_path):
@@ -94,6 +132,8 @@ def test_qa_table_notes_runs_trained_in_different_environments(tmp_path):
     env = environment("cpu")
     a, b = _run(tmp_path, "a", env), _run(tmp_path, "b", dict(env))
     assert qa_table.environments_note([a, b]) is None
+    older = _run(tmp_path, "older", {k: v for k, v in env.items() if k not in ("cpu_model", "kernels")})
+    assert qa_table.environments_note([a, older]) is None  # compared on the keys both record
     c = _run(tmp_path, "c", {**env, "cpu": "Another CPU"})
     d = _run(tmp_path, "d", None)
     note = qa_table.environments_note([a, b, c, d])
@@ -102,3 +142,48 @@ def test_qa_table_notes_runs_trained_in_different_environments(tmp_path):
     assert any(str(a) in line and str(b) in line and env["cpu"] in line for line in lines)
     assert any(str(c) in line and "Another CPU" in line for line in lines)
     assert any(line.strip().startswith("not recorded") and str(d) in line for line in lines)
+
+
+def _save_coca(final: Path, freeze: bool = True, tower_shift: float = 0.0, rest_shift: float = 0.0) -> None:
+    """A tiny coca checkpoint; ``tower_shift`` / ``rest_shift`` move the tower's / the other weights."""
+    import dataclasses
+
+    from tests.models.test_registry import tiny_config
+    from vidvlm.models.registry import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config("coca")
+    model = build_model(dataclasses.replace(cfg, front_end=dataclasses.replace(cfg.front_end, freeze_tower=freeze)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(tower_shift if name.startswith("front_end.tower.") else rest_shift)
+    model.save_pretrained(final)
+
+
+def test_qa_table_notes_runs_on_different_frozen_towers(tmp_path):
+    runs = {name: tmp_path / name for name in ("a", "b", "c", "unfrozen", "named")}
+    _save_coca(runs["a"] / "final")
+    _save_coca(runs["b"] / "final", rest_shift=0.5)  # the same frozen tower, other trained weights
+    _save_coca(runs["c"] / "final", tower_shift=1e-6)  # a tower that differs in the last bits
+    _save_coca(runs["unfrozen"] / "final", freeze=False, tower_shift=0.25)  # its tower trained with it: not compared
+    digest = qa_table.frozen_tower_digest
+    assert digest(runs["a"] / "final") == digest(runs["b"] / "final") != digest(runs["c"] / "final")
+    assert digest(runs["unfrozen"] / "final") is None
+    assert qa_table.towers_note([runs["a"], runs["b"], runs["unfrozen"]]) is None
+
+    # a checkpoint that names its frozen tower (an ensemble's members) by sha256 instead of storing it
+    named = runs["named"] / "final"
+    named.mkdir(parents=True)
+    tower = {"name": "ensemble", "members": [{"name": "checkpoint", "sha256": "1" * 64}, {"sha256": "2" * 64}]}
+    (named / "config.yaml").write_text(json.dumps({"family": "llava", "front_end": {"tower": tower}}))
+    from safetensors.torch import save_file
+
+    save_file({"connector.weight": torch.zeros(2)}, named / "model.safetensors")
+    assert digest(named) is not None
+    note = qa_table.towers_note(list(runs.values()))
+    assert note.startswith("note: these runs were trained on 3 different frozen towers")
+    lines = note.splitlines()[1:]
+    assert any(str(runs["a"]) in line and str(runs["b"]) in line for line in lines)
+    assert any(line.endswith(str(runs["c"])) for line in lines)
+    assert any(line.endswith(str(named.parent)) for line in lines)
+    assert not any(str(runs["unfrozen"]) in line for line in lines)
