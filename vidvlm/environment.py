@@ -170,5 +170,44 @@ def numeric_differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> l
     return [f"{k}: {a[k]} -> {b[k]}" for k in NUMERIC_KEYS if k in a and k in b and a[k] != b[k]]
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vidvlm.environment [RUN_OR_CHECKPOINT ...]``: this process's environment as JSON; with
+    directories (a run, its ``final/`` or a ``checkpoint-*``), whether each was computed here, i.e. whether training
+    it again or resuming it here would be bit-exact. Run it with the thread count the training used
+    (``OMP_NUM_THREADS``). Exit status 0: all the same (or no directory given); 1: some were computed elsewhere or
+    record no environment; 2: a directory holds no readable ``trainer_state.json``."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m vidvlm.environment", description=main.__doc__)
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_OR_CHECKPOINT")
+    parser.add_argument("--device", default=None, help="the device the runs computed on (default: cuda if available)")
+    args = parser.parse_args(argv)
+    here = environment(args.device)
+    if not args.runs:
+        print(json.dumps(here, indent=1))
+        return 0
+    status = 0
+    for run in args.runs:
+        state = run / "final" / "trainer_state.json" if (run / "final").is_dir() else run / "trainer_state.json"
+        try:
+            recorded = json.loads(state.read_text()).get("environment")
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"error: {state}: cannot read: {e}", file=sys.stderr)
+            return 2
+        if not recorded:
+            print(f"{run}: records no environment (trained before they were recorded)")
+            status = 1
+        elif moved := numeric_differences(recorded, here):
+            print(f"{run}: computed elsewhere ({'; '.join(moved)})")
+            status = 1
+        else:
+            unknown = [k for k in NUMERIC_KEYS if k not in recorded]
+            note = f" (not recorded there: {', '.join(unknown)})" if unknown else ""
+            print(f"{run}: same environment as here{note}")
+    return status
+
+
 if __name__ == "__main__":
-    print(json.dumps(environment(), indent=1))
+    raise SystemExit(main())

@@ -187,3 +187,25 @@ def test_qa_table_notes_runs_on_different_frozen_towers(tmp_path):
     assert any(line.endswith(str(runs["c"])) for line in lines)
     assert any(line.endswith(str(named.parent)) for line in lines)
     assert not any(str(runs["unfrozen"]) in line for line in lines)
+
+
+def test_environment_command_says_whether_a_run_was_computed_here(tmp_path, capsys):
+    from vidvlm.environment import main
+
+    _trainer(tmp_path / "run").train()
+    assert main([str(tmp_path / "run"), str(tmp_path / "run" / "checkpoint-00000003")]) == 0
+    assert capsys.readouterr().out.count("same environment as here") == 2
+
+    final = tmp_path / "run" / "final"
+    state = _state(final)
+    state["environment"]["kernels"] = "000000000000"
+    (final / "trainer_state.json").write_text(json.dumps(state))
+    assert main([str(tmp_path / "run")]) == 1
+    assert f"kernels: 000000000000 -> {kernel_fingerprint()}" in capsys.readouterr().out
+
+    del state["environment"]
+    (final / "trainer_state.json").write_text(json.dumps(state))
+    assert main([str(final)]) == 1
+    assert "records no environment" in capsys.readouterr().out
+    assert main([str(tmp_path / "nothing")]) == 2
+    assert "cannot read" in capsys.readouterr().err
