@@ -87,10 +87,15 @@ def environments_note(runs: list[Path]) -> str | None:
     for run, env in envs.items():
         key = ", ".join(f"{k} {env.get(k)}" for k in keys) if env else "not recorded"
         where.setdefault(key, []).append(str(run))
-    if len(where) < 2:
+    return _grouped_note(where, "trained in {} environments (results are bit-exact only within one)")
+
+
+def _grouped_note(groups: dict[str, list[str]], what: str, prefix: str = "") -> str | None:
+    """``note: these runs were WHAT:`` and a line per group (``None`` for fewer than two groups)."""
+    if len(groups) < 2:
         return None
-    lines = [f"note: these runs were trained in {len(where)} environments (results are bit-exact only within one):"]
-    lines += [f"  {key}: {', '.join(names)}" for key, names in where.items()]
+    lines = [f"note: these runs were {what.format(len(groups))}:"]
+    lines += [f"  {prefix}{key}: {', '.join(names)}" for key, names in groups.items()]
     return "\n".join(lines)
 
 
@@ -135,11 +140,7 @@ def towers_note(runs: list[Path]) -> str | None:
             digest = f"unreadable ({type(e).__name__})"
         if digest is not None:
             towers.setdefault(digest, []).append(str(run))
-    if len(towers) < 2:
-        return None
-    lines = [f"note: these runs were trained on {len(towers)} different frozen towers (compare within one):"]
-    lines += [f"  tower {digest}: {', '.join(names)}" for digest, names in towers.items()]
-    return "\n".join(lines)
+    return _grouped_note(towers, "trained on {} different frozen towers (compare within one)", prefix="tower ")
 
 
 def shape_counts(manifest: Path) -> dict[str, int]:
