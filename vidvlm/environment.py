@@ -155,8 +155,17 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "transformers": _version("transformers"),
         "av": _version("av"),
         "decord": _version("decord"),
-        "kernels": kernel_fingerprint(device if device is not None else ("cuda" if on_cuda else "cpu")),
+        "kernels": _fingerprint_or_reason(device if device is not None else torch.device("cuda" if on_cuda else "cpu")),
     }
+
+
+def _fingerprint_or_reason(device: torch.device) -> str:
+    """:func:`kernel_fingerprint`, or why there is none (a device without one of its operations): recording where a
+    run computes must never stop the run."""
+    try:
+        return kernel_fingerprint(device)
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        return f"unavailable on {device.type}: {type(e).__name__}"
 
 
 def numeric_differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:

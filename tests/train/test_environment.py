@@ -209,3 +209,13 @@ def test_environment_command_says_whether_a_run_was_computed_here(tmp_path, caps
     assert "records no environment" in capsys.readouterr().out
     assert main([str(tmp_path / "nothing")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_device_without_the_fingerprints_operations_still_gets_an_environment(monkeypatch):
+    import vidvlm.environment as env_module
+
+    def unsupported(device):
+        raise NotImplementedError("bf16 matmul is not implemented here")
+
+    monkeypatch.setattr(env_module, "kernel_fingerprint", unsupported)
+    assert env_module.environment("cpu")["kernels"] == "unavailable on cpu: NotImplementedError"

@@ -391,7 +391,7 @@ class Trainer:
         meta = ckpt.read_json(directory / ckpt.STATE_FILE)
         if self.acc.is_main_process and (moved := numeric_differences(meta.get("environment"), self.environment)):
             logger.warning(
-                "resuming %s on another machine or software (%s): the continuation is not bit-exact",
+                "resuming %s, computed in another environment (%s): the continuation is not bit-exact",
                 directory,
                 "; ".join(moved),
             )
