@@ -106,9 +106,9 @@ def frozen_tower_digest(final: Path) -> str | None:
     pretrained tower leaves there), or, for a checkpoint that names its tower instead of storing it, the sha256 values
     its config gives the tower and its ensemble members.
     """
-    cfg = read_mapping(final / CONFIG_FILE)
-    front = cfg.get("front_end") or {}
-    if not front.get("freeze_tower") and not _named_hashes(front.get("tower") or {}):
+    front = read_mapping(final / CONFIG_FILE).get("front_end") or {}
+    named = _named_hashes(front.get("tower") or {})
+    if not front.get("freeze_tower") and not named:
         return None
     digest = hashlib.sha256()
     with safe_open(final / WEIGHTS_FILE, framework="pt") as f:
@@ -117,10 +117,9 @@ def frozen_tower_digest(final: Path) -> str | None:
             digest.update(name.encode())
             digest.update(f.get_tensor(name).contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     if not names:
-        hashes = _named_hashes(front.get("tower") or {})
-        if not hashes:
+        if not named:
             return None
-        digest.update(" ".join(hashes).encode())
+        digest.update(" ".join(named).encode())
     return digest.hexdigest()[:12]
 
 
@@ -205,8 +204,8 @@ def main() -> None:
             continue
         splits = [read_split(Path(r), args.answers, counts) for r in runs.split(",")]
         tables[label] = {f"{label}, {k} shape{'s' if k != '1' else ''}": [s[k] for s in splits] for k in ("1", "2-3")}
-    all_runs = [Path(r) for group in args.groups for r in group.rpartition("=")[2].split(",")]
-    for note in (environments_note(list(dict.fromkeys(all_runs))), towers_note(list(dict.fromkeys(all_runs)))):
+    all_runs = list(dict.fromkeys(Path(r) for group in args.groups for r in group.rpartition("=")[2].split(",")))
+    for note in (environments_note(all_runs), towers_note(all_runs)):
         if note is not None:
             print(note, file=sys.stderr)
     if args.against is not None and args.against not in tables:

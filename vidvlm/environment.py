@@ -36,16 +36,24 @@ NUMERIC_KEYS = ("cpu", "cpu_model", "cpu_capability", "accelerator", "torch", "t
 _KERNEL_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` or the architecture elsewhere)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where there is no such file)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # one processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` or the architecture elsewhere)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_model() -> str | None:
@@ -53,16 +61,7 @@ def cpu_model() -> str | None:
 
     Read from ``/proc/cpuinfo`` (``None`` elsewhere): two CPUs that share a model name can differ here.
     """
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        return None
+    fields = _cpuinfo()
     if "vendor_id" not in fields:
         return None
     flags = set(fields.get("flags", "").split())
@@ -189,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
+    from vidvlm.train.checkpoint import STATE_FILE
+    from vidvlm.train.rundir import FINAL
+
     parser = argparse.ArgumentParser(prog="python -m vidvlm.environment", description=main.__doc__)
     parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_OR_CHECKPOINT")
     parser.add_argument("--device", default=None, help="the device the runs computed on (default: cuda if available)")
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = 0
     for run in args.runs:
-        state = run / "final" / "trainer_state.json" if (run / "final").is_dir() else run / "trainer_state.json"
+        state = run / FINAL / STATE_FILE if (run / FINAL).is_dir() else run / STATE_FILE
         try:
             recorded = json.loads(state.read_text()).get("environment")
         except (OSError, json.JSONDecodeError) as e:
